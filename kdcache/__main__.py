@@ -1,0 +1,5 @@
+import sys
+
+from kdcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""Capturing intermediate layers by module path (``layer2``, ``layer3.1.relu``) with forward hooks.
+
+The same code serves the frozen teacher in stage one and the live student in stage two, so a target computed from a
+student's capture is comparable with the cached teacher's.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+from kdcache.errors import LayerNotFoundError
+from kdcache.targets.base import TeacherOutputs
+
+
+def find_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path``; a miss lists the nearest valid paths."""
+    modules = dict(model.named_modules())
+    if path in modules and path:
+        return modules[path]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+    hint = f" Nearest: {', '.join(close)}." if close else ""
+    top = ", ".join(n for n in names if "." not in n)
+    raise LayerNotFoundError(
+        f"{type(model).__name__} has no layer {path!r}.{hint} Top-level layers: {top}. Use a dotted module path "
+        "as printed by model.named_modules()"
+    )
+
+
+class LayerCapture:
+    """Keeps the latest output of each named layer while registered (use as a context manager or call close)."""
+
+    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [find_module(model, name).register_forward_hook(self._hook(name)) for name in layers]
+
+    def _hook(self, name: str):  # noqa: ANN202 - torch's hook signature
+        def store(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            self.outputs[name] = output
+
+        return store
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> LayerCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def forward_with_capture(model: nn.Module, inputs: torch.Tensor, capture: LayerCapture | None) -> TeacherOutputs:
+    """Run ``model`` and collect its logits with the layers ``capture`` watches."""
+    if capture is not None:
+        capture.outputs.clear()
+    logits = model(inputs)
+    features = dict(capture.outputs) if capture is not None else {}
+    return TeacherOutputs(logits=logits, features=features)

@@ -1,0 +1,26 @@
+"""Dataset adapters, looked up by name from pipeline files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdcache.datasets.base import SampleDataset, Subset, TensorDataset
+from kdcache.datasets.hdf5 import HDF5Dataset
+from kdcache.registry import Registry
+
+DATASETS: Registry[Any] = Registry("dataset")
+DATASETS.register("hdf5")(HDF5Dataset)
+
+
+@DATASETS.register("digits")
+def digits(split: str, *, path: str = "data/digits.h5") -> HDF5Dataset:
+    """The shipped UCI digits (8x8, 10 classes), 1,257 train / 540 test samples."""
+    return HDF5Dataset(path, split)
+
+
+def build_dataset(name: str, split: str, args: dict[str, Any]) -> SampleDataset:
+    """Instantiate the registered dataset ``name`` for ``split`` with keyword ``args`` from the pipeline."""
+    return DATASETS.get(name)(split, **args)
+
+
+__all__ = ["DATASETS", "HDF5Dataset", "SampleDataset", "Subset", "TensorDataset", "build_dataset"]

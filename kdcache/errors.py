@@ -1,0 +1,69 @@
+"""One exception hierarchy for kdcache.
+
+Every message says what was expected, what was found, and how to fix it. Each class also derives from the builtin it
+refines, so ``except ValueError`` in user code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class KdcacheError(Exception):
+    """Base class of every error kdcache raises on purpose."""
+
+
+class ConfigError(KdcacheError, ValueError):
+    """A pipeline file or an argument is invalid (unknown key, wrong type, unknown name)."""
+
+
+class RegistryError(KdcacheError, KeyError):
+    """A name was looked up in a registry that does not know it, or registered twice."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreNotFoundError(KdcacheError, FileNotFoundError):
+    """No kdcache store exists at the given location."""
+
+
+class StoreFormatError(KdcacheError, ValueError):
+    """The store is not a kdcache Zarr v3 store this version can read (format version, metadata, codecs)."""
+
+
+class StoreIncompleteError(KdcacheError, RuntimeError):
+    """The store, or the teacher asked for, has not been completely written."""
+
+
+class StoreMismatchError(KdcacheError, ValueError):
+    """The store does not describe what it is being used with (dataset, teacher, classes, views, shapes)."""
+
+
+class StoreLockedError(KdcacheError, RuntimeError):
+    """Another writer holds the store's lock."""
+
+
+class CorruptShardError(KdcacheError, OSError):
+    """A committed shard is missing or its bytes differ from what the manifest recorded."""
+
+
+class UnsafeNameError(KdcacheError, ValueError):
+    """A store, teacher or target name could escape the store root or is otherwise not allowed."""
+
+
+class NonFiniteTargetError(KdcacheError, ValueError):
+    """A teacher produced NaN or Inf; nothing of the batch is written."""
+
+
+class TargetOverflowError(KdcacheError, ValueError):
+    """A teacher output does not fit the storage dtype (e.g. |x| > 65504 for float16)."""
+
+
+class LayerNotFoundError(KdcacheError, KeyError):
+    """A module path does not name a layer of the model."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(KdcacheError, ValueError):
+    """A checkpoint is missing, unsafe to load, or does not fit the model."""

@@ -1,0 +1,285 @@
+"""From a pipeline config to results: the teacher, stage one, stage two, and the scratch / online / cached comparison.
+
+Each function here does one step the CLI exposes; ``run_pipeline`` chains them and writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdcache.checkpoint import load_model, read_spec, save_model
+from kdcache.config import LossConfig, PipelineConfig, StageConfig
+from kdcache.datasets import SampleDataset, Subset, build_dataset
+from kdcache.errors import CheckpointError, StoreMismatchError
+from kdcache.fingerprint import dataset_fingerprint
+from kdcache.losses import LossSetup
+from kdcache.models import build_model
+from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.store import Cache, open_cache
+from kdcache.stream import CachedDataset, ViewDataset
+from kdcache.targets import Target, build_target
+from kdcache.train import LiveTeacher, TrainResult, evaluate, fit
+from kdcache.views import ViewTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentRun:
+    """One student training run: which variant, its history and its final test metrics."""
+
+    variant: str
+    result: TrainResult
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.result.final
+
+
+def device_of(cfg: PipelineConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def load_split(cfg: PipelineConfig, split: str) -> SampleDataset:
+    """The train or test split named in the config, cut to ``max_*_samples`` when set (CI-sized runs)."""
+    dataset = build_dataset(cfg.data.dataset, split, cfg.data.args)
+    limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
+    if limit is not None and limit < len(dataset):
+        return Subset(dataset, np.arange(limit), tag=f"first-{limit}")
+    return dataset
+
+
+def view_transform(cfg: PipelineConfig) -> ViewTransform:
+    return ViewTransform(count=cfg.views.count, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+
+
+def eval_views(cfg: PipelineConfig) -> ViewTransform:
+    """View 0 under the eval transform: what test-time evaluation sees."""
+    return ViewTransform(count=1, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+
+
+def loss_setup(cfg: PipelineConfig) -> LossSetup:
+    return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index)
+
+
+def cache_targets(cfg: PipelineConfig) -> list[Target]:
+    return [build_target(t.kind, t.params) for t in cfg.cache.targets]
+
+
+def model_spec(cfg: PipelineConfig, role: str) -> dict:
+    model = cfg.teacher.model if role == "teacher" else cfg.student.model
+    return {"arch": model.arch, "args": model.args, "num_classes": cfg.data.num_classes}
+
+
+def build_student(cfg: PipelineConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # every variant starts from the same initial weights
+    return build_model(cfg.student.model.arch, cfg.data.num_classes, cfg.student.model.args)
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+    """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist."""
+    path = cfg.teacher_checkpoint
+    spec = model_spec(cfg, "teacher")
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
+    if path.exists():
+        stored = read_spec(path)
+        if stored and stored != spec:
+            raise CheckpointError(
+                f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
+                "Point teacher.checkpoint at the right file or delete it to retrain"
+            )
+        return load_model(teacher, path).eval()
+    if cfg.teacher.train is None:
+        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train")
+    log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)
+    train = cfg.teacher.train
+    fit(
+        teacher,
+        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg)),
+        None,
+        stages=train.stages,
+        setup=loss_setup(cfg),
+        batch_size=train.batch_size,
+        seed=cfg.seed,
+        device=device_of(cfg),
+        progress=progress,
+        desc="teacher",
+    )
+    save_model(teacher.cpu(), path, spec=spec)
+    return teacher.eval()
+
+
+def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, float]:
+    test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
+    return evaluate(teacher, test, batch_size=256, device=device_of(cfg), ignore_index=cfg.data.ignore_index)
+
+
+# ------------------------------------------------------------------------------------------------ stage one
+def run_precompute(cfg: PipelineConfig, *, progress: bool = True) -> PrecomputeReport:
+    teacher = ensure_teacher(cfg, progress=progress)
+    return precompute(
+        teacher,
+        load_split(cfg, cfg.data.train_split),
+        cfg.store_url,
+        targets=cache_targets(cfg),
+        views=view_transform(cfg),
+        num_classes=cfg.data.num_classes,
+        teacher_name=cfg.teacher.name,
+        teacher_spec=model_spec(cfg, "teacher"),
+        batch_size=cfg.cache.batch_size,
+        shard_samples=cfg.cache.shard_samples,
+        device=device_of(cfg),
+        ignore_index=cfg.data.ignore_index,
+        progress=progress,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ stage two
+def open_checked_cache(cfg: PipelineConfig, train: SampleDataset) -> Cache:
+    """Open the store and refuse it unless it is complete and made from this data, views and class count."""
+    cache = open_cache(cfg.store_url)
+    cache.require_complete(cfg.teacher.name)
+    record = cache.teacher(cfg.teacher.name)
+    logits = record.targets.get("logits")
+    if logits is not None:
+        classes = next(iter(logits.arrays.values())).shape[2]
+        if classes != cfg.data.num_classes:
+            raise StoreMismatchError(
+                f"store {cache.url!r}: teacher {cfg.teacher.name!r} has {classes} classes, but the pipeline trains a "
+                f"{cfg.data.num_classes}-class student (data.num_classes). Fix data.num_classes or use a store made "
+                "for this task"
+            )
+    cache.require_dataset(dataset_fingerprint(train, num_classes=cfg.data.num_classes))
+    cache.require_views(view_transform(cfg).spec())
+    return cache
+
+
+def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -> StudentRun:
+    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``."""
+    train = load_split(cfg, cfg.data.train_split)
+    test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
+    stages = cfg.student.train.stages if variant != "scratch" else scratch_stages(cfg)
+    needed = sorted({t for s in stages for l in s.losses for t in _loss_targets(cfg, l)})
+    source = None
+    if variant == "cached":
+        data: ViewDataset = CachedDataset(
+            train,
+            open_checked_cache(cfg, train),
+            teacher=cfg.teacher.name,
+            targets=needed,
+            views=view_transform(cfg),
+            ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
+        )
+    else:
+        data = ViewDataset(train, view_transform(cfg))
+        if variant == "online":
+            targets = [t for t in cache_targets(cfg) if t.name in needed]
+            source = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device_of(cfg))
+    student = build_student(cfg)
+    kwargs = {} if source is None else {"targets": source}
+    result = fit(
+        student,
+        data,
+        test,
+        stages=stages,
+        setup=loss_setup(cfg),
+        batch_size=cfg.student.train.batch_size,
+        seed=cfg.seed,
+        device=device_of(cfg),
+        num_workers=cfg.student.train.num_workers,
+        progress=progress,
+        desc=variant,
+        **kwargs,
+    )
+    save_model(student.cpu(), cfg.out / f"student-{variant}.safetensors", spec=model_spec(cfg, "student"))
+    return StudentRun(variant, result)
+
+
+def scratch_stages(cfg: PipelineConfig) -> list[StageConfig]:
+    """The student's schedule with the task loss only: same epochs and optimiser, no teacher."""
+    epochs = sum(s.epochs for s in cfg.student.train.stages)
+    last = cfg.student.train.stages[-1]
+    return [StageConfig(name="scratch", epochs=epochs, optimizer=last.optimizer, losses=list(cfg.scratch_losses))]
+
+
+def _loss_targets(cfg: PipelineConfig, loss: LossConfig) -> list[str]:
+    from kdcache.losses import LOSSES
+
+    cls = LOSSES.get(loss.name)
+    return cls(cls.Params.model_validate(loss.params), loss_setup(cfg)).teacher_targets()
+
+
+def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
+    """Bytes on disk of the whole store, per cached sample, and each of the teacher's targets per sample."""
+    from kdcache.summary import array_bytes
+
+    cache = open_cache(cfg.store_url)
+    n = max(cache.num_samples, 1)
+    total = cache.location.disk_usage()
+    targets = cache.teacher(cfg.teacher.name).targets
+    per_target = {name: sum(array_bytes(cache, a.path) for a in t.arrays.values()) / n for name, t in targets.items()}
+    return total, total / n, per_target
+
+
+def rate_text(report: PrecomputeReport) -> str:
+    rate = report.samples_per_second
+    return "already cached" if rate is None else f"{rate:,.0f}"
+
+
+def output_path(cfg: PipelineConfig, name: str) -> Path:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    return cfg.out / name
+
+
+# ------------------------------------------------------------------------------------------------ the whole job
+def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
+    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report."""
+    from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
+
+    teacher = ensure_teacher(cfg, progress=progress)
+    teacher_metrics = teacher_test_metrics(cfg, teacher)
+    report = run_precompute(cfg, progress=progress)
+    total, per_sample, per_target = store_size(cfg)
+    runs = {variant: train_student(cfg, variant, progress=progress) for variant in cfg.compare}
+    summary = {
+        "pipeline": cfg.name,
+        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": report.accuracy},
+        "store": {
+            "url": cfg.store_url,
+            "bytes": total,
+            "bytes_per_sample": per_sample,
+            "target_bytes_per_sample": per_target,
+            "precompute_seconds": report.seconds,
+            "samples_per_second": report.samples_per_second,
+        },
+        "students": {v: {"test": r.metrics, "seconds": r.result.seconds} for v, r in runs.items()},
+    }
+    header = ["model", "test accuracy", "wall time (s)"]
+    rows = [["teacher", pct(teacher_metrics["accuracy"]), "—"]]
+    rows += [[f"student ({v})", pct(r.metrics["accuracy"]), f"{r.result.seconds:.1f}"] for v, r in runs.items()]
+    render_table(f"{cfg.name}: test split", header, rows)
+    targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
+    store_rows = [[cfg.store_url, f"{total:,}", f"{per_sample:.1f}", targets_text, rate_text(report)]]
+    store_header = ["store", "bytes on disk", "bytes / sample", "target bytes / sample", "precompute samples/s"]
+    render_table("cache", store_header, store_rows)
+    (output_path(cfg, "results.md")).write_text(
+        f"## {cfg.name}\n\n" + markdown_table(header, rows) + "\n" + markdown_table(store_header, store_rows)
+    )
+    plot_curves(
+        {f"student ({v})": r.result for v, r in runs.items()},
+        output_path(cfg, "curves.png"),
+        reference={"teacher": teacher_metrics["accuracy"]},
+        title=cfg.name,
+    )
+    write_json(output_path(cfg, "results.json"), summary)
+    return summary

@@ -1,0 +1,29 @@
+"""Losses of the KD literature, registered by name for pipeline files. See docs/losses.md."""
+
+from __future__ import annotations
+
+from kdcache.losses import response as _response  # noqa: F401  (registers ce, kd)
+from kdcache.losses.base import LOSSES, LossParams, LossSetup, LossTerm, Objective, StepOutputs
+from kdcache.losses.response import kd_divergence
+
+
+def build_objective(entries: list[tuple[str, float, dict]], setup: LossSetup) -> Objective:
+    """An :class:`Objective` from ``(name, weight, params)`` entries; repeated names get a ``#n`` suffix."""
+    terms: dict[str, tuple[float, LossTerm]] = {}
+    for name, weight, params in entries:
+        cls = LOSSES.get(name)
+        key = name if name not in terms else f"{name}#{len(terms)}"
+        terms[key] = (weight, cls(cls.Params.model_validate(params), setup))
+    return Objective(terms)
+
+
+__all__ = [
+    "LOSSES",
+    "LossParams",
+    "LossSetup",
+    "LossTerm",
+    "Objective",
+    "StepOutputs",
+    "build_objective",
+    "kd_divergence",
+]

@@ -1,0 +1,46 @@
+"""Small CNNs for 8x8 digits: a wide teacher and a narrow student of the same shape of network."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class DigitsCNN(nn.Module):
+    """Three conv stages (8x8 -> 4x4 -> 2x2) with ``width``, ``2*width``, ``4*width`` channels, then a linear head.
+
+    Layers are named ``layer1..layer3``, ``pool`` (the per-sample embedding) and ``fc`` so targets and losses can
+    address them by module path.
+    """
+
+    def __init__(self, num_classes: int = 10, *, width: int = 32, in_channels: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layer1 = _conv_bn_relu(in_channels, width, 1)
+        self.layer2 = _conv_bn_relu(width, 2 * width, 2)
+        self.layer3 = _conv_bn_relu(2 * width, 4 * width, 2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.dropout(self.pool(x)))
+
+
+class DigitsMLP(nn.Module):
+    """A one-hidden-layer perceptron on the flattened image: the smallest useful student."""
+
+    def __init__(self, num_classes: int = 10, *, hidden: int = 16, in_pixels: int = 64) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Sequential(nn.Linear(in_pixels, hidden), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(self.flatten(x)))

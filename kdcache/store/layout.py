@@ -1,0 +1,95 @@
+"""Where arrays live in a store and how they are chunked, sharded and encoded (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from kdcache.errors import UnsafeNameError
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "kdcache.manifest.json"
+COMMITS_PREFIX = ".kdcache/commits"
+SAMPLES_OWNER = "samples"
+
+Compressor = Literal["none", "lz4", "zstd"]
+# Codecs a kdcache store may use; anything else in an array's metadata is refused when the store is opened.
+ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "crc32c", "blosc", "zstd", "transpose"})
+
+TARGET_CHUNK_BYTES = 512 * 1024  # inner chunk = read unit: large enough that zarr's per-call cost is amortised
+TARGET_SHARD_BYTES = 32 * 1024 * 1024  # shard = write unit (PERFORMANCE.md: 16k samples of 1000-class fp16 logits)
+MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES = 64, 65536
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def check_name(name: str, *, what: str) -> str:
+    """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
+
+    ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.
+    """
+    segments = name.split("/")
+    if not name or name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
+        raise UnsafeNameError(
+            f"{what} name {name!r} is not allowed: use letters, digits, '_', '.', '-' (and '/' between levels), "
+            "with no empty, '.' or '..' level and no leading '/'"
+        )
+    return name
+
+
+def teacher_path(teacher: str, array: str) -> str:
+    """Array path of a teacher's target array, e.g. ``teachers/resnet50/logits``."""
+    return f"teachers/{check_name(teacher, what='teacher')}/{check_name(array, what='target array')}"
+
+
+def owner_of_teacher(teacher: str) -> str:
+    return f"teachers/{check_name(teacher, what='teacher')}"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array to create: its path, the shape and dtype of one sample, and how it is chunked and compressed.
+
+    ``views`` adds axis 1 (one entry per cached view); ``None`` for per-sample arrays such as ``samples/index``.
+    """
+
+    path: str
+    sample_shape: tuple[int, ...]
+    dtype: str
+    compressor: Compressor = "none"
+    views: int | None = None
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize * (self.views or 1)
+
+    def shape(self, num_samples: int) -> tuple[int, ...]:
+        head = (num_samples,) if self.views is None else (num_samples, self.views)
+        return head + self.sample_shape
+
+    def chunk_samples(self, shard_samples: int) -> int:
+        """Samples per inner chunk: ~512 KB, a power of two that divides the shard."""
+        return min(shard_samples, _pow2_ceil(max(1, TARGET_CHUNK_BYTES // max(1, self.bytes_per_sample))))
+
+
+def plan_shard_samples(bytes_per_sample: list[int], num_samples: int) -> int:
+    """Samples per shard for a store: ~32 MB of the widest array, a power of two, no larger than the data needs."""
+    widest = max(bytes_per_sample, default=1)
+    by_bytes = _pow2_floor(max(1, TARGET_SHARD_BYTES // max(1, widest)))
+    return max(MIN_SHARD_SAMPLES, min(by_bytes, MAX_SHARD_SAMPLES, _pow2_ceil(num_samples)))
+
+
+def shard_ranges(num_samples: int, shard_samples: int) -> list[tuple[int, int]]:
+    """Sample ranges ``[start, stop)`` of every shard, in order."""
+    return [(lo, min(lo + shard_samples, num_samples)) for lo in range(0, num_samples, shard_samples)]
+
+
+def _pow2_ceil(x: int) -> int:
+    return 1 << max(0, int(x - 1).bit_length())
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << max(0, int(x).bit_length() - 1)

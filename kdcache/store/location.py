@@ -1,0 +1,109 @@
+"""Byte-level access to a store's root, local or any fsspec URL, and the matching zarr store.
+
+This is the one place that knows whether a store is on local disk or remote. Local writes are atomic (temp file +
+``os.replace``); remote object stores write each object in a single PUT, which is atomic by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from zarr.abc.store import Store
+
+CREDENTIAL_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"})
+TEMP_SUFFIX = ".partial"
+
+
+class StoreLocation:
+    """The root of a store: ``runs/x/train.zarr``, ``file:///...`` or ``s3://bucket/prefix/train.zarr``.
+
+    Credentials in ``storage_options`` are used for I/O but never shown, logged or pickled: a copy sent to another
+    process (a dask worker) takes its credentials from that process's environment instead.
+    """
+
+    def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = str(url)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            self.root = str(Path(self.root).resolve())
+
+    def __repr__(self) -> str:
+        return f"StoreLocation({self.url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        safe = {k: v for k, v in self.storage_options.items() if k not in CREDENTIAL_OPTIONS}
+        return {"url": self.url, "storage_options": safe}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+
+    def zarr_store(self, *, read_only: bool) -> Store:
+        """A zarr v3 store over the same root."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.root, read_only=read_only)
+        return FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def exists(self, key: str = "") -> bool:
+        return bool(self.fs.exists(self._path(key) if key else self.root))
+
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; ``FileNotFoundError`` if it does not exist."""
+        return bytes(self.fs.cat_file(self._path(key)))
+
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or ``None`` when the object does not exist."""
+        try:
+            return int(self.fs.size(self._path(key)))
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write an object so that readers see either the old or the new bytes, never a mix."""
+        path = self._path(key)
+        if not self.is_local:
+            self.fs.pipe_file(path, data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys (relative to the root) of every object under ``prefix``, sorted."""
+        base = self._path(prefix)
+        if not self.fs.exists(base):
+            return []
+        root = self.root.rstrip("/") + "/"
+        return sorted(p[len(root) :] if p.startswith(root) else p for p in self.fs.find(base))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def disk_usage(self) -> int:
+        """Total bytes stored under the root."""
+        return int(sum(self.fs.du(self.root, total=False).values())) if self.exists() else 0
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    proto = fs.protocol
+    return set(proto) if isinstance(proto, (tuple, list)) else {proto}

@@ -1,0 +1,158 @@
+"""The commit manifest: the single source of truth about what a store holds (DESIGN.md §3).
+
+Readers trust only the manifest. A shard not listed in it does not exist; a listed shard whose size or digest
+differs is corrupt. While a store is being built each finished shard gets its own small commit record under
+``.kdcache/commits/<owner>/``; the builder merges them into the manifest and publishes ``complete`` last.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kdcache.errors import StoreFormatError, StoreNotFoundError
+from kdcache.store.layout import COMMITS_PREFIX, FORMAT_VERSION, MANIFEST_KEY
+from kdcache.store.location import StoreLocation
+
+Status = Literal["building", "complete"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArrayRecord(_Record):
+    """An array as created: full shape, dtype, inner chunk and shard shapes, compressor."""
+
+    path: str
+    shape: list[int]
+    dtype: str
+    chunks: list[int]
+    shards: list[int]
+    compressor: str
+
+
+class FileDigest(_Record):
+    """One shard file as committed."""
+
+    key: str
+    nbytes: int
+    sha256: str
+
+
+class ShardCommit(_Record):
+    """Everything one writer committed for one shard range: a file per array, plus statistics of the range."""
+
+    owner: str
+    index: int
+    start: int
+    stop: int
+    files: dict[str, FileDigest]
+    stats: dict[str, float] = {}
+
+
+class TargetRecord(_Record):
+    """A cached target: its kind, the parameters it was made with and the arrays that hold it."""
+
+    kind: str
+    params: dict[str, Any]
+    arrays: dict[str, ArrayRecord]
+
+
+class TeacherRecord(_Record):
+    fingerprint: dict[str, Any]
+    status: Status = "building"
+    targets: dict[str, TargetRecord]
+    accuracy: float | None = None
+    shards: list[ShardCommit] = []
+
+
+class SamplesRecord(_Record):
+    arrays: dict[str, ArrayRecord]
+    status: Status = "building"
+    shards: list[ShardCommit] = []
+
+
+class Manifest(_Record):
+    format_version: int = FORMAT_VERSION
+    num_samples: int
+    shard_samples: int
+    dataset: dict[str, Any]
+    views: dict[str, Any]
+    samples: SamplesRecord
+    teachers: dict[str, TeacherRecord] = {}
+    library: dict[str, str] = {}
+
+    @property
+    def status(self) -> Status:
+        """``complete`` when the sample arrays and every teacher are complete."""
+        parts = [self.samples.status, *(t.status for t in self.teachers.values())]
+        return "complete" if all(p == "complete" for p in parts) else "building"
+
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_samples)
+
+    def all_commits(self) -> list[ShardCommit]:
+        return [*self.samples.shards, *(s for t in self.teachers.values() for s in t.shards)]
+
+
+def read_manifest(location: StoreLocation) -> Manifest:
+    """Load and validate the manifest; the error says whether the store is missing, foreign or too new."""
+    try:
+        raw = location.read_bytes(MANIFEST_KEY)
+    except FileNotFoundError:
+        what = "holds no kdcache manifest" if location.exists() else "does not exist"
+        raise StoreNotFoundError(
+            f"store {location.url!r} {what}; run `kdcache precompute` to build it, or check the path"
+        ) from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise StoreFormatError(
+            f"{location.url}/{MANIFEST_KEY} is not valid JSON ({exc}); the store is damaged"
+        ) from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"store {location.url!r} has format_version {version!r}; this kdcache reads version {FORMAT_VERSION}. "
+            "Upgrade kdcache or rebuild the store"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise StoreFormatError(f"{location.url}/{MANIFEST_KEY} does not match the manifest schema: {exc}") from None
+
+
+def write_manifest(location: StoreLocation, manifest: Manifest) -> None:
+    """Publish the manifest atomically (readers see the old or the new one, never half of either)."""
+    location.write_bytes(MANIFEST_KEY, manifest_bytes(manifest))
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return (json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True) + "\n").encode()
+
+
+def commit_key(owner: str, index: int) -> str:
+    return f"{COMMITS_PREFIX}/{owner}/{index:06d}.json"
+
+
+def write_commit(location: StoreLocation, commit: ShardCommit) -> None:
+    location.write_bytes(commit_key(commit.owner, commit.index), commit.model_dump_json().encode())
+
+
+def read_commits(location: StoreLocation, owner: str) -> dict[int, ShardCommit]:
+    """Commit records of ``owner`` by shard index; unreadable records (a torn write cannot happen, but a hand-edited
+    or truncated file can) are ignored, so that shard is simply rewritten."""
+    commits: dict[int, ShardCommit] = {}
+    for key in location.list(f"{COMMITS_PREFIX}/{owner}"):
+        if not key.endswith(".json"):
+            continue
+        try:
+            commit = ShardCommit.model_validate_json(location.read_bytes(key))
+        except (ValidationError, ValueError):
+            continue
+        if commit.owner == owner:
+            commits[commit.index] = commit
+    return commits

@@ -1,0 +1,286 @@
+"""Building a store: create or validate its layout, commit whole shards, publish the manifest last.
+
+The unit of work is one shard range of one owner (``samples`` or ``teachers/<name>``): :meth:`StoreBuilder.commit`
+writes every array of the owner for that range in shard-aligned calls (zarr rewrites a whole shard on any partial
+write, so unaligned writes are refused), digests the shard files and records them. The same call serves the
+single-process writer thread and dask tasks; it is idempotent, so a task that runs twice does no harm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from kdcache.errors import StoreMismatchError
+from kdcache.fingerprint import describe_difference
+from kdcache.store.layout import (
+    SAMPLES_OWNER,
+    ArraySpec,
+    shard_ranges,
+)
+from kdcache.store.location import TEMP_SUFFIX, StoreLocation
+from kdcache.store.manifest import (
+    ArrayRecord,
+    FileDigest,
+    Manifest,
+    SamplesRecord,
+    ShardCommit,
+    TargetRecord,
+    TeacherRecord,
+    read_commits,
+    read_manifest,
+    write_commit,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """How one target is stored: its kind, its parameters and its arrays by name relative to the teacher."""
+
+    kind: str
+    params: dict[str, Any]
+    arrays: dict[str, ArraySpec]
+
+
+def compressors_for(spec: ArraySpec) -> list[Any]:
+    """Inner-chunk codecs: the compressor, then crc32c so every stored byte is checksummed."""
+    chosen = {
+        "none": [],
+        "lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+        "zstd": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+    }[spec.compressor]
+    return [*chosen, Crc32cCodec()]
+
+
+def array_record(spec: ArraySpec, num_samples: int, shard_samples: int) -> ArrayRecord:
+    shape = spec.shape(num_samples)
+    chunk = spec.chunk_samples(shard_samples)
+    return ArrayRecord(
+        path=spec.path,
+        shape=list(shape),
+        dtype=spec.dtype,
+        chunks=[chunk, *shape[1:]],
+        shards=[shard_samples, *shape[1:]],
+        compressor=spec.compressor,
+    )
+
+
+class StoreBuilder:
+    """Writes into one store. Create it with :meth:`create_or_open`; commit shards; :meth:`finalize` each owner."""
+
+    def __init__(self, location: StoreLocation, manifest: Manifest) -> None:
+        self.location = location
+        self.manifest = manifest
+        self._group: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # ---------------------------------------------------------------- layout
+    @classmethod
+    def create_or_open(
+        cls,
+        location: StoreLocation,
+        *,
+        num_samples: int,
+        shard_samples: int,
+        dataset: dict[str, Any],
+        views: dict[str, Any],
+        sample_arrays: list[ArraySpec],
+        library: dict[str, str],
+    ) -> StoreBuilder:
+        """Open the store at ``location`` for writing, creating it if it does not exist.
+
+        An existing store must describe the same dataset, views, sample count and shard size; otherwise nothing is
+        touched and the error names both sides.
+        """
+        if location.exists("kdcache.manifest.json"):
+            manifest = read_manifest(location)
+            _require_same(location, "dataset", manifest.dataset, dataset)
+            _require_same(location, "views", manifest.views, views)
+            if (manifest.num_samples, manifest.shard_samples) != (num_samples, shard_samples):
+                raise StoreMismatchError(
+                    f"store {location.url!r} holds {manifest.num_samples} samples in shards of "
+                    f"{manifest.shard_samples}; this run has {num_samples} samples in shards of {shard_samples}. "
+                    "Use the store's shard size (cache.shard_samples) or write to a new store"
+                )
+            builder = cls(location, manifest)
+            builder.remove_temporaries()
+            return builder
+        records = {s.path: array_record(s, num_samples, shard_samples) for s in sample_arrays}
+        manifest = Manifest(
+            num_samples=num_samples,
+            shard_samples=shard_samples,
+            dataset=dataset,
+            views=views,
+            samples=SamplesRecord(arrays=records),
+            library=library,
+        )
+        builder = cls(location, manifest)
+        builder._create_arrays(sample_arrays)
+        builder.publish()
+        return builder
+
+    def add_teacher(self, name: str, fingerprint: dict[str, Any], targets: dict[str, TargetLayout]) -> None:
+        """Declare a teacher and its targets; re-declaring an existing teacher must match it exactly."""
+        n, shard = self.manifest.num_samples, self.manifest.shard_samples
+        records = {
+            target: TargetRecord(
+                kind=layout.kind,
+                params=layout.params,
+                arrays={rel: array_record(spec, n, shard) for rel, spec in layout.arrays.items()},
+            )
+            for target, layout in targets.items()
+        }
+        existing = self.manifest.teachers.get(name)
+        if existing is not None:
+            if existing.fingerprint.get("digest") != fingerprint.get("digest"):
+                raise StoreMismatchError(
+                    f"store {self.location.url!r} already holds teacher {name!r} made from a different teacher "
+                    f"({describe_difference(fingerprint, existing.fingerprint)}). Give this teacher another name "
+                    "(teacher.name) or write to a new store; the cached teacher is left untouched"
+                )
+            if existing.targets != records:
+                raise StoreMismatchError(
+                    f"store {self.location.url!r} holds teacher {name!r} with targets {sorted(existing.targets)} "
+                    f"laid out differently from this run's {sorted(records)}. Use a new teacher name or a new store"
+                )
+            return
+        self.manifest.teachers[name] = TeacherRecord(fingerprint=fingerprint, targets=records)
+        self._create_arrays([spec for layout in targets.values() for spec in layout.arrays.values()])
+        self.publish()
+
+    def _create_arrays(self, specs: list[ArraySpec]) -> None:
+        group = self.group()
+        n, shard = self.manifest.num_samples, self.manifest.shard_samples
+        for spec in specs:
+            record = array_record(spec, n, shard)
+            floating = np.issubdtype(np.dtype(spec.dtype), np.floating)
+            group.create_array(
+                spec.path,
+                shape=tuple(record.shape),
+                chunks=tuple(record.chunks),
+                shards=tuple(record.shards),
+                dtype=spec.dtype,
+                compressors=compressors_for(spec),
+                fill_value=np.nan if floating else 0,  # NaN: a chunk that was never written cannot pass as data
+                config={"write_empty_chunks": True},  # all-zero chunks are stored, so they read back as zeros
+                overwrite=True,
+            )
+
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            store = self.location.zarr_store(read_only=False)
+            self._group = zarr.open_group(store, mode="a", zarr_format=3)
+        return self._group
+
+    def array(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            self._arrays[path] = self.group()[path]  # type: ignore[assignment]
+        return self._arrays[path]
+
+    def remove_temporaries(self) -> None:
+        """Delete temp files a killed writer left behind (ours and zarr's ``*.partial``); nothing reads them."""
+        for key in self.location.list(""):
+            if key.endswith(TEMP_SUFFIX):
+                log.info("removing leftover temporary file %s", key)
+                self.location.delete(key)
+
+    # ---------------------------------------------------------------- commits
+    def owner_arrays(self, owner: str) -> dict[str, ArrayRecord]:
+        if owner == SAMPLES_OWNER:
+            return self.manifest.samples.arrays
+        teacher = self.manifest.teachers[owner.removeprefix("teachers/")]
+        return {rec.path: rec for t in teacher.targets.values() for rec in t.arrays.values()}
+
+    def pending_shards(self, owner: str) -> list[int]:
+        """Shard indices of ``owner`` without a valid commit record, in order."""
+        done = self.valid_commits(owner)
+        return [k for k in range(self.manifest.num_shards()) if k not in done]
+
+    def valid_commits(self, owner: str) -> dict[int, ShardCommit]:
+        """Commit records whose files still exist with the recorded sizes (a file lost since is rewritten)."""
+        commits = read_commits(self.location, owner)
+        return {
+            k: c for k, c in commits.items() if all(self.location.size(f.key) == f.nbytes for f in c.files.values())
+        }
+
+    def commit(
+        self, owner: str, index: int, data: dict[str, np.ndarray], stats: dict[str, float] | None = None
+    ) -> ShardCommit:
+        """Write shard ``index`` of every array of ``owner`` from ``data`` (path -> rows of that range), then record it."""
+        start, stop = shard_ranges(self.manifest.num_samples, self.manifest.shard_samples)[index]
+        arrays = self.owner_arrays(owner)
+        if set(data) != set(arrays):
+            raise ValueError(f"commit of {owner} shard {index} needs arrays {sorted(arrays)}, got {sorted(data)}")
+        files: dict[str, FileDigest] = {}
+        for path, values in data.items():
+            record = arrays[path]
+            expected = (stop - start, *record.shape[1:])
+            if tuple(values.shape) != expected:
+                raise ValueError(
+                    f"{path}: shard {index} covers samples [{start}, {stop}) and needs shape {expected}, got "
+                    f"{tuple(values.shape)}; writes must be whole shards"
+                )
+            array = self.array(path)
+            array[start:stop] = values
+            key = f"{path}/{array.metadata.encode_chunk_key((index,) + (0,) * (len(record.shape) - 1))}"
+            raw = self.location.read_bytes(key)
+            files[path] = FileDigest(key=key, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+        commit = ShardCommit(owner=owner, index=index, start=start, stop=stop, files=files, stats=stats or {})
+        write_commit(self.location, commit)
+        return commit
+
+    # ---------------------------------------------------------------- publishing
+    def publish(self) -> None:
+        """Write the manifest, and the group attributes that let plain zarr users see what the store is."""
+        write_manifest(self.location, self.manifest)
+        self.group().attrs.update(
+            {
+                "format_version": self.manifest.format_version,
+                "kdcache": {
+                    "status": self.manifest.status,
+                    "num_samples": self.manifest.num_samples,
+                    "teachers": sorted(self.manifest.teachers),
+                    "manifest": "kdcache.manifest.json",
+                },
+            }
+        )
+
+    def finalize(self, owner: str) -> bool:
+        """Merge ``owner``'s commit records into the manifest; mark it complete when every shard is committed."""
+        commits = self.valid_commits(owner)
+        ordered = [commits[k] for k in sorted(commits)]
+        complete = len(ordered) == self.manifest.num_shards()
+        status = "complete" if complete else "building"
+        if owner == SAMPLES_OWNER:
+            self.manifest.samples = self.manifest.samples.model_copy(update={"shards": ordered, "status": status})
+        else:
+            name = owner.removeprefix("teachers/")
+            teacher = self.manifest.teachers[name]
+            correct = sum(c.stats.get("correct", 0.0) for c in ordered)
+            count = sum(c.stats.get("count", 0.0) for c in ordered)
+            accuracy = correct / count if complete and count else None
+            self.manifest.teachers[name] = teacher.model_copy(
+                update={"shards": ordered, "status": status, "accuracy": accuracy}
+            )
+        self.publish()
+        return complete
+
+
+def _require_same(location: StoreLocation, what: str, found: dict[str, Any], expected: dict[str, Any]) -> None:
+    if found.get("digest") != expected.get("digest"):
+        raise StoreMismatchError(
+            f"store {location.url!r} was built for a different {what} ({describe_difference(expected, found)}). "
+            "Write to a new store, or point this run at the data the store was built from"
+        )
+
+
+__all__ = ["StoreBuilder", "TargetLayout", "array_record", "compressors_for"]

@@ -1,0 +1,240 @@
+"""Stage two's data path: inputs joined with cached targets by sample index, a batch per call.
+
+``CachedDataset`` is indexed by a *batch* of sample indices (use it with :func:`batch_loader`): the inputs of those
+samples are read from the dataset, their targets from the store in one call per array, and the two are paired by
+index, never by position in the batch. Targets travel as their stored dtype (float16, int8, ...) through CPU memory
+(pinned when the device is CUDA) and are decoded on the training device by :meth:`Batch.to`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kdcache.datasets.base import SampleDataset
+from kdcache.errors import StoreMismatchError
+from kdcache.store.layout import owner_of_teacher
+from kdcache.store.reader import ArrayReader, Cache
+from kdcache.targets import Target, build_target
+from kdcache.views import ViewTransform
+
+
+@dataclass
+class Batch:
+    """A training batch: model inputs, labels, the sample indices and views they came from, and teacher targets.
+
+    ``targets`` holds stored arrays (by target, then array name) until :meth:`to` decodes them on the device.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    views: torch.Tensor
+    targets: dict[str, Any] = field(default_factory=dict)
+    decoders: dict[str, Target] = field(default_factory=dict, repr=False)
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
+        pinned = {name: {k: v.pin_memory() for k, v in arrays.items()} for name, arrays in self.targets.items()}
+        return replace(self, inputs=self.inputs.pin_memory(), labels=self.labels.pin_memory(), targets=pinned)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move to ``device`` (non-blocking from pinned memory) and decode every target there."""
+        device = torch.device(device)
+        decoded = {
+            name: self.decoders[name].decode({k: v.to(device, non_blocking=True) for k, v in arrays.items()})
+            for name, arrays in self.targets.items()
+        }
+        return replace(
+            self,
+            inputs=self.inputs.to(device, non_blocking=True),
+            labels=self.labels.to(device, non_blocking=True),
+            targets=decoded,
+            decoders={},
+        )
+
+
+class ViewDataset(Dataset):
+    """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample)."""
+
+    def __init__(self, dataset: SampleDataset, views: ViewTransform, *, policy: str = "cycle") -> None:
+        self.dataset = dataset
+        self.views = views
+        self.policy = policy
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def view_ids(self, indices: np.ndarray) -> np.ndarray:
+        """The cached view replayed for each sample this epoch: ``cycle`` walks the views in turn, ``random`` draws
+        one from a generator keyed by (seed, epoch, sample)."""
+        count = self.views.count
+        if count == 1:
+            return np.zeros(len(indices), dtype=np.int64)
+        if self.policy == "cycle":
+            return (indices + self.epoch) % count
+        keyed = [np.random.default_rng([self.views.seed, self.epoch, int(i)]).integers(count) for i in indices]
+        return np.asarray(keyed, dtype=np.int64)
+
+    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        view_ids = self.view_ids(indices)
+        raw, labels = self.dataset.get_batch(indices)
+        return Batch(
+            inputs=self.views(raw, indices, view_ids),
+            labels=labels,
+            indices=torch.from_numpy(indices),
+            views=torch.from_numpy(view_ids),
+        )
+
+
+class CachedDataset(ViewDataset):
+    """:class:`ViewDataset` whose batches also carry the cached teacher targets of their samples.
+
+    >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
+    >>> for batch in batch_loader(train, batch_size=64, seed=0):
+    ...     batch = batch.to(device)  # batch.targets["logits"] is (64, 10) float32
+    """
+
+    def __init__(
+        self,
+        dataset: SampleDataset,
+        cache: Cache,
+        *,
+        teacher: str | None,
+        targets: list[str],
+        views: ViewTransform,
+        policy: str = "cycle",
+        ram_budget_bytes: float = 2 * 1024**3,
+    ) -> None:
+        super().__init__(dataset, views, policy=policy)
+        record = cache.teacher(teacher)
+        teacher = teacher or cache.teachers[0]
+        missing = sorted(set(targets) - set(record.targets))
+        if missing:
+            raise StoreMismatchError(
+                f"store {cache.url!r}, teacher {teacher!r} has no target(s) {missing}; it holds "
+                f"{sorted(record.targets)}. Add them to cache.targets and run `kdcache precompute`"
+            )
+        rows = cache.sample_index()
+        self.row_of = np.full(max(len(dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
+        self.row_of[rows] = np.arange(len(rows))
+        self.decoders = {name: build_target(record.targets[name].kind, record.targets[name].params) for name in targets}
+        records = [(name, rel, rec) for name in targets for rel, rec in record.targets[name].arrays.items()]
+        budget = ram_budget_bytes
+        self.readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
+        for name, rel, rec in sorted(records, key=lambda r: _nbytes(r[2].shape, r[2].dtype)):
+            size = _nbytes(rec.shape, rec.dtype)
+            fits = size <= budget
+            budget -= size if fits else 0
+            reader = cache.array_reader(rec, owner_of_teacher(teacher), in_memory=fits)
+            if fits:
+                reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
+            self.readers[name][rel] = reader
+
+    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
+        batch = super().__getitem__(indices)
+        rows = self.row_of[batch.indices.numpy()]
+        if (rows < 0).any():
+            absent = batch.indices.numpy()[rows < 0][:10].tolist()
+            raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
+        views = batch.views.numpy()
+        batch.targets = {
+            name: {rel: torch.from_numpy(reader.read_rows(rows, views)) for rel, reader in arrays.items()}
+            for name, arrays in self.readers.items()
+        }
+        batch.decoders = self.decoders
+        return batch
+
+
+def block_shuffle(num_samples: int, *, seed: int, epoch: int, block: int = 1, window: int = 8) -> np.ndarray:
+    """A permutation of ``range(num_samples)`` that is a pure function of (seed, epoch).
+
+    Blocks of ``block`` consecutive samples (a store's inner chunk) are visited in shuffled order, ``window`` blocks
+    at a time, and samples are shuffled within each window: reads stay chunk-sequential, order stays random enough.
+    With ``block=1`` it is a plain uniform permutation (right when targets are in RAM).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if block <= 1:
+        return rng.permutation(num_samples)
+    starts = rng.permutation(np.arange(0, num_samples, block))
+    order = []
+    for w in range(0, len(starts), window):
+        members = np.concatenate([np.arange(s, min(s + block, num_samples)) for s in starts[w : w + window]])
+        order.append(rng.permutation(members))
+    return np.concatenate(order) if order else np.arange(0)
+
+
+class EpochBatchSampler(Sampler[np.ndarray]):
+    """Batches of sample indices for one epoch at a time; ``set_epoch`` selects the (deterministic) order."""
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, shuffle: bool = True, block: int = 1) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.block = block
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return block_shuffle(self.num_samples, seed=self.seed, epoch=self.epoch, block=self.block)
+
+    def __iter__(self):  # noqa: ANN204 - Sampler protocol
+        order = self.order()
+        for b in range(0, len(order), self.batch_size):
+            yield order[b : b + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+
+def batch_loader(
+    dataset: ViewDataset,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader that hands ``dataset`` one batch of indices per call (``batch_size=None`` + a batch sampler)."""
+    block = 1
+    if isinstance(dataset, CachedDataset):  # streamed targets are read chunk by chunk: keep reads chunk-sequential
+        streamed = [r.chunk for arrays in dataset.readers.values() for r in arrays.values() if not r.in_memory]
+        block = max(streamed, default=1)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, block=block)
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=_identity,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Select epoch ``epoch``'s order and views (call before iterating the loader)."""
+    loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    loader.dataset.set_epoch(epoch)  # type: ignore[union-attr]
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -1,0 +1,121 @@
+"""The target contract: what stage one extracts from a teacher, how it is stored, how stage two decodes it.
+
+A target kind is registered by name (``TARGETS``) with a pydantic ``Params`` model, so pipeline files are validated
+against the kind they name. ``extract`` gives the exact float32 value a loss uses with a live teacher; ``encode``
+turns it into the arrays that are stored; ``decode`` turns stored arrays back into what the loss consumes. Losses
+therefore see the same kind of object from a cache and from a live teacher.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from kdcache.errors import NonFiniteTargetError, TargetOverflowError
+from kdcache.registry import Registry
+from kdcache.store.layout import Compressor
+
+FLOAT_LIMITS = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
+
+
+class TargetParams(BaseModel):
+    """Base of every target kind's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class TeacherOutputs:
+    """What one forward pass of a model gives the targets: logits plus the captured layers by module path."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """How one array of a target is stored: the shape and dtype of one (sample, view) entry and the compressor."""
+
+    sample_shape: tuple[int, ...]
+    dtype: str
+    compressor: Compressor = "none"
+
+
+class Target(ABC):
+    """One kind of teacher knowledge. Subclasses set ``kind`` and ``Params`` and register with ``TARGETS``."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[TargetParams]]
+
+    def __init__(self, params: TargetParams) -> None:
+        self.params = params
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Unique name of this target within a teacher (and the stem of its array names)."""
+
+    def teacher_layers(self) -> list[str]:
+        """Module paths whose outputs ``extract`` needs captured."""
+        return []
+
+    @abstractmethod
+    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+        """The float32 target, ``(B, ...)``, exactly as a loss would use it from a live teacher."""
+
+    @abstractmethod
+    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
+        """Arrays that store a target whose per-sample shape is ``sample_shape``, by name relative to the teacher."""
+
+    @abstractmethod
+    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
+        """Arrays to store for a batch of extracted values (already checked to be finite)."""
+
+    @abstractmethod
+    def decode(self, arrays: dict[str, torch.Tensor]) -> Any:
+        """What losses consume, from stored arrays already on the training device."""
+
+    def check(self, value: torch.Tensor, indices: np.ndarray) -> None:
+        """Refuse a batch that is not finite or does not fit the storage dtype, naming the samples."""
+        check_finite(self.name, value, indices)
+        dtype = getattr(self.params, "dtype", None)
+        if dtype is not None:
+            check_fits(self.name, value, dtype, indices)
+
+    def describe(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")
+
+
+TARGETS: Registry[type[Target]] = Registry("target kind")
+
+
+def check_finite(name: str, value: torch.Tensor, indices: np.ndarray) -> None:
+    """Refuse NaN/Inf teacher outputs, naming the sample indices, before anything of the batch is written."""
+    bad = ~torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+    if bool(bad.any()):
+        where = np.asarray(indices)[bad.cpu().numpy()]
+        raise NonFiniteTargetError(
+            f"teacher produced NaN/Inf in target {name!r} for {len(where)} sample(s), indices {where[:20].tolist()}"
+            f"{' …' if len(where) > 20 else ''}. Nothing of this batch was written; check the inputs of those samples "
+            "and the teacher checkpoint"
+        )
+
+
+def check_fits(name: str, value: torch.Tensor, dtype: str, indices: np.ndarray) -> None:
+    """Refuse values that would overflow the storage dtype (float16 saturates at 65504)."""
+    limit = FLOAT_LIMITS.get(dtype)
+    if limit is None:
+        return
+    peak = value.abs().reshape(len(value), -1).amax(dim=1)
+    over = peak > limit
+    if bool(over.any()):
+        where = np.asarray(indices)[over.cpu().numpy()]
+        raise TargetOverflowError(
+            f"target {name!r} reaches |x| = {float(peak.max()):.4g}, beyond {dtype}'s limit {limit:g}, for samples "
+            f"{where[:20].tolist()}. Store it as bfloat16 or float32 (dtype: bfloat16) instead"
+        )

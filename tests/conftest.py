@@ -1,0 +1,112 @@
+"""Shared fixtures: the shipped digits, a seeded tiny teacher, and pipeline configs that run in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kdcache.config import PipelineConfig, parse_pipeline
+from kdcache.datasets import HDF5Dataset, Subset
+from kdcache.models import DigitsCNN
+from kdcache.targets import build_target
+from kdcache.views import ViewTransform
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "data" / "digits.h5"
+MEAN, STD = (0.3056,), (0.3761,)
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines name ``data/digits.h5`` relative to the repository root, as the README's commands do."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def digits_train() -> HDF5Dataset:
+    return HDF5Dataset(DIGITS, "train")
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits_train: HDF5Dataset) -> Subset:
+    """The first 300 training digits: three shards of 128 (the last one partial) at shard_samples=128."""
+    return Subset(digits_train, np.arange(300), tag="first-300")
+
+
+@pytest.fixture
+def teacher() -> DigitsCNN:
+    """An untrained but seeded teacher: deterministic outputs are all the store tests need."""
+    torch.manual_seed(0)
+    return DigitsCNN(10, width=8).eval()
+
+
+@pytest.fixture
+def views() -> ViewTransform:
+    return ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
+
+
+@pytest.fixture
+def logits_target():
+    return build_target("logits", {"dtype": "float16"})
+
+
+def pipeline_dict(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    """A digits KD pipeline sized for tests: 240 train / 120 test samples, a few epochs, store under tmp_path."""
+    raw: dict[str, Any] = {
+        "name": "test_kd",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "dataset": "digits",
+            "num_classes": 10,
+            "mean": list(MEAN),
+            "std": list(STD),
+            "max_train_samples": 240,
+            "max_test_samples": 120,
+        },
+        "teacher": {
+            "name": "cnn16",
+            "model": {"arch": "digits-cnn", "args": {"width": 16}},
+            "train": {
+                "batch_size": 32,
+                "stages": [{"epochs": 3, "optimizer": {"lr": 0.003}, "losses": [{"name": "ce"}]}],
+            },
+        },
+        "student": {
+            "model": {"arch": "digits-cnn", "args": {"width": 2}},
+            "train": {
+                "batch_size": 32,
+                "stages": [
+                    {
+                        "epochs": 2,
+                        "optimizer": {"lr": 0.01},
+                        "losses": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4}],
+                    }
+                ],
+            },
+        },
+        "cache": {"shard_samples": 128},
+    }
+    return with_changes(raw, **changes)
+
+
+def with_changes(raw: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of a pipeline dict with ``section__key=value`` changes applied."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        node = raw
+        keys = dotted.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return raw
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> PipelineConfig:
+    return parse_pipeline(pipeline_dict(tmp_path))

@@ -1,0 +1,68 @@
+"""Pipeline files are validated; each error names the key and the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcache.config import load_pipeline, parse_pipeline
+from kdcache.errors import ConfigError
+from tests.conftest import ROOT, pipeline_dict
+
+
+def test_every_shipped_pipeline_validates():
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        assert load_pipeline(path).name == path.stem
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"data__shuffle": True}, r"data\.shuffle: unknown key; valid keys here: dataset, args, num_classes"),
+        ({"student__train__batch_size": "many"}, r"student\.train\.batch_size: Input should be a valid integer"),
+        (
+            {"student__model": {"arch": "resnet-9000"}},
+            r"unknown model 'resnet-9000'.*Valid choices: digits-cnn, digits-mlp",
+        ),
+        ({"student__model": {"arch": "digits-cnm"}}, r"Did you mean 'digits-cnn'\?"),
+        ({"data__dataset": "mnist"}, r"unknown dataset 'mnist'.*Valid choices: digits, hdf5"),
+        ({"cache__shard_samples": 100}, r"shard_samples must be a power of two"),
+        ({"data__num_classes": 1}, r"data\.num_classes: Input should be greater than 1"),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-model", "typo-model", "unknown-dataset", "shard-not-pow2", "one-class"],
+)
+def test_invalid_values_are_explained(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_pipeline(pipeline_dict(tmp_path, **changes))
+
+
+def test_loss_parameters_are_checked_against_the_named_loss(tmp_path):
+    stages = [{"epochs": 1, "losses": [{"name": "kd", "temprature": 4}]}]
+    with pytest.raises(
+        ConfigError, match=r"kd: temprature: Extra inputs are not permitted \(valid keys: temperature, target\)"
+    ):
+        parse_pipeline(pipeline_dict(tmp_path, student__train__stages=stages))
+
+
+def test_unknown_loss_and_target_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown loss 'kld'.*Valid choices: ce, kd"):
+        parse_pipeline(pipeline_dict(tmp_path, student__train__stages=[{"epochs": 1, "losses": [{"name": "kld"}]}]))
+    with pytest.raises(ConfigError, match=r"unknown target kind 'logit'. Did you mean 'logits'\?"):
+        parse_pipeline(pipeline_dict(tmp_path, cache__targets=[{"kind": "logit"}]))
+
+
+def test_overrides_apply_dotted_paths(tmp_path):
+    path = tmp_path / "p.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(pipeline_dict(tmp_path)))
+    cfg = load_pipeline(path, ["student.train.stages.0.epochs=7", "seed=3"])
+    assert cfg.student.train.stages[0].epochs == 7 and cfg.seed == 3
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(bad)

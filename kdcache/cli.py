@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from kdcache.errors import KdcacheError
 
@@ -39,10 +40,78 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdcache.experiment import run_pipeline
+    from kdcache.comparison import run_pipeline
 
     run_pipeline(_pipeline(args), progress=not args.quiet)
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from kdcache.experiment import plan_storage
+    from kdcache.report import render_table
+
+    rows = plan_storage(_pipeline(args))
+    table = [
+        [
+            r["target"],
+            r["array"],
+            str(tuple(r["shape"])),
+            r["dtype"],
+            f"{r['bytes_per_sample']:,}",
+            f"{r['total_bytes'] / 1e6:,.2f}",
+            str(r["chunk_samples"]),
+            str(r["shard_samples"]),
+            r["compressor"],
+        ]
+        for r in rows
+    ]
+    total = sum(r["total_bytes"] for r in rows)
+    per_sample = sum(r["bytes_per_sample"] for r in rows)
+    table.append(["total", "", "", "", f"{per_sample:,}", f"{total / 1e6:,.2f}", "", "", ""])
+    header = ["target", "array", "shape", "dtype", "bytes/sample", "MB (uncompressed)", "chunk", "shard", "codec"]
+    render_table("storage plan", header, table)
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from kdcache.fidelity import fidelity_table
+    from kdcache.report import markdown_table, render_table, write_json
+
+    rows = fidelity_table(args.classes, args.out, progress=not args.quiet)
+    header = [
+        "classes",
+        "encoding",
+        "bytes/sample (raw)",
+        "bytes/sample (disk)",
+        "KL T=1",
+        "KL T=4",
+        "mass kept T=1",
+        "mass kept T=4",
+    ]
+    table = [
+        [
+            str(r["classes"]),
+            r["encoding"],
+            str(r["raw_bytes_per_sample"]),
+            f"{r['bytes_per_sample']:.1f}",
+            f"{r['kl_T1']:.2e}",
+            f"{r['kl_T4']:.2e}",
+            _pct(r.get("mass_T1")),
+            _pct(r.get("mass_T4")),
+        ]
+        for r in rows
+    ]
+    render_table("logits encodings: size and fidelity", header, table)
+    sources = sorted({f"{r['classes']} classes: {r['source']}" for r in rows})
+    (args.out / "fidelity.md").write_text(
+        markdown_table(header, table) + "\n" + "\n".join(f"* {s}" for s in sources) + "\n"
+    )
+    write_json(args.out / "fidelity.json", rows)
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -81,7 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--variant", choices=["cached", "online", "scratch"], default="cached", help="where teacher targets come from"
     )
+    pipeline_command("plan", cmd_plan, "bytes per sample and store size of each target, before any teacher runs")
     pipeline_command("run", cmd_run, "teacher, stage one, and scratch / online / cached students, with a report")
+
+    fidelity = sub.add_parser(
+        "fidelity",
+        help="bytes and KL of each logits encoding, measured on real stores",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fidelity.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="teacher widths to measure")
+    fidelity.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="where stores and tables go")
+    fidelity.add_argument("--quiet", action="store_true", help="no progress bars")
+    fidelity.set_defaults(func=cmd_fidelity)
 
     inspect = sub.add_parser("inspect", help="print a store's manifest in readable form")
     inspect.add_argument("store", help="store path or URL")

@@ -13,8 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdcache.errors import ConfigError, RegistryError
-from kdcache.losses import LOSSES
-from kdcache.targets import TARGETS
+from kdcache.losses import LOSSES, LossSetup
+from kdcache.targets import TARGETS, build_target
 
 
 class Section(BaseModel):
@@ -104,6 +104,11 @@ class LossConfig(_Entry):
     name: str
     weight: float = 1.0
 
+    def teacher_targets(self) -> list[str]:
+        """Names of the cached teacher targets this loss reads."""
+        cls = LOSSES.get(self.name)
+        return cls(cls.Params.model_validate(self.params), LossSetup(num_classes=2)).teacher_targets()
+
 
 class TargetConfig(_Entry):
     """``{kind: logits, dtype: float16}``: a target to cache and its parameters."""
@@ -111,6 +116,11 @@ class TargetConfig(_Entry):
     _registry = TARGETS
     _key = "kind"
     kind: str
+
+    @property
+    def target_name(self) -> str:
+        """The name the target is stored and referenced under (``logits``, ``fsp/layer1__layer2``, ...)."""
+        return build_target(self.kind, self.params).name
 
 
 class StageConfig(Section):
@@ -166,6 +176,19 @@ class PipelineConfig(Section):
     cache: CacheConfig = CacheConfig()
     compare: list[Literal["scratch", "online", "cached"]] = ["scratch", "online", "cached"]
     scratch_losses: list[LossConfig] = [LossConfig(name="ce")]
+
+    @model_validator(mode="after")
+    def _losses_read_cached_targets(self) -> PipelineConfig:
+        produced = sorted({t.target_name for t in self.cache.targets})
+        for index, stage in enumerate(self.student.train.stages):
+            for loss in stage.losses:
+                missing = sorted(set(loss.teacher_targets()) - set(produced))
+                if missing:
+                    raise ValueError(
+                        f"student.train.stages.{index} ({stage.name}): loss {loss.name!r} reads teacher target(s) "
+                        f"{missing}, but cache.targets produces {produced}. Add the target to cache.targets"
+                    )
+        return self
 
     @property
     def out(self) -> Path:

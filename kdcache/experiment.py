@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from kdcache.checkpoint import load_model, read_spec, save_model
-from kdcache.config import LossConfig, PipelineConfig, StageConfig
+from kdcache.config import PipelineConfig, StageConfig
 from kdcache.datasets import SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
-from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.precompute import PrecomputeReport, precompute, trace_layouts
 from kdcache.store import Cache, open_cache
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import Target, build_target
@@ -169,7 +169,7 @@ def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -
     train = load_split(cfg, cfg.data.train_split)
     test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
     stages = cfg.student.train.stages if variant != "scratch" else scratch_stages(cfg)
-    needed = sorted({t for s in stages for l in s.losses for t in _loss_targets(cfg, l)})
+    needed = sorted({t for stage in stages for loss in stage.losses for t in loss.teacher_targets()})
     source = None
     if variant == "cached":
         data: ViewDataset = CachedDataset(
@@ -212,13 +212,6 @@ def scratch_stages(cfg: PipelineConfig) -> list[StageConfig]:
     return [StageConfig(name="scratch", epochs=epochs, optimizer=last.optimizer, losses=list(cfg.scratch_losses))]
 
 
-def _loss_targets(cfg: PipelineConfig, loss: LossConfig) -> list[str]:
-    from kdcache.losses import LOSSES
-
-    cls = LOSSES.get(loss.name)
-    return cls(cls.Params.model_validate(loss.params), loss_setup(cfg)).teacher_targets()
-
-
 def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
     """Bytes on disk of the whole store, per cached sample, and each of the teacher's targets per sample."""
     from kdcache.summary import array_bytes
@@ -241,45 +234,38 @@ def output_path(cfg: PipelineConfig, name: str) -> Path:
     return cfg.out / name
 
 
-# ------------------------------------------------------------------------------------------------ the whole job
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
-    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report."""
-    from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
+# ------------------------------------------------------------------------------------------------ planning
+def plan_storage(cfg: PipelineConfig) -> list[dict]:
+    """Bytes per sample and store size of every array the pipeline would write, before any teacher runs.
 
-    teacher = ensure_teacher(cfg, progress=progress)
-    teacher_metrics = teacher_test_metrics(cfg, teacher)
-    report = run_precompute(cfg, progress=progress)
-    total, per_sample, per_target = store_size(cfg)
-    runs = {variant: train_student(cfg, variant, progress=progress) for variant in cfg.compare}
-    summary = {
-        "pipeline": cfg.name,
-        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": report.accuracy},
-        "store": {
-            "url": cfg.store_url,
-            "bytes": total,
-            "bytes_per_sample": per_sample,
-            "target_bytes_per_sample": per_target,
-            "precompute_seconds": report.seconds,
-            "samples_per_second": report.samples_per_second,
-        },
-        "students": {v: {"test": r.metrics, "seconds": r.result.seconds} for v, r in runs.items()},
-    }
-    header = ["model", "test accuracy", "wall time (s)"]
-    rows = [["teacher", pct(teacher_metrics["accuracy"]), "—"]]
-    rows += [[f"student ({v})", pct(r.metrics["accuracy"]), f"{r.result.seconds:.1f}"] for v, r in runs.items()]
-    render_table(f"{cfg.name}: test split", header, rows)
-    targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
-    store_rows = [[cfg.store_url, f"{total:,}", f"{per_sample:.1f}", targets_text, rate_text(report)]]
-    store_header = ["store", "bytes on disk", "bytes / sample", "target bytes / sample", "precompute samples/s"]
-    render_table("cache", store_header, store_rows)
-    (output_path(cfg, "results.md")).write_text(
-        f"## {cfg.name}\n\n" + markdown_table(header, rows) + "\n" + markdown_table(store_header, store_rows)
-    )
-    plot_curves(
-        {f"student ({v})": r.result for v, r in runs.items()},
-        output_path(cfg, "curves.png"),
-        reference={"teacher": teacher_metrics["accuracy"]},
-        title=cfg.name,
-    )
-    write_json(output_path(cfg, "results.json"), summary)
-    return summary
+    Shapes come from one dummy forward pass of an untrained teacher of the configured architecture. Sizes are
+    uncompressed (compressed arrays will be smaller on disk).
+    """
+    from kdcache.capture import LayerCapture
+    from kdcache.store import plan_shard_samples
+
+    train = load_split(cfg, cfg.data.train_split)
+    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args).eval()
+    targets = cache_targets(cfg)
+    layers = sorted({layer for t in targets for layer in t.teacher_layers()})
+    with LayerCapture(teacher, layers) as capture:
+        layouts = trace_layouts(
+            teacher, capture, train, view_transform(cfg), targets, cfg.teacher.name, torch.device("cpu")
+        )
+    specs = [(name, rel, spec) for name, layout in layouts.items() for rel, spec in layout.arrays.items()]
+    n = len(train)
+    shard = cfg.cache.shard_samples or plan_shard_samples([s.bytes_per_sample for _, _, s in specs], n)
+    return [
+        {
+            "target": name,
+            "array": rel,
+            "shape": [n, *spec.shape(1)[1:]],
+            "dtype": spec.dtype,
+            "bytes_per_sample": spec.bytes_per_sample,
+            "total_bytes": spec.bytes_per_sample * n,
+            "chunk_samples": spec.chunk_samples(shard),
+            "shard_samples": shard,
+            "compressor": spec.compressor,
+        }
+        for name, rel, spec in specs
+    ]

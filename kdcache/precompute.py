@@ -120,7 +120,7 @@ def precompute(
     layers = sorted({layer for t in targets for layer in t.teacher_layers()})
     n = len(dataset)
     with LayerCapture(teacher, layers) as capture:
-        layouts = _trace_layouts(teacher, capture, dataset, views, targets, teacher_name, device)
+        layouts = trace_layouts(teacher, capture, dataset, views, targets, teacher_name, device)
         sample_arrays = _sample_arrays(dataset)
         sizes = [spec.bytes_per_sample for layout in layouts.values() for spec in layout.arrays.values()]
         builder = StoreBuilder.create_or_open(
@@ -204,7 +204,7 @@ def _model_inputs(
     return views(raw, samples, view_ids).to(device), labels
 
 
-def _trace_layouts(
+def trace_layouts(
     teacher: nn.Module,
     capture: LayerCapture,
     dataset: SampleDataset,

@@ -127,11 +127,13 @@ def fit(
     for stage in stages:
         objective = build_objective([(l.name, l.weight, l.params) for l in stage.losses], setup).to(device)
         frozen = freeze(student, stage.freeze)
-        params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
-        optimizer = build_optimizer(params, stage.optimizer)
-        schedule = _schedule(optimizer, stage.optimizer, stage.epochs * len(loader))
         bar = tqdm(range(stage.epochs), desc=f"{desc}:{stage.name}", unit="epoch", disable=not progress, leave=False)
         with LayerCapture(student, objective.student_layers()) as capture:
+            set_loader_epoch(loader, epoch_index)
+            _prepare(student, objective, loader, capture, targets, device)
+            params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+            optimizer = build_optimizer(params, stage.optimizer)
+            schedule = _schedule(optimizer, stage.optimizer, stage.epochs * len(loader))
             for _ in bar:
                 tick = time.perf_counter()
                 set_loader_epoch(loader, epoch_index)
@@ -157,6 +159,22 @@ def fit(
         freeze(student, [])
     result.seconds = time.perf_counter() - start
     return result
+
+
+@torch.no_grad()
+def _prepare(
+    student: nn.Module,
+    objective: nn.Module,
+    loader: Any,
+    capture: LayerCapture,
+    targets: TargetSource,
+    device: torch.device,
+) -> None:
+    """Show the objective one batch (student in eval mode, so no statistics move) to build data-shaped parameters."""
+    batch = next(iter(loader)).to(device)
+    student.eval()
+    outputs = forward_with_capture(student, batch.inputs, capture)
+    objective.prepare(StepOutputs(outputs.logits, batch.labels, outputs.features, targets(batch)))
 
 
 def _train_epoch(

@@ -38,11 +38,28 @@ def digits_small(digits_train: HDF5Dataset) -> Subset:
     return Subset(digits_train, np.arange(300), tag="first-300")
 
 
-@pytest.fixture
-def teacher() -> DigitsCNN:
-    """An untrained but seeded teacher: deterministic outputs are all the store tests need."""
+@pytest.fixture(scope="session")
+def _trained_teacher(digits_small: Subset) -> DigitsCNN:
+    """A width-8 CNN trained for 3 epochs on the 300 digits: spread-out, realistic logits and features."""
     torch.manual_seed(0)
-    return DigitsCNN(10, width=8).eval()
+    model = DigitsCNN(10, width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    normalise = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
+    inputs, labels = digits_small.get_batch(np.arange(len(digits_small)))
+    inputs = normalise(inputs, None, None)
+    for _ in range(3):
+        for batch in torch.arange(len(labels)).split(32):
+            loss = torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture
+def teacher(_trained_teacher: DigitsCNN) -> DigitsCNN:
+    """A private copy of the trained teacher, so a test may change it freely."""
+    return copy.deepcopy(_trained_teacher)
 
 
 @pytest.fixture

@@ -44,7 +44,10 @@ def test_loss_parameters_are_checked_against_the_named_loss(tmp_path):
 
 
 def test_unknown_loss_and_target_kind(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown loss 'kld'.*Valid choices: ce, kd"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown loss 'kld'. Did you mean 'kd'\?.*Valid choices: ce, feature_kd, fsp, hint, kd, rkd_angle, rkd_distance",
+    ):
         parse_pipeline(pipeline_dict(tmp_path, student__train__stages=[{"epochs": 1, "losses": [{"name": "kld"}]}]))
     with pytest.raises(ConfigError, match=r"unknown target kind 'logit'. Did you mean 'logits'\?"):
         parse_pipeline(pipeline_dict(tmp_path, cache__targets=[{"kind": "logit"}]))
@@ -66,3 +69,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pipeline(bad)
+
+
+def test_losses_must_read_targets_the_cache_produces(tmp_path):
+    stages = [{"epochs": 1, "losses": [{"name": "kd", "target": "logits_topk"}]}]
+    with pytest.raises(
+        ConfigError,
+        match=r"loss 'kd' reads teacher target\(s\) \['logits_topk'\], but cache.targets produces \['logits'\]",
+    ):
+        parse_pipeline(pipeline_dict(tmp_path, student__train__stages=stages))

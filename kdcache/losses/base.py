@@ -55,6 +55,9 @@ class LossTerm(nn.Module, ABC):
         """Module paths of the student whose outputs this term reads."""
         return []
 
+    def prepare(self, out: StepOutputs) -> None:
+        """Create parameters whose shapes depend on the data (e.g. a regressor), given one batch; default: none."""
+
     @abstractmethod
     def forward(self, out: StepOutputs) -> torch.Tensor: ...
 
@@ -75,6 +78,12 @@ class Objective(nn.Module):
 
     def student_layers(self) -> list[str]:
         return sorted({layer for term in self.terms.values() for layer in term.student_layers()})
+
+    @torch.no_grad()
+    def prepare(self, out: StepOutputs) -> None:
+        """Let every term create its data-shaped parameters before the optimiser is built."""
+        for term in self.terms.values():
+            term.prepare(out)
 
     def forward(self, out: StepOutputs) -> tuple[torch.Tensor, dict[str, float]]:
         total = out.logits.new_zeros(())

@@ -7,6 +7,26 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
+from kdcache.targets.logits import TopKLogits
+
+
+def topk_kd_divergence(student: torch.Tensor, teacher: TopKLogits, temperature: float) -> torch.Tensor:
+    """T² · KL over k+1 bins: the teacher's top-k classes plus one bin for all remaining probability mass.
+
+    The teacher's top-k probabilities are exact, softmax(z/T)_c = exp(z_c/T - lse_T), because the cache stores the
+    log-sum-exp of the full logits at T; its tail bin is 1 - Σ top-k. The student's bins are its probabilities of
+    the same k classes and the log-sum-exp of all other classes. With k = C there is no tail and this equals
+    :func:`kd_divergence` exactly.
+    """
+    log_q = F.log_softmax(student.float() / temperature, dim=1)
+    log_p_top = teacher.values / temperature - teacher.lse_at(temperature)[:, None]
+    per_sample = (log_p_top.exp() * (log_p_top - log_q.gather(1, teacher.indices))).sum(dim=1)
+    if teacher.indices.shape[1] < student.shape[1]:
+        p_tail = (1 - log_p_top.exp().sum(dim=1)).clamp_min(0)
+        log_q_tail = torch.logsumexp(log_q.scatter(1, teacher.indices, float("-inf")), dim=1)
+        tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0)
+        per_sample = per_sample + tail
+    return per_sample.mean() * temperature**2
 
 
 def kd_divergence(
@@ -52,6 +72,9 @@ class KDParams(LossParams):
 class KnowledgeDistillation(LossTerm):
     """Hinton KD: T²·KL between teacher and student distributions at temperature T (see :func:`kd_divergence`).
 
+    ``target`` names the cached logits: ``logits`` (dense), ``logits_int8`` (dequantised) or ``logits_topk``
+    (k+1-bin KL, :func:`topk_kd_divergence`).
+
     With ``[{name: ce, weight: 1-α}, {name: kd, weight: α}]`` this is the paper's α-mixture of hard and soft targets.
     """
 
@@ -62,5 +85,8 @@ class KnowledgeDistillation(LossTerm):
         return [self.params.target]
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
+        teacher = out.teacher[self.params.target]
+        if isinstance(teacher, TopKLogits):
+            return topk_kd_divergence(out.logits, teacher, self.params.temperature)
         valid = out.labels != self.setup.ignore_index if out.logits.dim() > 2 else None
-        return kd_divergence(out.logits, out.teacher[self.params.target], self.params.temperature, valid)
+        return kd_divergence(out.logits, teacher, self.params.temperature, valid)

@@ -7,12 +7,13 @@ from typing import Any
 from torch import nn
 
 from kdcache.errors import ConfigError
-from kdcache.models.digits import DigitsCNN, DigitsMLP
+from kdcache.models.digits import DigitsCNN, DigitsMLP, DigitsResNet
 from kdcache.registry import Registry
 
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("digits-cnn")(DigitsCNN)
 MODELS.register("digits-mlp")(DigitsMLP)
+MODELS.register("digits-resnet")(DigitsResNet)
 
 
 def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
@@ -24,4 +25,4 @@ def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None)
         raise ConfigError(f"model {arch!r} rejected its arguments {args}: {exc}") from None
 
 
-__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "build_model"]
+__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "DigitsResNet", "build_model"]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.targets import logits as _logits  # noqa: F401  (registers the kind)
+from kdcache.targets import features as _features  # noqa: F401  (registers features, embedding)
+from kdcache.targets import fsp as _fsp  # noqa: F401  (registers fsp)
+from kdcache.targets import logits as _logits  # noqa: F401  (registers logits)
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs, check_finite, check_fits
+from kdcache.targets.features import embedding_of
+from kdcache.targets.fsp import fsp_matrix
+from kdcache.targets.logits import TopKLogits
 
 
 def build_target(kind: str, params: dict[str, Any]) -> Target:
@@ -20,7 +25,10 @@ __all__ = [
     "Target",
     "TargetParams",
     "TeacherOutputs",
+    "TopKLogits",
     "build_target",
     "check_finite",
     "check_fits",
+    "embedding_of",
+    "fsp_matrix",
 ]

@@ -80,10 +80,14 @@ class Target(ABC):
     def decode(self, arrays: dict[str, torch.Tensor]) -> Any:
         """What losses consume, from stored arrays already on the training device."""
 
+    def value_dtype(self) -> str | None:
+        """The float dtype values are stored in (checked for overflow), or None when the encoding cannot overflow."""
+        return getattr(self.params, "dtype", None)
+
     def check(self, value: torch.Tensor, indices: np.ndarray) -> None:
         """Refuse a batch that is not finite or does not fit the storage dtype, naming the samples."""
         check_finite(self.name, value, indices)
-        dtype = getattr(self.params, "dtype", None)
+        dtype = self.value_dtype()
         if dtype is not None:
             check_fits(self.name, value, dtype, indices)
 

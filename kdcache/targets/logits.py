@@ -1,24 +1,26 @@
-"""Raw teacher logits (response-based knowledge, Hinton et al. 2015).
+"""Raw teacher logits (response-based knowledge, Hinton et al. 2015) and their storage encodings.
 
-Logits are stored raw: temperature is a stage-two choice, so one store serves every temperature. ``dense`` keeps
-every class in float16, bfloat16 (stored as its 16 raw bits, since Zarr v3 has no bfloat16 type) or float32.
+Logits are stored raw: temperature is a stage-two choice, so one store serves every temperature. Encodings:
+
+* ``dense``: every class in float16, bfloat16 (its 16 raw bits as uint16: Zarr v3 has no bfloat16 type) or float32.
+* ``topk``: the k largest logits with their class indices, plus log-sum-exp(z/T) of the *full* logits at every
+  declared temperature T, so the probability mass outside the top k is known exactly at those temperatures.
+* ``int8``: per-row affine quantisation, ``z ≈ offset + scale · (q + 128)`` with ``scale = (max - min) / 255``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from kdcache.errors import ConfigError
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
 
 FloatDtype = Literal["float16", "bfloat16", "float32"]
-
-
-class LogitsParams(TargetParams):
-    encoding: Literal["dense"] = "dense"
-    dtype: FloatDtype = "float16"
 
 
 def to_storage(value: torch.Tensor, dtype: FloatDtype) -> np.ndarray:
@@ -39,6 +41,44 @@ def storage_dtype(dtype: FloatDtype) -> str:
     return "uint16" if dtype == "bfloat16" else dtype
 
 
+@dataclass
+class TopKLogits:
+    """Decoded top-k logits: ``values``/``indices`` ``(B, k)``, ``lse`` ``(B, len(temperatures))`` of the full logits."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    lse: torch.Tensor
+    temperatures: tuple[float, ...]
+
+    def lse_at(self, temperature: float) -> torch.Tensor:
+        """log Σ_c exp(z_c / T) of the full logits, for a temperature the store declared."""
+        for i, t in enumerate(self.temperatures):
+            if abs(t - temperature) < 1e-9:
+                return self.lse[:, i]
+        raise ConfigError(
+            f"the top-k logits were cached with log-sum-exp at temperatures {list(self.temperatures)}, not at "
+            f"T={temperature}; the tail mass is unknown there. Use one of those temperatures in the KD loss, or "
+            "add it to the target's temperatures and re-run precompute"
+        )
+
+
+class LogitsParams(TargetParams):
+    encoding: Literal["dense", "topk", "int8"] = "dense"
+    dtype: FloatDtype = Field("float16", description="dense values and top-k values")
+    k: int | None = Field(None, gt=0, description="top-k: classes kept per sample")
+    temperatures: tuple[float, ...] = Field((1.0,), description="top-k: temperatures at which the tail is exact")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LogitsParams:
+        if self.encoding == "topk" and self.k is None:
+            raise ValueError("encoding topk needs k (the number of classes kept per sample)")
+        if self.encoding != "topk" and self.k is not None:
+            raise ValueError(f"k applies to encoding topk only, not {self.encoding}")
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be positive, got {list(self.temperatures)}")
+        return self
+
+
 @TARGETS.register("logits")
 class LogitsTarget(Target):
     """The teacher's final outputs, ``(C,)`` per sample for classification or ``(C, H, W)`` for segmentation."""
@@ -49,16 +89,67 @@ class LogitsTarget(Target):
 
     @property
     def name(self) -> str:
-        return "logits"
+        return "logits" if self.params.encoding == "dense" else f"logits_{self.params.encoding}"
 
     def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
         return outputs.logits.float()
 
+    def value_dtype(self) -> str | None:
+        return None if self.params.encoding == "int8" else self.params.dtype  # int8 rescales every row
+
     def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
-        return {"logits": StoredArray(sample_shape, storage_dtype(self.params.dtype))}
+        p, name = self.params, self.name
+        if p.encoding == "dense":
+            return {name: StoredArray(sample_shape, storage_dtype(p.dtype))}
+        if len(sample_shape) != 1:
+            raise ConfigError(f"encoding {p.encoding} is for per-sample class logits (C,), not shape {sample_shape}")
+        classes = sample_shape[0]
+        if p.encoding == "int8":
+            return {
+                f"{name}/q": StoredArray((classes,), "int8"),
+                f"{name}/scale": StoredArray((), "float32"),
+                f"{name}/offset": StoredArray((), "float32"),
+            }
+        if p.k is not None and p.k > classes:
+            raise ConfigError(f"top-k with k={p.k} but the teacher has only {classes} classes; use k <= {classes}")
+        return {
+            f"{name}/values": StoredArray((p.k,), storage_dtype(p.dtype)),
+            f"{name}/indices": StoredArray((p.k,), "int16" if classes <= np.iinfo(np.int16).max else "int32"),
+            f"{name}/lse": StoredArray((len(p.temperatures),), "float32"),
+        }
 
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
-        return {"logits": to_storage(value, self.params.dtype)}
+        p, name = self.params, self.name
+        if p.encoding == "dense":
+            return {name: to_storage(value, p.dtype)}
+        if p.encoding == "int8":
+            low, high = value.amin(dim=1), value.amax(dim=1)
+            scale = ((high - low) / 255).clamp_min(torch.finfo(torch.float32).tiny)
+            q = torch.round((value - low[:, None]) / scale[:, None]).clamp(0, 255) - 128
+            return {
+                f"{name}/q": q.to(torch.int8).cpu().numpy(),
+                f"{name}/scale": scale.cpu().numpy(),
+                f"{name}/offset": low.cpu().numpy(),
+            }
+        top = value.topk(p.k, dim=1)
+        lse = torch.stack([torch.logsumexp(value / t, dim=1) for t in p.temperatures], dim=1)
+        index_dtype = np.int16 if value.shape[1] <= np.iinfo(np.int16).max else np.int32
+        return {
+            f"{name}/values": to_storage(top.values, p.dtype),
+            f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype),
+            f"{name}/lse": lse.cpu().numpy().astype(np.float32),
+        }
 
-    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
-        return from_storage(arrays["logits"], self.params.dtype)
+    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor | TopKLogits:
+        p, name = self.params, self.name
+        if p.encoding == "dense":
+            return from_storage(arrays[name], p.dtype)
+        if p.encoding == "int8":
+            q = arrays[f"{name}/q"].float() + 128
+            return arrays[f"{name}/offset"][:, None] + arrays[f"{name}/scale"][:, None] * q
+        return TopKLogits(
+            values=from_storage(arrays[f"{name}/values"], p.dtype),
+            indices=arrays[f"{name}/indices"].long(),
+            lse=arrays[f"{name}/lse"],
+            temperatures=p.temperatures,
+        )

@@ -1,0 +1,86 @@
+"""Intermediate activations: feature maps (FitNets hints, PSPNet aux-head outputs) and per-sample embeddings.
+
+``features/<layer>`` keeps a layer's output, optionally average-pooled to a fixed spatial size before storage.
+``embedding/<layer>`` keeps one vector per sample (a 4-D map is globally average-pooled) for relation losses
+such as RKD, whose pairwise terms are computed per batch in stage two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdcache.store.layout import Compressor, check_name
+from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
+from kdcache.targets.logits import FloatDtype, from_storage, storage_dtype, to_storage
+
+
+class LayerParams(TargetParams):
+    layer: str = Field(description="module path of the layer, e.g. layer3 or aux")
+    dtype: FloatDtype = "float16"
+    compressor: Compressor = "zstd"
+
+
+class FeaturesParams(LayerParams):
+    pool: tuple[int, int] | None = Field(None, description="average-pool the map to (h, w) before storage")
+
+
+class _LayerTarget(Target):
+    """Shared storage of a single layer-derived float array named ``<prefix>/<layer>``."""
+
+    prefix: str
+    params: LayerParams
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}/{check_name(self.params.layer, what='layer')}"
+
+    def teacher_layers(self) -> list[str]:
+        return [self.params.layer]
+
+    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
+        return {self.name: StoredArray(sample_shape, storage_dtype(self.params.dtype), self.params.compressor)}
+
+    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
+        return {self.name: to_storage(value, self.params.dtype)}
+
+    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
+        return from_storage(arrays[self.name], self.params.dtype)
+
+
+@TARGETS.register("features")
+class FeaturesTarget(_LayerTarget):
+    """A layer's output map ``(C, H, W)`` (or vector), optionally pooled to ``pool`` = (h, w)."""
+
+    kind = "features"
+    prefix = "features"
+    Params = FeaturesParams
+    params: FeaturesParams
+
+    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+        value = outputs.features[self.params.layer].float()
+        if self.params.pool is not None and value.dim() == 4:
+            value = F.adaptive_avg_pool2d(value, self.params.pool)
+        return value
+
+
+@TARGETS.register("embedding")
+class EmbeddingTarget(_LayerTarget):
+    """A per-sample vector ``(D,)``: the layer's output, globally average-pooled if it is a map."""
+
+    kind = "embedding"
+    prefix = "embedding"
+    Params = LayerParams
+
+    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+        return embedding_of(outputs.features[self.params.layer])
+
+
+def embedding_of(value: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` from a layer output: maps are globally average-pooled, anything else is flattened."""
+    value = value.float()
+    if value.dim() == 4:
+        value = value.mean(dim=(2, 3))
+    return value.flatten(1)

@@ -1,0 +1,65 @@
+"""FSP matrices: the "flow of solution procedure" between two layers (Yim et al., CVPR 2017).
+
+G(x) = F_a(x)^T F_b(x) / (h · w)  (Yim et al., Eq. 2), where F_a, F_b are the two feature maps flattened over the
+h × w spatial positions, so G is ``c_a × c_b``. When the maps differ in size the larger is average-pooled to the
+smaller (as between ResNet stages). :func:`fsp_matrix` is the single implementation, used for the teacher in stage
+one and for the live student in stage two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdcache.errors import ConfigError
+from kdcache.store.layout import Compressor, check_name
+from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
+from kdcache.targets.logits import FloatDtype, from_storage, storage_dtype, to_storage
+
+
+def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B, c_a, c_b)`` FSP matrices of two ``(B, c, h, w)`` maps; the larger map is pooled to the smaller."""
+    if a.dim() != 4 or b.dim() != 4:
+        raise ConfigError(f"FSP needs 4-D feature maps (B, C, H, W); got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    a = F.adaptive_avg_pool2d(a, size) if a.shape[2:] != size else a
+    b = F.adaptive_avg_pool2d(b, size) if b.shape[2:] != size else b
+    return torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)) / (size[0] * size[1])
+
+
+class FSPParams(TargetParams):
+    layers: tuple[str, str] = Field(description="module paths of the two layers, e.g. [layer1, layer2]")
+    dtype: FloatDtype = "float16"
+    compressor: Compressor = "zstd"
+
+
+@TARGETS.register("fsp")
+class FSPTarget(Target):
+    """FSP matrix between two teacher layers, stored ``(c_a, c_b)`` per sample as ``fsp/<a>__<b>``."""
+
+    kind = "fsp"
+    Params = FSPParams
+    params: FSPParams
+
+    @property
+    def name(self) -> str:
+        a, b = (check_name(layer, what="layer") for layer in self.params.layers)
+        return f"fsp/{a}__{b}"
+
+    def teacher_layers(self) -> list[str]:
+        return list(self.params.layers)
+
+    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+        a, b = self.params.layers
+        return fsp_matrix(outputs.features[a].float(), outputs.features[b].float())
+
+    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
+        return {self.name: StoredArray(sample_shape, storage_dtype(self.params.dtype), self.params.compressor)}
+
+    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
+        return {self.name: to_storage(value, self.params.dtype)}
+
+    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
+        return from_storage(arrays[self.name], self.params.dtype)

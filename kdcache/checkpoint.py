@@ -1,4 +1,5 @@
-"""Model checkpoints without pickle: safetensors files (``torch.load(weights_only=True)`` for ``.pt`` files)."""
+"""Checkpoints without pickle: models as safetensors files (``torch.load(weights_only=True)`` for ``.pt`` files),
+and nested training states (optimiser, schedule, sampler position) as safetensors with a JSON header."""
 
 from __future__ import annotations
 

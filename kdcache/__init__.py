@@ -13,6 +13,7 @@ from kdcache.store import Cache, open_cache
 from kdcache.stream import Batch, CachedDataset, ViewDataset, batch_loader, set_loader_epoch
 from kdcache.targets import TARGETS, build_target
 from kdcache.views import ViewTransform
+from kdcache.world import World, process_group
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "TensorDataset",
     "ViewDataset",
     "ViewTransform",
+    "World",
     "batch_loader",
     "build_objective",
     "build_target",
@@ -37,5 +39,6 @@ __all__ = [
     "load_pipeline",
     "open_cache",
     "precompute",
+    "process_group",
     "set_loader_epoch",
 ]

@@ -32,10 +32,13 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from kdcache.experiment import train_student
+    from kdcache.world import World
 
-    run = train_student(_pipeline(args), args.variant, progress=not args.quiet)
-    metrics = ", ".join(f"{k} {100 * v:.2f}%" for k, v in run.metrics.items())
-    print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
+    world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
+    run = train_student(_pipeline(args), args.variant, progress=not args.quiet, world=world, resume=args.resume)
+    if world.is_main:
+        metrics = ", ".join(f"{k} {100 * v:.2f}%" for k, v in run.metrics.items())
+        print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
     return 0
 
 
@@ -146,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     pipeline_command("precompute", cmd_precompute, "stage one: run the teacher once and write its targets to the store")
-    train = pipeline_command("train", cmd_train, "stage two: train the student from the store")
+    train = pipeline_command(
+        "train", cmd_train, "stage two: train the student from the store (under torchrun: DDP, one rank per process)"
+    )
     train.add_argument(
         "--variant", choices=["cached", "online", "scratch"], default="cached", help="where teacher targets come from"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start if absent)",
     )
     pipeline_command("plan", cmd_plan, "bytes per sample and store size of each target, before any teacher runs")
     pipeline_command("run", cmd_run, "teacher, stage one, and scratch / online / cached students, with a report")

@@ -144,9 +144,19 @@ class TeacherConfig(Section):
     train: TrainConfig | None = None
 
 
+class CheckpointConfig(Section):
+    """Training checkpoints of the student: always at the end of each epoch, and every ``every_steps`` optimiser
+    steps when that is set. ``kdcache train --resume`` continues from the last one (docs/distributed-training.md)."""
+
+    every_steps: int = Field(default=0, ge=0)
+    stop_after_steps: int | None = Field(default=None, gt=0)
+    log_samples: bool = False
+
+
 class StudentConfig(Section):
     model: ModelConfig
     train: TrainConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
 
 class CacheConfig(Section):

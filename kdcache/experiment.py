@@ -25,7 +25,9 @@ from kdcache.store import Cache, open_cache
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import Target, build_target
 from kdcache.train import LiveTeacher, TrainResult, evaluate, fit
+from kdcache.trainstate import Checkpointing
 from kdcache.views import ViewTransform
+from kdcache.world import World, process_group
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +166,63 @@ def open_checked_cache(cfg: PipelineConfig, train: SampleDataset) -> Cache:
     return cache
 
 
-def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -> StudentRun:
-    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``."""
-    train = load_split(cfg, cfg.data.train_split)
-    test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
+def train_student(
+    cfg: PipelineConfig,
+    variant: str,
+    *,
+    progress: bool = True,
+    world: World | None = None,
+    resume: bool = False,
+) -> StudentRun:
+    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``.
+
+    With ``world`` of several processes (``torchrun``) this joins the process group and trains under DDP; rank 0
+    writes the checkpoints and the student. ``resume`` continues from ``checkpoint_path(cfg, variant)``.
+    """
+    world = world or World()
+    progress = progress and world.is_main
     stages = cfg.student.train.stages if variant != "scratch" else scratch_stages(cfg)
+    with process_group(world, device_of(cfg)) as device:
+        data, source = _student_data(cfg, variant, stages, device, progress=progress)
+        student = build_student(cfg)
+        kwargs = {} if source is None else {"targets": source}
+        ckpt = cfg.student.checkpoint
+        result = fit(
+            student,
+            data,
+            ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg)),
+            stages=stages,
+            setup=loss_setup(cfg),
+            batch_size=cfg.student.train.batch_size,
+            seed=cfg.seed,
+            device=device,
+            num_workers=cfg.student.train.num_workers,
+            progress=progress,
+            desc=variant,
+            world=world,
+            checkpoint=Checkpointing(checkpoint_path(cfg, variant), every_steps=ckpt.every_steps, resume=resume),
+            sample_log=cfg.out / "samples" / f"student-{variant}" if ckpt.log_samples else None,
+            stop_after_steps=ckpt.stop_after_steps,
+            **kwargs,
+        )
+    if world.is_main:
+        save_model(student.cpu(), cfg.out / f"student-{variant}.safetensors", spec=model_spec(cfg, "student"))
+    return StudentRun(variant, result)
+
+
+def checkpoint_path(cfg: PipelineConfig, variant: str) -> Path:
+    """Where a student variant's training checkpoint lives (``kdcache train --resume`` reads it)."""
+    return cfg.out / "checkpoints" / f"student-{variant}.state.safetensors"
+
+
+def _student_data(
+    cfg: PipelineConfig, variant: str, stages: list[StageConfig], device: torch.device, *, progress: bool
+) -> tuple[ViewDataset, LiveTeacher | None]:
+    """The training data of a variant, and the live teacher that supplies its targets for ``online``."""
+    train = load_split(cfg, cfg.data.train_split)
     needed = sorted({t for stage in stages for loss in stage.losses for t in loss.teacher_targets()})
-    source = None
     if variant == "cached":
-        data: ViewDataset = CachedDataset(
+        data = CachedDataset(
             train,
             open_checked_cache(cfg, train),
             teacher=cfg.teacher.name,
@@ -180,29 +230,12 @@ def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -
             views=view_transform(cfg),
             ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
         )
-    else:
-        data = ViewDataset(train, view_transform(cfg))
-        if variant == "online":
-            targets = [t for t in cache_targets(cfg) if t.name in needed]
-            source = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device_of(cfg))
-    student = build_student(cfg)
-    kwargs = {} if source is None else {"targets": source}
-    result = fit(
-        student,
-        data,
-        test,
-        stages=stages,
-        setup=loss_setup(cfg),
-        batch_size=cfg.student.train.batch_size,
-        seed=cfg.seed,
-        device=device_of(cfg),
-        num_workers=cfg.student.train.num_workers,
-        progress=progress,
-        desc=variant,
-        **kwargs,
-    )
-    save_model(student.cpu(), cfg.out / f"student-{variant}.safetensors", spec=model_spec(cfg, "student"))
-    return StudentRun(variant, result)
+        return data, None
+    source = None
+    if variant == "online":
+        targets = [t for t in cache_targets(cfg) if t.name in needed]
+        source = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
+    return ViewDataset(train, view_transform(cfg)), source
 
 
 def scratch_stages(cfg: PipelineConfig) -> list[StageConfig]:

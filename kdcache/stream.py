@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.errors import StoreMismatchError
+from kdcache.sampler import EpochBatchSampler
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.reader import ArrayReader, Cache
 from kdcache.targets import Target, build_target
 from kdcache.views import ViewTransform
+from kdcache.world import World
 
 
 @dataclass
@@ -155,52 +157,6 @@ class CachedDataset(ViewDataset):
         return batch
 
 
-def block_shuffle(num_samples: int, *, seed: int, epoch: int, block: int = 1, window: int = 8) -> np.ndarray:
-    """A permutation of ``range(num_samples)`` that is a pure function of (seed, epoch).
-
-    Blocks of ``block`` consecutive samples (a store's inner chunk) are visited in shuffled order, ``window`` blocks
-    at a time, and samples are shuffled within each window: reads stay chunk-sequential, order stays random enough.
-    With ``block=1`` it is a plain uniform permutation (right when targets are in RAM).
-    """
-    rng = np.random.default_rng([seed, epoch])
-    if block <= 1:
-        return rng.permutation(num_samples)
-    starts = rng.permutation(np.arange(0, num_samples, block))
-    order = []
-    for w in range(0, len(starts), window):
-        members = np.concatenate([np.arange(s, min(s + block, num_samples)) for s in starts[w : w + window]])
-        order.append(rng.permutation(members))
-    return np.concatenate(order) if order else np.arange(0)
-
-
-class EpochBatchSampler(Sampler[np.ndarray]):
-    """Batches of sample indices for one epoch at a time; ``set_epoch`` selects the (deterministic) order."""
-
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int, shuffle: bool = True, block: int = 1) -> None:
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.block = block
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        return block_shuffle(self.num_samples, seed=self.seed, epoch=self.epoch, block=self.block)
-
-    def __iter__(self):  # noqa: ANN204 - Sampler protocol
-        order = self.order()
-        for b in range(0, len(order), self.batch_size):
-            yield order[b : b + self.batch_size]
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
-
 def batch_loader(
     dataset: ViewDataset,
     *,
@@ -209,13 +165,19 @@ def batch_loader(
     shuffle: bool = True,
     num_workers: int = 0,
     pin_memory: bool = False,
+    world: World | None = None,
 ) -> DataLoader:
-    """A DataLoader that hands ``dataset`` one batch of indices per call (``batch_size=None`` + a batch sampler)."""
+    """A DataLoader that hands ``dataset`` one batch of indices per call (``batch_size=None`` + a batch sampler).
+
+    ``batch_size`` is the global batch: with ``world`` (several processes) each rank gets its part of every global
+    batch (:class:`kdcache.sampler.EpochBatchSampler`), so the samples of each step do not depend on the number of
+    processes.
+    """
     block = 1
     if isinstance(dataset, CachedDataset):  # streamed targets are read chunk by chunk: keep reads chunk-sequential
         streamed = [r.chunk for arrays in dataset.readers.values() for r in arrays.values() if not r.in_memory]
         block = max(streamed, default=1)
-    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, block=block)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, block=block, world=world)
     return DataLoader(
         dataset,
         sampler=sampler,
@@ -226,9 +188,10 @@ def batch_loader(
     )
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Select epoch ``epoch``'s order and views (call before iterating the loader)."""
-    loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+def set_loader_epoch(loader: DataLoader, epoch: int, *, start_step: int = 0) -> None:
+    """Select epoch ``epoch``'s order and views (call before iterating the loader); iteration begins at global batch
+    ``start_step`` (a resumed epoch)."""
+    loader.sampler.set_epoch(epoch, start_step=start_step)  # type: ignore[union-attr]
     loader.dataset.set_epoch(epoch)  # type: ignore[union-attr]
 
 

@@ -3,26 +3,47 @@
 The loop never builds a teacher for cached KD: targets arrive with the batch. For the online baseline a
 :class:`LiveTeacher` computes the same targets each step with the same extraction code, so both feed the losses
 identical kinds of tensors.
+
+The same loop runs in one process or in each of W processes under torch.distributed (DDP, see
+docs/distributed-training.md): ``batch_size`` is the global batch, each rank trains on its part of it
+(:mod:`kdcache.sampler`) and DDP averages the gradients, each rank's loss weighted by its share of the batch, so a
+step equals one process's step on the whole global batch (BatchNorm statistics aside: they stay per rank). With
+:class:`Checkpointing` the loop saves its whole state (student, loss-term parameters, optimiser, LR schedule, sampler
+position, history) and resumes from it mid-epoch, on the same or another number of processes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kdcache.capture import LayerCapture, forward_with_capture
+from kdcache.checkpoint import save_state
 from kdcache.config import OptimizerConfig, StageConfig
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.metrics import Accuracy
 from kdcache.precompute import teacher_outputs
+from kdcache.samplelog import SampleLog
+from kdcache.sampler import EpochBatchSampler
 from kdcache.stream import Batch, ViewDataset, batch_loader, set_loader_epoch
 from kdcache.targets import Target
+from kdcache.trainstate import Checkpointing, LossSums, restore, resume_state, stage_plan
+from kdcache.world import World, all_reduce_sum, check_group
+
+log = logging.getLogger(__name__)
 
 
 class TargetSource(Protocol):
@@ -89,15 +110,26 @@ def _under(name: str, prefix: str) -> bool:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: ViewDataset, *, batch_size: int, device: torch.device, ignore_index: int = -100
+    model: nn.Module,
+    data: ViewDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    ignore_index: int = -100,
+    world: World | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on ``data`` (view 0, dataset order)."""
+    """Top-1 accuracy of ``model`` on ``data`` (view 0, dataset order). With several processes each rank evaluates
+    a contiguous share of ``data`` and the counts are summed, so every rank returns the accuracy on all of it."""
+    world = world or World()
     model.eval()
     accuracy = Accuracy(ignore_index)
-    for batch in batch_loader(data, batch_size=batch_size, shuffle=False):
-        batch = batch.to(device)
+    share = np.array_split(np.arange(len(data)), world.world_size)[world.rank]
+    for start in range(0, len(share), batch_size):
+        batch = data[share[start : start + batch_size]].to(device)
         accuracy.update(model(batch.inputs), batch.labels)
-    return {"accuracy": accuracy.compute()}
+    counts = all_reduce_sum(world, torch.tensor([accuracy.correct, accuracy.count], dtype=torch.int64))
+    correct, count = counts.tolist()
+    return {"accuracy": correct / count if count else float("nan")}
 
 
 def fit(
@@ -114,102 +146,247 @@ def fit(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "train",
+    world: World | None = None,
+    checkpoint: Checkpointing | None = None,
+    sample_log: str | Path | None = None,
+    stop_after_steps: int | None = None,
 ) -> TrainResult:
-    """Train ``student`` through ``stages`` in order, evaluating on ``test_data`` after every epoch."""
+    """Train ``student`` through ``stages`` in order, evaluating on ``test_data`` after every epoch.
+
+    ``batch_size`` is the global batch. With ``world`` of several processes (inside
+    :func:`kdcache.world.process_group`) every rank calls ``fit`` with the same arguments and trains on its part of
+    each batch under DDP. ``checkpoint`` saves (and with ``resume`` restores) the training state; ``sample_log``
+    names a directory where each rank logs the sample indices of every step (:mod:`kdcache.samplelog`);
+    ``stop_after_steps`` kills the process with SIGKILL after that many steps of this call, like a crash, to drill
+    recovery.
+    """
+    world = world or World()
+    check_group(world)
     device = torch.device(device)
     student.to(device)
-    result = TrainResult()
     loader = batch_loader(
-        train_data, batch_size=batch_size, seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda"
+        train_data,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        world=world,
     )
-    epoch_index = 0
-    start = time.perf_counter()
-    for stage in stages:
-        objective = build_objective([(l.name, l.weight, l.params) for l in stage.losses], setup).to(device)
-        frozen = freeze(student, stage.freeze)
-        bar = tqdm(range(stage.epochs), desc=f"{desc}:{stage.name}", unit="epoch", disable=not progress, leave=False)
-        with LayerCapture(student, objective.student_layers()) as capture:
-            set_loader_epoch(loader, epoch_index)
-            _prepare(student, objective, loader, capture, targets, device)
-            params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
-            optimizer = build_optimizer(params, stage.optimizer)
-            schedule = _schedule(optimizer, stage.optimizer, stage.epochs * len(loader))
-            for _ in bar:
-                tick = time.perf_counter()
-                set_loader_epoch(loader, epoch_index)
-                loss, parts = _train_epoch(
-                    student, frozen, objective, loader, capture, optimizer, schedule, targets, device
-                )
-                metrics = (
-                    {}
-                    if test_data is None
-                    else evaluate(
-                        student,
-                        test_data,
-                        batch_size=max(batch_size, 256),
-                        device=device,
-                        ignore_index=setup.ignore_index,
-                    )
-                )
-                result.history.append(
-                    EpochLog(stage.name, epoch_index, loss, parts, metrics, time.perf_counter() - tick)
-                )
-                bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()})
-                epoch_index += 1
-        freeze(student, [])
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-@torch.no_grad()
-def _prepare(
-    student: nn.Module,
-    objective: nn.Module,
-    loader: Any,
-    capture: LayerCapture,
-    targets: TargetSource,
-    device: torch.device,
-) -> None:
-    """Show the objective one batch (student in eval mode, so no statistics move) to build data-shaped parameters."""
-    batch = next(iter(loader)).to(device)
-    student.eval()
-    outputs = forward_with_capture(student, batch.inputs, capture)
-    objective.prepare(StepOutputs(outputs.logits, batch.labels, outputs.features, targets(batch)))
-
-
-def _train_epoch(
-    student: nn.Module,
-    frozen: list[nn.Module],
-    objective: nn.Module,
-    loader: Any,
-    capture: LayerCapture,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    targets: TargetSource,
-    device: torch.device,
-) -> tuple[float, dict[str, float]]:
-    student.train()
-    objective.train()
-    for module in frozen:
-        module.eval()
-    total, count, parts_sum = 0.0, 0, {}
-    for batch in loader:
-        batch = batch.to(device)
-        outputs = forward_with_capture(student, batch.inputs, capture)
-        step = StepOutputs(
-            logits=outputs.logits, labels=batch.labels, features=outputs.features, teacher=targets(batch)
+    state = resume_state(checkpoint, stages, student, loader.sampler)
+    trainer = _Trainer(
+        student,
+        loader,
+        world=world,
+        device=device,
+        targets=targets,
+        seed=seed,
+        plan=stage_plan(stages),
+        state=state,
+        checkpoint=checkpoint,
+        stop_after_steps=stop_after_steps,
+    )
+    if sample_log is not None:
+        epoch, step = trainer.position
+        trainer.sample_log = SampleLog(sample_log, world, fresh=state is None, epoch=epoch, step=step)
+    first = 0
+    for index, stage in enumerate(stages):
+        epochs = range(first, first + stage.epochs)
+        first = epochs.stop
+        if trainer.position[0] >= epochs.stop:
+            continue  # done before the checkpoint this run resumed from
+        bar = tqdm(
+            range(max(trainer.position[0], epochs.start), epochs.stop),
+            desc=f"{desc}:{stage.name}",
+            unit="epoch",
+            disable=not (progress and world.is_main),
+            leave=False,
         )
-        loss, parts = objective(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        n = len(batch.labels)
-        total += float(loss.detach()) * n
-        count += n
-        for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v * n
-    return total / max(count, 1), {k: v / max(count, 1) for k, v in parts_sum.items()}
+        trainer.run_stage(index, stage, bar, setup, test_data, max(batch_size, 256))
+    if trainer.sample_log is not None:
+        trainer.sample_log.close()
+    trainer.result.seconds += time.perf_counter() - trainer.started
+    return trainer.result
+
+
+@dataclass
+class _Stage:
+    """What one stage trains with: objective, optimiser, schedule, frozen modules and the (DDP-wrapped) step."""
+
+    index: int
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    frozen: list[nn.Module]
+    module: nn.Module
+
+
+class _Step(nn.Module):
+    """The student and the objective as one module, so DDP averages the gradients of both (loss terms can learn)."""
+
+    def __init__(self, student: nn.Module, objective: nn.Module, capture: LayerCapture) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+        self.capture = capture
+
+    def forward(
+        self, inputs: torch.Tensor, labels: torch.Tensor, teacher: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = forward_with_capture(self.student, inputs, self.capture)
+        return self.objective(
+            StepOutputs(logits=outputs.logits, labels=labels, features=outputs.features, teacher=teacher)
+        )
+
+
+class _Trainer:
+    """The state shared by the stages and epochs of one :func:`fit` call."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loader: Any,
+        *,
+        world: World,
+        device: torch.device,
+        targets: TargetSource,
+        seed: int,
+        plan: list[list[Any]],
+        state: dict[str, Any] | None,
+        checkpoint: Checkpointing | None,
+        stop_after_steps: int | None,
+    ) -> None:
+        self.student, self.loader, self.world, self.device = student, loader, world, device
+        self.targets, self.seed, self.plan, self.state = targets, seed, plan, state
+        self.checkpoint, self.stop_after_steps = checkpoint, stop_after_steps
+        self.sampler: EpochBatchSampler = loader.sampler
+        self.position = (self.sampler.epoch, self.sampler.start_step) if state else (0, 0)
+        history = [EpochLog(**h) for h in state["history"]] if state else []
+        self.result = TrainResult(history, state["seconds"] if state else 0.0)
+        self.sample_log: SampleLog | None = None
+        self.steps_run = 0
+        self.started = time.perf_counter()
+
+    def run_stage(
+        self, index: int, stage: StageConfig, bar: Any, setup: LossSetup, test: ViewDataset | None, eval_batch: int
+    ) -> None:
+        """Train one stage over the epochs of ``bar`` (a tqdm over epoch numbers), checkpointing each epoch."""
+        objective = build_objective([(l.name, l.weight, l.params) for l in stage.losses], setup).to(self.device)
+        frozen = freeze(self.student, stage.freeze)
+        with LayerCapture(self.student, objective.student_layers()) as capture:
+            if objective.needs_prepare:
+                self.prepare(objective, capture, bar.iterable[0])  # bar iterates this stage's remaining epochs
+            params = [p for p in [*self.student.parameters(), *objective.parameters()] if p.requires_grad]
+            optimizer = build_optimizer(params, stage.optimizer)
+            schedule = _schedule(optimizer, stage.optimizer, stage.epochs * len(self.loader))
+            if self.state is not None and self.state["stage"] == index:
+                restore(self.state, objective=objective, optimizer=optimizer, scheduler=schedule)
+            step = _Step(self.student, objective, capture)
+            module = DistributedDataParallel(step) if self.world.distributed else step
+            current = _Stage(index, objective, optimizer, schedule, frozen, module)
+            for epoch in bar:
+                start = self.position[1] if epoch == self.position[0] else 0
+                loss, parts, seconds = self.run_epoch(current, epoch, start)
+                tick = time.perf_counter()
+                _sync_buffers(self.student, self.world)  # BatchNorm statistics: rank 0's, as saved
+                metrics = {}
+                if test is not None:
+                    metrics = evaluate(
+                        self.student,
+                        test,
+                        batch_size=eval_batch,
+                        device=self.device,
+                        ignore_index=setup.ignore_index,
+                        world=self.world,
+                    )
+                seconds += time.perf_counter() - tick
+                self.result.history.append(EpochLog(stage.name, epoch, loss, parts, metrics, seconds))
+                bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()})
+                self.save(current, len(self.loader), None)
+        freeze(self.student, [])
+
+    @torch.no_grad()
+    def prepare(self, objective: nn.Module, capture: LayerCapture, epoch: int) -> None:
+        """Show the objective one batch (student in eval mode: no statistics move) so it can build data-shaped
+        parameters (a hint regressor) before the optimiser and DDP see the parameters."""
+        set_loader_epoch(self.loader, epoch)
+        batch = next(iter(self.loader)).to(self.device)
+        self.student.eval()
+        outputs = forward_with_capture(self.student, batch.inputs, capture)
+        objective.prepare(StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch)))
+
+    def run_epoch(self, st: _Stage, epoch: int, start: int) -> tuple[float, dict[str, float], float]:
+        """Train epoch ``epoch`` from global batch ``start``; its loss and weighted parts (means over all ranks'
+        samples) and the seconds it took."""
+        tick = time.perf_counter()
+        set_loader_epoch(self.loader, epoch, start_step=start)
+        resumed = self.state is not None and (epoch, start) == self.position and self.world.is_main
+        meter = LossSums(list(st.objective.weights), self.state.get("epoch_sums") if resumed else None)
+        self.student.train()
+        st.objective.train()
+        for module in st.frozen:
+            module.eval()
+        for step, batch in enumerate(self.loader, start=start):
+            batch = batch.to(self.device)
+            torch.manual_seed(_step_seed(self.seed, epoch, step, self.world.rank))  # dropout replays on resume
+            loss, parts = st.module(batch.inputs, batch.labels, self.targets(batch))
+            n = len(batch.indices)
+            share = n * self.world.world_size / self.sampler.global_size(step)
+            st.optimizer.zero_grad(set_to_none=True)
+            (loss * share).backward()
+            st.optimizer.step()
+            st.schedule.step()
+            meter.add(float(loss.detach()), parts, n)
+            if self.sample_log is not None:
+                self.sample_log.record(epoch, step, batch.indices.numpy())
+            done = step + 1
+            every = self.checkpoint.every_steps if self.checkpoint else 0
+            if every and done % every == 0 and done < len(self.loader):
+                self.save(st, done, meter)
+            self.steps_run += 1
+            if self.stop_after_steps is not None and self.steps_run >= self.stop_after_steps:
+                _kill_self()
+        totals = meter.reduced(self.world)
+        count = max(totals.pop("count"), 1.0)
+        return totals.pop("loss") / count, {k: v / count for k, v in totals.items()}, time.perf_counter() - tick
+
+    def save(self, st: _Stage, step: int, meter: LossSums | None) -> None:
+        """Checkpoint after ``step`` global batches of the current epoch (all ranks call; rank 0 writes)."""
+        if self.checkpoint is None:
+            return
+        sums = meter.reduced(self.world) if meter is not None else None
+        if not self.world.is_main:
+            return
+        state = {
+            "student": self.student.state_dict(),
+            "objective": st.objective.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "scheduler": st.schedule.state_dict(),
+            "stage": st.index,
+            "stages": self.plan,
+            "sampler": self.sampler.state(step),
+            "epoch_sums": sums,
+            "history": [asdict(h) for h in self.result.history],
+            "seconds": self.result.seconds + time.perf_counter() - self.started,
+        }
+        save_state(self.checkpoint.path, state)
+
+
+def _sync_buffers(model: nn.Module, world: World) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics diverge by the last batch of each rank)."""
+    if world.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed of one step of one rank: random layers (dropout) draw the same numbers when a step is
+    replayed after a resume."""
+    return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1, np.uint64)[0])
+
+
+def _kill_self() -> None:
+    """End this process as a crash would: no cleanup, no final checkpoint, no flush beyond what is written."""
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _schedule(

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from kdcache.precompute import precompute
+from kdcache.sampler import EpochBatchSampler, block_shuffle
 from kdcache.store import open_cache
-from kdcache.stream import CachedDataset, EpochBatchSampler, batch_loader, block_shuffle, set_loader_epoch
+from kdcache.stream import CachedDataset, batch_loader, set_loader_epoch
 
 
 @pytest.fixture

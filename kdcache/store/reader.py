@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,8 @@ class ArrayReader:
         self._data: np.ndarray | None = None
         self._verified: set[int] = set()
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        #: how many times each inner chunk was read from the store (streamed reads; a whole-array load is not counted)
+        self.chunks_read: Counter[int] = Counter()
         self._chunk_budget = max(1, DEFAULT_CHUNK_CACHE_BYTES // max(1, self._chunk_nbytes()))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -260,6 +262,7 @@ class ArrayReader:
         self.verify_shard(cid * self.chunk // self.shard)
         lo, hi = cid * self.chunk, min((cid + 1) * self.chunk, self.record.shape[0])
         block = np.asarray(self.array()[lo:hi])
+        self.chunks_read[cid] += 1
         self._chunks[cid] = block
         if len(self._chunks) > self._chunk_budget:
             self._chunks.popitem(last=False)

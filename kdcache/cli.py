@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", cmd_train, "stage two: train the student from the store (under torchrun: DDP, one rank per process)"
     )
     train.add_argument(
-        "--variant", choices=["cached", "online", "scratch"], default="cached", help="where teacher targets come from"
+        "--variant",
+        default="cached",
+        help="a variant of the pipeline's compare list, or scratch / online / cached (the target source)",
     )
     train.add_argument(
         "--resume",

@@ -13,17 +13,14 @@ from kdcache.experiment import (
     train_student,
 )
 from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
-from kdcache.train import TrainResult
+from kdcache.train import EpochLog, TrainResult
 
 METRIC = "accuracy"
 
 
-def epochs_to_reach(result: TrainResult, threshold: float, metric: str = METRIC) -> int | None:
-    """The first epoch (1-based, over all stages) whose test ``metric`` is at least ``threshold``."""
-    for log in result.history:
-        if log.metrics.get(metric, float("-inf")) >= threshold:
-            return log.epoch + 1
-    return None
+def epochs_to_reach(result: TrainResult, threshold: float, metric: str = METRIC) -> EpochLog | None:
+    """The first epoch whose test ``metric`` is at least ``threshold``."""
+    return next((log for log in result.history if log.metrics.get(metric, float("-inf")) >= threshold), None)
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
@@ -31,14 +28,15 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
     teacher_metrics = teacher_test_metrics(cfg, ensure_teacher(cfg, progress=progress))
     report = run_precompute(cfg, progress=progress)
     total, per_sample, per_target = store_size(cfg)
-    runs = {variant: train_student(cfg, variant, progress=progress).result for variant in cfg.compare}
-    scratch_final = runs["scratch"].final[METRIC] if "scratch" in runs else None
+    runs = {v.name: train_student(cfg, v.name, progress=progress).result for v in cfg.compare}
+    reference = next((v.name for v in cfg.compare if v.source == "none"), None)
+    scratch_final = runs[reference].final[METRIC] if reference is not None else None
     reach = {v: epochs_to_reach(r, scratch_final) if scratch_final is not None else None for v, r in runs.items()}
 
     header = ["model", f"test {METRIC}", "epochs to reach scratch's final", "wall time (s)"]
     rows = [["teacher", pct(teacher_metrics[METRIC]), "", "—"]]
     rows += [
-        [f"student ({v})", pct(r.final[METRIC]), _epochs_text(reach[v], len(r.history)), f"{r.seconds:.1f}"]
+        [f"student ({v})", pct(r.final[METRIC]), _epochs_text(reach[v], r), f"{r.seconds:.1f}"]
         for v, r in runs.items()
     ]
     targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
@@ -71,7 +69,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
             v: {
                 "test": r.final,
                 "seconds": r.seconds,
-                "epochs_to_reach_scratch": reach[v],
+                "epochs_to_reach_scratch": None if reach[v] is None else reach[v].epoch + 1,
                 "curve": [log.metrics.get(METRIC) for log in r.history],
             }
             for v, r in runs.items()
@@ -81,5 +79,13 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
     return summary
 
 
-def _epochs_text(epoch: int | None, total: int) -> str:
-    return f"never (of {total})" if epoch is None else f"{epoch} of {total}"
+def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:
+    """``12 of 30``, with the epoch within its stage when the run has several stages: ``12 of 30 (task: 2)``."""
+    total = len(result.history)
+    if log is None:
+        return f"never (of {total})"
+    stages = list(dict.fromkeys(h.stage for h in result.history))
+    if len(stages) == 1:
+        return f"{log.epoch + 1} of {total}"
+    within = sum(1 for h in result.history if h.stage == log.stage and h.epoch <= log.epoch)
+    return f"{log.epoch + 1} of {total} ({log.stage}: {within})"

@@ -174,6 +174,18 @@ class CacheConfig(Section):
         return value
 
 
+class VariantConfig(Section):
+    """A student run of ``kdcache run`` / ``kdcache train --variant``: where teacher targets come from (``none``,
+    the ``cached`` store, or an ``online`` live teacher) and, optionally, stages of its own."""
+
+    name: str
+    source: Literal["none", "cached", "online"]
+    stages: list[StageConfig] | None = Field(default=None, min_length=1)
+
+
+SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
+
+
 class PipelineConfig(Section):
     name: str
     seed: int = 0
@@ -184,21 +196,61 @@ class PipelineConfig(Section):
     teacher: TeacherConfig
     student: StudentConfig
     cache: CacheConfig = CacheConfig()
-    compare: list[Literal["scratch", "online", "cached"]] = ["scratch", "online", "cached"]
+    compare: list[VariantConfig] = Field(default=["scratch", "online", "cached"], min_length=1, validate_default=True)
     scratch_losses: list[LossConfig] = [LossConfig(name="ce")]
 
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _expand_shorthand(cls, value: Any) -> Any:
+        """``scratch``, ``online`` and ``cached`` stand for the student's own schedule with that target source."""
+        if not isinstance(value, list):
+            return value
+        return [
+            {"name": v, "source": SHORTHAND_VARIANTS[v]} if isinstance(v, str) and v in SHORTHAND_VARIANTS else v
+            for v in value
+        ]
+
     @model_validator(mode="after")
-    def _losses_read_cached_targets(self) -> PipelineConfig:
+    def _variants_are_consistent(self) -> PipelineConfig:
+        names = [v.name for v in self.compare]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compare has repeated variant names {names}; give each variant its own name")
         produced = sorted({t.target_name for t in self.cache.targets})
-        for index, stage in enumerate(self.student.train.stages):
-            for loss in stage.losses:
-                missing = sorted(set(loss.teacher_targets()) - set(produced))
-                if missing:
-                    raise ValueError(
-                        f"student.train.stages.{index} ({stage.name}): loss {loss.name!r} reads teacher target(s) "
-                        f"{missing}, but cache.targets produces {produced}. Add the target to cache.targets"
-                    )
+        for variant in [*self.compare, *(self.variant(n) for n in SHORTHAND_VARIANTS if n not in names)]:
+            for index, stage in enumerate(self.variant_stages(variant)):
+                for loss in stage.losses:
+                    where = f"variant {variant.name!r}, stage {index} ({stage.name}), loss {loss.name!r}"
+                    needed = set(loss.teacher_targets())
+                    if needed and variant.source == "none":
+                        raise ValueError(f"{where} reads teacher targets {sorted(needed)} but the source is none")
+                    if missing := sorted(needed - set(produced)):
+                        raise ValueError(
+                            f"{where} reads teacher target(s) {missing}, but cache.targets produces {produced}. "
+                            "Add the target to cache.targets"
+                        )
         return self
+
+    def variant(self, name: str) -> VariantConfig:
+        """The variant called ``name``: one listed in ``compare``, or a shorthand (scratch, online, cached)."""
+        for variant in self.compare:
+            if variant.name == name:
+                return variant
+        if name in SHORTHAND_VARIANTS:
+            return VariantConfig(name=name, source=SHORTHAND_VARIANTS[name])
+        known = sorted({*(v.name for v in self.compare), *SHORTHAND_VARIANTS})
+        raise ConfigError(f"unknown variant {name!r}; this pipeline has {known}")
+
+    def variant_stages(self, variant: VariantConfig) -> list[StageConfig]:
+        """A variant's own stages, else the student's schedule (with ``scratch_losses`` only when no teacher)."""
+        if variant.stages is not None:
+            return list(variant.stages)
+        if variant.source != "none":
+            return list(self.student.train.stages)
+        epochs = sum(s.epochs for s in self.student.train.stages)
+        last = self.student.train.stages[-1]
+        return [
+            StageConfig(name=variant.name, epochs=epochs, optimizer=last.optimizer, losses=list(self.scratch_losses))
+        ]
 
     @property
     def out(self) -> Path:

@@ -181,9 +181,10 @@ def train_student(
     """
     world = world or World()
     progress = progress and world.is_main
-    stages = cfg.student.train.stages if variant != "scratch" else scratch_stages(cfg)
+    spec = cfg.variant(variant)
+    stages = cfg.variant_stages(spec)
     with process_group(world, device_of(cfg)) as device:
-        data, source = _student_data(cfg, variant, stages, device, progress=progress)
+        data, source = _student_data(cfg, spec.source, stages, device, progress=progress)
         student = build_student(cfg)
         kwargs = {} if source is None else {"targets": source}
         ckpt = cfg.student.checkpoint
@@ -216,12 +217,12 @@ def checkpoint_path(cfg: PipelineConfig, variant: str) -> Path:
 
 
 def _student_data(
-    cfg: PipelineConfig, variant: str, stages: list[StageConfig], device: torch.device, *, progress: bool
+    cfg: PipelineConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
 ) -> tuple[ViewDataset, LiveTeacher | None]:
-    """The training data of a variant, and the live teacher that supplies its targets for ``online``."""
+    """The training data for a target ``source``, and the live teacher that supplies targets for ``online``."""
     train = load_split(cfg, cfg.data.train_split)
     needed = sorted({t for stage in stages for loss in stage.losses for t in loss.teacher_targets()})
-    if variant == "cached":
+    if source == "cached":
         data = CachedDataset(
             train,
             open_checked_cache(cfg, train),
@@ -231,18 +232,11 @@ def _student_data(
             ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
         )
         return data, None
-    source = None
-    if variant == "online":
+    live = None
+    if source == "online":
         targets = [t for t in cache_targets(cfg) if t.name in needed]
-        source = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
-    return ViewDataset(train, view_transform(cfg)), source
-
-
-def scratch_stages(cfg: PipelineConfig) -> list[StageConfig]:
-    """The student's schedule with the task loss only: same epochs and optimiser, no teacher."""
-    epochs = sum(s.epochs for s in cfg.student.train.stages)
-    last = cfg.student.train.stages[-1]
-    return [StageConfig(name="scratch", epochs=epochs, optimizer=last.optimizer, losses=list(cfg.scratch_losses))]
+        live = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
+    return ViewDataset(train, view_transform(cfg)), live
 
 
 def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:

@@ -78,3 +78,24 @@ def test_losses_must_read_targets_the_cache_produces(tmp_path):
         match=r"loss 'kd' reads teacher target\(s\) \['logits_topk'\], but cache.targets produces \['logits'\]",
     ):
         parse_pipeline(pipeline_dict(tmp_path, student__train__stages=stages))
+
+
+def test_compare_accepts_named_variants_with_their_own_stages(tmp_path):
+    variants = [
+        "scratch",
+        {"name": "kd-t2", "source": "cached", "stages": [{"epochs": 1, "losses": [{"name": "kd", "temperature": 2}]}]},
+    ]
+    cfg = parse_pipeline(pipeline_dict(tmp_path, compare=variants))
+    assert [(v.name, v.source) for v in cfg.compare] == [("scratch", "none"), ("kd-t2", "cached")]
+    assert cfg.variant_stages(cfg.variant("kd-t2"))[0].losses[0].params == {"temperature": 2}
+    scratch = cfg.variant_stages(cfg.variant("scratch"))
+    assert [loss.name for loss in scratch[0].losses] == ["ce"] and scratch[0].epochs == 2
+    assert cfg.variant("online").source == "online"  # shorthands are always available to `kdcache train`
+    with pytest.raises(ConfigError, match=r"unknown variant 'kd-t4'; this pipeline has \['cached', 'kd-t2'"):
+        cfg.variant("kd-t4")
+
+
+def test_a_variant_without_a_teacher_cannot_read_targets(tmp_path):
+    bad = [{"name": "oops", "source": "none", "stages": [{"epochs": 1, "losses": [{"name": "kd"}]}]}]
+    with pytest.raises(ConfigError, match=r"variant 'oops', stage 0 \(main\), loss 'kd' reads teacher targets \['logits'\] but the source is none"):
+        parse_pipeline(pipeline_dict(tmp_path, compare=bad))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:  # dask sets its own loggers to INFO; its cluster chatter is detail, like ours
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    if not args.verbose:  # dask sets its loggers from its config when imported; cluster chatter is detail, like ours
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return args.func(args)
     except KdcacheError as exc:

@@ -6,12 +6,16 @@ stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch
 
 from kdcache.config import PipelineConfig, load_pipeline
 from kdcache.datasets import HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.distributed import precompute_on_dask
 from kdcache.errors import KdcacheError
+from kdcache.hdf5 import export_hdf5, import_hdf5
 from kdcache.losses import LOSSES, build_objective, kd_divergence
 from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.stats import TeacherStats, store_stats
 from kdcache.store import Cache, open_cache
 from kdcache.stream import Batch, CachedDataset, ViewDataset, batch_loader, set_loader_epoch
 from kdcache.targets import TARGETS, build_target
+from kdcache.targets.ensemble import Ensemble, ProbabilityEnsemble
 from kdcache.views import ViewTransform
 from kdcache.world import World, process_group
 
@@ -23,11 +27,14 @@ __all__ = [
     "Batch",
     "Cache",
     "CachedDataset",
+    "Ensemble",
     "HDF5Dataset",
     "KdcacheError",
     "PipelineConfig",
     "PrecomputeReport",
+    "ProbabilityEnsemble",
     "SampleDataset",
+    "TeacherStats",
     "TensorDataset",
     "ViewDataset",
     "ViewTransform",
@@ -35,10 +42,14 @@ __all__ = [
     "batch_loader",
     "build_objective",
     "build_target",
+    "export_hdf5",
+    "import_hdf5",
     "kd_divergence",
     "load_pipeline",
     "open_cache",
     "precompute",
+    "precompute_on_dask",
     "process_group",
     "set_loader_epoch",
+    "store_stats",
 ]

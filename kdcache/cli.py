@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ def _pipeline(args: argparse.Namespace):  # noqa: ANN202
 def cmd_precompute(args: argparse.Namespace) -> int:
     from kdcache.experiment import rate_text, run_precompute
 
-    report = run_precompute(_pipeline(args), progress=not args.quiet)
+    report = run_precompute(_pipeline(args), progress=not args.quiet, workers=args.workers, scheduler=args.scheduler)
     acc = "—" if report.accuracy is None else f"{100 * report.accuracy:.2f}%"
     print(
         f"{report.store}: teacher {report.teacher!r} — {report.shards_written} shard(s) written, "
@@ -125,6 +126,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdcache.hdf5 import export_hdf5
+
+    path = export_hdf5(args.store, args.out, progress=not args.quiet)
+    print(f"exported {args.store} to {path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from kdcache.hdf5 import import_hdf5
+
+    cache = import_hdf5(args.file, args.store, progress=not args.quiet)
+    print(f"imported {args.file} into {cache.url}: {cache.num_samples} samples, teachers {cache.teachers}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from kdcache.stats import report_stats
+
+    report_stats(args.store, args.out, temperature=args.temperature, bins=args.bins, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdcache", description="Knowledge distillation with cached teachers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -148,7 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    pipeline_command("precompute", cmd_precompute, "stage one: run the teacher once and write its targets to the store")
+    precompute = pipeline_command(
+        "precompute", cmd_precompute, "stage one: run the teacher once and write its targets to the store"
+    )
+    cluster = precompute.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run on a dask LocalCluster of N one-thread worker processes, one task per shard range "
+        "(without --workers or --scheduler: in this process)",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on the existing dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)",
+    )
     train = pipeline_command(
         "train", cmd_train, "stage two: train the student from the store (under torchrun: DDP, one rank per process)"
     )
@@ -178,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print a store's manifest in readable form")
     inspect.add_argument("store", help="store path or URL")
     inspect.set_defaults(func=cmd_inspect)
+
+    def store_command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    export = store_command("export", cmd_export, "write a complete store's arrays and manifest to a new HDF5 file")
+    export.add_argument("store", help="store path or URL")
+    export.add_argument("out", type=Path, help="HDF5 file to create")
+    imp = store_command("import", cmd_import, "build a new store from an HDF5 file made by `kdcache export`")
+    imp.add_argument("file", type=Path, help="HDF5 file made by `kdcache export`")
+    imp.add_argument("store", help="store path or URL to create")
+    stats = store_command(
+        "stats", cmd_stats, "per-teacher accuracy, entropy, calibration (ECE, reliability PNG) and top-k mass"
+    )
+    stats.add_argument("store", help="store path or URL")
+    stats.add_argument("--out", type=Path, default=Path("runs/stats"), help="folder for stats.json and reliability.png")
+    stats.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the probabilities")
+    stats.add_argument("--bins", type=int, default=15, help="confidence bins of the calibration error")
     return parser
 
 
@@ -186,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # dask sets its loggers from its config when imported; cluster chatter is detail, like ours
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return args.func(args)
     except KdcacheError as exc:

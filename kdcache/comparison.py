@@ -36,8 +36,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
     header = ["model", f"test {METRIC}", "epochs to reach scratch's final", "wall time (s)"]
     rows = [["teacher", pct(teacher_metrics[METRIC]), "", "—"]]
     rows += [
-        [f"student ({v})", pct(r.final[METRIC]), _epochs_text(reach[v], r), f"{r.seconds:.1f}"]
-        for v, r in runs.items()
+        [f"student ({v})", pct(r.final[METRIC]), _epochs_text(reach[v], r), f"{r.seconds:.1f}"] for v, r in runs.items()
     ]
     targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
     store_header = ["store", "bytes on disk", "bytes / sample", "target bytes / sample", "precompute samples/s"]

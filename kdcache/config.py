@@ -137,11 +137,27 @@ class TrainConfig(Section):
     num_workers: int = Field(default=0, ge=0)
 
 
+class EnsembleConfig(Section):
+    """Stage two learns from several cached teachers of one store: ``mode: logits`` averages their logits,
+    ``mode: probs`` their softmax at the loss's temperature (see kdcache/targets/ensemble.py)."""
+
+    members: list[str] = Field(min_length=2)
+    mode: Literal["logits", "probs"] = "logits"
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: list[str]) -> list[str]:
+        if len(set(members)) != len(members):
+            raise ValueError(f"ensemble members must be distinct teacher names, got {members}")
+        return members
+
+
 class TeacherConfig(Section):
     name: str = "teacher"
     model: ModelConfig
     checkpoint: Path | None = None
     train: TrainConfig | None = None
+    ensemble: EnsembleConfig | None = None
 
 
 class CheckpointConfig(Section):
@@ -251,6 +267,20 @@ class PipelineConfig(Section):
         return [
             StageConfig(name=variant.name, epochs=epochs, optimizer=last.optimizer, losses=list(self.scratch_losses))
         ]
+
+    @model_validator(mode="after")
+    def _ensemble_is_cached(self) -> PipelineConfig:
+        if self.teacher.ensemble is not None and any(v.source == "online" for v in self.compare):
+            raise ValueError(
+                "teacher.ensemble is read from the store, so the 'online' variant (one live teacher) cannot use it; "
+                "set compare: [scratch, cached]"
+            )
+        return self
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """The cached teachers stage two reads: the ensemble's members, else ``teacher.name``."""
+        return list(self.teacher.ensemble.members) if self.teacher.ensemble else [self.teacher.name]
 
     @property
     def out(self) -> Path:

@@ -38,6 +38,10 @@ class StoreMismatchError(KdcacheError, ValueError):
     """The store does not describe what it is being used with (dataset, teacher, classes, views, shapes)."""
 
 
+class DestinationExistsError(KdcacheError, FileExistsError):
+    """kdcache would write a file or store where one already exists; nothing was overwritten."""
+
+
 class StoreLockedError(KdcacheError, RuntimeError):
     """Another writer holds the store's lock."""
 

@@ -16,14 +16,15 @@ from torch import nn
 from kdcache.checkpoint import load_model, read_spec, save_model
 from kdcache.config import PipelineConfig, StageConfig
 from kdcache.datasets import SampleDataset, Subset, build_dataset
-from kdcache.errors import CheckpointError, StoreMismatchError
+from kdcache.errors import CheckpointError, ConfigError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
-from kdcache.precompute import PrecomputeReport, precompute, trace_layouts
+from kdcache.precompute import PrecomputeReport, TeacherRun, precompute_local
 from kdcache.store import Cache, open_cache
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import Target, build_target
+from kdcache.targets.ensemble import Ensemble
 from kdcache.train import LiveTeacher, TrainResult, evaluate, fit
 from kdcache.trainstate import Checkpointing
 from kdcache.views import ViewTransform
@@ -87,20 +88,33 @@ def build_student(cfg: PipelineConfig) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ teacher
+def load_teacher(cfg: PipelineConfig) -> nn.Module:
+    """The teacher from its checkpoint (never trained here: dask workers load, they do not train)."""
+    path = cfg.teacher_checkpoint
+    spec = model_spec(cfg, "teacher")
+    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
+    if not path.exists():
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} does not exist; run `kdcache precompute` without --workers/--scheduler "
+            "once to train it, or point teacher.checkpoint at it"
+        )
+    stored = read_spec(path)
+    if stored and stored != spec:
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
+            "Point teacher.checkpoint at the right file or delete it to retrain"
+        )
+    return load_model(teacher, path).eval()
+
+
 def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
     """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist."""
     path = cfg.teacher_checkpoint
-    spec = model_spec(cfg, "teacher")
+    if path.exists():
+        return load_teacher(cfg)
     torch.manual_seed(cfg.seed)
     teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
-    if path.exists():
-        stored = read_spec(path)
-        if stored and stored != spec:
-            raise CheckpointError(
-                f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
-                "Point teacher.checkpoint at the right file or delete it to retrain"
-            )
-        return load_model(teacher, path).eval()
+    spec = model_spec(cfg, "teacher")
     if cfg.teacher.train is None:
         raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train")
     log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)
@@ -127,37 +141,48 @@ def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, f
 
 
 # ------------------------------------------------------------------------------------------------ stage one
-def run_precompute(cfg: PipelineConfig, *, progress: bool = True) -> PrecomputeReport:
-    teacher = ensure_teacher(cfg, progress=progress)
-    return precompute(
+def teacher_run(cfg: PipelineConfig, teacher: nn.Module) -> TeacherRun:
+    """The pipeline's teacher bound to its train split, views and targets (what every stage-one shard needs)."""
+    return TeacherRun(
         teacher,
         load_split(cfg, cfg.data.train_split),
-        cfg.store_url,
         targets=cache_targets(cfg),
         views=view_transform(cfg),
         num_classes=cfg.data.num_classes,
         teacher_name=cfg.teacher.name,
         teacher_spec=model_spec(cfg, "teacher"),
         batch_size=cfg.cache.batch_size,
-        shard_samples=cfg.cache.shard_samples,
         device=device_of(cfg),
         ignore_index=cfg.data.ignore_index,
-        progress=progress,
     )
+
+
+def run_precompute(
+    cfg: PipelineConfig, *, progress: bool = True, workers: int | None = None, scheduler: str | None = None
+) -> PrecomputeReport:
+    """Stage one for the pipeline's teacher: in this process, or on dask with ``workers`` local worker processes
+    or the cluster at ``scheduler`` (see :mod:`kdcache.distributed`)."""
+    if workers is not None or scheduler is not None:
+        from kdcache.distributed import precompute_on_dask
+
+        return precompute_on_dask(cfg, workers=workers, scheduler=scheduler, progress=progress)
+    with teacher_run(cfg, ensure_teacher(cfg, progress=progress)) as run:
+        return precompute_local(run, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ stage two
 def open_checked_cache(cfg: PipelineConfig, train: SampleDataset) -> Cache:
     """Open the store and refuse it unless it is complete and made from this data, views and class count."""
     cache = open_cache(cfg.store_url)
-    cache.require_complete(cfg.teacher.name)
-    record = cache.teacher(cfg.teacher.name)
-    logits = record.targets.get("logits")
-    if logits is not None:
+    for name in cfg.teacher_names:
+        cache.require_complete(name)
+        logits = cache.teacher(name).targets.get("logits")
+        if logits is None:
+            continue
         classes = next(iter(logits.arrays.values())).shape[2]
         if classes != cfg.data.num_classes:
             raise StoreMismatchError(
-                f"store {cache.url!r}: teacher {cfg.teacher.name!r} has {classes} classes, but the pipeline trains a "
+                f"store {cache.url!r}: teacher {name!r} has {classes} classes, but the pipeline trains a "
                 f"{cfg.data.num_classes}-class student (data.num_classes). Fix data.num_classes or use a store made "
                 "for this task"
             )
@@ -226,7 +251,7 @@ def _student_data(
         data = CachedDataset(
             train,
             open_checked_cache(cfg, train),
-            teacher=cfg.teacher.name,
+            teacher=stage_two_teacher(cfg),
             targets=needed,
             views=view_transform(cfg),
             ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
@@ -234,9 +259,20 @@ def _student_data(
         return data, None
     live = None
     if source == "online":
+        if cfg.teacher.ensemble is not None:
+            raise ConfigError(
+                "the online variant runs the one live teacher in `teacher`; teacher.ensemble is read from the "
+                "store only. Use --variant cached, or remove teacher.ensemble"
+            )
         targets = [t for t in cache_targets(cfg) if t.name in needed]
         live = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
     return ViewDataset(train, view_transform(cfg)), live
+
+
+def stage_two_teacher(cfg: PipelineConfig) -> str | Ensemble:
+    """The cached teacher stage two reads: ``teacher.name``, or the ensemble of ``teacher.ensemble``."""
+    ensemble = cfg.teacher.ensemble
+    return cfg.teacher.name if ensemble is None else Ensemble(tuple(ensemble.members), ensemble.mode)
 
 
 def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
@@ -268,17 +304,19 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
     Shapes come from one dummy forward pass of an untrained teacher of the configured architecture. Sizes are
     uncompressed (compressed arrays will be smaller on disk).
     """
-    from kdcache.capture import LayerCapture
     from kdcache.store import plan_shard_samples
 
     train = load_split(cfg, cfg.data.train_split)
-    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args).eval()
-    targets = cache_targets(cfg)
-    layers = sorted({layer for t in targets for layer in t.teacher_layers()})
-    with LayerCapture(teacher, layers) as capture:
-        layouts = trace_layouts(
-            teacher, capture, train, view_transform(cfg), targets, cfg.teacher.name, torch.device("cpu")
-        )
+    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
+    with TeacherRun(
+        teacher,
+        train,
+        targets=cache_targets(cfg),
+        views=view_transform(cfg),
+        num_classes=cfg.data.num_classes,
+        teacher_name=cfg.teacher.name,
+    ) as run:
+        layouts = run.layouts
     specs = [(name, rel, spec) for name, layout in layouts.items() for rel, spec in layout.arrays.items()]
     n = len(train)
     shard = cfg.cache.shard_samples or plan_shard_samples([s.bytes_per_sample for _, _, s in specs], n)

@@ -1,9 +1,11 @@
 """Stage one: run a frozen teacher once over a dataset and write its targets into a sharded store.
 
-Work is planned in whole shards. The teacher fills one shard's buffers batch by batch; a finished shard goes to a
-background writer thread (bounded queue), so the teacher keeps computing while the previous shard is encoded,
-written, digested and committed. Committed shards are skipped when a run is repeated, so an interrupted run
-resumes at the first uncommitted shard. Ctrl-C stops after the shards already handed to the writer are committed.
+Work is planned in whole shards (:class:`ShardWork`). :meth:`TeacherRun.compute` is the one per-shard step: it runs
+the teacher over a shard range and returns the rows of every array to commit. The single-process path here hands
+finished shards to a background writer thread (bounded queue), so the teacher keeps computing while the previous
+shard is encoded, written, digested and committed; the dask path (:mod:`kdcache.distributed`) runs the same step in
+one task per shard. Committed shards are skipped when a run is repeated, so an interrupted run resumes at the first
+uncommitted shard. Ctrl-C stops after the shards already handed to the writer are committed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +36,16 @@ from kdcache.store.layout import (
     teacher_path,
 )
 from kdcache.store.location import StoreLocation
+from kdcache.store.manifest import read_manifest
 from kdcache.store.writer import StoreBuilder, TargetLayout
 from kdcache.targets.base import Target
 from kdcache.versions import library_versions
 from kdcache.views import ViewTransform
 
 log = logging.getLogger(__name__)
+
+ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
+"""``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,197 @@ class PrecomputeReport:
         return self.samples_written / self.seconds if self.samples_written and self.seconds else None
 
 
+@dataclass(frozen=True)
+class ShardWork:
+    """One unit of stage-one work: shard ``index`` (samples ``[start, stop)``) for the owners still missing it."""
+
+    index: int
+    start: int
+    stop: int
+    owners: tuple[str, ...]
+
+
+def plan_work(builder: StoreBuilder, owner: str) -> list[ShardWork]:
+    """Every shard range that ``owner`` (a teacher) or the sample arrays have not committed yet, in order."""
+    pending = {o: set(builder.pending_shards(o)) for o in (owner, SAMPLES_OWNER)}
+    ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
+    work = [
+        ShardWork(k, lo, hi, tuple(o for o in (owner, SAMPLES_OWNER) if k in pending[o]))
+        for k, (lo, hi) in enumerate(ranges)
+    ]
+    return [w for w in work if w.owners]
+
+
+class TeacherRun:
+    """A frozen teacher bound to a dataset, views and targets: computes the stored rows of any shard range.
+
+    One instance serves a whole single-process run and, on a dask worker, every task that worker runs (the teacher
+    is loaded once per worker). Not thread-safe: the layer capture holds the latest batch's activations.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        dataset: SampleDataset,
+        *,
+        targets: list[Target],
+        views: ViewTransform,
+        num_classes: int,
+        teacher_name: str = "teacher",
+        teacher_spec: dict[str, Any] | None = None,
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        ignore_index: int = -100,
+    ) -> None:
+        self.device = torch.device(device)
+        self.teacher = teacher.eval().to(self.device)
+        self.dataset = dataset
+        self.targets = targets
+        self.views = views
+        self.num_classes = num_classes
+        self.name = teacher_name
+        self.owner = owner_of_teacher(teacher_name)
+        self.batch_size = batch_size
+        self.ignore_index = ignore_index
+        layers = sorted({layer for t in targets for layer in t.teacher_layers()})
+        self.capture = LayerCapture(self.teacher, layers)
+        self.layouts = self._trace_layouts()
+        spec = teacher_spec or {"class": type(teacher).__name__}
+        self.fingerprint = teacher_fingerprint(self.teacher, spec=spec, layers=layers)
+        self.sample_arrays = _sample_arrays(dataset)
+
+    def close(self) -> None:
+        self.capture.close()
+
+    def __enter__(self) -> TeacherRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open_store(self, location: StoreLocation, shard_samples: int | None = None) -> StoreBuilder:
+        """Create (or open and check) the store for this dataset and views, and declare this teacher in it.
+
+        Without ``shard_samples`` an existing store keeps its shard size (a second teacher joins the first one's
+        shard ranges) and a new store gets :func:`plan_shard_samples`'s choice.
+        """
+        n = len(self.dataset)
+        if shard_samples is None:
+            if location.exists("kdcache.manifest.json"):
+                shard_samples = read_manifest(location).shard_samples
+            else:
+                sizes = [spec.bytes_per_sample for layout in self.layouts.values() for spec in layout.arrays.values()]
+                shard_samples = plan_shard_samples(sizes, n)
+        builder = StoreBuilder.create_or_open(
+            location,
+            num_samples=n,
+            shard_samples=shard_samples,
+            dataset=dataset_fingerprint(self.dataset, num_classes=self.num_classes),
+            views=self.views.spec(),
+            sample_arrays=self.sample_arrays,
+            library=library_versions(),
+        )
+        builder.add_teacher(self.name, self.fingerprint, self.layouts)
+        return builder
+
+    def compute(self, work: ShardWork, progress: Callable[[int], object] | None = None) -> list[ShardRows]:
+        """The rows to commit for one shard range, for each owner in ``work.owners``: the per-shard step of stage
+        one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done."""
+        rows: list[ShardRows] = []
+        if self.owner in work.owners:
+            data, stats = self._fill_shard(work.start, work.stop, progress)
+            rows.append((self.owner, work.index, data, stats))
+        if SAMPLES_OWNER in work.owners:
+            rows.append((SAMPLES_OWNER, work.index, _sample_rows(self.dataset, work.start, work.stop), {}))
+        return rows
+
+    def _trace_layouts(self) -> dict[str, TargetLayout]:
+        """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
+        samples, view_ids = _pairs(0, min(2, len(self.dataset)), 1)
+        _, _, values = self._forward(samples, view_ids)
+        layouts: dict[str, TargetLayout] = {}
+        for target in self.targets:
+            if target.name in layouts:
+                raise ValueError(f"target {target.name!r} is listed twice; list each target once")
+            stored = target.layout(tuple(values[target.name].shape[1:]))
+            layouts[target.name] = TargetLayout(
+                kind=target.kind,
+                params=target.describe(),
+                arrays={
+                    rel: ArraySpec(
+                        teacher_path(self.name, rel), a.sample_shape, a.dtype, a.compressor, views=self.views.count
+                    )
+                    for rel, a in stored.items()
+                },
+            )
+        return layouts
+
+    def _forward(
+        self, samples: np.ndarray, view_ids: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Labels, logits and every target's value for the given (sample, view) pairs."""
+        raw, labels = self.dataset.get_batch(samples)
+        inputs = self.views(raw, samples, view_ids).to(self.device)
+        logits, values = teacher_outputs(self.teacher, self.capture, inputs, self.targets)
+        return labels, logits, values
+
+    def _fill_shard(
+        self, lo: int, hi: int, progress: Callable[[int], object] | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Run the teacher over shard ``[lo, hi)`` and return every array's rows for it plus accuracy counts."""
+        v = self.views.count
+        buffers = {
+            spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
+            for layout in self.layouts.values()
+            for spec in layout.arrays.values()
+        }
+        samples, view_ids = _pairs(lo, hi, v)
+        accuracy = Accuracy(self.ignore_index)
+        step = max(1, self.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
+        for b in range(0, len(samples), step):
+            s, vid = samples[b : b + step], view_ids[b : b + step]
+            labels, logits, values = self._forward(s, vid)
+            accuracy.update(logits, labels.to(self.device))
+            rows = slice(b // v, (b + len(s)) // v)
+            for target in self.targets:
+                value = values[target.name]
+                target.check(value, s)
+                for rel, array in target.encode(value).items():
+                    path = self.layouts[target.name].arrays[rel].path
+                    buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
+            if progress is not None:
+                progress(len(s) // v)
+        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}
+
+
+def finalize(builder: StoreBuilder, owner: str) -> bool:
+    """Merge the commit records of the sample arrays and of ``owner`` into the manifest (``complete`` last)."""
+    builder.finalize(SAMPLES_OWNER)
+    return builder.finalize(owner)
+
+
+def make_report(
+    builder: StoreBuilder, run: TeacherRun, work: list[ShardWork], seconds: float, complete: bool
+) -> PrecomputeReport:
+    written = [w for w in work if run.owner in w.owners]
+    return PrecomputeReport(
+        store=builder.location.url,
+        teacher=run.name,
+        shards_written=len(written),
+        shards_skipped=builder.manifest.num_shards() - len(written),
+        samples_written=sum(w.stop - w.start for w in written),
+        seconds=seconds,
+        complete=complete,
+        accuracy=builder.manifest.teachers[run.name].accuracy,
+    )
+
+
 class _ShardWriter:
     """A background thread that commits finished shards in order; its first error is re-raised in the caller."""
 
     def __init__(self, builder: StoreBuilder, depth: int = 2) -> None:
         self.builder = builder
-        self.queue: queue.Queue[tuple[str, int, dict[str, np.ndarray], dict[str, float]] | None] = queue.Queue(depth)
+        self.queue: queue.Queue[ShardRows | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kdcache-shard-writer", daemon=True)
         self.thread.start()
@@ -78,9 +270,9 @@ class _ShardWriter:
                 except BaseException as exc:  # re-raised in the main thread by submit/close
                     self.error = exc
 
-    def submit(self, owner: str, index: int, data: dict[str, np.ndarray], stats: dict[str, float]) -> None:
+    def submit(self, rows: ShardRows) -> None:
         self._raise()
-        self.queue.put((owner, index, data, stats))
+        self.queue.put(rows)
 
     def close(self) -> None:
         """Wait until everything submitted is committed (or failed), then surface a failure."""
@@ -91,6 +283,31 @@ class _ShardWriter:
     def _raise(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def precompute_local(
+    run: TeacherRun, store: str | StoreLocation, *, shard_samples: int | None = None, progress: bool = True
+) -> PrecomputeReport:
+    """Stage one in this process: compute each pending shard and commit it from a background writer thread."""
+    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
+    builder = run.open_store(location, shard_samples)
+    work = plan_work(builder, run.owner)
+    todo = sum(w.stop - w.start for w in work if run.owner in w.owners)
+    log.info("%s: %d shard range(s) to write for teacher %r", location.url, len(work), run.name)
+    writer = _ShardWriter(builder)
+    start = time.perf_counter()
+    bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
+    try:
+        for item in work:
+            for rows in run.compute(item, bar.update):
+                writer.submit(rows)
+    finally:
+        bar.close()
+        try:
+            writer.close()
+        finally:
+            complete = finalize(builder, run.owner)
+    return make_report(builder, run, work, time.perf_counter() - start, complete)
 
 
 def precompute(
@@ -111,74 +328,24 @@ def precompute(
 ) -> PrecomputeReport:
     """Cache ``teacher``'s ``targets`` for every sample (and view) of ``dataset`` into ``store``.
 
+    A store that already holds other teachers gains ``teachers/<teacher_name>``; their shards are not touched.
+
     >>> precompute(teacher, train_set, "runs/x/train.zarr", targets=[build_target("logits", {})],
     ...            views=ViewTransform(count=1, seed=0, mean=(0.3,), std=(0.37,)), num_classes=10)  # doctest: +SKIP
     """
-    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
-    device = torch.device(device)
-    teacher = teacher.eval().to(device)
-    layers = sorted({layer for t in targets for layer in t.teacher_layers()})
-    n = len(dataset)
-    with LayerCapture(teacher, layers) as capture:
-        layouts = trace_layouts(teacher, capture, dataset, views, targets, teacher_name, device)
-        sample_arrays = _sample_arrays(dataset)
-        sizes = [spec.bytes_per_sample for layout in layouts.values() for spec in layout.arrays.values()]
-        builder = StoreBuilder.create_or_open(
-            location,
-            num_samples=n,
-            shard_samples=shard_samples or plan_shard_samples(sizes, n),
-            dataset=dataset_fingerprint(dataset, num_classes=num_classes),
-            views=views.spec(),
-            sample_arrays=sample_arrays,
-            library=library_versions(),
-        )
-        fingerprint = teacher_fingerprint(
-            teacher, spec=teacher_spec or {"class": type(teacher).__name__}, layers=layers
-        )
-        builder.add_teacher(teacher_name, fingerprint, layouts)
-        owner = owner_of_teacher(teacher_name)
-        pending = builder.pending_shards(owner)
-        pending_samples = set(builder.pending_shards(SAMPLES_OWNER))
-        ranges = shard_ranges(n, builder.manifest.shard_samples)
-        todo = sum(ranges[k][1] - ranges[k][0] for k in pending)
-        log.info("%s: %d of %d shards to write for teacher %r", location.url, len(pending), len(ranges), teacher_name)
-
-        writer = _ShardWriter(builder)
-        start = time.perf_counter()
-        written = 0
-        bar = tqdm(total=todo, unit="sample", desc=f"precompute {teacher_name}", disable=not progress)
-        try:
-            for k in pending:
-                lo, hi = ranges[k]
-                data, stats = _fill_shard(
-                    teacher, capture, dataset, views, targets, layouts, lo, hi, batch_size, device, ignore_index, bar
-                )
-                writer.submit(owner, k, data, stats)
-                if k in pending_samples:
-                    writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, sample_arrays, lo, hi), {})
-                    pending_samples.discard(k)
-                written += hi - lo
-            for k in sorted(pending_samples):  # a second teacher added later finds these already committed
-                lo, hi = ranges[k]
-                writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, sample_arrays, lo, hi), {})
-        finally:
-            bar.close()
-            try:
-                writer.close()
-            finally:
-                builder.finalize(SAMPLES_OWNER)
-                complete = builder.finalize(owner)
-    seconds = time.perf_counter() - start
-    return PrecomputeReport(
-        store=location.url,
-        teacher=teacher_name,
-        shards_written=len(pending),
-        shards_skipped=len(ranges) - len(pending),
-        samples_written=written,
-        seconds=seconds,
-        complete=complete,
-        accuracy=builder.manifest.teachers[teacher_name].accuracy,
-    )
+    with TeacherRun(
+        teacher,
+        dataset,
+        targets=targets,
+        views=views,
+        num_classes=num_classes,
+        teacher_name=teacher_name,
+        teacher_spec=teacher_spec,
+        batch_size=batch_size,
+        device=device,
+        ignore_index=ignore_index,
+    ) as run:
+        return precompute_local(run, store, shard_samples=shard_samples, progress=progress)
 
 
 @torch.no_grad()
@@ -197,84 +364,6 @@ def _pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return samples, views
 
 
-def _model_inputs(
-    dataset: SampleDataset, views: ViewTransform, samples: np.ndarray, view_ids: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    raw, labels = dataset.get_batch(samples)
-    return views(raw, samples, view_ids).to(device), labels
-
-
-def trace_layouts(
-    teacher: nn.Module,
-    capture: LayerCapture,
-    dataset: SampleDataset,
-    views: ViewTransform,
-    targets: list[Target],
-    teacher_name: str,
-    device: torch.device,
-) -> dict[str, TargetLayout]:
-    """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
-    samples, view_ids = _pairs(0, min(2, len(dataset)), 1)
-    inputs, _ = _model_inputs(dataset, views, samples, view_ids, device)
-    _, values = teacher_outputs(teacher, capture, inputs, targets)
-    layouts: dict[str, TargetLayout] = {}
-    for target in targets:
-        if target.name in layouts:
-            raise ValueError(f"target {target.name!r} is listed twice; list each target once")
-        stored = target.layout(tuple(values[target.name].shape[1:]))
-        layouts[target.name] = TargetLayout(
-            kind=target.kind,
-            params=target.describe(),
-            arrays={
-                rel: ArraySpec(
-                    teacher_path(teacher_name, rel), a.sample_shape, a.dtype, a.compressor, views=views.count
-                )
-                for rel, a in stored.items()
-            },
-        )
-    return layouts
-
-
-def _fill_shard(
-    teacher: nn.Module,
-    capture: LayerCapture,
-    dataset: SampleDataset,
-    views: ViewTransform,
-    targets: list[Target],
-    layouts: dict[str, TargetLayout],
-    lo: int,
-    hi: int,
-    batch_size: int,
-    device: torch.device,
-    ignore_index: int,
-    bar: tqdm,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Run the teacher over shard ``[lo, hi)`` and return every array's rows for it plus accuracy counts."""
-    v = views.count
-    buffers = {
-        spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
-        for layout in layouts.values()
-        for spec in layout.arrays.values()
-    }
-    samples, view_ids = _pairs(lo, hi, v)
-    accuracy = Accuracy(ignore_index)
-    step = max(1, batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
-    for b in range(0, len(samples), step):
-        s, vid = samples[b : b + step], view_ids[b : b + step]
-        inputs, labels = _model_inputs(dataset, views, s, vid, device)
-        logits, values = teacher_outputs(teacher, capture, inputs, targets)
-        accuracy.update(logits, labels.to(device))
-        rows = slice(b // v, (b + len(s)) // v)
-        for target in targets:
-            value = values[target.name]
-            target.check(value, s)
-            for rel, array in target.encode(value).items():
-                path = layouts[target.name].arrays[rel].path
-                buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
-        bar.update(len(s) // v)
-    return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}
-
-
 def _sample_arrays(dataset: SampleDataset) -> list[ArraySpec]:
     specs = [ArraySpec("samples/index", (), "int64")]
     if dataset.all_labels().ndim == 1:
@@ -282,8 +371,9 @@ def _sample_arrays(dataset: SampleDataset) -> list[ArraySpec]:
     return specs
 
 
-def _sample_rows(dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int) -> dict[str, np.ndarray]:
+def _sample_rows(dataset: SampleDataset, lo: int, hi: int) -> dict[str, np.ndarray]:
     rows = {"samples/index": np.arange(lo, hi, dtype=np.int64)}
-    if any(s.path == "samples/label" for s in specs):
-        rows["samples/label"] = dataset.all_labels()[lo:hi].astype(np.int64)
+    labels = dataset.all_labels()
+    if labels.ndim == 1:
+        rows["samples/label"] = labels[lo:hi].astype(np.int64)
     return rows

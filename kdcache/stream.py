@@ -19,8 +19,10 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.errors import StoreMismatchError
 from kdcache.sampler import EpochBatchSampler
 from kdcache.store.layout import owner_of_teacher
+from kdcache.store.manifest import ArrayRecord, TargetRecord
 from kdcache.store.reader import ArrayReader, Cache
 from kdcache.targets import Target, build_target
+from kdcache.targets.ensemble import Ensemble, EnsembleDecoder
 from kdcache.views import ViewTransform
 from kdcache.world import World
 
@@ -37,7 +39,7 @@ class Batch:
     indices: torch.Tensor
     views: torch.Tensor
     targets: dict[str, Any] = field(default_factory=dict)
-    decoders: dict[str, Target] = field(default_factory=dict, repr=False)
+    decoders: dict[str, Target | EnsembleDecoder] = field(default_factory=dict, repr=False)
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
@@ -111,36 +113,27 @@ class CachedDataset(ViewDataset):
         dataset: SampleDataset,
         cache: Cache,
         *,
-        teacher: str | None,
+        teacher: str | Ensemble | None,
         targets: list[str],
         views: ViewTransform,
         policy: str = "cycle",
         ram_budget_bytes: float = 2 * 1024**3,
     ) -> None:
         super().__init__(dataset, views, policy=policy)
-        record = cache.teacher(teacher)
-        teacher = teacher or cache.teachers[0]
-        missing = sorted(set(targets) - set(record.targets))
-        if missing:
-            raise StoreMismatchError(
-                f"store {cache.url!r}, teacher {teacher!r} has no target(s) {missing}; it holds "
-                f"{sorted(record.targets)}. Add them to cache.targets and run `kdcache precompute`"
-            )
         rows = cache.sample_index()
         self.row_of = np.full(max(len(dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
         self.row_of[rows] = np.arange(len(rows))
-        self.decoders = {name: build_target(record.targets[name].kind, record.targets[name].params) for name in targets}
-        records = [(name, rel, rec) for name in targets for rel, rec in record.targets[name].arrays.items()]
+        self.decoders, records = _target_sources(cache, teacher, targets)
         budget = ram_budget_bytes
         self.readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
-        for name, rel, rec in sorted(records, key=lambda r: _nbytes(r[2].shape, r[2].dtype)):
+        for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
             size = _nbytes(rec.shape, rec.dtype)
             fits = size <= budget
             budget -= size if fits else 0
-            reader = cache.array_reader(rec, owner_of_teacher(teacher), in_memory=fits)
+            reader = cache.array_reader(rec, owner, in_memory=fits)
             if fits:
                 reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
-            self.readers[name][rel] = reader
+            self.readers[name][key] = reader
 
     def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
         batch = super().__getitem__(indices)
@@ -197,6 +190,47 @@ def set_loader_epoch(loader: DataLoader, epoch: int, *, start_step: int = 0) -> 
 
 def _identity(batch: Batch) -> Batch:
     return batch
+
+
+def _target_sources(
+    cache: Cache, teacher: str | Ensemble | None, targets: list[str]
+) -> tuple[dict[str, Target | EnsembleDecoder], list[tuple[str, str, str, ArrayRecord]]]:
+    """Each target's decoder and the arrays to read for it: ``(target, array key, owner, record)``. A single
+    teacher's arrays are keyed by their name; an ensemble's by ``<member>/<name>``, decoded and combined together."""
+    if teacher is None:
+        cache.teacher(None)  # refuses a store with several teachers: the caller must name one
+        teacher = cache.teachers[0]
+    members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
+    found: dict[str, dict[str, TargetRecord]] = {}
+    for member in members:
+        record = cache.teacher(member)
+        missing = sorted(set(targets) - set(record.targets))
+        if missing:
+            raise StoreMismatchError(
+                f"store {cache.url!r}, teacher {member!r} has no target(s) {missing}; it holds "
+                f"{sorted(record.targets)}. Add them to cache.targets and run `kdcache precompute`"
+            )
+        found[member] = {name: record.targets[name] for name in targets}
+    decoders: dict[str, Target | EnsembleDecoder] = {}
+    records: list[tuple[str, str, str, ArrayRecord]] = []
+    for name in targets:
+        built = {m: build_target(found[m][name].kind, found[m][name].params) for m in members}
+        if isinstance(teacher, Ensemble):
+            kinds = {m: found[m][name].kind for m in members}
+            if set(kinds.values()) != {"logits"}:  # one store fixes classes and views, so logits shapes agree
+                raise StoreMismatchError(
+                    f"store {cache.url!r}: an ensemble averages logits, but target {name!r} is {kinds}. "
+                    "Train from one teacher for targets of other kinds"
+                )
+            decoders[name] = EnsembleDecoder(built, teacher.mode)
+        else:
+            decoders[name] = built[teacher]
+        records += [
+            (name, f"{m}/{rel}" if isinstance(teacher, Ensemble) else rel, owner_of_teacher(m), rec)
+            for m in members
+            for rel, rec in found[m][name].arrays.items()
+        ]
+    return decoders, records
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:

@@ -97,5 +97,8 @@ def test_compare_accepts_named_variants_with_their_own_stages(tmp_path):
 
 def test_a_variant_without_a_teacher_cannot_read_targets(tmp_path):
     bad = [{"name": "oops", "source": "none", "stages": [{"epochs": 1, "losses": [{"name": "kd"}]}]}]
-    with pytest.raises(ConfigError, match=r"variant 'oops', stage 0 \(main\), loss 'kd' reads teacher targets \['logits'\] but the source is none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"variant 'oops', stage 0 \(main\), loss 'kd' reads teacher targets \['logits'\] but the source is none",
+    ):
         parse_pipeline(pipeline_dict(tmp_path, compare=bad))

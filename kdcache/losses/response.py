@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
+from kdcache.targets.ensemble import ProbabilityEnsemble, soft_log_probs
 from kdcache.targets.logits import TopKLogits
 
 
@@ -30,16 +31,20 @@ def topk_kd_divergence(student: torch.Tensor, teacher: TopKLogits, temperature: 
 
 
 def kd_divergence(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+    student: torch.Tensor,
+    teacher: torch.Tensor | ProbabilityEnsemble,
+    temperature: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """T² · KL(softmax(t/T) ‖ softmax(s/T)), classes on dim 1, averaged over samples (and pixels).
+    """T² · KL(p_T ‖ softmax(s/T)), classes on dim 1, averaged over samples (and pixels).
 
-    Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", §2: the soft-target gradient scales
-    as 1/T², so the loss is multiplied by T² to keep its magnitude comparable across temperatures. ``valid`` masks
-    out positions (e.g. ignore_index pixels) from the average.
+    p_T is softmax(t/T) for teacher logits t, and (1/M) Σ_m softmax(t_m/T) for a :class:`ProbabilityEnsemble` of M
+    teachers (see :mod:`kdcache.targets.ensemble`). Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a
+    Neural Network", §2: the soft-target gradient scales as 1/T², so the loss is multiplied by T² to keep its
+    magnitude comparable across temperatures. ``valid`` masks out positions (e.g. ignore_index pixels).
     """
     log_q = F.log_softmax(student.float() / temperature, dim=1)
-    log_p = F.log_softmax(teacher.float() / temperature, dim=1)
+    log_p = soft_log_probs(teacher, temperature)
     per_position = (log_p.exp() * (log_p - log_q)).sum(dim=1)
     if valid is not None:
         per_position = per_position[valid]

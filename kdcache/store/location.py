@@ -10,9 +10,12 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from zarr.abc.store import Store
+
+from kdcache.errors import ConfigError
 
 CREDENTIAL_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"})
 TEMP_SUFFIX = ".partial"
@@ -26,12 +29,26 @@ class StoreLocation:
     """
 
     def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = str(url)
+        self.url = _without_credentials(str(url))
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        self.is_local = "file" in _protocols(self.fs)
+        protocol = fsspec.core.split_protocol(self.url)[0]
+        if protocol not in (None, "file", "local"):
+            # Dask workers and other processes write to the same store: a cached directory listing goes stale.
+            self.storage_options.setdefault("use_listings_cache", False)
+        self._fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._pid = os.getpid()
+        self.is_local = "file" in _protocols(self._fs)
         if self.is_local:
             self.root = str(Path(self.root).resolve())
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem, made again in a forked child (DataLoader workers): async ones such as s3fs are not
+        fork-safe, and fsspec's instance cache hands a child a fresh one."""
+        if self._pid != os.getpid():
+            self._fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self._pid = os.getpid()
+        return self._fs
 
     def __repr__(self) -> str:
         return f"StoreLocation({self.url!r})"
@@ -102,6 +119,20 @@ class StoreLocation:
     def disk_usage(self) -> int:
         """Total bytes stored under the root."""
         return int(sum(self.fs.du(self.root, total=False).values())) if self.exists() else 0
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` itself, refused when it embeds a password (``s3://key:secret@bucket/...``): a URL is shown in messages
+    and logs and sent to dask workers, so credentials must come from the environment or storage options instead."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.password is not None:
+        shown = urlunsplit(parts._replace(netloc=f"***@{parts.hostname or ''}"))
+        raise ConfigError(
+            f"store URL {shown!r} embeds credentials, which would end up in logs, messages and dask tasks. Remove "
+            "them from the URL and set them in the environment (for s3://: AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        )
+    return url
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:

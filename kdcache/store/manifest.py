@@ -107,22 +107,25 @@ def read_manifest(location: StoreLocation) -> Manifest:
         raise StoreNotFoundError(
             f"store {location.url!r} {what}; run `kdcache precompute` to build it, or check the path"
         ) from None
+    return parse_manifest(raw, source=f"store {location.url!r}", key=f"{location.url}/{MANIFEST_KEY}")
+
+
+def parse_manifest(raw: bytes | str, *, source: str, key: str) -> Manifest:
+    """Validate manifest JSON read from ``key`` of ``source`` (a store, or an HDF5 export's attribute)."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise StoreFormatError(
-            f"{location.url}/{MANIFEST_KEY} is not valid JSON ({exc}); the store is damaged"
-        ) from None
+        raise StoreFormatError(f"{key} is not valid JSON ({exc}); the store is damaged") from None
     version = data.get("format_version") if isinstance(data, dict) else None
     if version != FORMAT_VERSION:
         raise StoreFormatError(
-            f"store {location.url!r} has format_version {version!r}; this kdcache reads version {FORMAT_VERSION}. "
+            f"{source} has format_version {version!r}; this kdcache reads version {FORMAT_VERSION}. "
             "Upgrade kdcache or rebuild the store"
         )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise StoreFormatError(f"{location.url}/{MANIFEST_KEY} does not match the manifest schema: {exc}") from None
+        raise StoreFormatError(f"{key} does not match the manifest schema: {exc}") from None
 
 
 def write_manifest(location: StoreLocation, manifest: Manifest) -> None:

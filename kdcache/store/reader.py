@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -112,6 +113,13 @@ class Cache:
         files = {c.index: c.files[record.path] for c in self.commits_of(owner) if record.path in c.files}
         return ArrayReader(self, record, files, in_memory=in_memory)
 
+    def owner_arrays(self) -> dict[str, dict[str, ArrayRecord]]:
+        """Every array of the store by owner (``samples``, ``teachers/<name>``), then by path."""
+        owners = {SAMPLES_OWNER: dict(self.manifest.samples.arrays)}
+        for name, teacher in self.manifest.teachers.items():
+            owners[f"teachers/{name}"] = {r.path: r for t in teacher.targets.values() for r in t.arrays.values()}
+        return owners
+
     def sample_index(self) -> np.ndarray:
         """Dataset index of every row (row r holds sample r unless a subset was cached)."""
         record = self.manifest.samples.arrays["samples/index"]
@@ -125,10 +133,7 @@ class Cache:
     def check_layout(self) -> None:
         """Every array is Zarr v3, uses only allowed codecs and matches the manifest; every committed shard exists
         with its recorded size."""
-        owners = {SAMPLES_OWNER: self.manifest.samples.arrays}
-        for name, teacher in self.manifest.teachers.items():
-            owners[f"teachers/{name}"] = {r.path: r for t in teacher.targets.values() for r in t.arrays.values()}
-        for records in owners.values():
+        for records in self.owner_arrays().values():
             for record in records.values():
                 self._check_array_metadata(record)
         for commit in self.manifest.all_commits():
@@ -192,6 +197,7 @@ class ArrayReader:
         self.chunk = record.chunks[0]
         self.shard = record.shards[0]
         self._array: zarr.Array | None = None
+        self._array_pid = os.getpid()
         self._data: np.ndarray | None = None
         self._verified: set[int] = set()
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -208,8 +214,9 @@ class ArrayReader:
         return int(np.prod(self.record.chunks, dtype=np.int64)) * np.dtype(self.record.dtype).itemsize
 
     def array(self) -> zarr.Array:
-        if self._array is None:
+        if self._array is None or self._array_pid != os.getpid():  # zarr handles are not fork-safe on fsspec stores
             self._array = self.cache.open_array(self.record.path)
+            self._array_pid = os.getpid()
         return self._array
 
     def verify_shard(self, index: int) -> None:
@@ -227,14 +234,26 @@ class ArrayReader:
         _check_digest(self.cache, self.record.path, index, start, stop, digest)
         self._verified.add(index)
 
+    @property
+    def num_shards(self) -> int:
+        return -(-self.record.shape[0] // self.shard)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        return index * self.shard, min((index + 1) * self.shard, self.record.shape[0])
+
+    def read_shard(self, index: int) -> np.ndarray:
+        """The rows of shard ``index``, verified against the manifest before they are decoded."""
+        self.verify_shard(index)
+        lo, hi = self.shard_range(index)
+        return np.asarray(self.array()[lo:hi])
+
     def read_all(self) -> np.ndarray:
         """The whole array, shard by shard, each shard verified before use."""
         if self._data is None:
             out = np.empty(self.record.shape, dtype=self.record.dtype)
-            for index in range(-(-self.record.shape[0] // self.shard)):
-                self.verify_shard(index)
-                lo, hi = index * self.shard, min((index + 1) * self.shard, self.record.shape[0])
-                out[lo:hi] = self.array()[lo:hi]
+            for index in range(self.num_shards):
+                lo, hi = self.shard_range(index)
+                out[lo:hi] = self.read_shard(index)
             self._data = out
         return self._data
 

@@ -1,0 +1,130 @@
+"""Stage one on a real dask LocalCluster: byte-identical to one process, resumable, idempotent per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+import kdcache.distributed
+from kdcache.config import PipelineConfig, parse_pipeline
+from kdcache.distributed import WorkerRecipe, run_shard
+from kdcache.errors import ConfigError, StoreMismatchError
+from kdcache.experiment import ensure_teacher, run_precompute, teacher_run
+from kdcache.precompute import ShardWork, precompute_local
+from kdcache.store import read_manifest
+from kdcache.store.layout import SAMPLES_OWNER
+from kdcache.store.location import StoreLocation
+from tests.conftest import DIGITS, pipeline_dict, with_changes
+from tests.test_resume import Interrupting
+
+pytestmark = pytest.mark.distributed
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store: shards, zarr metadata, the manifest and the per-shard commit records."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def config(tmp_path: Path, store: str, shard_samples: int) -> PipelineConfig:
+    """A test pipeline with absolute paths (workers resolve them) and the store at ``tmp_path/store``."""
+    raw = pipeline_dict(tmp_path, data__args={"path": str(DIGITS)}, cache__shard_samples=shard_samples)
+    return parse_pipeline(with_changes(raw, cache__store=str(tmp_path / store)))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
+def test_two_worker_local_cluster_writes_the_same_bytes_as_one_process(tmp_path):
+    single = run_precompute(config(tmp_path, "single.zarr", 64), progress=False)
+    report = run_precompute(config(tmp_path, "dask.zarr", 64), progress=False, workers=2)
+    assert (report.shards_written, report.shards_skipped, report.complete) == (4, 0, True)
+    assert report.accuracy == single.accuracy
+    files = all_files(tmp_path / "dask.zarr")
+    assert "kdcache.manifest.json" in files and "teachers/cnn16/logits/c/3/0/0" in files
+    assert files == all_files(tmp_path / "single.zarr")
+
+
+def _count_teacher_loads() -> None:
+    """Run on each worker: count calls of load_teacher from now on (the worker imports it at call time)."""
+    import kdcache.experiment as experiment
+
+    original = experiment.load_teacher
+
+    def counted(cfg):  # noqa: ANN001, ANN202
+        counted.calls += 1
+        return original(cfg)
+
+    counted.calls = 0
+    experiment.load_teacher = counted
+
+
+def _teacher_loads() -> int:
+    import kdcache.experiment as experiment
+
+    return experiment.load_teacher.calls
+
+
+def test_resume_on_an_existing_cluster_skips_committed_shards(tmp_path, cluster):
+    local_cluster, client = cluster
+    reference = config(tmp_path, "reference.zarr", 32)
+    run_precompute(reference, progress=False)
+    cfg = config(tmp_path, "resumed.zarr", 32)
+    with teacher_run(cfg, ensure_teacher(cfg, progress=False)) as run:
+        run.dataset = Interrupting(run.dataset, stop_at=128)  # Ctrl-C while computing shard 4 (samples 128..159)
+        with pytest.raises(KeyboardInterrupt):
+            precompute_local(run, cfg.store_url, shard_samples=32, progress=False)
+    partial = read_manifest(StoreLocation(cfg.store_url))
+    assert partial.status == "building" and [c.index for c in partial.teachers["cnn16"].shards] == [0, 1, 2, 3]
+
+    client.run(_count_teacher_loads)
+    report = run_precompute(cfg, progress=False, scheduler=local_cluster.scheduler_address)
+    assert (report.shards_written, report.shards_skipped, report.complete) == (4, 4, True)
+    loads = client.run(_teacher_loads)
+    assert sum(loads.values()) <= 2 and max(loads.values()) == 1  # once per worker that ran tasks, not per task
+    assert all_files(tmp_path / "resumed.zarr") == all_files(tmp_path / "reference.zarr")
+
+
+def recipe_of(cfg: PipelineConfig) -> WorkerRecipe:
+    manifest = read_manifest(StoreLocation(cfg.store_url))
+    return WorkerRecipe(cfg, manifest.teachers[cfg.teacher.name].fingerprint["digest"], manifest.dataset["digest"])
+
+
+def test_a_task_that_runs_twice_is_harmless(tmp_path, cluster):
+    local_cluster, client = cluster
+    cfg = config(tmp_path, "twice.zarr", 64)
+    run_precompute(cfg, progress=False, scheduler=local_cluster.scheduler_address)
+    before = all_files(tmp_path / "twice.zarr")
+    work = ShardWork(1, 64, 128, ("teachers/cnn16", SAMPLES_OWNER))
+    workers = sorted(client.scheduler_info()["workers"])
+    futures = [client.submit(run_shard, recipe_of(cfg), work, workers=[w], pure=False) for w in workers]
+    assert client.gather(futures) == [64, 64]  # both copies ran, concurrently, on different workers
+    assert all_files(tmp_path / "twice.zarr") == before
+
+
+def test_a_worker_that_loads_another_teacher_refuses_to_write(tmp_path, cluster):
+    _, client = cluster
+    cfg = config(tmp_path, "other.zarr", 64)
+    run_precompute(cfg, progress=False)
+    before = all_files(tmp_path / "other.zarr")
+    wrong = WorkerRecipe(cfg, "0" * 64, recipe_of(cfg).dataset_digest)
+    future = client.submit(run_shard, wrong, ShardWork(0, 0, 64, ("teachers/cnn16",)), pure=False)
+    with pytest.raises(StoreMismatchError, match=r"a dask worker loaded a different teacher than the coordinator"):
+        future.result()
+    assert all_files(tmp_path / "other.zarr") == before
+
+
+def test_cluster_arguments_are_checked_before_any_work(tmp_path):
+    cfg = config(tmp_path, "none.zarr", 64)
+    with pytest.raises(ConfigError, match=r"--workers must be at least 1, got 0"):
+        run_precompute(cfg, progress=False, workers=0)
+    with pytest.raises(ConfigError, match=r"exactly one of --workers N .* or --scheduler ADDRESS"):
+        kdcache.distributed.precompute_on_dask(cfg, workers=2, scheduler="tcp://127.0.0.1:1", progress=False)
+    assert not (tmp_path / "none.zarr").exists() and not cfg.teacher_checkpoint.exists()

@@ -21,7 +21,13 @@ def _pipeline(args: argparse.Namespace):  # noqa: ANN202
 def cmd_precompute(args: argparse.Namespace) -> int:
     from kdcache.experiment import rate_text, run_precompute
 
-    report = run_precompute(_pipeline(args), progress=not args.quiet, workers=args.workers, scheduler=args.scheduler)
+    report = run_precompute(
+        _pipeline(args),
+        progress=not args.quiet,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        break_lock=args.break_lock,
+    )
     acc = "—" if report.accuracy is None else f"{100 * report.accuracy:.2f}%"
     print(
         f"{report.store}: teacher {report.teacher!r} — {report.shards_written} shard(s) written, "
@@ -189,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ADDRESS",
         help="run on the existing dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)",
+    )
+    precompute.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the store's writer lock left by a writer that died (never while it still runs)",
     )
     train = pipeline_command(
         "train", cmd_train, "stage two: train the student from the store (under torchrun: DDP, one rank per process)"

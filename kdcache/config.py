@@ -181,6 +181,7 @@ class CacheConfig(Section):
     shard_samples: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, gt=0)
     ram_budget_mb: float = Field(default=2048, ge=0)
+    allow_teacher_mismatch: bool = False
 
     @field_validator("shard_samples")
     @classmethod

@@ -33,6 +33,7 @@ from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.fingerprint import canonical_digest, dataset_fingerprint
 from kdcache.precompute import PrecomputeReport, ShardWork, TeacherRun, finalize, make_report, plan_work
 from kdcache.store.location import StoreLocation
+from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import read_manifest
 from kdcache.store.writer import StoreBuilder
 
@@ -153,7 +154,12 @@ def _wait_for_workers(client: Client, address: str) -> None:
 
 
 def precompute_on_dask(
-    cfg: PipelineConfig, *, workers: int | None = None, scheduler: str | None = None, progress: bool = True
+    cfg: PipelineConfig,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    break_lock: bool = False,
 ) -> PrecomputeReport:
     """Stage one for the pipeline's teacher on dask: ``workers`` local processes, or the cluster at ``scheduler``.
 
@@ -164,8 +170,10 @@ def precompute_on_dask(
     from kdcache.experiment import ensure_teacher, teacher_run
 
     _check_cluster(workers, scheduler)
-    with teacher_run(cfg, ensure_teacher(cfg, progress=progress)) as run:  # plans; the workers do the forward passes
-        builder = run.open_store(StoreLocation(cfg.store_url), cfg.cache.shard_samples)
+    location = StoreLocation(cfg.store_url)
+    teacher = ensure_teacher(cfg, progress=progress)
+    with StoreLock(location, break_lock=break_lock), teacher_run(cfg, teacher) as run:  # the workers do the forwards
+        builder = run.open_store(location, cfg.cache.shard_samples)
         recipe = WorkerRecipe(
             cfg, run.fingerprint["digest"], dataset_fingerprint(run.dataset, num_classes=run.num_classes)["digest"]
         )

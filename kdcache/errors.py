@@ -46,6 +46,10 @@ class StoreLockedError(KdcacheError, RuntimeError):
     """Another writer holds the store's lock."""
 
 
+class StoreIOError(KdcacheError, OSError):
+    """Reading or writing a store failed for a reason outside kdcache (disk full, permissions, network)."""
+
+
 class CorruptShardError(KdcacheError, OSError):
     """A committed shard is missing or its bytes differ from what the manifest recorded."""
 

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcache.checkpoint import load_model, read_spec, save_model
+from kdcache.checkpoint import load_model, load_state_dict, read_spec, save_model
 from kdcache.config import PipelineConfig, StageConfig
 from kdcache.datasets import SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, ConfigError, StoreMismatchError
-from kdcache.fingerprint import dataset_fingerprint
+from kdcache.fingerprint import dataset_fingerprint, state_digest
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.precompute import PrecomputeReport, TeacherRun, precompute_local
@@ -158,16 +158,24 @@ def teacher_run(cfg: PipelineConfig, teacher: nn.Module) -> TeacherRun:
 
 
 def run_precompute(
-    cfg: PipelineConfig, *, progress: bool = True, workers: int | None = None, scheduler: str | None = None
+    cfg: PipelineConfig,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    break_lock: bool = False,
 ) -> PrecomputeReport:
     """Stage one for the pipeline's teacher: in this process, or on dask with ``workers`` local worker processes
-    or the cluster at ``scheduler`` (see :mod:`kdcache.distributed`)."""
+    or the cluster at ``scheduler`` (see :mod:`kdcache.distributed`). ``break_lock`` takes over the store's writer
+    lock from a writer that died."""
     if workers is not None or scheduler is not None:
         from kdcache.distributed import precompute_on_dask
 
-        return precompute_on_dask(cfg, workers=workers, scheduler=scheduler, progress=progress)
+        return precompute_on_dask(cfg, workers=workers, scheduler=scheduler, progress=progress, break_lock=break_lock)
     with teacher_run(cfg, ensure_teacher(cfg, progress=progress)) as run:
-        return precompute_local(run, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress)
+        return precompute_local(
+            run, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress, break_lock=break_lock
+        )
 
 
 # ------------------------------------------------------------------------------------------------ stage two
@@ -186,9 +194,45 @@ def open_checked_cache(cfg: PipelineConfig, train: SampleDataset) -> Cache:
                 f"{cfg.data.num_classes}-class student (data.num_classes). Fix data.num_classes or use a store made "
                 "for this task"
             )
+    if cfg.teacher.ensemble is None:
+        require_pipeline_teacher(cfg, cache)
     cache.require_dataset(dataset_fingerprint(train, num_classes=cfg.data.num_classes))
     cache.require_views(view_transform(cfg).spec())
     return cache
+
+
+def require_pipeline_teacher(cfg: PipelineConfig, cache: Cache) -> None:
+    """Refuse a store whose teacher was not made by the pipeline's teacher: another architecture, or (when the
+    checkpoint is still on disk) other weights. The checkpoint's tensors are hashed; the model is never built.
+    ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
+    found = cache.teacher(cfg.teacher.name).fingerprint
+    problems = []
+    if found.get("spec") != model_spec(cfg, "teacher"):
+        problems.append(
+            f"architecture: the store's is {found.get('spec')}, the pipeline's {model_spec(cfg, 'teacher')}"
+        )
+    path = cfg.teacher_checkpoint
+    if path.exists():
+        digest = state_digest(load_state_dict(path))
+        if digest != found.get("state_sha256"):
+            problems.append(
+                f"weights: {str(path)!r} hashes to {digest[:12]}…, the store's teacher to "
+                f"{str(found.get('state_sha256'))[:12]}…"
+            )
+    if not problems:
+        return
+    message = (
+        f"store {cache.url!r}: teacher {cfg.teacher.name!r} was not made by this pipeline's teacher ("
+        + "; ".join(problems)
+        + ")"
+    )
+    if cfg.cache.allow_teacher_mismatch:
+        log.warning("%s; training from the stored outputs because cache.allow_teacher_mismatch is set", message)
+        return
+    raise StoreMismatchError(
+        f"{message}. Re-run `kdcache precompute` to cache this teacher (under another teacher.name to keep the old "
+        "one), or set cache.allow_teacher_mismatch: true to train from the stored outputs anyway (logged)"
+    )
 
 
 def train_student(

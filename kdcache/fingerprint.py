@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,17 +46,24 @@ def dataset_fingerprint(dataset: SampleDataset, *, num_classes: int) -> dict[str
     )
 
 
-def teacher_fingerprint(model: nn.Module, *, spec: dict[str, Any], layers: list[str]) -> dict[str, Any]:
-    """Architecture spec, a hash of every state-dict tensor (name, dtype, shape, bytes), captured layers, mode."""
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor of a state dict: name, dtype, shape and bytes, in name order.
+
+    Computable from a checkpoint file without building the model, so stage two can check which weights made a store.
+    """
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_fingerprint(model: nn.Module, *, spec: dict[str, Any], layers: list[str]) -> dict[str, Any]:
+    """Architecture spec, a hash of every state-dict tensor (name, dtype, shape, bytes), captured layers, mode."""
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
-    return with_digest(
-        {"spec": spec, "state_sha256": h.hexdigest(), "layers": sorted(layers), "dtypes": dtypes, "eval": True}
-    )
+    state = state_digest(model.state_dict())
+    return with_digest({"spec": spec, "state_sha256": state, "layers": sorted(layers), "dtypes": dtypes, "eval": True})
 
 
 def describe_difference(expected: dict[str, Any], found: dict[str, Any]) -> str:

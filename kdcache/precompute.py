@@ -36,6 +36,7 @@ from kdcache.store.layout import (
     teacher_path,
 )
 from kdcache.store.location import StoreLocation
+from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import read_manifest
 from kdcache.store.writer import StoreBuilder, TargetLayout
 from kdcache.targets.base import Target
@@ -286,28 +287,37 @@ class _ShardWriter:
 
 
 def precompute_local(
-    run: TeacherRun, store: str | StoreLocation, *, shard_samples: int | None = None, progress: bool = True
+    run: TeacherRun,
+    store: str | StoreLocation,
+    *,
+    shard_samples: int | None = None,
+    progress: bool = True,
+    break_lock: bool = False,
 ) -> PrecomputeReport:
-    """Stage one in this process: compute each pending shard and commit it from a background writer thread."""
+    """Stage one in this process: compute each pending shard and commit it from a background writer thread.
+
+    The store's writer lock is held throughout; ``break_lock`` takes over the lock of a writer that died.
+    """
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
-    builder = run.open_store(location, shard_samples)
-    work = plan_work(builder, run.owner)
-    todo = sum(w.stop - w.start for w in work if run.owner in w.owners)
-    log.info("%s: %d shard range(s) to write for teacher %r", location.url, len(work), run.name)
-    writer = _ShardWriter(builder)
-    start = time.perf_counter()
-    bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
-    try:
-        for item in work:
-            for rows in run.compute(item, bar.update):
-                writer.submit(rows)
-    finally:
-        bar.close()
+    with StoreLock(location, break_lock=break_lock):
+        builder = run.open_store(location, shard_samples)
+        work = plan_work(builder, run.owner)
+        todo = sum(w.stop - w.start for w in work if run.owner in w.owners)
+        log.info("%s: %d shard range(s) to write for teacher %r", location.url, len(work), run.name)
+        writer = _ShardWriter(builder)
+        start = time.perf_counter()
+        bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
         try:
-            writer.close()
+            for item in work:
+                for rows in run.compute(item, bar.update):
+                    writer.submit(rows)
         finally:
-            complete = finalize(builder, run.owner)
-    return make_report(builder, run, work, time.perf_counter() - start, complete)
+            bar.close()
+            try:
+                writer.close()
+            finally:
+                complete = finalize(builder, run.owner)
+        return make_report(builder, run, work, time.perf_counter() - start, complete)
 
 
 def precompute(
@@ -325,6 +335,7 @@ def precompute(
     device: str | torch.device = "cpu",
     ignore_index: int = -100,
     progress: bool = True,
+    break_lock: bool = False,
 ) -> PrecomputeReport:
     """Cache ``teacher``'s ``targets`` for every sample (and view) of ``dataset`` into ``store``.
 
@@ -345,7 +356,7 @@ def precompute(
         device=device,
         ignore_index=ignore_index,
     ) as run:
-        return precompute_local(run, store, shard_samples=shard_samples, progress=progress)
+        return precompute_local(run, store, shard_samples=shard_samples, progress=progress, break_lock=break_lock)
 
 
 @torch.no_grad()

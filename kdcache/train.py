@@ -273,8 +273,7 @@ class _Trainer:
         objective = build_objective([(l.name, l.weight, l.params) for l in stage.losses], setup).to(self.device)
         frozen = freeze(self.student, stage.freeze)
         with LayerCapture(self.student, objective.student_layers()) as capture:
-            if objective.needs_prepare:
-                self.prepare(objective, capture, bar.iterable[0])  # bar iterates this stage's remaining epochs
+            self.preflight(objective, capture, bar.iterable[0])  # bar iterates this stage's remaining epochs
             params = [p for p in [*self.student.parameters(), *objective.parameters()] if p.requires_grad]
             optimizer = build_optimizer(params, stage.optimizer)
             schedule = _schedule(optimizer, stage.optimizer, stage.epochs * len(self.loader))
@@ -305,14 +304,20 @@ class _Trainer:
         freeze(self.student, [])
 
     @torch.no_grad()
-    def prepare(self, objective: nn.Module, capture: LayerCapture, epoch: int) -> None:
-        """Show the objective one batch (student in eval mode: no statistics move) so it can build data-shaped
-        parameters (a hint regressor) before the optimiser and DDP see the parameters."""
+    def preflight(self, objective: nn.Module, capture: LayerCapture, epoch: int) -> None:
+        """Evaluate the objective on one batch before any parameter moves (student in eval mode, no gradients).
+
+        Terms build their data-shaped parameters here (a hint regressor) before the optimiser and DDP see the
+        parameters, and a target that does not fit the student (shape, channels, classes) fails now, with the
+        loss's own message, instead of after a partial epoch.
+        """
         set_loader_epoch(self.loader, epoch)
         batch = next(iter(self.loader)).to(self.device)
         self.student.eval()
         outputs = forward_with_capture(self.student, batch.inputs, capture)
-        objective.prepare(StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch)))
+        step = StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch))
+        objective.prepare(step)
+        objective(step)
 
     def run_epoch(self, st: _Stage, epoch: int, start: int) -> tuple[float, dict[str, float], float]:
         """Train epoch ``epoch`` from global batch ``start``; its loss and weighted parts (means over all ranks'

@@ -22,7 +22,7 @@ from kdcache.experiment import run_precompute
 from kdcache.models import DigitsCNN
 from kdcache.precompute import ShardWork, precompute
 from kdcache.store import open_cache, read_manifest
-from kdcache.store.location import StoreLocation
+from kdcache.store.location import S3_DEFAULTS, StoreLocation
 from kdcache.stream import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.targets import build_target
 from kdcache.views import ViewTransform
@@ -158,7 +158,8 @@ def test_credentials_in_storage_options_are_used_but_never_pickled(s3_store, dig
     blobs = [pickle.dumps(location), pickle.dumps(data), cloudpickle.dumps(data)]
     assert_no_credentials(*blobs, repr(location), repr(data.readers["logits"]["logits"].cache))
     copy = pickle.loads(blobs[1])  # a DataLoader worker's copy reads with its own (environment) credentials
-    assert copy.readers["logits"]["logits"].cache.location.storage_options == {"use_listings_cache": False}
+    kept = copy.readers["logits"]["logits"].cache.location.storage_options
+    assert kept == {"use_listings_cache": False, **S3_DEFAULTS}  # the defaults, without the credentials
     assert np.array_equal(copy[order].targets["logits"]["logits"], data[order].targets["logits"]["logits"])
 
 

@@ -95,6 +95,8 @@ class SnapshotAt:
         self.checkpoint, self.copy, self.at, self.calls = checkpoint, copy, at, 0
 
     def __call__(self, batch: Batch) -> dict:
+        if not torch.is_grad_enabled():  # the trainer's preflight of each stage, not a training step
+            return {}
         self.calls += 1
         if self.calls == self.at:
             shutil.copy(self.checkpoint, self.copy)

@@ -79,11 +79,6 @@ class Objective(nn.Module):
     def student_layers(self) -> list[str]:
         return sorted({layer for term in self.terms.values() for layer in term.student_layers()})
 
-    @property
-    def needs_prepare(self) -> bool:
-        """Whether a term builds parameters from data (and so must see a batch before the optimiser is built)."""
-        return any(type(term).prepare is not LossTerm.prepare for term in self.terms.values())
-
     @torch.no_grad()
     def prepare(self, out: StepOutputs) -> None:
         """Let every term create its data-shaped parameters before the optimiser is built."""

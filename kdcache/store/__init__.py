@@ -3,7 +3,7 @@
 from kdcache.store.layout import FORMAT_VERSION, ArraySpec, check_name, plan_shard_samples, shard_ranges, teacher_path
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import Manifest, read_manifest
-from kdcache.store.reader import ArrayReader, Cache, open_cache
+from kdcache.store.reader import ArrayReader, Cache, open_cache, scrub
 from kdcache.store.writer import StoreBuilder, TargetLayout
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "open_cache",
     "plan_shard_samples",
     "read_manifest",
+    "scrub",
     "shard_ranges",
     "teacher_path",
 ]

@@ -6,8 +6,12 @@ This is the one place that knows whether a store is on local disk or remote. Loc
 
 from __future__ import annotations
 
+import copy
+import errno
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,10 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 from zarr.abc.store import Store
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, KdcacheError, StoreIOError
 
 CREDENTIAL_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"})
 TEMP_SUFFIX = ".partial"
+# Object stores: fail within bounded time and retry transient errors (5xx, throttling, dropped connections) before
+# reporting them, instead of hanging or failing on the first hiccup. Users can override any of these.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 6, "mode": "standard"}},
+}
 
 
 class StoreLocation:
@@ -35,7 +44,10 @@ class StoreLocation:
         if protocol not in (None, "file", "local"):
             # Dask workers and other processes write to the same store: a cached directory listing goes stale.
             self.storage_options.setdefault("use_listings_cache", False)
-        self._fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        if protocol in ("s3", "s3a"):
+            for key, value in S3_DEFAULTS.items():
+                self.storage_options.setdefault(key, value)
+        self._fs, self.root = fsspec.core.url_to_fs(self.url, **self._options())
         self._pid = os.getpid()
         self.is_local = "file" in _protocols(self._fs)
         if self.is_local:
@@ -46,7 +58,7 @@ class StoreLocation:
         """The filesystem, made again in a forked child (DataLoader workers): async ones such as s3fs are not
         fork-safe, and fsspec's instance cache hands a child a fresh one."""
         if self._pid != os.getpid():
-            self._fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self._fs, _ = fsspec.core.url_to_fs(self.url, **self._options())
             self._pid = os.getpid()
         return self._fs
 
@@ -66,7 +78,11 @@ class StoreLocation:
 
         if self.is_local:
             return LocalStore(self.root, read_only=read_only)
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        return FsspecStore.from_url(self.url, storage_options=self._options(), read_only=read_only)
+
+    def _options(self) -> dict[str, Any]:
+        """A private copy of the storage options for a filesystem: botocore edits its retry settings in place."""
+        return copy.deepcopy(self.storage_options)
 
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}"
@@ -103,6 +119,30 @@ class StoreLocation:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists (``O_EXCL`` locally, a conditional PUT remotely); False if one does."""
+        path = self._path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # some S3 servers answer 412 without naming the If-None-Match condition
+            if "precondition" in str(exc).lower():
+                return False
+            raise
+        return True
+
     def list(self, prefix: str) -> list[str]:
         """Keys (relative to the root) of every object under ``prefix``, sorted."""
         base = self._path(prefix)
@@ -119,6 +159,34 @@ class StoreLocation:
     def disk_usage(self) -> int:
         """Total bytes stored under the root."""
         return int(sum(self.fs.du(self.root, total=False).values())) if self.exists() else 0
+
+
+@contextmanager
+def io_errors(location: StoreLocation, action: str) -> Iterator[None]:
+    """Turn storage failures inside the block into a :class:`StoreIOError` naming the store, the action and the fix.
+
+    kdcache's own errors and ``FileNotFoundError`` (which callers interpret) pass through unchanged.
+    """
+    try:
+        yield
+    except (KdcacheError, FileNotFoundError):
+        raise
+    except OSError as exc:
+        raise StoreIOError(describe_io_error(location, action, exc)) from exc
+
+
+def describe_io_error(location: StoreLocation, action: str, exc: OSError) -> str:
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space is left on the device (or quota) holding the store"
+        fix = "free space, then re-run: committed shards are kept and the run resumes at the first missing shard"
+    elif isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
+        why = "permission was denied"
+        fix = "check the credentials in the environment (for s3://: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the directory or bucket permissions"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+        fix = "check the path or endpoint and the network; transient errors were already retried. Committed shards are kept"
+    return f"{action} failed for store {location.url!r}: {why}. To fix: {fix}"
 
 
 def _without_credentials(url: str) -> str:

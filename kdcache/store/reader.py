@@ -26,7 +26,7 @@ from kdcache.errors import (
 )
 from kdcache.fingerprint import describe_difference
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER
-from kdcache.store.location import StoreLocation
+from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit, TeacherRecord, read_manifest
 
 DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024
@@ -104,6 +104,12 @@ class Cache:
         store = self.location.zarr_store(read_only=True)
         return zarr.open_array(store, path=path, mode="r", zarr_format=3)
 
+    def owner_status(self) -> dict[str, tuple[str, list[ShardCommit]]]:
+        """Status and commits of the sample arrays and of every teacher, by owner."""
+        owners = {SAMPLES_OWNER: (self.manifest.samples.status, self.manifest.samples.shards)}
+        owners |= {f"teachers/{n}": (t.status, t.shards) for n, t in self.manifest.teachers.items()}
+        return owners
+
     def commits_of(self, owner: str) -> list[ShardCommit]:
         if owner == SAMPLES_OWNER:
             return self.manifest.samples.shards
@@ -135,20 +141,22 @@ class Cache:
         with its recorded size."""
         for records in self.owner_arrays().values():
             for record in records.values():
-                self._check_array_metadata(record)
+                self.check_array_metadata(record)
         for commit in self.manifest.all_commits():
             for path, digest in commit.files.items():
                 size = self.location.size(digest.key)
                 if size != digest.nbytes:
                     raise self.corrupt(path, commit.index, commit.start, commit.stop, digest, size)
 
-    def _check_array_metadata(self, record: ArrayRecord) -> None:
+    def check_array_metadata(self, record: ArrayRecord) -> None:
         try:
             meta = json.loads(self.location.read_bytes(f"{record.path}/zarr.json"))
-        except (FileNotFoundError, json.JSONDecodeError) as exc:
+        except (FileNotFoundError, ValueError) as exc:
             raise StoreFormatError(
                 f"store {self.url!r}: metadata of {record.path} is missing or unreadable ({exc})"
             ) from None
+        if not isinstance(meta, dict):
+            raise StoreFormatError(f"store {self.url!r}: metadata of {record.path} is not a JSON object")
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             raise StoreFormatError(f"store {self.url!r}: {record.path} is not a Zarr v3 array; only v3 stores are read")
         codecs = _codec_names(meta.get("codecs", []))
@@ -157,11 +165,13 @@ class Cache:
                 f"store {self.url!r}: {record.path} uses codecs {sorted(codecs - ALLOWED_CODECS)} outside kdcache's "
                 f"allow-list {sorted(ALLOWED_CODECS)}; refusing to decode it"
             )
-        shard_shape = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
-        if meta.get("shape") != record.shape or meta.get("data_type") != record.dtype or shard_shape != record.shards:
+        found = _layout_of(meta)
+        expected = (record.shape, record.dtype, record.shards, record.chunks, _fill_of(record.dtype))
+        if found != expected:
             raise StoreFormatError(
-                f"store {self.url!r}: {record.path} has shape {meta.get('shape')}, dtype {meta.get('data_type')}, "
-                f"shards {shard_shape}; the manifest says {record.shape}, {record.dtype}, {record.shards}"
+                f"store {self.url!r}: {record.path} has (shape, dtype, shard, chunk, fill) {found}; the manifest "
+                f"says {expected}. The array's zarr.json was changed after the store was written: restore it or "
+                "rebuild the store"
             )
 
     def corrupt(
@@ -243,9 +253,10 @@ class ArrayReader:
 
     def read_shard(self, index: int) -> np.ndarray:
         """The rows of shard ``index``, verified against the manifest before they are decoded."""
-        self.verify_shard(index)
         lo, hi = self.shard_range(index)
-        return np.asarray(self.array()[lo:hi])
+        with io_errors(self.cache.location, f"reading {self.record.path} shard {index}"):
+            self.verify_shard(index)
+            return np.asarray(self.array()[lo:hi])
 
     def read_all(self) -> np.ndarray:
         """The whole array, shard by shard, each shard verified before use."""
@@ -278,9 +289,10 @@ class ArrayReader:
         if cid in self._chunks:
             self._chunks.move_to_end(cid)
             return self._chunks[cid]
-        self.verify_shard(cid * self.chunk // self.shard)
         lo, hi = cid * self.chunk, min((cid + 1) * self.chunk, self.record.shape[0])
-        block = np.asarray(self.array()[lo:hi])
+        with io_errors(self.cache.location, f"reading {self.record.path} samples {lo}..{hi - 1}"):
+            self.verify_shard(cid * self.chunk // self.shard)
+            block = np.asarray(self.array()[lo:hi])
         self.chunks_read[cid] += 1
         self._chunks[cid] = block
         if len(self._chunks) > self._chunk_budget:
@@ -296,9 +308,31 @@ def open_cache(url: str, *, storage_options: dict[str, Any] | None = None) -> Ca
     ['cnn64']
     """
     location = StoreLocation(url, storage_options)
-    cache = Cache(location, read_manifest(location))
-    cache.check_layout()
+    with io_errors(location, "opening"):
+        cache = Cache(location, read_manifest(location))
+        cache.check_layout()
     return cache
+
+
+def scrub(url: str, *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """A full check of a store against its manifest (``kdcache verify``): every array's metadata, every committed
+    shard's size and SHA-256, and every complete owner's shard count. Returns one line per problem; unlike
+    :func:`open_cache` it does not stop at the first one. A missing or unreadable manifest is raised as an error."""
+    location = StoreLocation(url, storage_options)
+    with io_errors(location, "verifying"):
+        cache = Cache(location, read_manifest(location))
+        problems = []
+        for records in cache.owner_arrays().values():
+            for record in records.values():
+                try:
+                    cache.check_array_metadata(record)
+                except StoreFormatError as exc:
+                    problems.append(str(exc))
+        for owner, (status, commits) in cache.owner_status().items():
+            if status == "complete" and [c.index for c in commits] != list(range(cache.manifest.num_shards())):
+                problems.append(f"store {url!r}: {owner} is marked complete but its manifest lists shards "
+                                f"{[c.index for c in commits]} of {cache.manifest.num_shards()}")  # fmt: skip
+        return problems + cache.verify()
 
 
 def _check_digest(cache: Cache, path: str, index: int, start: int, stop: int, digest: FileDigest) -> None:
@@ -313,10 +347,31 @@ def _check_digest(cache: Cache, path: str, index: int, start: int, stop: int, di
         raise cache.corrupt(path, index, start, stop, digest, len(raw), f" with sha256 {actual[:12]}…")
 
 
-def _codec_names(codecs: list[dict[str, Any]]) -> set[str]:
+def _layout_of(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """(shape, dtype, shard shape, inner chunk shape, fill value) as an array's zarr.json states them."""
+    grid = meta.get("chunk_grid")
+    shard = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
+    codecs = meta.get("codecs") or [{}]
+    first = codecs[0] if isinstance(codecs[0], dict) else {}
+    chunks = first.get("configuration", {}).get("chunk_shape") if first.get("name") == "sharding_indexed" else None
+    return meta.get("shape"), meta.get("data_type"), shard, chunks, meta.get("fill_value")
+
+
+def _fill_of(dtype: str) -> Any:
+    """The fill value kdcache gives an array: NaN (as zarr.json spells it) for floats, 0 otherwise."""
+    return "NaN" if np.issubdtype(np.dtype(dtype), np.floating) else 0
+
+
+def _codec_names(codecs: Any) -> set[str]:
+    """Names of every codec in a codec list, nested sharding pipelines included; malformed entries count as ``?``."""
+    if not isinstance(codecs, list):
+        return {"?"}
     names: set[str] = set()
     for codec in codecs:
-        names.add(codec.get("name", "?"))
+        if not isinstance(codec, dict) or not isinstance(codec.get("configuration", {}), dict):
+            names.add("?")
+            continue
+        names.add(str(codec.get("name", "?")))
         config = codec.get("configuration", {})
         names |= _codec_names(config.get("codecs", [])) | _codec_names(config.get("index_codecs", []))
     return names

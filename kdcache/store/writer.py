@@ -24,7 +24,7 @@ from kdcache.store.layout import (
     ArraySpec,
     shard_ranges,
 )
-from kdcache.store.location import TEMP_SUFFIX, StoreLocation
+from kdcache.store.location import TEMP_SUFFIX, StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
     FileDigest,
@@ -217,6 +217,12 @@ class StoreBuilder:
     ) -> ShardCommit:
         """Write shard ``index`` of every array of ``owner`` from ``data`` (path -> rows of that range), then record it."""
         start, stop = shard_ranges(self.manifest.num_samples, self.manifest.shard_samples)[index]
+        with io_errors(self.location, f"writing shard {index} (samples {start}..{stop - 1}) of {owner}"):
+            return self._commit(owner, index, start, stop, data, stats)
+
+    def _commit(
+        self, owner: str, index: int, start: int, stop: int, data: dict[str, np.ndarray], stats: dict[str, float] | None
+    ) -> ShardCommit:
         arrays = self.owner_arrays(owner)
         if set(data) != set(arrays):
             raise ValueError(f"commit of {owner} shard {index} needs arrays {sorted(arrays)}, got {sorted(data)}")
@@ -241,7 +247,11 @@ class StoreBuilder:
     # ---------------------------------------------------------------- publishing
     def publish(self) -> None:
         """Write the manifest, and the group attributes that let plain zarr users see what the store is."""
-        write_manifest(self.location, self.manifest)
+        with io_errors(self.location, "publishing the manifest"):
+            write_manifest(self.location, self.manifest)
+            self._write_group_attributes()
+
+    def _write_group_attributes(self) -> None:
         self.group().attrs.update(
             {
                 "format_version": self.manifest.format_version,

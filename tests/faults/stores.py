@@ -1,0 +1,41 @@
+"""Building and reading the small stores the fault suite damages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcache.precompute import precompute
+from kdcache.store import open_cache
+from kdcache.targets import build_target
+
+SHARD = 64  # 300 samples: shards of 64, 64, 64, 64, 44
+
+
+def targets():
+    """Dense fp16 logits (uncompressed shards) and a zstd-compressed feature map: both kinds of shard file."""
+    return [build_target("logits", {}), build_target("features", {"layer": "layer2"})]
+
+
+def build_store(path: Path, teacher: torch.nn.Module, dataset, views) -> Path:
+    precompute(teacher, dataset, path, targets=targets(), views=views, num_classes=10, teacher_name="t8",
+               shard_samples=SHARD, progress=False)  # fmt: skip
+    return path
+
+
+def read_everything(url: str | Path) -> dict[str, np.ndarray]:
+    """Every committed array of a store, read through the stage-two reader (verified on first touch)."""
+    cache = open_cache(str(url))
+    arrays = {path: cache.array_reader(rec, "samples", in_memory=True).read_all()
+              for path, rec in cache.manifest.samples.arrays.items()}  # fmt: skip
+    for name in cache.teachers:
+        for target in cache.teacher(name).targets.values():
+            for record in target.arrays.values():
+                arrays[record.path] = cache.array_reader(record, f"teachers/{name}", in_memory=True).read_all()
+    return arrays
+
+
+def same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)

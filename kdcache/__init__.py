@@ -4,10 +4,11 @@ Stage one (:func:`precompute`) runs a frozen teacher once and writes its targets
 stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`) into student training.
 """
 
-from kdcache.config import PipelineConfig, load_pipeline
-from kdcache.datasets import HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.config import PipelineConfig, RunSettings, load_pipeline
+from kdcache.datasets import ClassSubset, HDF5Dataset, SampleDataset, TensorDataset
 from kdcache.errors import KdcacheError
-from kdcache.losses import LOSSES, build_objective, kd_divergence
+from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
+from kdcache.models import MultiHeadNet
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.store import Cache, open_cache
 from kdcache.stream import Batch, CachedDataset, ViewDataset, batch_loader, set_loader_epoch
@@ -23,10 +24,13 @@ __all__ = [
     "Batch",
     "Cache",
     "CachedDataset",
+    "ClassSubset",
     "HDF5Dataset",
     "KdcacheError",
+    "MultiHeadNet",
     "PipelineConfig",
     "PrecomputeReport",
+    "RunSettings",
     "SampleDataset",
     "TensorDataset",
     "ViewDataset",
@@ -36,6 +40,7 @@ __all__ = [
     "build_objective",
     "build_target",
     "kd_divergence",
+    "logit_hint",
     "load_pipeline",
     "open_cache",
     "precompute",

@@ -36,7 +36,6 @@ ROW_TITLES = {
     "rocket_no_sharing": "rocket, without parameter sharing",
     "offline_kd": "light net, offline KD from the cached booster",
 }
-CO_TRAINED = ("rocket", "rocket_no_block", "rocket_no_sharing")
 
 
 class RocketSection(Section):
@@ -146,7 +145,7 @@ def run_rocket(cfg: RocketPipeline, *, progress: bool = True) -> dict[str, Any]:
         for r, v in results.items()
     ]
     summary = {"rows": results, "hint_weight": s.hint_weight, "store": {"url": cfg.store_url, **stage_one}}
-    return report(cfg, header, rows, summary, curves, metric_label="test accuracy of the net each row answers with")
+    return report(cfg, header, rows, summary, curves, metric_label="light-net accuracy (booster row: booster)")
 
 
 def _row_network(cfg: RocketPipeline, row: Row) -> MultiHeadNet:

@@ -4,12 +4,13 @@ Stage one (:func:`precompute`) runs a frozen teacher once and writes its targets
 stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`) into student training.
 """
 
-from kdcache.config import PipelineConfig, load_pipeline
-from kdcache.datasets import HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.config import PipelineConfig, RunSettings, load_pipeline
+from kdcache.datasets import ClassSubset, HDF5Dataset, SampleDataset, TensorDataset
 from kdcache.distributed import precompute_on_dask
 from kdcache.errors import KdcacheError
 from kdcache.hdf5 import export_hdf5, import_hdf5
-from kdcache.losses import LOSSES, build_objective, kd_divergence
+from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
+from kdcache.models import MultiHeadNet
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.stats import TeacherStats, store_stats
 from kdcache.store import Cache, open_cache
@@ -28,11 +29,14 @@ __all__ = [
     "Cache",
     "CachedDataset",
     "Ensemble",
+    "ClassSubset",
     "HDF5Dataset",
     "KdcacheError",
+    "MultiHeadNet",
     "PipelineConfig",
     "PrecomputeReport",
     "ProbabilityEnsemble",
+    "RunSettings",
     "SampleDataset",
     "TeacherStats",
     "TensorDataset",
@@ -45,6 +49,7 @@ __all__ = [
     "export_hdf5",
     "import_hdf5",
     "kd_divergence",
+    "logit_hint",
     "load_pipeline",
     "open_cache",
     "precompute",

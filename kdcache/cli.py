@@ -9,13 +9,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kdcache.errors import KdcacheError
+from kdcache.errors import ConfigError, KdcacheError
 
 
 def _pipeline(args: argparse.Namespace):  # noqa: ANN202
     from kdcache.config import load_pipeline
 
-    return load_pipeline(args.pipeline, args.set)
+    cfg = load_pipeline(args.pipeline, args.set)
+    if cfg.method != "distill" and args.command != "run":
+        raise ConfigError(
+            f"{args.pipeline} is a method {cfg.method!r} pipeline, which only `kdcache run` runs (its stages depend "
+            f"on each other); `kdcache {args.command}` takes method distill pipelines"
+        )
+    return cfg
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
@@ -215,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start if absent)",
     )
     pipeline_command("plan", cmd_plan, "bytes per sample and store size of each target, before any teacher runs")
-    pipeline_command("run", cmd_run, "teacher, stage one, and scratch / online / cached students, with a report")
+    pipeline_command(
+        "run", cmd_run, "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)"
+    )
 
     fidelity = sub.add_parser(
         "fidelity",

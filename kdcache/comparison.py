@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdcache.config import PipelineConfig
+from kdcache.config import PipelineConfig, RunSettings
 from kdcache.experiment import (
     ensure_teacher,
     output_path,
@@ -23,8 +23,13 @@ def epochs_to_reach(result: TrainResult, threshold: float, metric: str = METRIC)
     return next((log for log in result.history if log.metrics.get(metric, float("-inf")) >= threshold), None)
 
 
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
-    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report."""
+def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
+    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report. A pipeline
+    of another ``method`` (lwf, rocket, selfkd) goes to its scheme's runner (:mod:`kdcache.schemes`)."""
+    if not isinstance(cfg, PipelineConfig):
+        from kdcache.schemes import run_scheme
+
+        return run_scheme(cfg, progress=progress)
     teacher_metrics = teacher_test_metrics(cfg, ensure_teacher(cfg, progress=progress))
     report = run_precompute(cfg, progress=progress)
     total, per_sample, per_target = store_size(cfg)

@@ -47,6 +47,7 @@ class DataConfig(Section):
     std: tuple[float, ...] = (1.0,)
     max_train_samples: int | None = Field(default=None, gt=0)
     max_test_samples: int | None = Field(default=None, gt=0)
+    classes: list[int] | None = Field(default=None, min_length=2)
 
     @field_validator("dataset")
     @classmethod
@@ -56,6 +57,16 @@ class DataConfig(Section):
         if name not in DATASETS:
             raise ValueError(DATASETS.unknown_message(name))
         return name
+
+    @model_validator(mode="after")
+    def _classes_are_the_task(self) -> DataConfig:
+        """``classes: [5, 6, 7, 8, 9]`` trains on those classes only, relabelled 0..k-1 (:class:`ClassSubset`)."""
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(
+                f"classes lists {len(self.classes)} classes but num_classes is {self.num_classes}; with classes set, "
+                "num_classes is the number of classes kept"
+            )
+        return self
 
 
 class ViewsConfig(Section):
@@ -203,13 +214,26 @@ class VariantConfig(Section):
 SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
 
 
-class PipelineConfig(Section):
+class RunSettings(Section):
+    """What every pipeline has, whatever its ``method``: name, seed, device, output directory, data and views."""
+
     name: str
+    method: str = "distill"
     seed: int = 0
     device: str = "cpu"
     output_dir: Path | None = None
     data: DataConfig
     views: ViewsConfig = ViewsConfig()
+
+    @property
+    def out(self) -> Path:
+        return self.output_dir or Path("runs") / self.name
+
+
+class PipelineConfig(RunSettings):
+    """A ``method: distill`` pipeline (the default): a teacher, stage one, and student variants."""
+
+    method: Literal["distill"] = "distill"
     teacher: TeacherConfig
     student: StudentConfig
     cache: CacheConfig = CacheConfig()
@@ -284,10 +308,6 @@ class PipelineConfig(Section):
         return list(self.teacher.ensemble.members) if self.teacher.ensemble else [self.teacher.name]
 
     @property
-    def out(self) -> Path:
-        return self.output_dir or Path("runs") / self.name
-
-    @property
     def teacher_checkpoint(self) -> Path:
         return self.teacher.checkpoint or self.out / "teacher.safetensors"
 
@@ -296,7 +316,7 @@ class PipelineConfig(Section):
         return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}.zarr")
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
     """Read and validate a pipeline YAML; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
     path = Path(path)
     if not path.is_file():
@@ -312,11 +332,24 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     return parse_pipeline(raw, source=str(path))
 
 
-def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> PipelineConfig:
+def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSettings:
+    """Validate a pipeline dict against the model of its ``method`` (``distill`` unless it says otherwise)."""
+    model = pipeline_model(raw.get("method", "distill"))
     try:
-        return PipelineConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid pipeline {source}:\n{_describe(exc)}") from None
+        raise ConfigError(f"invalid pipeline {source}:\n{_describe(exc, model)}") from None
+
+
+def pipeline_model(method: Any) -> type[RunSettings]:
+    """The pydantic model of a pipeline ``method``: distill, or a distillation scheme (:mod:`kdcache.schemes`)."""
+    if method == "distill":
+        return PipelineConfig
+    from kdcache.schemes import SCHEMES
+
+    if not isinstance(method, str) or method not in SCHEMES:
+        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(['distill', *SCHEMES.names()])}")
+    return SCHEMES.get(method).config
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -334,20 +367,20 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[last] = yaml.safe_load(value)
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            valid = _valid_keys(err["loc"][:-1])
+            valid = _valid_keys(err["loc"][:-1], root)
             msg = f"unknown key; valid keys here: {valid}"
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> str:
-    model: Any = PipelineConfig
+def _valid_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

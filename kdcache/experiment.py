@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from kdcache.checkpoint import load_model, load_state_dict, read_spec, save_model
-from kdcache.config import PipelineConfig, StageConfig
-from kdcache.datasets import SampleDataset, Subset, build_dataset
+from kdcache.config import PipelineConfig, RunSettings, StageConfig
+from kdcache.datasets import ClassSubset, SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, ConfigError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint, state_digest
 from kdcache.losses import LossSetup
@@ -45,31 +45,34 @@ class StudentRun:
         return self.result.final
 
 
-def device_of(cfg: PipelineConfig) -> torch.device:
+def device_of(cfg: RunSettings) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
 
 
-def load_split(cfg: PipelineConfig, split: str) -> SampleDataset:
-    """The train or test split named in the config, cut to ``max_*_samples`` when set (CI-sized runs)."""
+def load_split(cfg: RunSettings, split: str) -> SampleDataset:
+    """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
+    ``max_*_samples`` when those are set."""
     dataset = build_dataset(cfg.data.dataset, split, cfg.data.args)
+    if cfg.data.classes is not None:
+        dataset = ClassSubset(dataset, cfg.data.classes)
     limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
     if limit is not None and limit < len(dataset):
         return Subset(dataset, np.arange(limit), tag=f"first-{limit}")
     return dataset
 
 
-def view_transform(cfg: PipelineConfig) -> ViewTransform:
+def view_transform(cfg: RunSettings) -> ViewTransform:
     return ViewTransform(count=cfg.views.count, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
 
 
-def eval_views(cfg: PipelineConfig) -> ViewTransform:
+def eval_views(cfg: RunSettings) -> ViewTransform:
     """View 0 under the eval transform: what test-time evaluation sees."""
     return ViewTransform(count=1, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
 
 
-def loss_setup(cfg: PipelineConfig) -> LossSetup:
+def loss_setup(cfg: RunSettings) -> LossSetup:
     return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index)
 
 
@@ -336,7 +339,7 @@ def rate_text(report: PrecomputeReport) -> str:
     return "already cached" if rate is None else f"{rate:,.0f}"
 
 
-def output_path(cfg: PipelineConfig, name: str) -> Path:
+def output_path(cfg: RunSettings, name: str) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     return cfg.out / name
 

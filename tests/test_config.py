@@ -38,7 +38,8 @@ def test_invalid_values_are_explained(tmp_path, changes, message):
 def test_loss_parameters_are_checked_against_the_named_loss(tmp_path):
     stages = [{"epochs": 1, "losses": [{"name": "kd", "temprature": 4}]}]
     with pytest.raises(
-        ConfigError, match=r"kd: temprature: Extra inputs are not permitted \(valid keys: temperature, target\)"
+        ConfigError,
+        match=r"kd: temprature: Extra inputs are not permitted \(valid keys: temperature, target, student_layer\)",
     ):
         parse_pipeline(pipeline_dict(tmp_path, student__train__stages=stages))
 

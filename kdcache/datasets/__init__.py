@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdcache.datasets.base import SampleDataset, Subset, TensorDataset
+from kdcache.datasets.classes import ClassSubset
 from kdcache.datasets.hdf5 import HDF5Dataset
 from kdcache.registry import Registry
 
@@ -23,4 +24,4 @@ def build_dataset(name: str, split: str, args: dict[str, Any]) -> SampleDataset:
     return DATASETS.get(name)(split, **args)
 
 
-__all__ = ["DATASETS", "HDF5Dataset", "SampleDataset", "Subset", "TensorDataset", "build_dataset"]
+__all__ = ["DATASETS", "ClassSubset", "HDF5Dataset", "SampleDataset", "Subset", "TensorDataset", "build_dataset"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from kdcache.losses import feature as _feature  # noqa: F401  (registers fsp, hint, feature_kd)
+from kdcache.losses import online as _online  # noqa: F401  (registers rocket_hint)
 from kdcache.losses import relation as _relation  # noqa: F401  (registers rkd_distance, rkd_angle)
 from kdcache.losses import response as _response  # noqa: F401  (registers ce, kd)
 from kdcache.losses.base import LOSSES, LossParams, LossSetup, LossTerm, Objective, StepOutputs
+from kdcache.losses.online import logit_hint
 from kdcache.losses.relation import rkd_angles, rkd_distances
 from kdcache.losses.response import kd_divergence, topk_kd_divergence
 from kdcache.targets.fsp import fsp_matrix
@@ -31,6 +33,7 @@ __all__ = [
     "build_objective",
     "fsp_matrix",
     "kd_divergence",
+    "logit_hint",
     "rkd_angles",
     "rkd_distances",
     "topk_kd_divergence",

@@ -51,12 +51,27 @@ def kd_divergence(
     return per_position.mean() * temperature**2
 
 
+_HEAD = "student module whose output is read, e.g. heads.old (default: the model's output)"
+
+
+class StudentLogits(LossTerm):
+    """A term on one of the student's logits: the model's output, or the output of the module at the parameter
+    ``student_layer`` (a named head of a multi-head network, e.g. ``heads.old`` in Learning without Forgetting)."""
+
+    def student_layers(self) -> list[str]:
+        return [] if self.params.student_layer is None else [self.params.student_layer]
+
+    def logits(self, out: StepOutputs) -> torch.Tensor:
+        return out.logits if self.params.student_layer is None else out.features[self.params.student_layer]
+
+
 class CrossEntropyParams(LossParams):
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    student_layer: str | None = Field(None, description=_HEAD)
 
 
 @LOSSES.register("ce")
-class CrossEntropy(LossTerm):
+class CrossEntropy(StudentLogits):
     """Cross-entropy with the ground-truth labels (the task loss); ``ignore_index`` is honoured."""
 
     Params = CrossEntropyParams
@@ -64,17 +79,21 @@ class CrossEntropy(LossTerm):
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         return F.cross_entropy(
-            out.logits, out.labels, ignore_index=self.setup.ignore_index, label_smoothing=self.params.label_smoothing
+            self.logits(out),
+            out.labels,
+            ignore_index=self.setup.ignore_index,
+            label_smoothing=self.params.label_smoothing,
         )
 
 
 class KDParams(LossParams):
     temperature: float = Field(default=4.0, gt=0)
     target: str = "logits"
+    student_layer: str | None = Field(None, description=_HEAD)
 
 
 @LOSSES.register("kd")
-class KnowledgeDistillation(LossTerm):
+class KnowledgeDistillation(StudentLogits):
     """Hinton KD: T²·KL between teacher and student distributions at temperature T (see :func:`kd_divergence`).
 
     ``target`` names the cached logits: ``logits`` (dense), ``logits_int8`` (dequantised) or ``logits_topk``
@@ -91,7 +110,8 @@ class KnowledgeDistillation(LossTerm):
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         teacher = out.teacher[self.params.target]
+        logits = self.logits(out)
         if isinstance(teacher, TopKLogits):
-            return topk_kd_divergence(out.logits, teacher, self.params.temperature)
-        valid = out.labels != self.setup.ignore_index if out.logits.dim() > 2 else None
-        return kd_divergence(out.logits, teacher, self.params.temperature, valid)
+            return topk_kd_divergence(logits, teacher, self.params.temperature)
+        valid = out.labels != self.setup.ignore_index if logits.dim() > 2 else None
+        return kd_divergence(logits, teacher, self.params.temperature, valid)

@@ -8,12 +8,15 @@ from torch import nn
 
 from kdcache.errors import ConfigError
 from kdcache.models.digits import DigitsCNN, DigitsMLP, DigitsResNet
+from kdcache.models.heads import MultiHeadNet
+from kdcache.models.rocket import digits_rocket
 from kdcache.registry import Registry
 
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("digits-cnn")(DigitsCNN)
 MODELS.register("digits-mlp")(DigitsMLP)
 MODELS.register("digits-resnet")(DigitsResNet)
+MODELS.register("digits-rocket")(digits_rocket)
 
 
 def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
@@ -25,4 +28,4 @@ def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None)
         raise ConfigError(f"model {arch!r} rejected its arguments {args}: {exc}") from None
 
 
-__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "DigitsResNet", "build_model"]
+__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "DigitsResNet", "MultiHeadNet", "build_model", "digits_rocket"]

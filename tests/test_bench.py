@@ -70,6 +70,7 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         for name in ("cached / student-only", "cached (streamed) / student-only", "online / cached"):
             _positive_spread(steps["ratios"][name])
         _positive_spread(steps["expected_online_over_cached"])
+        assert {"target_fetch_share_of_step", "kd_loss_share_of_step"} <= set(steps)
         assert steps["expected_online_over_cached"]["min"] > 1  # 1 + teacher forward / student step
         assert len(steps["seconds_per_step"]["online KD"]["rounds"]) == report["settings"]["step_rounds"]
         stage_one = figures["stage_one"][workload]  # figure 2

@@ -15,6 +15,11 @@ def judge(figures: dict[str, Any]) -> list[dict[str, Any]]:
 def _row(figure: str, what: str, measured: dict[str, Any], op: str, target: float, why: str) -> dict[str, Any]:
     value = measured["median"]
     met = value <= target if op == "<=" else value >= target
+    if not met and measured["min"] <= target <= measured["max"]:
+        why = (
+            f"within this machine's noise: the rounds range {measured['min']:.3g}–{measured['max']:.3g}, which "
+            f"includes the goal; measured parts: {why}"
+        )
     return {
         "figure": figure,
         "what": what,
@@ -34,6 +39,7 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
         figure = f"1{FIGURE_OF.get(name, '')}"
         ratio = s["ratios"]["cached / student-only"]
         fetch = s["target_fetch_share_of_step"]["median"]
+        loss = s["kd_loss_share_of_step"]["median"]
         rows.append(
             _row(
                 figure,
@@ -41,8 +47,8 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio,
                 "<=",
                 1.03,
-                f"fetching and decoding the targets adds {fetch:+.1%} of a student step; the KD loss (softmax at T, "
-                f"KL and its backward) the remaining {ratio['median'] - 1 - fetch:+.1%}",
+                f"fetching and decoding the targets costs {fetch:+.1%} of a student-only step and the KD loss "
+                f"(softmax at T, KL, backward) {loss:+.1%}, timed alone; online KD pays the same loss",
             )
         )
         expected = s["expected_online_over_cached"]["median"]
@@ -56,8 +62,8 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 ">=",
                 0.95 * expected,
                 f"the teacher's forward pass takes {forward:.2f}x a student-only step, so {expected:.2f} was expected; "
-                f"but both KD steps also pay the KD loss, so the teacher's forward over the cached step gives "
-                f"{ideal:.2f}, and the rounds spread as shown",
+                f"both KD steps also pay the KD loss, so relative to the cached step the forward pass gives "
+                f"{ideal:.2f}",
             )
         )
     return rows
@@ -74,10 +80,11 @@ def _stage_one(figures: dict[str, Any]) -> list[dict[str, Any]]:
                     k["ratio_to_bare"],
                     ">=",
                     0.95,
-                    f"the writer thread was busy {k['writer_busy_seconds']['median']:.2f} s; the last shard's commit "
-                    f"and the manifest ({k['tail_seconds']['median']:.2f} s) cannot overlap compute: without them "
-                    f"the ratio is {k['ratio_to_bare_without_tail']['median']:.2f} over {k['shards']} shard(s); the "
-                    "rest is encoding on the main thread and the writer competing for the cores",
+                    f"the writer thread was busy {k['writer_busy_seconds']['median']:.2f} s of "
+                    f"{k['seconds']['median']:.2f} s; the last shard's commit and the manifest "
+                    f"({k['tail_seconds']['median']:.2f} s) cannot overlap compute: without them the ratio is "
+                    f"{k['ratio_to_bare_without_tail']['median']:.2f} over {k['shards']} shard(s); the rest is "
+                    "extraction and encoding on the main thread and the writer competing for the cores",
                 )
             )
     return rows
@@ -100,6 +107,8 @@ def _reads(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 f"zarr-python decodes whole chunks at {zarr:,.0f} samples/s where a memmap copies them at "
                 f"{memmap:,.0f} ({zarr / memmap:.2f}x)"
             )
+            if engine := parts.get("tensorstore, whole chunks (reference engine)"):
+                why += f"; tensorstore reads the same chunks at {engine:,.0f} ({engine / memmap:.2f}x memmap)"
             if which == "pass 1":
                 why += f"; pass 1 also hashes every shard (SHA-256 at {digest:,.0f} samples/s)"
             rows.append(

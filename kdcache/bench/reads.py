@@ -13,7 +13,8 @@ global batches of ``read_batch`` samples): the store through the streaming :clas
 
 ``cold`` evicts the store and the ``.npy`` from the page cache before every pass (:mod:`kdcache.bench.pagecache`),
 ``warm`` reads them once first. The parts are measured too, to say where the time goes: SHA-256 of every shard,
-zarr reading every whole chunk once, and the in-RAM gather the library uses when the array fits its RAM budget.
+zarr reading every whole chunk once, and the in-RAM gather the library uses when the array fits its RAM budget
+(plus tensorstore reading the same chunks, as a reference engine, when it is installed).
 """
 
 from __future__ import annotations
@@ -191,7 +192,23 @@ def measure_parts(store: ReadStore) -> dict[str, float]:
         "memmap, whole chunks": lambda: _seconds(lambda: [np.array(mapped[lo:hi]) for lo, hi in chunks]),
         "in-RAM gather (array fits the budget)": lambda: reader_pass(in_ram, store.epochs[0]),
     }
+    engine = _tensorstore_chunks(store, chunks)
+    if engine is not None:
+        parts["tensorstore, whole chunks (reference engine)"] = engine
     return {name: n / min(part() for _ in range(3)) for name, part in parts.items()}
+
+
+def _tensorstore_chunks(store: ReadStore, chunks: list[tuple[int, int]]) -> Any:
+    """Seconds for tensorstore to read the same whole chunks, when it is installed (``pip install tensorstore``):
+    what another Zarr v3 engine gets from the same store, so a slow figure can be put on the engine or the format."""
+    try:
+        import tensorstore
+    except ImportError:
+        return None
+    path = store.path / store.reader().record.path
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    array = tensorstore.open(spec, read=True).result()
+    return lambda: _seconds(lambda: [array[lo:hi].read().result() for lo, hi in chunks])
 
 
 def measure_scaling(workdir: Path, settings: BenchSettings, *, progress: bool = True) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcache.bench.rounds import interleave, spread
+from kdcache.bench.rounds import Samples, interleave, spread
 from kdcache.bench.settings import BenchSettings
 from kdcache.bench.workloads import TEACHER, Workload
 from kdcache.precompute import PrecomputeReport, precompute
@@ -90,61 +90,66 @@ def measure_stage_one(
     """Bare inference vs precompute of each target kind in ``kinds``; ratios paired per round."""
     device = torch.device(settings.device)
     teacher = w.make_teacher().eval().to(device)
-    n = len(w.train)
     details: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
-
-    def bare() -> float:
-        return _bare_inference(teacher, w, batch_size, device)
 
     def cached(kind: str) -> float:
         path = workdir / f"stage1-{w.name}-{uuid.uuid4().hex[:8]}.zarr"
-        with commit_spans() as spans:
-            start = time.perf_counter()
-            report = write_store(
-                w, path, kinds[kind], batch_size=batch_size, shard_samples=shard_samples, device=settings.device
-            )
-            end = time.perf_counter()
-        cache = open_cache(str(path))
-        arrays = [a.path for t in cache.teacher(TEACHER).targets.values() for a in t.arrays.values()]
-        last = max(s for owner, s, _ in spans if owner.startswith("teachers/"))
-        details[kind].append(
-            {
-                "seconds": report.seconds,
-                "setup_seconds": end - start - report.seconds,
-                "writer_busy_seconds": sum(e - s for _, s, e in spans),
-                "tail_seconds": end - last,
-                "shards": report.shards_written,
-                "disk_bytes_per_sample": sum(array_bytes(cache, p) for p in arrays) / n,
-            }
-        )
-        shutil.rmtree(path, ignore_errors=True)
-        return report.seconds
+        run = _stage_one_run(w, kinds[kind], path, batch_size=batch_size, shard_samples=shard_samples, device=device)
+        details[kind].append(run)
+        return run["seconds"]
 
-    variants = {"bare inference": bare} | {kind: (lambda k=kind: cached(k)) for kind in kinds}
+    variants = {"bare inference": lambda: _bare_inference(teacher, w, batch_size, device)}
+    variants |= {kind: (lambda k=kind: cached(k)) for kind in kinds}
     samples = interleave(variants, rounds=rounds, warmup=settings.warmup, desc=f"fig 2 {w.name}", progress=progress)
-    recorded = {kind: runs[-rounds:] for kind, runs in details.items()}  # drop the warm-up rounds
-    bare_rate = [n / s for s in samples.values["bare inference"]]
-    result: dict[str, Any] = {
+    n = len(w.train)
+    return {
         "workload": w.label,
         "samples": n,
         "batch_size": batch_size,
-        "bare_samples_per_second": spread(bare_rate),
-        "kinds": {},
+        "bare_samples_per_second": spread([n / s for s in samples.values["bare inference"]]),
+        "kinds": {kind: _kind_summary(samples, kind, details[kind][-rounds:], n) for kind in kinds},
     }
-    for kind in kinds:
-        runs = recorded[kind]
-        tail_free = [
-            (d["seconds"] - d["tail_seconds"]) / b for d, b in zip(runs, samples.values["bare inference"], strict=True)
-        ]
-        result["kinds"][kind] = {
-            "samples_per_second": spread([n / s for s in samples.values[kind]]),
-            "ratio_to_bare": samples.ratio("bare inference", kind),  # throughput ratio = inverse time ratio
-            "ratio_to_bare_without_tail": spread([1 / t for t in tail_free]),
-            "shards": runs[0]["shards"],
-            "disk_bytes_per_sample": runs[0]["disk_bytes_per_sample"],
-            **{key: spread([d[key] for d in runs]) for key in ("setup_seconds", "writer_busy_seconds", "tail_seconds")},
-        }
-    return result
+
+
+def _stage_one_run(
+    w: Workload, targets: list[Target], path: Path, *, batch_size: int, shard_samples: int | None, device: torch.device
+) -> dict[str, float]:
+    """One precompute into a fresh store at ``path`` (removed after): its timings, writer activity and bytes."""
+    with commit_spans() as spans:
+        start = time.perf_counter()
+        report = write_store(w, path, targets, batch_size=batch_size, shard_samples=shard_samples, device=str(device))
+        end = time.perf_counter()
+    cache = open_cache(str(path))
+    arrays = [a.path for t in cache.teacher(TEACHER).targets.values() for a in t.arrays.values()]
+    last = max(s for owner, s, _ in spans if owner.startswith("teachers/"))
+    run = {
+        "seconds": report.seconds,
+        "setup_seconds": end - start - report.seconds,
+        "writer_busy_seconds": sum(e - s for _, s, e in spans),
+        "tail_seconds": end - last,
+        "shards": report.shards_written,
+        "disk_bytes_per_sample": sum(array_bytes(cache, p) for p in arrays) / len(w.train),
+    }
+    shutil.rmtree(path, ignore_errors=True)
+    return run
+
+
+def _kind_summary(samples: Samples, kind: str, runs: list[dict[str, float]], n: int) -> dict[str, Any]:
+    """Throughput of one target kind, its paired ratio to bare inference (with and without the final shard's
+    commit), and the writer's activity over the recorded rounds."""
+    bare = samples.values["bare inference"]
+    tail_free = [b / (d["seconds"] - d["tail_seconds"]) for d, b in zip(runs, bare, strict=True)]
+    return {
+        "samples_per_second": spread([n / s for s in samples.values[kind]]),
+        "ratio_to_bare": samples.ratio("bare inference", kind),  # throughput ratio = inverse time ratio
+        "ratio_to_bare_without_tail": spread(tail_free),
+        "shards": runs[0]["shards"],
+        "disk_bytes_per_sample": runs[0]["disk_bytes_per_sample"],
+        **{
+            key: spread([d[key] for d in runs])
+            for key in ("seconds", "setup_seconds", "writer_busy_seconds", "tail_seconds")
+        },
+    }
 
 
 @torch.no_grad()

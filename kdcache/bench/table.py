@@ -62,6 +62,8 @@ def _steps(steps: dict[str, Any]) -> str:
                 _r(r["cached (streamed) / student-only"], "{:.3f}"),
                 _r(r["online / cached"]),
                 _r(s["expected_online_over_cached"]),
+                f"{s['target_fetch_share_of_step']['median']:+.1%}",
+                f"{s['kd_loss_share_of_step']['median']:+.1%}",
             ]
         )
     header = [
@@ -76,6 +78,8 @@ def _steps(steps: dict[str, Any]) -> str:
         "streamed / student-only",
         "online / cached",
         "expected online / cached",
+        "target fetch (share of step)",
+        "KD loss (share of step)",
     ]
     return markdown_table(header, rows)
 

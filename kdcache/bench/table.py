@@ -24,7 +24,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
         "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
     ]
-    return "\n".join(parts) + "\n"
+    return "\n\n".join(part.strip() for part in parts) + "\n"
 
 
 def _r(x: dict[str, Any], fmt: str = "{:.2f}") -> str:

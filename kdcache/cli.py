@@ -130,6 +130,20 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kdcache.bench import BenchSettings, run_bench
+
+    preset = BenchSettings.quick_preset if args.quick else BenchSettings.full
+    report = run_bench(args.out, preset(threads=args.threads, device=args.device), progress=not args.quiet)
+    missed = [g for g in report["goals"] if not g["met"]]
+    print((args.out / "bench.md").read_text())
+    print(
+        f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}: {len(report['goals']) - len(missed)} of "
+        f"{len(report['goals'])} goals met in {report['seconds']:.0f} s"
+    )
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from kdcache.store import open_cache
     from kdcache.summary import print_store
@@ -234,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="where stores and tables go")
     fidelity.add_argument("--quiet", action="store_true", help="no progress bars")
     fidelity.set_defaults(func=cmd_fidelity)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure what caching costs and saves here: step time, stage-one and read throughput, bytes, memory",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes on 2 cores)")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json and bench.md go")
+    bench.add_argument(
+        "--threads", type=int, default=None, help="torch compute threads (default: CPU cores - 1, at least 1)"
+    )
+    bench.add_argument("--device", default="cpu", help="device the students and teachers run on (cpu, cuda)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
 
     inspect = sub.add_parser("inspect", help="print a store's manifest in readable form")
     inspect.add_argument("store", help="store path or URL")

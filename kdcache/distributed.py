@@ -32,7 +32,7 @@ from kdcache.config import PipelineConfig
 from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.fingerprint import canonical_digest, dataset_fingerprint
 from kdcache.precompute import PrecomputeReport, ShardWork, TeacherRun, finalize, make_report, plan_work
-from kdcache.store.location import StoreLocation
+from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import read_manifest
 from kdcache.store.writer import StoreBuilder
@@ -172,7 +172,12 @@ def precompute_on_dask(
     _check_cluster(workers, scheduler)
     location = StoreLocation(cfg.store_url)
     teacher = ensure_teacher(cfg, progress=progress)
-    with StoreLock(location, break_lock=break_lock), teacher_run(cfg, teacher) as run:  # the workers do the forwards
+    lock = StoreLock(location, break_lock=break_lock)
+    with (
+        io_errors(location, f"precomputing teacher {cfg.teacher.name!r} on dask"),
+        lock,
+        teacher_run(cfg, teacher) as run,
+    ):
         builder = run.open_store(location, cfg.cache.shard_samples)
         recipe = WorkerRecipe(
             cfg, run.fingerprint["digest"], dataset_fingerprint(run.dataset, num_classes=run.num_classes)["digest"]

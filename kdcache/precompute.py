@@ -35,7 +35,7 @@ from kdcache.store.layout import (
     shard_ranges,
     teacher_path,
 )
-from kdcache.store.location import StoreLocation
+from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import read_manifest
 from kdcache.store.writer import StoreBuilder, TargetLayout
@@ -120,6 +120,8 @@ class TeacherRun:
         self.owner = owner_of_teacher(teacher_name)
         self.batch_size = batch_size
         self.ignore_index = ignore_index
+        for target in targets:
+            teacher_path(teacher_name, target.name)  # refuses unsafe names before anything runs or is written
         layers = sorted({layer for t in targets for layer in t.teacher_layers()})
         self.capture = LayerCapture(self.teacher, layers)
         self.layouts = self._trace_layouts()
@@ -299,7 +301,7 @@ def precompute_local(
     The store's writer lock is held throughout; ``break_lock`` takes over the lock of a writer that died.
     """
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
-    with StoreLock(location, break_lock=break_lock):
+    with io_errors(location, f"precomputing teacher {run.name!r}"), StoreLock(location, break_lock=break_lock):
         builder = run.open_store(location, shard_samples)
         work = plan_work(builder, run.owner)
         todo = sum(w.stop - w.start for w in work if run.owner in w.owners)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import s3fs
 import torch
 
 from kdcache.config import PipelineConfig, parse_pipeline
@@ -17,6 +20,8 @@ from kdcache.targets import build_target
 from kdcache.views import ViewTransform
 
 ROOT = Path(__file__).resolve().parents[1]
+KEY_ID = "AKIAKDCACHETESTKEY01"  # the moto server's test credentials: searched for in every artifact
+SECRET = "kdcache-test-secret-6f1c2a9e"
 DIGITS = ROOT / "data" / "digits.h5"
 MEAN, STD = (0.3056,), (0.3761,)
 
@@ -127,3 +132,28 @@ def with_changes(raw: dict[str, Any], **changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def pipeline(tmp_path: Path) -> PipelineConfig:
     return parse_pipeline(pipeline_dict(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A moto S3 server on an ephemeral port; credentials and endpoint in the environment, as s3fs expects."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # instances remember the endpoint they were made with
+        s3fs.S3FileSystem().mkdir("bucket")
+        yield env
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

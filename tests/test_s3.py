@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import cloudpickle
 import numpy as np
@@ -26,12 +24,10 @@ from kdcache.store.location import S3_DEFAULTS, StoreLocation
 from kdcache.stream import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.targets import build_target
 from kdcache.views import ViewTransform
-from tests.conftest import MEAN, ROOT, STD, pipeline_dict
+from tests.conftest import KEY_ID, MEAN, ROOT, SECRET, STD, pipeline_dict
 from tests.test_distributed import all_files
 
 PIPELINE = ROOT / "pipelines" / "digits_kd.yaml"
-KEY_ID = "AKIAKDCACHETESTKEY01"
-SECRET = "kdcache-test-secret-6f1c2a9e"
 OTHER_KEY_ID, OTHER_SECRET = "AKIAKDCACHEOPTIONS02", "kdcache-options-secret-93b7d4"  # passed as storage options
 STORE = "s3://bucket/prefix/train.zarr"
 SMALL = [
@@ -42,31 +38,6 @@ SMALL = [
     "cache.shard_samples=64",
     f"cache.store={STORE}",
 ]
-
-
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """A moto S3 server on an ephemeral port; credentials and endpoint in the environment, as s3fs expects."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()  # instances remember the endpoint they were made with
-        s3fs.S3FileSystem().mkdir("bucket")
-        yield env
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def kdcache(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

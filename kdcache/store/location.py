@@ -171,11 +171,30 @@ def io_errors(location: StoreLocation, action: str) -> Iterator[None]:
         yield
     except (KdcacheError, FileNotFoundError):
         raise
-    except OSError as exc:
+    except _storage_errors() as exc:
         raise StoreIOError(describe_io_error(location, action, exc)) from exc
 
 
-def describe_io_error(location: StoreLocation, action: str, exc: OSError) -> str:
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """OS errors, plus the errors remote clients raise outside that hierarchy once their retries are spent (botocore
+    timeouts and connection failures, aiohttp client errors)."""
+    found: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError
+
+        found.append(BotoCoreError)
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError
+
+        found.append(ClientError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def describe_io_error(location: StoreLocation, action: str, exc: BaseException) -> str:
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT):
         why = "no space is left on the device (or quota) holding the store"

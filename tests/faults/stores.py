@@ -9,6 +9,7 @@ import torch
 
 from kdcache.precompute import precompute
 from kdcache.store import open_cache
+from kdcache.store.location import StoreLocation
 from kdcache.targets import build_target
 
 SHARD = 64  # 300 samples: shards of 64, 64, 64, 64, 44
@@ -19,9 +20,10 @@ def targets():
     return [build_target("logits", {}), build_target("features", {"layer": "layer2"})]
 
 
-def build_store(path: Path, teacher: torch.nn.Module, dataset, views) -> Path:
+def build_store(path: Path | StoreLocation, teacher: torch.nn.Module, dataset, views, **kwargs) -> Path | StoreLocation:
+    """Stage one of the suite's teacher into ``path`` (a local path or any store location)."""
     precompute(teacher, dataset, path, targets=targets(), views=views, num_classes=10, teacher_name="t8",
-               shard_samples=SHARD, progress=False)  # fmt: skip
+               shard_samples=SHARD, progress=False, **kwargs)  # fmt: skip
     return path
 
 

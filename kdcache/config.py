@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdcache.errors import ConfigError, RegistryError
 from kdcache.losses import LOSSES
 from kdcache.targets import TARGETS
+from kdcache.views import VIEW_OPS
 
 
 class Section(BaseModel):
@@ -56,11 +57,6 @@ class DataConfig(Section):
         if name not in DATASETS:
             raise ValueError(DATASETS.unknown_message(name))
         return name
-
-
-class ViewsConfig(Section):
-    count: int = Field(default=1, ge=1)
-    seed: int = 0
 
 
 class OptimizerConfig(Section):
@@ -113,6 +109,28 @@ class TargetConfig(_Entry):
     kind: str
 
 
+class ViewOpConfig(_Entry):
+    """``{op: random_crop, padding: 1}``: an augmentation op of the view transform and its parameters."""
+
+    _registry = VIEW_OPS
+    _key = "op"
+    op: str
+
+
+class ViewsConfig(Section):
+    """The views cached per sample (``count``, ``seed``, ``augment``: the store's view spec) and how stage two picks
+    one per epoch (``policy``, not part of the spec: one store serves every policy).
+
+    ``cycle`` walks the cached views in turn, ``random`` draws one keyed by (seed, epoch, sample); ``fresh`` draws a
+    new view every epoch (view ``1 + epoch``) for online KD and scratch training, and cannot be used with a cache.
+    """
+
+    count: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**128)
+    policy: Literal["cycle", "random", "fresh"] = "cycle"
+    augment: list[ViewOpConfig] = []
+
+
 class StageConfig(Section):
     name: str = "main"
     epochs: int = Field(ge=0)
@@ -154,6 +172,30 @@ class CacheConfig(Section):
         return value
 
 
+Variant = Literal["scratch", "online", "cached"]
+
+
+class CompareRun(Section):
+    """One student of ``kdcache run``: a ``variant`` under a ``name``, trained from this pipeline with ``set``
+    overrides (the ``--set`` syntax), e.g. ``{name: cached-v1, variant: cached, set: [views.count=1]}``."""
+
+    variant: Variant
+    name: str | None = None
+    set: list[str] = []
+
+    @field_validator("set")
+    @classmethod
+    def _overrides(cls, items: list[str]) -> list[str]:
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key.sub=value")
+        return items
+
+    @property
+    def label(self) -> str:
+        return self.name or self.variant
+
+
 class PipelineConfig(Section):
     name: str
     seed: int = 0
@@ -164,8 +206,22 @@ class PipelineConfig(Section):
     teacher: TeacherConfig
     student: StudentConfig
     cache: CacheConfig = CacheConfig()
-    compare: list[Literal["scratch", "online", "cached"]] = ["scratch", "online", "cached"]
+    compare: list[Variant | CompareRun] = ["scratch", "online", "cached"]
     scratch_losses: list[LossConfig] = [LossConfig(name="ce")]
+
+    @field_validator("compare")
+    @classmethod
+    def _unique_names(cls, runs: list[Variant | CompareRun]) -> list[Variant | CompareRun]:
+        labels = [r if isinstance(r, str) else r.label for r in runs]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"compare names must be unique; {repeated} repeat (give each entry its own name)")
+        return runs
+
+    @property
+    def compare_runs(self) -> list[CompareRun]:
+        """``compare`` with plain variant names turned into entries without overrides."""
+        return [CompareRun(variant=r) if isinstance(r, str) else r for r in self.compare]
 
     @property
     def out(self) -> Path:
@@ -177,7 +233,10 @@ class PipelineConfig(Section):
 
     @property
     def store_url(self) -> str:
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}.zarr")
+        """``cache.store``, else ``<output_dir>/cache/<train split>.zarr`` (``<split>-<V>views.zarr`` for V > 1 views,
+        so stores of different view counts live side by side)."""
+        views = f"-{self.views.count}views" if self.views.count > 1 else ""
+        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}{views}.zarr")
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
@@ -194,6 +253,16 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     for item in overrides or []:
         _apply_override(raw, item)
     return parse_pipeline(raw, source=str(path))
+
+
+def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "<overrides>") -> PipelineConfig:
+    """``cfg`` with ``dotted.key=value`` overrides applied and validated again; the result compares nothing
+    (``compare: []``): it describes one run."""
+    raw = cfg.model_dump(mode="json")
+    for item in overrides:
+        _apply_override(raw, item)
+    raw["compare"] = []
+    return parse_pipeline(raw, source=source)
 
 
 def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> PipelineConfig:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kdcache.checkpoint import load_model, read_spec, save_model
-from kdcache.config import LossConfig, PipelineConfig, StageConfig
+from kdcache.config import CompareRun, LossConfig, PipelineConfig, StageConfig, ViewsConfig, with_overrides
 from kdcache.datasets import SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint
@@ -22,20 +22,22 @@ from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.store import Cache, open_cache
+from kdcache.store.layout import VIEW_PARAMS
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import Target, build_target
 from kdcache.train import LiveTeacher, TrainResult, evaluate, fit
-from kdcache.views import ViewTransform
+from kdcache.views import ViewTransform, build_view_op
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StudentRun:
-    """One student training run: which variant, its history and its final test metrics."""
+    """One student training run: its name, which variant, its history and its final test metrics."""
 
     variant: str
     result: TrainResult
+    name: str = ""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -58,12 +60,19 @@ def load_split(cfg: PipelineConfig, split: str) -> SampleDataset:
 
 
 def view_transform(cfg: PipelineConfig) -> ViewTransform:
-    return ViewTransform(count=cfg.views.count, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation."""
+    return ViewTransform(
+        count=cfg.views.count,
+        seed=cfg.views.seed,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        augment=[build_view_op(op.op, op.params) for op in cfg.views.augment],
+    )
 
 
 def eval_views(cfg: PipelineConfig) -> ViewTransform:
-    """View 0 under the eval transform: what test-time evaluation sees."""
-    return ViewTransform(count=1, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+    """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
+    return view_transform(cfg).eval_view()
 
 
 def loss_setup(cfg: PipelineConfig) -> LossSetup:
@@ -85,27 +94,43 @@ def build_student(cfg: PipelineConfig) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ teacher
-def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
-    """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist."""
+def load_teacher(cfg: PipelineConfig) -> nn.Module:
+    """The teacher from its checkpoint (never trained here); a missing or mismatched checkpoint is an error."""
     path = cfg.teacher_checkpoint
     spec = model_spec(cfg, "teacher")
     torch.manual_seed(cfg.seed)
     teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
-    if path.exists():
-        stored = read_spec(path)
-        if stored and stored != spec:
-            raise CheckpointError(
-                f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
-                "Point teacher.checkpoint at the right file or delete it to retrain"
-            )
-        return load_model(teacher, path).eval()
-    if cfg.teacher.train is None:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train")
+    if not path.exists():
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} does not exist; set teacher.checkpoint to the teacher's weights, or "
+            "train it with `kdcache precompute` (needs teacher.train)"
+        )
+    stored = read_spec(path)
+    if stored and stored != spec:
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
+            "Point teacher.checkpoint at the right file or delete it to retrain"
+        )
+    return load_model(teacher, path).eval()
+
+
+def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+    """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist.
+
+    The teacher trains on fresh views (a new augmented view of every sample each epoch; the plain inputs when
+    ``views.augment`` is empty), so its weights do not depend on how many views a store caches.
+    """
+    path = cfg.teacher_checkpoint
+    if path.exists() or cfg.teacher.train is None:
+        return load_teacher(cfg)
+    spec = model_spec(cfg, "teacher")
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
     log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)
     train = cfg.teacher.train
     fit(
         teacher,
-        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg)),
+        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg), policy="fresh"),
         None,
         stages=train.stages,
         setup=loss_setup(cfg),
@@ -164,8 +189,9 @@ def open_checked_cache(cfg: PipelineConfig, train: SampleDataset) -> Cache:
     return cache
 
 
-def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -> StudentRun:
-    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``."""
+def train_student(cfg: PipelineConfig, variant: str, *, name: str | None = None, progress: bool = True) -> StudentRun:
+    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``,
+    on views picked by ``views.policy``; the weights go to ``<output_dir>/student-<name or variant>.safetensors``."""
     train = load_split(cfg, cfg.data.train_split)
     test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
     stages = cfg.student.train.stages if variant != "scratch" else scratch_stages(cfg)
@@ -178,10 +204,11 @@ def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -
             teacher=cfg.teacher.name,
             targets=needed,
             views=view_transform(cfg),
+            policy=cfg.views.policy,
             ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
         )
     else:
-        data = ViewDataset(train, view_transform(cfg))
+        data = ViewDataset(train, view_transform(cfg), policy=cfg.views.policy)
         if variant == "online":
             targets = [t for t in cache_targets(cfg) if t.name in needed]
             source = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device_of(cfg))
@@ -198,11 +225,11 @@ def train_student(cfg: PipelineConfig, variant: str, *, progress: bool = True) -
         device=device_of(cfg),
         num_workers=cfg.student.train.num_workers,
         progress=progress,
-        desc=variant,
+        desc=name or variant,
         **kwargs,
     )
-    save_model(student.cpu(), cfg.out / f"student-{variant}.safetensors", spec=model_spec(cfg, "student"))
-    return StudentRun(variant, result)
+    save_model(student.cpu(), cfg.out / f"student-{name or variant}.safetensors", spec=model_spec(cfg, "student"))
+    return StudentRun(variant, result, name or variant)
 
 
 def scratch_stages(cfg: PipelineConfig) -> list[StageConfig]:
@@ -219,8 +246,9 @@ def _loss_targets(cfg: PipelineConfig, loss: LossConfig) -> list[str]:
     return cls(cls.Params.model_validate(loss.params), loss_setup(cfg)).teacher_targets()
 
 
-def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
-    """Bytes on disk of the whole store, per cached sample, and each of the teacher's targets per sample."""
+def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
+    """Where the pipeline's store is, its view count, bytes on disk (whole store and per cached sample), each
+    target's and the view parameters' bytes per sample, and the stage-one rate of ``report``."""
     from kdcache.summary import array_bytes
 
     cache = open_cache(cfg.store_url)
@@ -228,11 +256,32 @@ def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
     total = cache.location.disk_usage()
     targets = cache.teacher(cfg.teacher.name).targets
     per_target = {name: sum(array_bytes(cache, a.path) for a in t.arrays.values()) / n for name, t in targets.items()}
-    return total, total / n, per_target
+    return {
+        "url": cfg.store_url,
+        "views": cfg.views.count,
+        "bytes": total,
+        "bytes_per_sample": total / n,
+        "target_bytes_per_sample": per_target,
+        "params_bytes_per_sample": array_bytes(cache, VIEW_PARAMS) / n,
+        "precompute_seconds": report.seconds,
+        "samples_per_second": report.samples_per_second,
+    }
 
 
-def rate_text(report: PrecomputeReport) -> str:
-    rate = report.samples_per_second
+def views_text(views: ViewsConfig, policy: str | None = None) -> str:
+    """How a run's training inputs are viewed (under ``policy``, default ``views.policy``), for report tables."""
+    policy = policy or views.policy
+    if not views.augment:
+        return "no augmentation"
+    if policy == "fresh":
+        return "fresh view each epoch"
+    return f"{views.count} view{'s' if views.count > 1 else ''}, {policy}"
+
+
+def rate_text(rate: PrecomputeReport | float | None) -> str:
+    """Stage one's samples/s (of a report, or the figure itself), or "already cached" when nothing was written."""
+    if isinstance(rate, PrecomputeReport):
+        rate = rate.samples_per_second
     return "already cached" if rate is None else f"{rate:,.0f}"
 
 
@@ -242,44 +291,96 @@ def output_path(cfg: PipelineConfig, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the whole job
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
-    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report."""
-    from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
+def compare_configs(cfg: PipelineConfig) -> list[tuple[CompareRun, PipelineConfig]]:
+    """Every ``compare`` entry with the config it trains from (``set`` overrides applied and validated up front)."""
+    return [
+        (run, with_overrides(cfg, run.set, source=f"compare entry {run.label!r}") if run.set else cfg)
+        for run in cfg.compare_runs
+    ]
 
+
+def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> dict:
+    """Teacher, stage one, then every student in ``cfg.compare`` from the same seed; prints and writes the report.
+
+    Each cached entry reads the store of its own config, built here first when missing (so a ``views.count=1``
+    entry gets a single-view store beside the pipeline's V-view one).
+    """
+    from kdcache.report import write_json
+
+    runs = compare_configs(cfg)
     teacher = ensure_teacher(cfg, progress=progress)
     teacher_metrics = teacher_test_metrics(cfg, teacher)
-    report = run_precompute(cfg, progress=progress)
-    total, per_sample, per_target = store_size(cfg)
-    runs = {variant: train_student(cfg, variant, progress=progress) for variant in cfg.compare}
+    stores: dict[str, dict] = {}
+    for store_cfg in [cfg, *(c for run, c in runs if run.variant == "cached")]:
+        if store_cfg.store_url not in stores:
+            report = run_precompute(store_cfg, progress=progress)
+            stores[store_cfg.store_url] = {**store_size(store_cfg, report), "teacher_accuracy": report.accuracy}
+    students = {run.label: (train_student(c, run.variant, name=run.label, progress=progress), c) for run, c in runs}
     summary = {
         "pipeline": cfg.name,
-        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": report.accuracy},
-        "store": {
-            "url": cfg.store_url,
-            "bytes": total,
-            "bytes_per_sample": per_sample,
-            "target_bytes_per_sample": per_target,
-            "precompute_seconds": report.seconds,
-            "samples_per_second": report.samples_per_second,
+        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": stores[cfg.store_url]["teacher_accuracy"]},
+        "store": stores[cfg.store_url],
+        "stores": list(stores.values()),
+        "students": {
+            label: {
+                "variant": r.variant,
+                "views": {"count": c.views.count, "policy": c.views.policy, "augment": bool(c.views.augment)},
+                "test": r.metrics,
+                "seconds": r.result.seconds,
+            }
+            for label, (r, c) in students.items()
         },
-        "students": {v: {"test": r.metrics, "seconds": r.result.seconds} for v, r in runs.items()},
     }
-    header = ["model", "test accuracy", "wall time (s)"]
-    rows = [["teacher", pct(teacher_metrics["accuracy"]), "—"]]
-    rows += [[f"student ({v})", pct(r.metrics["accuracy"]), f"{r.result.seconds:.1f}"] for v, r in runs.items()]
+    _report(cfg, teacher_metrics, stores, students)
+    write_json(output_path(cfg, "results.json"), summary)
+    return summary
+
+
+def _report(
+    cfg: PipelineConfig,
+    teacher_metrics: dict[str, float],
+    stores: dict[str, dict],
+    students: dict[str, tuple[StudentRun, PipelineConfig]],
+) -> None:
+    """The results and store tables (terminal and results.md) and the test-accuracy curves (curves.png)."""
+    from kdcache.report import markdown_table, pct, plot_curves, render_table
+
+    header = ["model", "views", "test accuracy", "wall time (s)"]
+    teacher_views = views_text(cfg.views, "fresh") if cfg.teacher.train is not None else "—"
+    rows = [["teacher", teacher_views, pct(teacher_metrics["accuracy"]), "—"]]
+    rows += [
+        [f"student ({label})", views_text(c.views), pct(r.metrics["accuracy"]), f"{r.result.seconds:.1f}"]
+        for label, (r, c) in students.items()
+    ]
     render_table(f"{cfg.name}: test split", header, rows)
-    targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
-    store_rows = [[cfg.store_url, f"{total:,}", f"{per_sample:.1f}", targets_text, rate_text(report)]]
-    store_header = ["store", "bytes on disk", "bytes / sample", "target bytes / sample", "precompute samples/s"]
+    store_header = [
+        "store",
+        "views",
+        "bytes on disk",
+        "bytes / sample",
+        "target bytes / sample",
+        "params B / sample",
+        "precompute samples/s",
+    ]
+    store_rows = [
+        [
+            s["url"],
+            str(s["views"]),
+            f"{s['bytes']:,}",
+            f"{s['bytes_per_sample']:.1f}",
+            ", ".join(f"{name} {size:.1f}" for name, size in s["target_bytes_per_sample"].items()),
+            f"{s['params_bytes_per_sample']:.1f}",
+            rate_text(s["samples_per_second"]),
+        ]
+        for s in stores.values()
+    ]
     render_table("cache", store_header, store_rows)
-    (output_path(cfg, "results.md")).write_text(
+    output_path(cfg, "results.md").write_text(
         f"## {cfg.name}\n\n" + markdown_table(header, rows) + "\n" + markdown_table(store_header, store_rows)
     )
     plot_curves(
-        {f"student ({v})": r.result for v, r in runs.items()},
+        {f"student ({label})": r.result for label, (r, _) in students.items()},
         output_path(cfg, "curves.png"),
         reference={"teacher": teacher_metrics["accuracy"]},
         title=cfg.name,
     )
-    write_json(output_path(cfg, "results.json"), summary)
-    return summary

@@ -26,6 +26,7 @@ from kdcache.fingerprint import dataset_fingerprint, teacher_fingerprint
 from kdcache.metrics import Accuracy
 from kdcache.store.layout import (
     SAMPLES_OWNER,
+    VIEW_PARAMS,
     ArraySpec,
     owner_of_teacher,
     plan_shard_samples,
@@ -121,7 +122,7 @@ def precompute(
     n = len(dataset)
     with LayerCapture(teacher, layers) as capture:
         layouts = _trace_layouts(teacher, capture, dataset, views, targets, teacher_name, device)
-        sample_arrays = _sample_arrays(dataset)
+        sample_arrays = _sample_arrays(dataset, views)
         sizes = [spec.bytes_per_sample for layout in layouts.values() for spec in layout.arrays.values()]
         builder = StoreBuilder.create_or_open(
             location,
@@ -155,12 +156,12 @@ def precompute(
                 )
                 writer.submit(owner, k, data, stats)
                 if k in pending_samples:
-                    writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, sample_arrays, lo, hi), {})
+                    writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, views, sample_arrays, lo, hi), {})
                     pending_samples.discard(k)
                 written += hi - lo
             for k in sorted(pending_samples):  # a second teacher added later finds these already committed
                 lo, hi = ranges[k]
-                writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, sample_arrays, lo, hi), {})
+                writer.submit(SAMPLES_OWNER, k, _sample_rows(dataset, views, sample_arrays, lo, hi), {})
         finally:
             bar.close()
             try:
@@ -275,15 +276,26 @@ def _fill_shard(
     return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}
 
 
-def _sample_arrays(dataset: SampleDataset) -> list[ArraySpec]:
+def _sample_arrays(dataset: SampleDataset, views: ViewTransform) -> list[ArraySpec]:
+    """Per-sample arrays: the index, the label (classification) and, when the store holds augmented views (V > 1
+    with augmentation ops), every view's drawn numbers (zstd: they are small integers and repeated factors)."""
     specs = [ArraySpec("samples/index", (), "int64")]
     if dataset.all_labels().ndim == 1:
         specs.append(ArraySpec("samples/label", (), "int64"))
+    if views.augment and views.count > 1:
+        specs.append(ArraySpec(VIEW_PARAMS, (len(views.param_names),), "float32", "zstd", views=views.count))
     return specs
 
 
-def _sample_rows(dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int) -> dict[str, np.ndarray]:
+def _sample_rows(
+    dataset: SampleDataset, views: ViewTransform, specs: list[ArraySpec], lo: int, hi: int
+) -> dict[str, np.ndarray]:
     rows = {"samples/index": np.arange(lo, hi, dtype=np.int64)}
-    if any(s.path == "samples/label" for s in specs):
+    paths = {s.path for s in specs}
+    if "samples/label" in paths:
         rows["samples/label"] = dataset.all_labels()[lo:hi].astype(np.int64)
+    if VIEW_PARAMS in paths:
+        samples, view_ids = _pairs(lo, hi, views.count)
+        size = tuple(dataset.get_batch(np.arange(1))[0].shape[-2:])
+        rows[VIEW_PARAMS] = views.params(samples, view_ids, size).reshape(hi - lo, views.count, -1)
     return rows

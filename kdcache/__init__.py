@@ -12,12 +12,13 @@ from kdcache.hdf5 import export_hdf5, import_hdf5
 from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
 from kdcache.models import MultiHeadNet
 from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.recompute import FidelityReport, Tolerance, recompute_check
 from kdcache.stats import TeacherStats, store_stats
 from kdcache.store import Cache, open_cache
 from kdcache.stream import Batch, CachedDataset, ViewDataset, batch_loader, set_loader_epoch
 from kdcache.targets import TARGETS, build_target
 from kdcache.targets.ensemble import Ensemble, ProbabilityEnsemble
-from kdcache.views import ViewTransform
+from kdcache.views import VIEW_OPS, ViewTransform, build_view_op
 from kdcache.world import World, process_group
 
 __version__ = "0.1.0"
@@ -25,11 +26,13 @@ __version__ = "0.1.0"
 __all__ = [
     "LOSSES",
     "TARGETS",
+    "VIEW_OPS",
     "Batch",
     "Cache",
     "CachedDataset",
     "Ensemble",
     "ClassSubset",
+    "FidelityReport",
     "HDF5Dataset",
     "KdcacheError",
     "MultiHeadNet",
@@ -40,6 +43,7 @@ __all__ = [
     "SampleDataset",
     "TeacherStats",
     "TensorDataset",
+    "Tolerance",
     "ViewDataset",
     "ViewTransform",
     "World",
@@ -48,6 +52,7 @@ __all__ = [
     "build_target",
     "export_hdf5",
     "import_hdf5",
+    "build_view_op",
     "kd_divergence",
     "logit_hint",
     "load_pipeline",
@@ -55,6 +60,7 @@ __all__ = [
     "precompute",
     "precompute_on_dask",
     "process_group",
+    "recompute_check",
     "set_loader_epoch",
     "store_stats",
 ]

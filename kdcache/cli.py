@@ -175,6 +175,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.recompute is None:
+        from kdcache.summary import print_scrub
+
+        return 0 if print_scrub(args.store) else 1
+    from kdcache.config import load_pipeline
+    from kdcache.recompute import Tolerance, recompute_pipeline_store
+    from kdcache.summary import print_fidelity
+
+    report = recompute_pipeline_store(
+        load_pipeline(args.pipeline, args.set),
+        args.store,
+        pairs=args.recompute,
+        seed=args.seed,
+        tolerance=Tolerance(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine),
+        progress=not args.quiet,
+    )
+    print_fidelity(report)
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdcache", description="Knowledge distillation with cached teachers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -288,11 +309,39 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", type=Path, default=Path("runs/stats"), help="folder for stats.json and reliability.png")
     stats.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the probabilities")
     stats.add_argument("--bins", type=int, default=15, help="confidence bins of the calibration error")
+
+    verify_help = (
+        "check a store: without --recompute, the size and SHA-256 of every committed shard file; with --recompute N, "
+        "re-run the pipeline's teacher on N random (sample, view) pairs and compare with the cache. Exits 1 when a "
+        "check fails"
+    )
+    verify = sub.add_parser(
+        "verify", help=verify_help, description=verify_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    verify.add_argument("store", help="store path or URL")
+    verify.add_argument(
+        "--recompute", type=int, metavar="N", help="re-run the teacher on N random (sample, view) pairs"
+    )
+    verify.add_argument(
+        "--pipeline", help="pipeline YAML giving the teacher, dataset and views (needed by --recompute)"
+    )
+    verify.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline value")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random choice of pairs")
+    verify.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance per element")
+    verify.add_argument("--rtol", type=float, default=1e-2, help="relative tolerance per element")
+    verify.add_argument("--min-cosine", type=float, default=0.999, help="lowest cosine similarity a pair may have")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "recompute", None) is not None and not args.pipeline:
+        parser.error("verify --recompute needs --pipeline P.yaml (the teacher, dataset and views to re-run)")
+    if getattr(args, "recompute", None) is not None and args.recompute < 1:
+        parser.error(f"verify --recompute needs a positive number of pairs, got {args.recompute}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kdcache.config import PipelineConfig, RunSettings
+from kdcache.config import PipelineConfig, RunSettings, VariantConfig
 from kdcache.experiment import (
+    StudentRun,
     ensure_teacher,
     output_path,
     rate_text,
@@ -11,6 +12,8 @@ from kdcache.experiment import (
     store_size,
     teacher_test_metrics,
     train_student,
+    variant_config,
+    views_text,
 )
 from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
 from kdcache.train import EpochLog, TrainResult
@@ -24,63 +27,108 @@ def epochs_to_reach(result: TrainResult, threshold: float, metric: str = METRIC)
 
 
 def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
-    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report. A pipeline
-    of another ``method`` (lwf, rocket, selfkd) goes to its scheme's runner (:mod:`kdcache.schemes`)."""
+    """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report.
+
+    Each cached variant reads the store of its own config (its ``set`` overrides applied), built here first when
+    missing: a ``views.count=1`` variant gets a single-view store beside the pipeline's V-view one. A pipeline of
+    another ``method`` (lwf, rocket, selfkd) goes to its scheme's runner (:mod:`kdcache.schemes`).
+    """
     if not isinstance(cfg, PipelineConfig):
         from kdcache.schemes import run_scheme
 
         return run_scheme(cfg, progress=progress)
     teacher_metrics = teacher_test_metrics(cfg, ensure_teacher(cfg, progress=progress))
-    report = run_precompute(cfg, progress=progress)
-    total, per_sample, per_target = store_size(cfg)
-    runs = {v.name: train_student(cfg, v.name, progress=progress).result for v in cfg.compare}
-    reference = next((v.name for v in cfg.compare if v.source == "none"), None)
-    scratch_final = runs[reference].final[METRIC] if reference is not None else None
-    reach = {v: epochs_to_reach(r, scratch_final) if scratch_final is not None else None for v, r in runs.items()}
+    configs = {v.name: variant_config(cfg, v) for v in cfg.compare}
+    stores: dict[str, dict] = {}
+    for store_cfg in [cfg, *(configs[v.name] for v in cfg.compare if v.source == "cached")]:
+        if store_cfg.store_url not in stores:
+            report = run_precompute(store_cfg, progress=progress)
+            stores[store_cfg.store_url] = {**store_size(store_cfg, report), "teacher_accuracy": report.accuracy}
+    runs = {v.name: train_student(cfg, v.name, progress=progress) for v in cfg.compare}
+    reach = _epochs_to_reach_scratch(cfg.compare, runs)
+    _report(cfg, teacher_metrics, stores, runs, configs, reach)
+    summary = {
+        "pipeline": cfg.name,
+        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": stores[cfg.store_url]["teacher_accuracy"]},
+        "store": stores[cfg.store_url],
+        "stores": list(stores.values()),
+        "students": {
+            v.name: {
+                "source": v.source,
+                "views": {
+                    "count": configs[v.name].views.count,
+                    "policy": configs[v.name].views.policy,
+                    "augment": bool(configs[v.name].views.augment),
+                },
+                "test": runs[v.name].metrics,
+                "seconds": runs[v.name].result.seconds,
+                "epochs_to_reach_scratch": None if reach[v.name] is None else reach[v.name].epoch + 1,
+                "curve": [log.metrics.get(METRIC) for log in runs[v.name].result.history],
+            }
+            for v in cfg.compare
+        },
+    }
+    write_json(output_path(cfg, "results.json"), summary)
+    return summary
 
-    header = ["model", f"test {METRIC}", "epochs to reach scratch's final", "wall time (s)"]
-    rows = [["teacher", pct(teacher_metrics[METRIC]), "", "—"]]
+
+def _epochs_to_reach_scratch(variants: list[VariantConfig], runs: dict[str, StudentRun]) -> dict[str, EpochLog | None]:
+    """For each run, the first epoch at which it reached the final accuracy of the first teacher-free variant."""
+    reference = next((v.name for v in variants if v.source == "none"), None)
+    if reference is None:
+        return {name: None for name in runs}
+    final = runs[reference].result.final[METRIC]
+    return {name: epochs_to_reach(run.result, final) for name, run in runs.items()}
+
+
+def _report(
+    cfg: PipelineConfig,
+    teacher_metrics: dict[str, float],
+    stores: dict[str, dict],
+    runs: dict[str, StudentRun],
+    configs: dict[str, PipelineConfig],
+    reach: dict[str, EpochLog | None],
+) -> None:
+    """The results and store tables (terminal and results.md) and the test-accuracy curves (curves.png)."""
+    header = ["model", "views", f"test {METRIC}", "epochs to reach scratch's final", "wall time (s)"]
+    teacher_views = views_text(cfg.views, "fresh") if cfg.teacher.train is not None else "—"
+    rows = [["teacher", teacher_views, pct(teacher_metrics[METRIC]), "", "—"]]
     rows += [
-        [f"student ({v})", pct(r.final[METRIC]), _epochs_text(reach[v], r), f"{r.seconds:.1f}"] for v, r in runs.items()
+        [
+            f"student ({name})",
+            views_text(configs[name].views),
+            pct(run.result.final[METRIC]),
+            _epochs_text(reach[name], run.result),
+            f"{run.result.seconds:.1f}",
+        ]
+        for name, run in runs.items()
     ]
-    targets_text = ", ".join(f"{name} {size:.1f}" for name, size in per_target.items())
-    store_header = ["store", "bytes on disk", "bytes / sample", "target bytes / sample", "precompute samples/s"]
-    store_rows = [[cfg.store_url, f"{total:,}", f"{per_sample:.1f}", targets_text, rate_text(report)]]
+    store_header = ["store", "views", "bytes on disk", "bytes / sample", "target bytes / sample",
+                    "params B / sample", "precompute samples/s"]  # fmt: skip
+    store_rows = [
+        [
+            s["url"],
+            str(s["views"]),
+            f"{s['bytes']:,}",
+            f"{s['bytes_per_sample']:.1f}",
+            ", ".join(f"{name} {size:.1f}" for name, size in s["target_bytes_per_sample"].items()),
+            f"{s['params_bytes_per_sample']:.1f}",
+            rate_text(s["samples_per_second"]),
+        ]
+        for s in stores.values()
+    ]
     render_table(f"{cfg.name}: test split", header, rows)
     render_table("cache", store_header, store_rows)
     output_path(cfg, "results.md").write_text(
         f"## {cfg.name}\n\n" + markdown_table(header, rows) + "\n" + markdown_table(store_header, store_rows)
     )
     plot_curves(
-        {f"student ({v})": r for v, r in runs.items()},
+        {f"student ({name})": run.result for name, run in runs.items()},
         output_path(cfg, "curves.png"),
         metric=METRIC,
         reference={"teacher": teacher_metrics[METRIC]},
         title=cfg.name,
     )
-    summary = {
-        "pipeline": cfg.name,
-        "teacher": {"test": teacher_metrics, "cached_samples_accuracy": report.accuracy},
-        "store": {
-            "url": cfg.store_url,
-            "bytes": total,
-            "bytes_per_sample": per_sample,
-            "target_bytes_per_sample": per_target,
-            "precompute_seconds": report.seconds,
-            "samples_per_second": report.samples_per_second,
-        },
-        "students": {
-            v: {
-                "test": r.final,
-                "seconds": r.seconds,
-                "epochs_to_reach_scratch": None if reach[v] is None else reach[v].epoch + 1,
-                "curve": [log.metrics.get(METRIC) for log in r.history],
-            }
-            for v, r in runs.items()
-        },
-    }
-    write_json(output_path(cfg, "results.json"), summary)
-    return summary
 
 
 def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:

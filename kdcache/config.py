@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdcache.errors import ConfigError, RegistryError
 from kdcache.losses import LOSSES, LossSetup
 from kdcache.targets import TARGETS, build_target
+from kdcache.views import VIEW_OPS
 
 
 class Section(BaseModel):
@@ -67,11 +68,6 @@ class DataConfig(Section):
                 "num_classes is the number of classes kept"
             )
         return self
-
-
-class ViewsConfig(Section):
-    count: int = Field(default=1, ge=1)
-    seed: int = 0
 
 
 class OptimizerConfig(Section):
@@ -132,6 +128,28 @@ class TargetConfig(_Entry):
     def target_name(self) -> str:
         """The name the target is stored and referenced under (``logits``, ``fsp/layer1__layer2``, ...)."""
         return build_target(self.kind, self.params).name
+
+
+class ViewOpConfig(_Entry):
+    """``{op: random_crop, padding: 1}``: an augmentation op of the view transform and its parameters."""
+
+    _registry = VIEW_OPS
+    _key = "op"
+    op: str
+
+
+class ViewsConfig(Section):
+    """The views cached per sample (``count``, ``seed``, ``augment``: the store's view spec) and how stage two picks
+    one per epoch (``policy``, not part of the spec: one store serves every policy).
+
+    ``cycle`` walks the cached views in turn, ``random`` draws one keyed by (seed, epoch, sample); ``fresh`` draws a
+    new view every epoch (view ``1 + epoch``) for online KD and scratch training, and cannot be used with a cache.
+    """
+
+    count: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**128)
+    policy: Literal["cycle", "random", "fresh"] = "cycle"
+    augment: list[ViewOpConfig] = []
 
 
 class StageConfig(Section):
@@ -204,11 +222,22 @@ class CacheConfig(Section):
 
 class VariantConfig(Section):
     """A student run of ``kdcache run`` / ``kdcache train --variant``: where teacher targets come from (``none``,
-    the ``cached`` store, or an ``online`` live teacher) and, optionally, stages of its own."""
+    the ``cached`` store, or an ``online`` live teacher), optionally stages of its own, and ``set`` overrides of the
+    pipeline for this run only (the ``--set`` syntax), e.g. ``{name: cached-16, source: cached,
+    set: [views.count=16]}`` trains from the 16-view store."""
 
     name: str
     source: Literal["none", "cached", "online"]
     stages: list[StageConfig] | None = Field(default=None, min_length=1)
+    set: list[str] = []
+
+    @field_validator("set")
+    @classmethod
+    def _overrides(cls, items: list[str]) -> list[str]:
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key.sub=value")
+        return items
 
 
 SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
@@ -313,7 +342,10 @@ class PipelineConfig(RunSettings):
 
     @property
     def store_url(self) -> str:
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}.zarr")
+        """``cache.store``, else ``<output_dir>/cache/<train split>.zarr`` (``<split>-<V>views.zarr`` for V > 1 views,
+        so stores of different view counts live side by side)."""
+        views = f"-{self.views.count}views" if self.views.count > 1 else ""
+        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}{views}.zarr")
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
@@ -330,6 +362,14 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSe
     for item in overrides or []:
         _apply_override(raw, item)
     return parse_pipeline(raw, source=str(path))
+
+
+def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "<overrides>") -> PipelineConfig:
+    """``cfg`` with ``dotted.key=value`` overrides applied and validated again (e.g. one compare variant's ``set``)."""
+    raw = cfg.model_dump(mode="json")
+    for item in overrides:
+        _apply_override(raw, item)
+    return parse_pipeline(raw, source=source)  # type: ignore[return-value]
 
 
 def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSettings:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kdcache.checkpoint import load_model, load_state_dict, read_spec, save_model
-from kdcache.config import PipelineConfig, RunSettings, StageConfig
+from kdcache.config import PipelineConfig, RunSettings, StageConfig, VariantConfig, ViewsConfig, with_overrides
 from kdcache.datasets import ClassSubset, SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, ConfigError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint, state_digest
@@ -22,12 +22,13 @@ from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.precompute import PrecomputeReport, TeacherRun, precompute_local
 from kdcache.store import Cache, open_cache
+from kdcache.store.layout import VIEW_PARAMS
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import Target, build_target
 from kdcache.targets.ensemble import Ensemble
 from kdcache.train import LiveTeacher, TrainResult, evaluate, fit
 from kdcache.trainstate import Checkpointing
-from kdcache.views import ViewTransform
+from kdcache.views import ViewTransform, build_view_op
 from kdcache.world import World, process_group
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StudentRun:
-    """One student training run: which variant, its history and its final test metrics."""
+    """One student training run: its name, which variant, its history and its final test metrics."""
 
     variant: str
     result: TrainResult
+    name: str = ""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -64,12 +66,19 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
 
 
 def view_transform(cfg: RunSettings) -> ViewTransform:
-    return ViewTransform(count=cfg.views.count, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation."""
+    return ViewTransform(
+        count=cfg.views.count,
+        seed=cfg.views.seed,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        augment=[build_view_op(op.op, op.params) for op in cfg.views.augment],
+    )
 
 
 def eval_views(cfg: RunSettings) -> ViewTransform:
-    """View 0 under the eval transform: what test-time evaluation sees."""
-    return ViewTransform(count=1, seed=cfg.views.seed, mean=cfg.data.mean, std=cfg.data.std)
+    """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
+    return view_transform(cfg).eval_view()
 
 
 def loss_setup(cfg: RunSettings) -> LossSetup:
@@ -124,7 +133,7 @@ def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
     train = cfg.teacher.train
     fit(
         teacher,
-        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg)),
+        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg), policy="fresh"),
         None,
         stages=train.stages,
         setup=loss_setup(cfg),
@@ -246,7 +255,9 @@ def train_student(
     world: World | None = None,
     resume: bool = False,
 ) -> StudentRun:
-    """Train the pipeline's student as ``cached`` (targets from the store), ``online`` (live teacher) or ``scratch``.
+    """Train the pipeline's student as one variant: a name from ``compare`` or a shorthand (``cached``: targets from
+    the store, ``online``: a live teacher, ``scratch``: none), with the variant's ``set`` overrides applied and on
+    views picked by ``views.policy``.
 
     With ``world`` of several processes (``torchrun``) this joins the process group and trains under DDP; rank 0
     writes the checkpoints and the student. ``resume`` continues from ``checkpoint_path(cfg, variant)``.
@@ -254,6 +265,7 @@ def train_student(
     world = world or World()
     progress = progress and world.is_main
     spec = cfg.variant(variant)
+    cfg = variant_config(cfg, spec)
     stages = cfg.variant_stages(spec)
     with process_group(world, device_of(cfg)) as device:
         data, source = _student_data(cfg, spec.source, stages, device, progress=progress)
@@ -283,6 +295,11 @@ def train_student(
     return StudentRun(variant, result)
 
 
+def variant_config(cfg: PipelineConfig, variant: VariantConfig) -> PipelineConfig:
+    """The pipeline as one variant trains from it: its ``set`` overrides applied and validated."""
+    return with_overrides(cfg, variant.set, source=f"compare variant {variant.name!r}") if variant.set else cfg
+
+
 def checkpoint_path(cfg: PipelineConfig, variant: str) -> Path:
     """Where a student variant's training checkpoint lives (``kdcache train --resume`` reads it)."""
     return cfg.out / "checkpoints" / f"student-{variant}.state.safetensors"
@@ -301,6 +318,7 @@ def _student_data(
             teacher=stage_two_teacher(cfg),
             targets=needed,
             views=view_transform(cfg),
+            policy=cfg.views.policy,
             ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
         )
         return data, None
@@ -313,7 +331,7 @@ def _student_data(
             )
         targets = [t for t in cache_targets(cfg) if t.name in needed]
         live = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
-    return ViewDataset(train, view_transform(cfg)), live
+    return ViewDataset(train, view_transform(cfg), policy=cfg.views.policy), live
 
 
 def stage_two_teacher(cfg: PipelineConfig) -> str | Ensemble:
@@ -322,8 +340,9 @@ def stage_two_teacher(cfg: PipelineConfig) -> str | Ensemble:
     return cfg.teacher.name if ensemble is None else Ensemble(tuple(ensemble.members), ensemble.mode)
 
 
-def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
-    """Bytes on disk of the whole store, per cached sample, and each of the teacher's targets per sample."""
+def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
+    """Where the pipeline's store is, its view count, bytes on disk (whole store and per cached sample), each
+    target's and the view parameters' bytes per sample, and the stage-one rate of ``report``."""
     from kdcache.summary import array_bytes
 
     cache = open_cache(cfg.store_url)
@@ -331,11 +350,32 @@ def store_size(cfg: PipelineConfig) -> tuple[int, float, dict[str, float]]:
     total = cache.location.disk_usage()
     targets = cache.teacher(cfg.teacher.name).targets
     per_target = {name: sum(array_bytes(cache, a.path) for a in t.arrays.values()) / n for name, t in targets.items()}
-    return total, total / n, per_target
+    return {
+        "url": cfg.store_url,
+        "views": cfg.views.count,
+        "bytes": total,
+        "bytes_per_sample": total / n,
+        "target_bytes_per_sample": per_target,
+        "params_bytes_per_sample": array_bytes(cache, VIEW_PARAMS) / n,
+        "precompute_seconds": report.seconds,
+        "samples_per_second": report.samples_per_second,
+    }
 
 
-def rate_text(report: PrecomputeReport) -> str:
-    rate = report.samples_per_second
+def views_text(views: ViewsConfig, policy: str | None = None) -> str:
+    """How a run's training inputs are viewed (under ``policy``, default ``views.policy``), for report tables."""
+    policy = policy or views.policy
+    if not views.augment:
+        return "no augmentation"
+    if policy == "fresh":
+        return "fresh view each epoch"
+    return f"{views.count} view{'s' if views.count > 1 else ''}, {policy}"
+
+
+def rate_text(rate: PrecomputeReport | float | None) -> str:
+    """Stage one's samples/s (of a report, or the figure itself), or "already cached" when nothing was written."""
+    if isinstance(rate, PrecomputeReport):
+        rate = rate.samples_per_second
     return "already cached" if rate is None else f"{rate:,.0f}"
 
 

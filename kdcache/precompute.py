@@ -29,6 +29,7 @@ from kdcache.fingerprint import dataset_fingerprint, teacher_fingerprint
 from kdcache.metrics import Accuracy
 from kdcache.store.layout import (
     SAMPLES_OWNER,
+    VIEW_PARAMS,
     ArraySpec,
     owner_of_teacher,
     plan_shard_samples,
@@ -127,7 +128,7 @@ class TeacherRun:
         self.layouts = self._trace_layouts()
         spec = teacher_spec or {"class": type(teacher).__name__}
         self.fingerprint = teacher_fingerprint(self.teacher, spec=spec, layers=layers)
-        self.sample_arrays = _sample_arrays(dataset)
+        self.sample_arrays = _sample_arrays(dataset, views)
 
     def close(self) -> None:
         self.capture.close()
@@ -171,8 +172,11 @@ class TeacherRun:
             data, stats = self._fill_shard(work.start, work.stop, progress)
             rows.append((self.owner, work.index, data, stats))
         if SAMPLES_OWNER in work.owners:
-            rows.append((SAMPLES_OWNER, work.index, _sample_rows(self.dataset, work.start, work.stop), {}))
+            rows.append((SAMPLES_OWNER, work.index, self._sample_rows(work), {}))
         return rows
+
+    def _sample_rows(self, work: ShardWork) -> dict[str, np.ndarray]:
+        return _sample_rows(self.dataset, self.views, self.sample_arrays, work.start, work.stop)
 
     def _trace_layouts(self) -> dict[str, TargetLayout]:
         """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
@@ -377,16 +381,26 @@ def _pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return samples, views
 
 
-def _sample_arrays(dataset: SampleDataset) -> list[ArraySpec]:
+def _sample_arrays(dataset: SampleDataset, views: ViewTransform) -> list[ArraySpec]:
+    """Per-sample arrays: the index, the label (classification) and, when the store holds augmented views (V > 1
+    with augmentation ops), every view's drawn numbers (zstd: they are small integers and repeated factors)."""
     specs = [ArraySpec("samples/index", (), "int64")]
     if dataset.all_labels().ndim == 1:
         specs.append(ArraySpec("samples/label", (), "int64"))
+    if views.augment and views.count > 1:
+        specs.append(ArraySpec(VIEW_PARAMS, (len(views.param_names),), "float32", "zstd", views=views.count))
     return specs
 
 
-def _sample_rows(dataset: SampleDataset, lo: int, hi: int) -> dict[str, np.ndarray]:
+def _sample_rows(
+    dataset: SampleDataset, views: ViewTransform, specs: list[ArraySpec], lo: int, hi: int
+) -> dict[str, np.ndarray]:
     rows = {"samples/index": np.arange(lo, hi, dtype=np.int64)}
-    labels = dataset.all_labels()
-    if labels.ndim == 1:
-        rows["samples/label"] = labels[lo:hi].astype(np.int64)
+    paths = {s.path for s in specs}
+    if "samples/label" in paths:
+        rows["samples/label"] = dataset.all_labels()[lo:hi].astype(np.int64)
+    if VIEW_PARAMS in paths:
+        samples, view_ids = _pairs(lo, hi, views.count)
+        size = tuple(dataset.get_batch(np.arange(1))[0].shape[-2:])
+        rows[VIEW_PARAMS] = views.params(samples, view_ids, size).reshape(hi - lo, views.count, -1)
     return rows

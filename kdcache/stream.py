@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.sampler import EpochBatchSampler
-from kdcache.store.layout import owner_of_teacher
+from kdcache.store.layout import SAMPLES_OWNER, VIEW_PARAMS, owner_of_teacher
 from kdcache.store.manifest import ArrayRecord, TargetRecord
 from kdcache.store.reader import ArrayReader, Cache
 from kdcache.targets import Target, build_target
@@ -31,7 +31,9 @@ from kdcache.world import World
 class Batch:
     """A training batch: model inputs, labels, the sample indices and views they came from, and teacher targets.
 
-    ``targets`` holds stored arrays (by target, then array name) until :meth:`to` decodes them on the device.
+    ``params`` holds the numbers each view's augmentation was drawn with, ``(B, P)`` float32 (columns named by
+    ``ViewTransform.param_names``; it stays on the CPU). ``targets`` holds stored arrays (by target, then array name)
+    until :meth:`to` decodes them on the device.
     """
 
     inputs: torch.Tensor
@@ -40,6 +42,7 @@ class Batch:
     views: torch.Tensor
     targets: dict[str, Any] = field(default_factory=dict)
     decoders: dict[str, Target | EnsembleDecoder] = field(default_factory=dict, repr=False)
+    params: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
@@ -62,10 +65,21 @@ class Batch:
         )
 
 
+POLICIES = ("cycle", "random", "fresh")
+
+
 class ViewDataset(Dataset):
-    """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample)."""
+    """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample) by ``policy``:
+
+    * ``cycle``: view ``(sample + epoch) % count``, so every cached view is used in turn;
+    * ``random``: a view in ``[0, count)`` drawn from a generator keyed by (seed, epoch, sample);
+    * ``fresh``: view ``1 + epoch``, a new augmented view of every sample each epoch that no other epoch repeats
+      (online KD and scratch training; a cache holds only views ``0 .. count-1``).
+    """
 
     def __init__(self, dataset: SampleDataset, views: ViewTransform, *, policy: str = "cycle") -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown view policy {policy!r}; valid policies: {', '.join(POLICIES)}")
         self.dataset = dataset
         self.views = views
         self.policy = policy
@@ -78,9 +92,10 @@ class ViewDataset(Dataset):
         self.epoch = epoch
 
     def view_ids(self, indices: np.ndarray) -> np.ndarray:
-        """The cached view replayed for each sample this epoch: ``cycle`` walks the views in turn, ``random`` draws
-        one from a generator keyed by (seed, epoch, sample)."""
+        """The view each sample gets this epoch, by the dataset's policy."""
         count = self.views.count
+        if self.policy == "fresh":
+            return np.full(len(indices), 1 + self.epoch, dtype=np.int64)
         if count == 1:
             return np.zeros(len(indices), dtype=np.int64)
         if self.policy == "cycle":
@@ -92,16 +107,22 @@ class ViewDataset(Dataset):
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         view_ids = self.view_ids(indices)
         raw, labels = self.dataset.get_batch(indices)
+        params = self.views.params(indices, view_ids, tuple(raw.shape[-2:]))
         return Batch(
-            inputs=self.views(raw, indices, view_ids),
+            inputs=self.views.apply(raw, params, view_ids),
             labels=labels,
             indices=torch.from_numpy(indices),
             views=torch.from_numpy(view_ids),
+            params=torch.from_numpy(params),
         )
 
 
 class CachedDataset(ViewDataset):
     """:class:`ViewDataset` whose batches also carry the cached teacher targets of their samples.
+
+    Each batch pairs view ``v`` of sample ``i`` with ``targets[i, v]``. The store must have been cached with the
+    same view spec; when it holds ``views/params``, the numbers regenerated for every batch are checked against
+    the stored ones bit for bit, so a replay that drifted (another RNG or transform code) is refused, not trained on.
 
     >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
     >>> for batch in batch_loader(train, batch_size=64, seed=0):
@@ -120,6 +141,12 @@ class CachedDataset(ViewDataset):
         ram_budget_bytes: float = 2 * 1024**3,
     ) -> None:
         super().__init__(dataset, views, policy=policy)
+        if policy == "fresh":
+            raise ConfigError(
+                "view policy 'fresh' draws views a cache does not hold (it caches views 0..count-1); use 'cycle' or "
+                "'random' with a cache, and 'fresh' for online KD or scratch training"
+            )
+        cache.require_views(views.spec())
         rows = cache.sample_index()
         self.row_of = np.full(max(len(dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
         self.row_of[rows] = np.arange(len(rows))
@@ -134,6 +161,17 @@ class CachedDataset(ViewDataset):
             if fits:
                 reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
             self.readers[name][key] = reader
+        self.params_reader = self._params_reader(cache, budget)
+
+    @staticmethod
+    def _params_reader(cache: Cache, budget: float) -> ArrayReader | None:
+        record = cache.manifest.samples.arrays.get(VIEW_PARAMS)
+        if record is None:
+            return None
+        reader = cache.array_reader(record, SAMPLES_OWNER, in_memory=_nbytes(record.shape, record.dtype) <= budget)
+        if reader.in_memory:
+            reader.read_all()
+        return reader
 
     def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
         batch = super().__getitem__(indices)
@@ -142,12 +180,27 @@ class CachedDataset(ViewDataset):
             absent = batch.indices.numpy()[rows < 0][:10].tolist()
             raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
         views = batch.views.numpy()
+        if self.params_reader is not None:
+            self._check_params(batch, self.params_reader.read_rows(rows, views))
         batch.targets = {
             name: {rel: torch.from_numpy(reader.read_rows(rows, views)) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()
         }
         batch.decoders = self.decoders
         return batch
+
+    def _check_params(self, batch: Batch, stored: np.ndarray) -> None:
+        """Refuse a batch whose regenerated view numbers differ (bitwise) from what stage one stored."""
+        drawn = batch.params.numpy()
+        bad = (drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1)
+        if bad.any():
+            pairs = list(zip(batch.indices.numpy()[bad].tolist(), batch.views.numpy()[bad].tolist(), strict=True))
+            raise StoreMismatchError(
+                f"views of (sample, view) pairs {pairs[:10]} replay with other numbers than stage one stored in "
+                f"{VIEW_PARAMS} (e.g. {drawn[bad][0].tolist()} vs {stored[bad][0].tolist()}): the view RNG or "
+                "transform code changed since the store was built. Train with the kdcache/numpy versions that built "
+                "it (`kdcache inspect` lists them) or rebuild the store"
+            )
 
 
 def batch_loader(
@@ -159,12 +212,14 @@ def batch_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     world: World | None = None,
+    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """A DataLoader that hands ``dataset`` one batch of indices per call (``batch_size=None`` + a batch sampler).
 
     ``batch_size`` is the global batch: with ``world`` (several processes) each rank gets its part of every global
     batch (:class:`kdcache.sampler.EpochBatchSampler`), so the samples of each step do not depend on the number of
-    processes.
+    processes. ``multiprocessing_context`` (``"spawn"``, ``"forkserver"``, ``"fork"``) starts the workers that way;
+    views are a pure function of (seed, sample, view), so every start method gives the same batches.
     """
     block = 1
     if isinstance(dataset, CachedDataset):  # streamed targets are read chunk by chunk: keep reads chunk-sequential
@@ -178,6 +233,7 @@ def batch_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         collate_fn=_identity,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
     )
 
 

@@ -6,7 +6,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from kdcache.recompute import FidelityReport
 from kdcache.report import console as default_console
+from kdcache.store import read_manifest, scrub
+from kdcache.store.layout import VIEW_PARAMS
+from kdcache.store.location import StoreLocation
 from kdcache.store.reader import Cache
 
 
@@ -24,6 +28,15 @@ def print_store(cache: Cache, console: Console | None = None) -> None:
         f"samples: {m.num_samples:,} in {m.num_shards()} shard(s) of {m.shard_samples}  views: {m.views.get('count')} "
         f"(seed {m.views.get('seed')}, digest {m.views['digest'][:12]})"
     )
+    augment = m.views.get("transform", {}).get("augment")
+    if augment:
+        ops = " → ".join(f"{op['op']}({', '.join(f'{k}={v}' for k, v in op.items() if k != 'op')})" for op in augment)
+        console.print(f"augment (views ≥ 1; view 0 is the eval view): {ops}")
+        record = m.samples.arrays.get(VIEW_PARAMS)
+        if record is not None:
+            size = array_bytes(cache, VIEW_PARAMS)
+            console.print(f"{VIEW_PARAMS}: {tuple(record.shape)} {record.dtype}, {size:,} bytes on disk")
+        console.print(f"{VIEW_PARAMS} columns: {', '.join(m.views['transform'].get('params', []))}")
     ds = m.dataset
     console.print(
         f"dataset: {ds.get('source')}  length {ds.get('length')}  classes {ds.get('num_classes')}  digest {ds['digest'][:12]}"
@@ -72,3 +85,49 @@ def print_store(cache: Cache, console: Console | None = None) -> None:
     labels = cache.labels()
     if labels is not None:
         console.print(f"labels: {np.bincount(labels).tolist()} per class")
+
+
+def print_scrub(url: str, console: Console | None = None) -> bool:
+    """Run the full scrub (:func:`kdcache.store.scrub`: metadata, size and SHA-256 of every committed shard file)
+    and print every finding; True when nothing is wrong."""
+    console = console or default_console()
+    problems = scrub(url)
+    files = sum(len(c.files) for c in read_manifest(StoreLocation(url)).all_commits())
+    for problem in problems:
+        console.print(f"[red]damaged[/red] {problem}", soft_wrap=True)
+    verdict = "no problems" if not problems else f"{len(problems)} problem(s)"
+    console.print(f"{url}: {files} committed shard file(s) checked (metadata, size and SHA-256): {verdict}")
+    return not problems
+
+
+def print_fidelity(report: FidelityReport, console: Console | None = None) -> None:
+    """The per-target table of ``kdcache verify --recompute`` and the verdict."""
+    console = console or default_console()
+    tol = report.tolerance
+    console.print(
+        f"{report.store}: teacher {report.teacher!r} re-run on {report.pairs} (sample, view) pairs", soft_wrap=True
+    )
+    table = Table()
+    for column in ("target", "max abs error", "encoding error", "min cosine", "mean cosine", "exact pairs", "result"):
+        table.add_column(column)
+    for name, t in sorted(report.targets.items()):
+        table.add_row(
+            name,
+            f"{t.max_abs_error:.3g}",
+            f"{t.encoding_error:.3g}",
+            f"{t.min_cosine:.6f}",
+            f"{t.mean_cosine:.6f}",
+            f"{t.exact}/{t.pairs}",
+            "pass" if t.passed(tol) else "FAIL",
+        )
+    console.print(table)
+    fingerprint = {None: "not compared", True: "matches the store", False: "DIFFERS from the store's"}
+    console.print(f"teacher fingerprint: {fingerprint[report.fingerprint_matches]}")
+    if report.params_mismatches is not None:
+        console.print(
+            f"view parameters: {report.pairs - report.params_mismatches}/{report.pairs} identical to views/params"
+        )
+    console.print(
+        f"tolerance: |cached - live| <= {tol.atol:g} + {tol.rtol:g}·|live| per element, cosine >= {tol.min_cosine:g} "
+        f"per pair: {'PASSED' if report.passed else 'FAILED'}"
+    )

@@ -14,6 +14,7 @@ FORMAT_VERSION = 1
 MANIFEST_KEY = "kdcache.manifest.json"
 COMMITS_PREFIX = ".kdcache/commits"
 SAMPLES_OWNER = "samples"
+VIEW_PARAMS = "views/params"  # (N, V, P) float32: the numbers each augmented view was drawn with (samples owner)
 
 Compressor = Literal["none", "lz4", "zstd"]
 # Codecs a kdcache store may use; anything else in an array's metadata is refused when the store is opened.

@@ -212,6 +212,11 @@ class CacheConfig(Section):
     ram_budget_mb: float = Field(default=2048, ge=0)
     allow_teacher_mismatch: bool = False
 
+    @property
+    def produced(self) -> list[str]:
+        """Names of the targets stage one writes (what losses may read), sorted."""
+        return sorted({t.target_name for t in self.targets})
+
     @field_validator("shard_samples")
     @classmethod
     def _power_of_two(cls, value: int | None) -> int | None:
@@ -285,7 +290,7 @@ class PipelineConfig(RunSettings):
         names = [v.name for v in self.compare]
         if len(set(names)) != len(names):
             raise ValueError(f"compare has repeated variant names {names}; give each variant its own name")
-        produced = sorted({t.target_name for t in self.cache.targets})
+        produced = self.cache.produced
         for variant in [*self.compare, *(self.variant(n) for n in SHORTHAND_VARIANTS if n not in names)]:
             for index, stage in enumerate(self.variant_stages(variant)):
                 for loss in stage.losses:

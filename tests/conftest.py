@@ -17,6 +17,9 @@ import torch
 from kdcache.config import PipelineConfig, parse_pipeline
 from kdcache.datasets import HDF5Dataset, Subset
 from kdcache.models import DigitsCNN
+from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.store import open_cache
+from kdcache.stream import CachedDataset
 from kdcache.targets import build_target
 from kdcache.views import ViewTransform
 
@@ -76,6 +79,20 @@ def views() -> ViewTransform:
 @pytest.fixture
 def logits_target():
     return build_target("logits", {"dtype": "float16"})
+
+
+def cache_digits(path: Path, teacher: torch.nn.Module, dataset: Any, views: ViewTransform, targets: list, *,
+                 teacher_name: str = "t8") -> PrecomputeReport:  # fmt: skip
+    """Stage one of ``teacher`` on ``dataset`` into ``path``, in shards of 128 (three for the 300 digits)."""
+    return precompute(teacher, dataset, path, targets=targets, views=views, num_classes=10, teacher_name=teacher_name,
+                      shard_samples=128, progress=False)  # fmt: skip
+
+
+def cached_dataset(
+    path: Path, dataset: Any, views: ViewTransform, targets: list[str], teacher: str = "t8"
+) -> CachedDataset:
+    """Stage two's dataset over the store at ``path``."""
+    return CachedDataset(dataset, open_cache(str(path)), teacher=teacher, targets=targets, views=views)
 
 
 def pipeline_dict(tmp_path: Path, **changes: Any) -> dict[str, Any]:

@@ -19,11 +19,10 @@ from kdcache.losses import (
     topk_kd_divergence,
 )
 from kdcache.models import DigitsCNN
-from kdcache.precompute import precompute
-from kdcache.store import open_cache
-from kdcache.stream import CachedDataset, ViewDataset
+from kdcache.stream import ViewDataset
 from kdcache.targets import build_target
 from kdcache.train import LiveTeacher
+from tests.conftest import cache_digits, cached_dataset
 
 
 def softmax(xs: list[float]) -> list[float]:
@@ -75,20 +74,8 @@ def test_kd_ignores_masked_pixels_for_dense_outputs():
 
 
 def test_loss_from_cache_equals_loss_from_live_teacher(tmp_path, teacher, digits_small, views, logits_target):
-    precompute(
-        teacher,
-        digits_small,
-        tmp_path / "s.zarr",
-        targets=[logits_target],
-        views=views,
-        num_classes=10,
-        teacher_name="t8",
-        shard_samples=128,
-        progress=False,
-    )
-    cached = CachedDataset(
-        digits_small, open_cache(str(tmp_path / "s.zarr")), teacher="t8", targets=["logits"], views=views
-    )
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, [logits_target])
+    cached = cached_dataset(tmp_path / "s.zarr", digits_small, views, ["logits"])
     indices = np.array([299, 5, 140, 7, 128, 0, 64])
     batch = cached[indices].to("cpu")
     live = LiveTeacher(teacher, [logits_target], torch.device("cpu"))(ViewDataset(digits_small, views)[indices])
@@ -218,20 +205,8 @@ def test_every_loss_from_the_cache_equals_the_loss_from_the_live_teacher(
     tmp_path, teacher, digits_small, views, kind, target_params, loss
 ):
     target = build_target(kind, target_params)
-    precompute(
-        teacher,
-        digits_small,
-        tmp_path / "s.zarr",
-        targets=[target],
-        views=views,
-        num_classes=10,
-        teacher_name="t8",
-        shard_samples=128,
-        progress=False,
-    )
-    cached = CachedDataset(
-        digits_small, open_cache(str(tmp_path / "s.zarr")), teacher="t8", targets=[target.name], views=views
-    )
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, [target])
+    cached = cached_dataset(tmp_path / "s.zarr", digits_small, views, [target.name])
     indices = np.array([299, 5, 140, 7, 128, 0, 64, 31])
     batch = cached[indices].to("cpu")
     live_value = LiveTeacher(teacher, [target], torch.device("cpu"))(ViewDataset(digits_small, views)[indices])[

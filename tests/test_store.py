@@ -11,25 +11,15 @@ import torch
 import zarr
 
 from kdcache.fingerprint import dataset_fingerprint
-from kdcache.precompute import precompute
 from kdcache.store import open_cache, read_manifest
 from kdcache.store.location import StoreLocation
+from tests.conftest import cache_digits
 
 
 @pytest.fixture
 def store(tmp_path: Path, teacher, digits_small, views, logits_target) -> Path:
     path = tmp_path / "train.zarr"
-    report = precompute(
-        teacher,
-        digits_small,
-        path,
-        targets=[logits_target],
-        views=views,
-        num_classes=10,
-        teacher_name="t8",
-        shard_samples=128,
-        progress=False,
-    )
+    report = cache_digits(path, teacher, digits_small, views, [logits_target])
     assert report.complete and report.shards_written == 3 and report.samples_written == 300
     return path
 

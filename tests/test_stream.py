@@ -6,28 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.precompute import precompute
 from kdcache.sampler import EpochBatchSampler, block_shuffle
 from kdcache.store import open_cache
 from kdcache.stream import CachedDataset, batch_loader, set_loader_epoch
+from tests.conftest import cache_digits, cached_dataset
 
 
 @pytest.fixture
 def cached(tmp_path, teacher, digits_small, views, logits_target) -> CachedDataset:
-    precompute(
-        teacher,
-        digits_small,
-        tmp_path / "s.zarr",
-        targets=[logits_target],
-        views=views,
-        num_classes=10,
-        teacher_name="t8",
-        shard_samples=128,
-        progress=False,
-    )
-    return CachedDataset(
-        digits_small, open_cache(str(tmp_path / "s.zarr")), teacher="t8", targets=["logits"], views=views
-    )
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, [logits_target])
+    return cached_dataset(tmp_path / "s.zarr", digits_small, views, ["logits"])
 
 
 def test_targets_follow_sample_indices_not_batch_positions(cached, teacher):

@@ -13,6 +13,7 @@ from kdcache.store.location import StoreLocation
 from kdcache.stream import CachedDataset, ViewDataset
 from kdcache.targets import TopKLogits, build_target, fsp_matrix
 from kdcache.train import LiveTeacher
+from tests.conftest import cache_digits
 
 SPECS = [
     ("logits", {"dtype": "float16"}),
@@ -29,17 +30,7 @@ INDICES = np.array([299, 5, 140, 7, 128, 0, 64, 200])
 @pytest.fixture
 def stores(tmp_path, teacher, digits_small, views):
     targets = [build_target(kind, params) for kind, params in SPECS]
-    precompute(
-        teacher,
-        digits_small,
-        tmp_path / "s.zarr",
-        targets=targets,
-        views=views,
-        num_classes=10,
-        teacher_name="t8",
-        shard_samples=128,
-        progress=False,
-    )
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, targets)
     names = [t.name for t in targets]
     cached = CachedDataset(digits_small, open_cache(str(tmp_path / "s.zarr")), teacher="t8", targets=names, views=views)
     live = LiveTeacher(teacher, targets, torch.device("cpu"))(ViewDataset(digits_small, views)[INDICES])

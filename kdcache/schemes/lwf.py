@@ -90,7 +90,7 @@ class LwFPipeline(RunSettings):
     def _consistent(self) -> LwFPipeline:
         if self.data.classes is not None:
             raise ValueError("data.classes must be unset: lwf.old_classes and lwf.new_classes select each task")
-        produced = sorted(t.target_name for t in self.cache.targets)
+        produced = self.cache.produced
         if "logits" not in produced:
             raise ValueError(f"LwF reads the old head's cached logits, but cache.targets produces {produced}")
         return self

@@ -65,7 +65,7 @@ class RocketPipeline(RunSettings):
 
     @model_validator(mode="after")
     def _offline_reads_the_cache(self) -> RocketPipeline:
-        produced = {t.target_name for t in self.cache.targets}
+        produced = set(self.cache.produced)
         for loss in self.rocket.offline_losses:
             if missing := sorted(set(loss.teacher_targets()) - produced):
                 raise ValueError(f"rocket.offline_losses: {loss.name!r} reads {missing}; add it to cache.targets")

@@ -45,7 +45,7 @@ class SelfKDPipeline(RunSettings):
 
     @model_validator(mode="after")
     def _generations_read_what_is_cached(self) -> SelfKDPipeline:
-        produced = {t.target_name for t in self.cache.targets}
+        produced = set(self.cache.produced)
         needed = {t for stage in self.selfkd.distill for loss in stage.losses for t in loss.teacher_targets()}
         if not needed:
             raise ValueError(

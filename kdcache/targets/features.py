@@ -7,28 +7,25 @@ such as RKD, whose pairwise terms are computed per batch in stage two.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdcache.store.layout import Compressor, check_name
-from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
-from kdcache.targets.logits import FloatDtype, from_storage, storage_dtype, to_storage
+from kdcache.store.layout import check_name
+from kdcache.targets.base import TARGETS, TeacherOutputs
+from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
 
-class LayerParams(TargetParams):
+class LayerParams(FloatArrayParams):
     layer: str = Field(description="module path of the layer, e.g. layer3 or aux")
-    dtype: FloatDtype = "float16"
-    compressor: Compressor = "zstd"
 
 
 class FeaturesParams(LayerParams):
     pool: tuple[int, int] | None = Field(None, description="average-pool the map to (h, w) before storage")
 
 
-class _LayerTarget(Target):
-    """Shared storage of a single layer-derived float array named ``<prefix>/<layer>``."""
+class _LayerTarget(FloatArrayTarget):
+    """A float array derived from one layer, named ``<prefix>/<layer>``."""
 
     prefix: str
     params: LayerParams
@@ -39,15 +36,6 @@ class _LayerTarget(Target):
 
     def teacher_layers(self) -> list[str]:
         return [self.params.layer]
-
-    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
-        return {self.name: StoredArray(sample_shape, storage_dtype(self.params.dtype), self.params.compressor)}
-
-    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
-        return {self.name: to_storage(value, self.params.dtype)}
-
-    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
-        return from_storage(arrays[self.name], self.params.dtype)
 
 
 @TARGETS.register("features")

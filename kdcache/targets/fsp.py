@@ -8,15 +8,14 @@ one and for the live student in stage two.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from kdcache.errors import ConfigError
-from kdcache.store.layout import Compressor, check_name
-from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
-from kdcache.targets.logits import FloatDtype, from_storage, storage_dtype, to_storage
+from kdcache.store.layout import check_name
+from kdcache.targets.base import TARGETS, TeacherOutputs
+from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -29,14 +28,12 @@ def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)) / (size[0] * size[1])
 
 
-class FSPParams(TargetParams):
+class FSPParams(FloatArrayParams):
     layers: tuple[str, str] = Field(description="module paths of the two layers, e.g. [layer1, layer2]")
-    dtype: FloatDtype = "float16"
-    compressor: Compressor = "zstd"
 
 
 @TARGETS.register("fsp")
-class FSPTarget(Target):
+class FSPTarget(FloatArrayTarget):
     """FSP matrix between two teacher layers, stored ``(c_a, c_b)`` per sample as ``fsp/<a>__<b>``."""
 
     kind = "fsp"
@@ -54,12 +51,3 @@ class FSPTarget(Target):
     def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
         a, b = self.params.layers
         return fsp_matrix(outputs.features[a].float(), outputs.features[b].float())
-
-    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
-        return {self.name: StoredArray(sample_shape, storage_dtype(self.params.dtype), self.params.compressor)}
-
-    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
-        return {self.name: to_storage(value, self.params.dtype)}
-
-    def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
-        return from_storage(arrays[self.name], self.params.dtype)

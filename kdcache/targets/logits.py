@@ -19,26 +19,7 @@ from pydantic import Field, model_validator
 
 from kdcache.errors import ConfigError
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
-
-FloatDtype = Literal["float16", "bfloat16", "float32"]
-
-
-def to_storage(value: torch.Tensor, dtype: FloatDtype) -> np.ndarray:
-    """A float tensor as the numpy array that stores it (bfloat16 as its raw uint16 bits)."""
-    if dtype == "bfloat16":
-        return value.detach().to(torch.bfloat16).cpu().view(torch.uint16).numpy()
-    return value.detach().to(getattr(torch, dtype)).cpu().numpy()
-
-
-def from_storage(array: torch.Tensor, dtype: FloatDtype) -> torch.Tensor:
-    """Inverse of :func:`to_storage`, as float32 on the array's device."""
-    if dtype == "bfloat16":
-        return array.view(torch.bfloat16).float()
-    return array.float()
-
-
-def storage_dtype(dtype: FloatDtype) -> str:
-    return "uint16" if dtype == "bfloat16" else dtype
+from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
 
 
 @dataclass

@@ -18,6 +18,7 @@ loads a different teacher or dataset than the coordinator refuses to write.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -127,10 +128,32 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
             yield client
         return
     with (
+        _nanny_environ_undone(),
         LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         yield client
+
+
+@contextmanager
+def _nanny_environ_undone() -> Iterator[None]:
+    """Give back the variables dask's nannies write into this process (``OMP_NUM_THREADS=1``, ...) on exit.
+
+    dask sets ``distributed.nanny.pre-spawn-environ`` in the parent to reach the spawned workers; left there, it
+    silently changes the thread count (and so the float results) of every subprocess the caller starts later.
+    """
+    import dask
+
+    keys = {*dask.config.get("distributed.nanny.pre-spawn-environ", {}), "PYTHONHASHSEED"}
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_cluster(workers: int | None, scheduler: str | None) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -21,8 +23,10 @@ SMALL = [
 
 
 def kdcache(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess with this process's torch thread count, so its float results can be compared bitwise."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run(
-        [sys.executable, "-m", "kdcache", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "kdcache", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
     )
 
 

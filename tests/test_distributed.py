@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from distributed import Client, LocalCluster
 
 import kdcache.distributed
 from kdcache.config import PipelineConfig, parse_pipeline
-from kdcache.distributed import WorkerRecipe, run_shard
+from kdcache.distributed import WorkerRecipe, dask_client, run_shard
 from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.experiment import ensure_teacher, run_precompute, teacher_run
 from kdcache.precompute import ShardWork, precompute_local
@@ -34,12 +34,9 @@ def config(tmp_path: Path, store: str, shard_samples: int) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
+def client():
+    with dask_client(workers=2) as client:
+        yield client
 
 
 def test_two_worker_local_cluster_writes_the_same_bytes_as_one_process(tmp_path):
@@ -72,8 +69,7 @@ def _teacher_loads() -> int:
     return experiment.load_teacher.calls
 
 
-def test_resume_on_an_existing_cluster_skips_committed_shards(tmp_path, cluster):
-    local_cluster, client = cluster
+def test_resume_on_an_existing_cluster_skips_committed_shards(tmp_path, client):
     reference = config(tmp_path, "reference.zarr", 32)
     run_precompute(reference, progress=False)
     cfg = config(tmp_path, "resumed.zarr", 32)
@@ -85,7 +81,7 @@ def test_resume_on_an_existing_cluster_skips_committed_shards(tmp_path, cluster)
     assert partial.status == "building" and [c.index for c in partial.teachers["cnn16"].shards] == [0, 1, 2, 3]
 
     client.run(_count_teacher_loads)
-    report = run_precompute(cfg, progress=False, scheduler=local_cluster.scheduler_address)
+    report = run_precompute(cfg, progress=False, scheduler=client.scheduler.address)
     assert (report.shards_written, report.shards_skipped, report.complete) == (4, 4, True)
     loads = client.run(_teacher_loads)
     assert sum(loads.values()) <= 2 and max(loads.values()) == 1  # once per worker that ran tasks, not per task
@@ -97,10 +93,9 @@ def recipe_of(cfg: PipelineConfig) -> WorkerRecipe:
     return WorkerRecipe(cfg, manifest.teachers[cfg.teacher.name].fingerprint["digest"], manifest.dataset["digest"])
 
 
-def test_a_task_that_runs_twice_is_harmless(tmp_path, cluster):
-    local_cluster, client = cluster
+def test_a_task_that_runs_twice_is_harmless(tmp_path, client):
     cfg = config(tmp_path, "twice.zarr", 64)
-    run_precompute(cfg, progress=False, scheduler=local_cluster.scheduler_address)
+    run_precompute(cfg, progress=False, scheduler=client.scheduler.address)
     before = all_files(tmp_path / "twice.zarr")
     work = ShardWork(1, 64, 128, ("teachers/cnn16", SAMPLES_OWNER))
     workers = sorted(client.scheduler_info()["workers"])
@@ -109,8 +104,7 @@ def test_a_task_that_runs_twice_is_harmless(tmp_path, cluster):
     assert all_files(tmp_path / "twice.zarr") == before
 
 
-def test_a_worker_that_loads_another_teacher_refuses_to_write(tmp_path, cluster):
-    _, client = cluster
+def test_a_worker_that_loads_another_teacher_refuses_to_write(tmp_path, client):
     cfg = config(tmp_path, "other.zarr", 64)
     run_precompute(cfg, progress=False)
     before = all_files(tmp_path / "other.zarr")
@@ -128,3 +122,12 @@ def test_cluster_arguments_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"exactly one of --workers N .* or --scheduler ADDRESS"):
         kdcache.distributed.precompute_on_dask(cfg, workers=2, scheduler="tcp://127.0.0.1:1", progress=False)
     assert not (tmp_path / "none.zarr").exists() and not cfg.teacher_checkpoint.exists()
+
+
+def test_a_local_cluster_gives_back_the_thread_settings_its_nannies_set(monkeypatch):
+    # dask writes OMP_NUM_THREADS=1 into the parent to reach its workers; later subprocesses must not inherit it
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    with dask_client(workers=1):
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in os.environ and "MKL_NUM_THREADS" not in os.environ

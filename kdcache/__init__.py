@@ -5,7 +5,14 @@ stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch
 """
 
 from kdcache.config import PipelineConfig, RunSettings, load_pipeline
-from kdcache.datasets import ClassSubset, HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.datasets import (
+    ClassSubset,
+    DigitsSegmentation,
+    HDF5Dataset,
+    SampleDataset,
+    TensorDataset,
+    VOCSegmentation,
+)
 from kdcache.distributed import precompute_on_dask
 from kdcache.errors import KdcacheError
 from kdcache.hdf5 import export_hdf5, import_hdf5
@@ -33,6 +40,7 @@ __all__ = [
     "Ensemble",
     "ClassSubset",
     "FidelityReport",
+    "DigitsSegmentation",
     "HDF5Dataset",
     "KdcacheError",
     "MultiHeadNet",
@@ -44,6 +52,7 @@ __all__ = [
     "TeacherStats",
     "TensorDataset",
     "Tolerance",
+    "VOCSegmentation",
     "ViewDataset",
     "ViewTransform",
     "World",

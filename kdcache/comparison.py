@@ -15,13 +15,12 @@ from kdcache.experiment import (
     variant_config,
     views_text,
 )
+from kdcache.metrics import METRIC_TITLES, TASK_METRICS
 from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
 from kdcache.train import EpochLog, TrainResult
 
-METRIC = "accuracy"
 
-
-def epochs_to_reach(result: TrainResult, threshold: float, metric: str = METRIC) -> EpochLog | None:
+def epochs_to_reach(result: TrainResult, threshold: float, metric: str) -> EpochLog | None:
     """The first epoch whose test ``metric`` is at least ``threshold``."""
     return next((log for log in result.history if log.metrics.get(metric, float("-inf")) >= threshold), None)
 
@@ -31,7 +30,9 @@ def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
 
     Each cached variant reads the store of its own config (its ``set`` overrides applied), built here first when
     missing: a ``views.count=1`` variant gets a single-view store beside the pipeline's V-view one. A pipeline of
-    another ``method`` (lwf, rocket, selfkd) goes to its scheme's runner (:mod:`kdcache.schemes`).
+    another ``method`` (lwf, rocket, selfkd) goes to its scheme's runner (:mod:`kdcache.schemes`). The report has a
+    column per metric of the task (accuracy; mIoU and pixel accuracy for segmentation); the first one, the primary
+    metric, is the one "epochs to reach" and the curves use.
     """
     if not isinstance(cfg, PipelineConfig):
         from kdcache.schemes import run_scheme
@@ -45,7 +46,8 @@ def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
             report = run_precompute(store_cfg, progress=progress)
             stores[store_cfg.store_url] = {**store_size(store_cfg, report), "teacher_accuracy": report.accuracy}
     runs = {v.name: train_student(cfg, v.name, progress=progress) for v in cfg.compare}
-    reach = _epochs_to_reach_scratch(cfg.compare, runs)
+    primary = TASK_METRICS[cfg.data.task][0]
+    reach = _epochs_to_reach_scratch(cfg.compare, runs, primary)
     _report(cfg, teacher_metrics, stores, runs, configs, reach)
     summary = {
         "pipeline": cfg.name,
@@ -63,7 +65,7 @@ def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
                 "test": runs[v.name].metrics,
                 "seconds": runs[v.name].result.seconds,
                 "epochs_to_reach_scratch": None if reach[v.name] is None else reach[v.name].epoch + 1,
-                "curve": [log.metrics.get(METRIC) for log in runs[v.name].result.history],
+                "curve": [log.metrics.get(primary) for log in runs[v.name].result.history],
             }
             for v in cfg.compare
         },
@@ -72,13 +74,15 @@ def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict:
     return summary
 
 
-def _epochs_to_reach_scratch(variants: list[VariantConfig], runs: dict[str, StudentRun]) -> dict[str, EpochLog | None]:
-    """For each run, the first epoch at which it reached the final accuracy of the first teacher-free variant."""
+def _epochs_to_reach_scratch(
+    variants: list[VariantConfig], runs: dict[str, StudentRun], metric: str
+) -> dict[str, EpochLog | None]:
+    """For each run, the first epoch at which it reached the final ``metric`` of the first teacher-free variant."""
     reference = next((v.name for v in variants if v.source == "none"), None)
     if reference is None:
         return {name: None for name in runs}
-    final = runs[reference].result.final[METRIC]
-    return {name: epochs_to_reach(run.result, final) for name, run in runs.items()}
+    final = runs[reference].result.final[metric]
+    return {name: epochs_to_reach(run.result, final, metric) for name, run in runs.items()}
 
 
 def _report(
@@ -89,15 +93,17 @@ def _report(
     configs: dict[str, PipelineConfig],
     reach: dict[str, EpochLog | None],
 ) -> None:
-    """The results and store tables (terminal and results.md) and the test-accuracy curves (curves.png)."""
-    header = ["model", "views", f"test {METRIC}", "epochs to reach scratch's final", "wall time (s)"]
+    """The results and store tables (terminal and results.md) and the primary metric's curves (curves.png)."""
+    metrics = TASK_METRICS[cfg.data.task]
+    header = ["model", "views", *(f"test {METRIC_TITLES[m]}" for m in metrics), "epochs to reach scratch's final",
+              "wall time (s)"]  # fmt: skip
     teacher_views = views_text(cfg.views, "fresh") if cfg.teacher.train is not None else "—"
-    rows = [["teacher", teacher_views, pct(teacher_metrics[METRIC]), "", "—"]]
+    rows = [["teacher", teacher_views, *(pct(teacher_metrics[m]) for m in metrics), "", "—"]]
     rows += [
         [
             f"student ({name})",
             views_text(configs[name].views),
-            pct(run.result.final[METRIC]),
+            *(pct(run.result.final[m]) for m in metrics),
             _epochs_text(reach[name], run.result),
             f"{run.result.seconds:.1f}",
         ]
@@ -125,8 +131,8 @@ def _report(
     plot_curves(
         {f"student ({name})": run.result for name, run in runs.items()},
         output_path(cfg, "curves.png"),
-        metric=METRIC,
-        reference={"teacher": teacher_metrics[METRIC]},
+        metric=metrics[0],
+        reference={"teacher": teacher_metrics[metrics[0]]},
         title=cfg.name,
     )
 

@@ -19,6 +19,7 @@ from kdcache.datasets import ClassSubset, SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError, ConfigError, StoreMismatchError
 from kdcache.fingerprint import dataset_fingerprint, state_digest
 from kdcache.losses import LossSetup
+from kdcache.metrics import task_metric
 from kdcache.models import build_model
 from kdcache.precompute import PrecomputeReport, TeacherRun, precompute_local
 from kdcache.store import Cache, open_cache
@@ -82,7 +83,7 @@ def eval_views(cfg: RunSettings) -> ViewTransform:
 
 
 def loss_setup(cfg: RunSettings) -> LossSetup:
-    return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index)
+    return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index, task=cfg.data.task)
 
 
 def cache_targets(cfg: PipelineConfig) -> list[Target]:
@@ -149,7 +150,8 @@ def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
 
 def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, float]:
     test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
-    return evaluate(teacher, test, batch_size=256, device=device_of(cfg), ignore_index=cfg.data.ignore_index)
+    metric = task_metric(cfg.data.task, cfg.data.num_classes, cfg.data.ignore_index)
+    return evaluate(teacher, test, batch_size=256, device=device_of(cfg), metric=metric)
 
 
 # ------------------------------------------------------------------------------------------------ stage one

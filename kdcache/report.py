@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kdcache.metrics import METRIC_TITLES
 from kdcache.train import TrainResult
 
 
@@ -61,7 +62,7 @@ def plot_curves(
     for name, value in (reference or {}).items():
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="gray", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_ylabel(f"test {METRIC_TITLES.get(metric, metric)} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

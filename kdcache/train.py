@@ -34,7 +34,7 @@ from kdcache.capture import LayerCapture, forward_with_capture
 from kdcache.checkpoint import save_state
 from kdcache.config import OptimizerConfig, StageConfig
 from kdcache.losses import LossSetup, StepOutputs, build_objective
-from kdcache.metrics import Accuracy
+from kdcache.metrics import Accuracy, Metric, task_metric
 from kdcache.precompute import teacher_outputs
 from kdcache.samplelog import SampleLog
 from kdcache.sampler import EpochBatchSampler
@@ -117,19 +117,19 @@ def evaluate(
     device: torch.device,
     ignore_index: int = -100,
     world: World | None = None,
+    metric: Metric | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on ``data`` (view 0, dataset order). With several processes each rank evaluates
-    a contiguous share of ``data`` and the counts are summed, so every rank returns the accuracy on all of it."""
+    """``metric`` of ``model`` on ``data`` (view 0, dataset order): top-1 accuracy by default, or e.g. a
+    :class:`~kdcache.metrics.ConfusionMatrix` for mIoU and pixel accuracy. With several processes each rank
+    evaluates a contiguous share of ``data`` and the counts are summed, so every rank returns the metric on all of it."""
     world = world or World()
     model.eval()
-    accuracy = Accuracy(ignore_index)
+    metric = metric if metric is not None else Accuracy(ignore_index)
     share = np.array_split(np.arange(len(data)), world.world_size)[world.rank]
     for start in range(0, len(share), batch_size):
         batch = data[share[start : start + batch_size]].to(device)
-        accuracy.update(model(batch.inputs), batch.labels)
-    counts = all_reduce_sum(world, torch.tensor([accuracy.correct, accuracy.count], dtype=torch.int64))
-    correct, count = counts.tolist()
-    return {"accuracy": correct / count if count else float("nan")}
+        metric.update(model(batch.inputs), batch.labels)
+    return metric.summarise(all_reduce_sum(world, metric.state()))
 
 
 def fit(
@@ -294,8 +294,8 @@ class _Trainer:
                         test,
                         batch_size=eval_batch,
                         device=self.device,
-                        ignore_index=setup.ignore_index,
                         world=self.world,
+                        metric=task_metric(setup.task, setup.num_classes, setup.ignore_index),
                     )
                 seconds += time.perf_counter() - tick
                 self.result.history.append(EpochLog(stage.name, epoch, loss, parts, metrics, seconds))

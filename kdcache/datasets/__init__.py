@@ -6,11 +6,15 @@ from typing import Any
 
 from kdcache.datasets.base import SampleDataset, Subset, TensorDataset
 from kdcache.datasets.classes import ClassSubset
+from kdcache.datasets.digits_seg import DigitsSegmentation
 from kdcache.datasets.hdf5 import HDF5Dataset
+from kdcache.datasets.voc import VOCSegmentation
 from kdcache.registry import Registry
 
 DATASETS: Registry[Any] = Registry("dataset")
 DATASETS.register("hdf5")(HDF5Dataset)
+DATASETS.register("digits-seg")(DigitsSegmentation)
+DATASETS.register("voc")(VOCSegmentation)
 
 
 @DATASETS.register("digits")
@@ -24,4 +28,14 @@ def build_dataset(name: str, split: str, args: dict[str, Any]) -> SampleDataset:
     return DATASETS.get(name)(split, **args)
 
 
-__all__ = ["DATASETS", "ClassSubset", "HDF5Dataset", "SampleDataset", "Subset", "TensorDataset", "build_dataset"]
+__all__ = [
+    "DATASETS",
+    "ClassSubset",
+    "DigitsSegmentation",
+    "HDF5Dataset",
+    "SampleDataset",
+    "Subset",
+    "TensorDataset",
+    "VOCSegmentation",
+    "build_dataset",
+]

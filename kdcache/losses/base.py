@@ -25,6 +25,7 @@ class LossSetup:
 
     num_classes: int
     ignore_index: int = -100
+    task: str = "classification"  # or "segmentation": which metrics evaluation reports (kdcache.metrics)
 
 
 @dataclass

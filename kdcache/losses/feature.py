@@ -11,6 +11,7 @@ from torch import nn
 
 from kdcache.errors import StoreMismatchError
 from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
+from kdcache.losses.dense import labelled_positions, resize_to
 from kdcache.losses.response import kd_divergence
 from kdcache.targets.fsp import fsp_matrix
 
@@ -89,7 +90,8 @@ class FeatureDistillation(LossTerm):
 
     When spatial sizes differ the student map is bilinearly resized to the teacher's. When channel counts differ a
     1×1 convolution regressor (FitNets, Romero et al. 2015, Eq. 3: ½‖u_h − r(v_g; W_r)‖²) maps the student to the
-    teacher's channels; it is created on the first batch and trained with the student.
+    teacher's channels; it is created on the first batch and trained with the student. With dense labels
+    (segmentation), positions whose label pixels are all ``ignore_index`` are left out of the mean, as in ``kd``.
     """
 
     Params = FeatureParams
@@ -124,13 +126,17 @@ class FeatureDistillation(LossTerm):
         teacher = out.teacher[self.params.target].float()
         if self.regressor is not None:
             student = self.regressor(student)
-        if student.dim() == 4 and student.shape[2:] != teacher.shape[2:]:
-            student = F.interpolate(student, size=teacher.shape[2:], mode="bilinear", align_corners=False)
+        student = resize_to(student, teacher)
+        valid = None
+        if student.dim() == 4 and out.labels.dim() == 3:
+            valid = labelled_positions(out.labels, teacher.shape[-2:], self.setup.ignore_index)
         if self.params.mode == "kl":
-            return kd_divergence(student, teacher, self.params.temperature)
-        if self.params.mode == "smooth_l1":
-            return F.smooth_l1_loss(student, teacher)
-        return F.mse_loss(student, teacher)
+            return kd_divergence(student, teacher, self.params.temperature, valid)
+        distance = F.smooth_l1_loss if self.params.mode == "smooth_l1" else F.mse_loss
+        if valid is None:
+            return distance(student, teacher)
+        per_element = distance(student, teacher, reduction="none")  # (B, C, h, w); positions masked, channels kept
+        return per_element.movedim(1, -1)[valid].mean() if bool(valid.any()) else per_element.sum() * 0
 
 
 @LOSSES.register("hint")

@@ -1,4 +1,4 @@
-"""Response-based losses on logits: cross-entropy and Hinton's knowledge distillation."""
+"""Response-based losses on logits: cross-entropy and Hinton's knowledge distillation, per sample or per pixel."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
+from kdcache.losses.dense import labelled_positions, resize_to
+from kdcache.metrics import match_spatial
 from kdcache.targets.ensemble import ProbabilityEnsemble, soft_log_probs
 from kdcache.targets.logits import TopKLogits
 
@@ -48,6 +50,8 @@ def kd_divergence(
     per_position = (log_p.exp() * (log_p - log_q)).sum(dim=1)
     if valid is not None:
         per_position = per_position[valid]
+        if per_position.numel() == 0:  # every position ignored: no signal, rather than the NaN of an empty mean
+            return per_position.sum()
     return per_position.mean() * temperature**2
 
 
@@ -72,14 +76,19 @@ class CrossEntropyParams(LossParams):
 
 @LOSSES.register("ce")
 class CrossEntropy(StudentLogits):
-    """Cross-entropy with the ground-truth labels (the task loss); ``ignore_index`` is honoured."""
+    """Cross-entropy with the ground-truth labels (the task loss); ``ignore_index`` is honoured.
+
+    Dense logits ``(B, C, h, w)`` are bilinearly upsampled to the label map's ``(H, W)`` first (PSPNet trains on
+    the upsampled prediction), so a model may return its native, lower-resolution logits. PSPNet's auxiliary loss
+    (Zhao et al. 2017, §4.1) is this term on the aux classifier: ``{name: ce, student_layer: aux, weight: 0.4}``.
+    """
 
     Params = CrossEntropyParams
     params: CrossEntropyParams
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         return F.cross_entropy(
-            self.logits(out),
+            match_spatial(self.logits(out), out.labels),
             out.labels,
             ignore_index=self.setup.ignore_index,
             label_smoothing=self.params.label_smoothing,
@@ -99,6 +108,12 @@ class KnowledgeDistillation(StudentLogits):
     ``target`` names the cached logits: ``logits`` (dense), ``logits_int8`` (dequantised) or ``logits_topk``
     (k+1-bin KL, :func:`topk_kd_divergence`).
 
+    Dense maps (segmentation) are compared pixel-wise at the teacher's native resolution, as the pixel-wise
+    distillation of Liu et al. 2019 ("Structured Knowledge Distillation for Semantic Segmentation", Eq. 1) does on
+    the 1/8-resolution score maps: the cached map is used as stored, the student's map is resized to it only if the
+    sizes differ, and positions whose label pixels are all ``ignore_index`` are left out
+    (:func:`~kdcache.losses.dense.labelled_positions`).
+
     With ``[{name: ce, weight: 1-α}, {name: kd, weight: α}]`` this is the paper's α-mixture of hard and soft targets.
     """
 
@@ -113,5 +128,8 @@ class KnowledgeDistillation(StudentLogits):
         logits = self.logits(out)
         if isinstance(teacher, TopKLogits):
             return topk_kd_divergence(logits, teacher, self.params.temperature)
-        valid = out.labels != self.setup.ignore_index if logits.dim() > 2 else None
-        return kd_divergence(logits, teacher, self.params.temperature, valid)
+        if logits.dim() != 4:
+            return kd_divergence(logits, teacher, self.params.temperature)
+        student = resize_to(logits, teacher)
+        valid = labelled_positions(out.labels, teacher.shape[-2:], self.setup.ignore_index)
+        return kd_divergence(student, teacher, self.params.temperature, valid)

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdcache.errors import ConfigError
+from kdcache.store.layout import Compressor
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
 from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
 
@@ -48,6 +49,7 @@ class LogitsParams(TargetParams):
     dtype: FloatDtype = Field("float16", description="dense values and top-k values")
     k: int | None = Field(None, gt=0, description="top-k: classes kept per sample")
     temperatures: tuple[float, ...] = Field((1.0,), description="top-k: temperatures at which the tail is exact")
+    compressor: Compressor = Field("none", description="dense: inner-chunk codec (dense segmentation maps compress)")
 
     @model_validator(mode="after")
     def _consistent(self) -> LogitsParams:
@@ -55,6 +57,8 @@ class LogitsParams(TargetParams):
             raise ValueError("encoding topk needs k (the number of classes kept per sample)")
         if self.encoding != "topk" and self.k is not None:
             raise ValueError(f"k applies to encoding topk only, not {self.encoding}")
+        if self.encoding != "dense" and self.compressor != "none":
+            raise ValueError(f"compressor applies to encoding dense only, not {self.encoding}")
         if any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be positive, got {list(self.temperatures)}")
         return self
@@ -78,10 +82,16 @@ class LogitsTarget(Target):
     def value_dtype(self) -> str | None:
         return None if self.params.encoding == "int8" else self.params.dtype  # int8 rescales every row
 
+    def describe(self) -> dict:
+        described = super().describe()
+        if self.params.compressor == "none":  # stores written before ``compressor`` existed keep matching
+            del described["compressor"]
+        return described
+
     def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
         p, name = self.params, self.name
         if p.encoding == "dense":
-            return {name: StoredArray(sample_shape, storage_dtype(p.dtype))}
+            return {name: StoredArray(sample_shape, storage_dtype(p.dtype), p.compressor)}
         if len(sample_shape) != 1:
             raise ConfigError(f"encoding {p.encoding} is for per-sample class logits (C,), not shape {sample_shape}")
         classes = sample_shape[0]

@@ -14,12 +14,11 @@ import zarr
 from kdcache.errors import DestinationExistsError, StoreFormatError, StoreIncompleteError
 from kdcache.hdf5 import MANIFEST_ATTR, export_hdf5, import_hdf5
 from kdcache.models import DigitsCNN
-from kdcache.precompute import precompute
 from kdcache.store import open_cache, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import write_manifest
 from kdcache.targets import build_target
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cache_digits
 from tests.test_resume import store_files
 
 ARRAYS = ["samples/index", "samples/label", "teachers/t8/logits", "teachers/bf/logits"]
@@ -31,17 +30,7 @@ def store(tmp_path, teacher, digits_small, views):
     path = tmp_path / "train.zarr"
     torch.manual_seed(1)
     for name, model, dtype in [("t8", teacher, "float16"), ("bf", DigitsCNN(10, width=4).eval(), "bfloat16")]:
-        precompute(
-            model,
-            digits_small,
-            path,
-            targets=[build_target("logits", {"dtype": dtype})],
-            views=views,
-            num_classes=10,
-            teacher_name=name,
-            shard_samples=128,
-            progress=False,
-        )
+        cache_digits(path, model, digits_small, views, [build_target("logits", {"dtype": dtype})], teacher_name=name)
     return path
 
 

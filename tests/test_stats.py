@@ -10,11 +10,10 @@ import torch
 import zarr
 from torch import nn
 
-from kdcache.precompute import precompute
 from kdcache.stats import report_stats, store_stats
 from kdcache.targets import build_target
 from kdcache.views import ViewTransform
-from tests.conftest import MEAN, STD
+from tests.conftest import MEAN, STD, cache_digits
 
 
 def linear_teacher(dataset, views, seed: int, steps: int) -> nn.Module:
@@ -42,17 +41,8 @@ def store(tmp_path_factory, digits_small):
     path = tmp_path_factory.mktemp("stats") / "train.zarr"
     views = ViewTransform(count=2, seed=0, mean=MEAN, std=STD)
     for name, seed, steps, dtype in TEACHERS:
-        precompute(
-            linear_teacher(digits_small, views, seed, steps),
-            digits_small,
-            path,
-            targets=[build_target("logits", {"dtype": dtype})],
-            views=views,
-            num_classes=10,
-            teacher_name=name,
-            shard_samples=128,
-            progress=False,
-        )
+        teacher = linear_teacher(digits_small, views, seed, steps)
+        cache_digits(path, teacher, digits_small, views, [build_target("logits", {"dtype": dtype})], teacher_name=name)
     return path
 
 

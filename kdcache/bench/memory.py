@@ -95,7 +95,6 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from kdcache.bench.workloads import build_workload
     from kdcache.stream import CachedDataset, ViewDataset
-    from kdcache.train import fit
 
     settings = BenchSettings(**{**spec["settings"], "read_sizes": tuple(spec["settings"]["read_sizes"])})
     torch.set_num_threads(settings.threads)
@@ -110,17 +109,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             w.train, open_cache(spec["store"]), teacher=TEACHER, targets=w.target_names, views=w.views, **budget
         )
         stages = w.distill
-    fit(
-        student,
-        data,
-        None,
-        stages=stages,
-        setup=w.setup,
-        batch_size=w.batch_size,
-        seed=w.seed,
-        device=settings.device,
-        progress=False,
-    )
+    w.fit_one_epoch(student, data, stages, settings.device)
     return {"peak_rss_bytes": _peak_rss_bytes()}
 
 

@@ -37,7 +37,7 @@ from kdcache.losses import StepOutputs, build_objective
 from kdcache.sampler import steps_per_epoch
 from kdcache.store import open_cache
 from kdcache.stream import CachedDataset, ViewDataset, batch_loader, set_loader_epoch
-from kdcache.train import LiveTeacher, TargetSource, cached_targets, fit
+from kdcache.train import LiveTeacher, TargetSource, cached_targets
 
 
 def measure_steps(w: Workload, store: str, settings: BenchSettings, *, progress: bool = True) -> dict[str, Any]:
@@ -79,20 +79,8 @@ class _StepVariants:
     def train(self, data: ViewDataset, stages: list[StageConfig], targets: TargetSource = cached_targets) -> float:
         """One epoch of ``fit`` on a fresh copy of the initial student."""
         student = copy.deepcopy(self.student)
-        w = self.w
         start = time.perf_counter()
-        fit(
-            student,
-            data,
-            None,
-            stages=stages,
-            setup=w.setup,
-            batch_size=w.batch_size,
-            seed=w.seed,
-            device=self.device,
-            targets=targets,
-            progress=False,
-        )
+        self.w.fit_one_epoch(student, data, stages, self.device, targets)
         return (time.perf_counter() - start) / self.steps
 
     def streamed(self) -> CachedDataset:

@@ -25,7 +25,9 @@ from kdcache.datasets import SampleDataset, TensorDataset
 from kdcache.experiment import build_student, cache_targets, load_split, loss_setup, view_transform
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
+from kdcache.stream import ViewDataset
 from kdcache.targets import Target, build_target
+from kdcache.train import TargetSource, cached_targets, fit
 from kdcache.views import ViewTransform
 
 DIGITS_PIPELINE = Path("pipelines/digits_kd.yaml")
@@ -52,6 +54,28 @@ class Workload:
     @property
     def target_names(self) -> list[str]:
         return [t.name for t in self.targets]
+
+    def fit_one_epoch(
+        self,
+        student: nn.Module,
+        data: ViewDataset,
+        stages: list[StageConfig],
+        device: str,
+        targets: TargetSource = cached_targets,
+    ) -> None:
+        """Train ``student`` for ``stages`` (one epoch each in the bench) on ``data``, as stage two would."""
+        fit(
+            student,
+            data,
+            None,
+            stages=stages,
+            setup=self.setup,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=device,
+            targets=targets,
+            progress=False,
+        )
 
 
 def generated_images(num_samples: int, num_classes: int, *, channels: int = 3, size: int = 32, seed: int = 0):

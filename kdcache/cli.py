@@ -146,9 +146,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from kdcache.store import open_cache
-    from kdcache.summary import print_store
+    from kdcache.summary import plot_storage, print_store
 
-    print_store(open_cache(args.store))
+    cache = open_cache(args.store)
+    print_store(cache)
+    if args.png is not None:
+        print(f"wrote {plot_storage(cache, args.png)} (bytes per sample by teacher and array)")
     return 0
 
 
@@ -286,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print a store's manifest in readable form")
     inspect.add_argument("store", help="store path or URL")
+    inspect.add_argument("--png", type=Path, help="also plot the storage breakdown (bytes per sample) to this PNG")
     inspect.set_defaults(func=cmd_inspect)
 
     def store_command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from kdcache.experiment import (
 )
 from kdcache.metrics import METRIC_TITLES, TASK_METRICS
 from kdcache.report import markdown_table, pct, plot_curves, render_table, write_json
+from kdcache.store import open_cache
+from kdcache.summary import plot_storage
 from kdcache.train import EpochLog, TrainResult
 
 
@@ -93,7 +95,8 @@ def _report(
     configs: dict[str, PipelineConfig],
     reach: dict[str, EpochLog | None],
 ) -> None:
-    """The results and store tables (terminal and results.md) and the primary metric's curves (curves.png)."""
+    """The results and store tables (terminal and results.md), the primary metric's curves (curves.png) and the
+    pipeline store's bytes per sample by array (storage.png)."""
     metrics = TASK_METRICS[cfg.data.task]
     header = ["model", "views", *(f"test {METRIC_TITLES[m]}" for m in metrics), "epochs to reach scratch's final",
               "wall time (s)"]  # fmt: skip
@@ -135,6 +138,7 @@ def _report(
         reference={"teacher": teacher_metrics[metrics[0]]},
         title=cfg.name,
     )
+    plot_storage(open_cache(cfg.store_url), output_path(cfg, "storage.png"))
 
 
 def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:

@@ -1,6 +1,8 @@
-"""Readable summaries of a store (``kdcache inspect``)."""
+"""Readable summaries of a store (``kdcache inspect``): tables, and the storage breakdown as a PNG."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -17,6 +19,61 @@ from kdcache.store.reader import Cache
 def array_bytes(cache: Cache, path: str) -> int:
     """Bytes on disk of one array's committed shards."""
     return sum(c.files[path].nbytes for c in cache.manifest.all_commits() if path in c.files)
+
+
+SHARED = "shared by all teachers"
+OVERHEAD = "metadata, manifests, locks"
+
+
+def storage_breakdown(cache: Cache) -> dict[str, dict[str, float]]:
+    """Bytes per sample on disk: each teacher's arrays (``logits``, ``logits_topk/values``, ...), the arrays every teacher
+    shares (labels, view parameters), and the rest of the store (zarr.json files, manifests), which the rows sum to.
+    """
+    m, n = cache.manifest, max(cache.num_samples, 1)
+    rows: dict[str, dict[str, float]] = {}
+    for name, teacher in sorted(m.teachers.items()):
+        rows[name] = {
+            rel: array_bytes(cache, rec.path) / n
+            for target in teacher.targets.values()
+            for rel, rec in sorted(target.arrays.items())
+        }
+    shared = {path: array_bytes(cache, path) / n for path in sorted(m.samples.arrays)}
+    counted = sum(sum(row.values()) for row in rows.values()) + sum(shared.values())
+    rows[SHARED] = {**shared, OVERHEAD: cache.location.disk_usage() / n - counted}
+    return rows
+
+
+def plot_storage(cache: Cache, path: Path) -> Path:
+    """Horizontal stacked bars of :func:`storage_breakdown`, one bar per teacher and one for the shared part."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = storage_breakdown(cache)
+    parts = sum(len(r) for r in rows.values())
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.5 * len(rows) + 0.18 * parts))
+    colors = iter(plt.get_cmap("tab20").colors * 4)
+    widest = 0.0
+    for y, (row, sizes) in enumerate(rows.items()):
+        left = 0.0
+        for part, size in sizes.items():
+            ax.barh(y, size, left=left, color=next(colors), edgecolor="black", linewidth=0.4, label=f"{row}: {part}")
+            left += size
+        ax.annotate(f"{left:,.1f} B", (left, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        widest = max(widest, left)
+    ax.set_xlim(0, 1.18 * widest)  # room for the totals
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.invert_yaxis()
+    ax.set_xlabel("bytes on disk per sample")
+    ax.set_title(f"{cache.url}\n{cache.location.disk_usage():,} bytes, {cache.num_samples:,} samples", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / len(rows)), ncol=2)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def print_store(cache: Cache, console: Console | None = None) -> None:

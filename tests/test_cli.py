@@ -46,12 +46,14 @@ def test_run_inspect_and_train_without_teacher(tmp_path: Path):
     assert set(summary["students"]) == {"scratch", "online", "cached"}
     assert summary["teacher"]["test"]["accuracy"] > 0.5
     assert summary["store"]["bytes"] > 240 * 20  # at least the fp16 logits themselves
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("curves.png", "storage.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    inspected = kdcache("inspect", str(out / "cache" / "train.zarr"))
+    inspected = kdcache("inspect", str(out / "cache" / "train.zarr"), "--png", str(tmp_path / "inspect.png"))
     assert inspected.returncode == 0, inspected.stderr
-    for text in ("status: complete", "cnn64", "logits", "(240, 1, 10)", "float16"):
+    for text in ("status: complete", "cnn64", "logits", "(240, 1, 10)", "float16", "inspect.png"):
         assert text in inspected.stdout
+    assert (tmp_path / "inspect.png").read_bytes() == (out / "storage.png").read_bytes()  # one plot, two commands
 
     (out / "teacher.safetensors").unlink()
     trained = kdcache("train", "pipelines/digits_kd.yaml", "--quiet", *with_sets([*sets, "teacher.train=null"]))

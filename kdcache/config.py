@@ -249,7 +249,7 @@ SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
 
 
 class RunSettings(Section):
-    """What every pipeline has, whatever its ``method``: name, seed, device, output directory, data and views."""
+    """What every pipeline has, whatever its ``method``: name, seed, device, output directory, data, views, cache."""
 
     name: str
     method: str = "distill"
@@ -258,10 +258,21 @@ class RunSettings(Section):
     output_dir: Path | None = None
     data: DataConfig
     views: ViewsConfig = ViewsConfig()
+    cache: CacheConfig = CacheConfig()
 
     @property
     def out(self) -> Path:
         return self.output_dir or Path("runs") / self.name
+
+    @property
+    def store_url(self) -> str:
+        """``cache.store``, else ``<output_dir>/cache/<train split><store_suffix>.zarr``."""
+        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}{self.store_suffix}.zarr")
+
+    @property
+    def store_suffix(self) -> str:
+        """What tells this method's default store apart from others in the same output directory."""
+        return ""
 
 
 class PipelineConfig(RunSettings):
@@ -270,7 +281,6 @@ class PipelineConfig(RunSettings):
     method: Literal["distill"] = "distill"
     teacher: TeacherConfig
     student: StudentConfig
-    cache: CacheConfig = CacheConfig()
     compare: list[VariantConfig] = Field(default=["scratch", "online", "cached"], min_length=1, validate_default=True)
     scratch_losses: list[LossConfig] = [LossConfig(name="ce")]
 
@@ -346,11 +356,9 @@ class PipelineConfig(RunSettings):
         return self.teacher.checkpoint or self.out / "teacher.safetensors"
 
     @property
-    def store_url(self) -> str:
-        """``cache.store``, else ``<output_dir>/cache/<train split>.zarr`` (``<split>-<V>views.zarr`` for V > 1 views,
-        so stores of different view counts live side by side)."""
-        views = f"-{self.views.count}views" if self.views.count > 1 else ""
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}{views}.zarr")
+    def store_suffix(self) -> str:
+        """``-<V>views`` for V > 1 views, so stores of different view counts live side by side."""
+        return f"-{self.views.count}views" if self.views.count > 1 else ""
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:

@@ -66,7 +66,8 @@ def plot_storage(cache: Cache, path: Path) -> Path:
     ax.set_yticks(range(len(rows)), list(rows))
     ax.invert_yaxis()
     ax.set_xlabel("bytes on disk per sample")
-    ax.set_title(f"{cache.url}\n{cache.location.disk_usage():,} bytes, {cache.num_samples:,} samples", fontsize=9)
+    total = round(sum(sum(r.values()) for r in rows.values()) * max(cache.num_samples, 1))  # the bars sum to the store
+    ax.set_title(f"{cache.url}\n{total:,} bytes, {cache.num_samples:,} samples", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / len(rows)), ncol=2)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

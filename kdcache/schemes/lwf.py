@@ -20,7 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdcache.checkpoint import load_model, read_spec, save_model
-from kdcache.config import CacheConfig, RunSettings, Section, StageConfig, TeacherConfig
+from kdcache.config import RunSettings, Section, StageConfig, TeacherConfig
 from kdcache.datasets import ClassSubset, SampleDataset
 from kdcache.errors import CheckpointError
 from kdcache.experiment import load_split, view_transform
@@ -83,7 +83,6 @@ class LwFPipeline(RunSettings):
     """``method: lwf``: data, views and cache as in every pipeline, plus the ``lwf:`` section."""
 
     method: Literal["lwf"]
-    cache: CacheConfig = CacheConfig()
     lwf: LwFSection
 
     @model_validator(mode="after")
@@ -96,8 +95,8 @@ class LwFPipeline(RunSettings):
         return self
 
     @property
-    def store_url(self) -> str:
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}-new-task.zarr")
+    def store_suffix(self) -> str:
+        return "-new-task"  # the old model's outputs on the new task's data
 
     @property
     def old_checkpoint(self) -> Path:

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdcache.checkpoint import save_model
-from kdcache.config import CacheConfig, LossConfig, ModelConfig, RunSettings, Section, StageConfig
+from kdcache.config import LossConfig, ModelConfig, RunSettings, Section, StageConfig
 from kdcache.datasets import SampleDataset
 from kdcache.errors import ConfigError
 from kdcache.experiment import load_split, view_transform
@@ -60,7 +60,6 @@ class RocketPipeline(RunSettings):
     """``method: rocket``: data, views and cache as in every pipeline, plus the ``rocket:`` section."""
 
     method: Literal["rocket"]
-    cache: CacheConfig = CacheConfig()
     rocket: RocketSection
 
     @model_validator(mode="after")
@@ -72,10 +71,6 @@ class RocketPipeline(RunSettings):
         if "offline_kd" in self.rocket.rows and "rocket" not in self.rocket.rows:
             raise ValueError("the offline_kd row learns from the booster of the rocket row; list rocket in rows too")
         return self
-
-    @property
-    def store_url(self) -> str:
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}.zarr")
 
 
 def rocket_network(cfg: RocketPipeline, *, share: bool = True) -> MultiHeadNet:

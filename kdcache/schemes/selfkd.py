@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdcache.checkpoint import save_model
-from kdcache.config import CacheConfig, ModelConfig, RunSettings, Section, StageConfig, TrainConfig
+from kdcache.config import ModelConfig, RunSettings, Section, StageConfig, TrainConfig
 from kdcache.datasets import SampleDataset
 from kdcache.experiment import device_of, eval_views, load_split, view_transform
 from kdcache.models import build_model
@@ -40,7 +40,6 @@ class SelfKDPipeline(RunSettings):
     """``method: selfkd``: data, views and cache as in every pipeline, plus the ``selfkd:`` section."""
 
     method: Literal["selfkd"]
-    cache: CacheConfig = CacheConfig()
     selfkd: SelfKDSection
 
     @model_validator(mode="after")
@@ -57,10 +56,6 @@ class SelfKDPipeline(RunSettings):
             if read := sorted({t for loss in stage.losses for t in loss.teacher_targets()}):
                 raise ValueError(f"selfkd.train (generation 0) has no teacher, but stage {stage.name!r} reads {read}")
         return self
-
-    @property
-    def store_url(self) -> str:
-        return self.cache.store or str(self.out / "cache" / f"{self.data.train_split}.zarr")
 
     def teacher_name(self, generation: int) -> str:
         return f"{self.selfkd.teacher_prefix}{generation}"

@@ -1,10 +1,11 @@
 """kdcache: knowledge distillation with cached teachers.
 
-Stage one (:func:`precompute`) runs a frozen teacher once and writes its targets into a sharded Zarr v3 store;
-stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`) into student training.
+Stage one (:func:`precompute`, :func:`precompute_on_dask`) runs a frozen teacher once and writes its targets into a
+sharded Zarr v3 store; stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`,
+:func:`fit`) into student training. Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
+The layers and what each package owns: docs/design.md.
 """
 
-from kdcache.config import PipelineConfig, RunSettings, load_pipeline
 from kdcache.datasets import (
     ClassSubset,
     DigitsSegmentation,
@@ -13,20 +14,31 @@ from kdcache.datasets import (
     TensorDataset,
     VOCSegmentation,
 )
-from kdcache.distributed import precompute_on_dask
 from kdcache.errors import KdcacheError
-from kdcache.hdf5 import export_hdf5, import_hdf5
 from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
 from kdcache.models import MultiHeadNet
-from kdcache.precompute import PrecomputeReport, precompute
-from kdcache.recompute import FidelityReport, Tolerance, recompute_check
-from kdcache.stats import TeacherStats, store_stats
-from kdcache.store import Cache, open_cache
-from kdcache.stream import Batch, CachedDataset, ViewDataset, batch_loader, set_loader_epoch
-from kdcache.targets import TARGETS, build_target
-from kdcache.targets.ensemble import Ensemble, ProbabilityEnsemble
+from kdcache.pipeline import PipelineConfig, RunSettings, load_pipeline, run_pipeline
+from kdcache.precompute import PrecomputeReport, StageOneJob, precompute, precompute_on_dask
+from kdcache.registry import Factory
+from kdcache.store import Cache, Requirements, open_cache
+from kdcache.targets import TARGETS, Ensemble, ProbabilityEnsemble, build_target
+from kdcache.tools.stats import TeacherStats, store_stats
+from kdcache.tools.transfer import export_hdf5, import_hdf5
+from kdcache.tools.verify import FidelityReport, Tolerance, recompute_check
+from kdcache.train import (
+    Batch,
+    CachedDataset,
+    LossConfig,
+    OptimizerConfig,
+    StageConfig,
+    ViewDataset,
+    World,
+    batch_loader,
+    fit,
+    process_group,
+    set_loader_epoch,
+)
 from kdcache.views import VIEW_OPS, ViewTransform, build_view_op
-from kdcache.world import World, process_group
 
 __version__ = "0.1.0"
 
@@ -37,18 +49,24 @@ __all__ = [
     "Batch",
     "Cache",
     "CachedDataset",
-    "Ensemble",
     "ClassSubset",
-    "FidelityReport",
     "DigitsSegmentation",
+    "Ensemble",
+    "Factory",
+    "FidelityReport",
     "HDF5Dataset",
     "KdcacheError",
+    "LossConfig",
     "MultiHeadNet",
+    "OptimizerConfig",
     "PipelineConfig",
     "PrecomputeReport",
     "ProbabilityEnsemble",
+    "Requirements",
     "RunSettings",
     "SampleDataset",
+    "StageConfig",
+    "StageOneJob",
     "TeacherStats",
     "TensorDataset",
     "Tolerance",
@@ -59,17 +77,19 @@ __all__ = [
     "batch_loader",
     "build_objective",
     "build_target",
-    "export_hdf5",
-    "import_hdf5",
     "build_view_op",
+    "export_hdf5",
+    "fit",
+    "import_hdf5",
     "kd_divergence",
-    "logit_hint",
     "load_pipeline",
+    "logit_hint",
     "open_cache",
     "precompute",
     "precompute_on_dask",
     "process_group",
     "recompute_check",
+    "run_pipeline",
     "set_loader_epoch",
     "store_stats",
 ]

@@ -7,12 +7,20 @@ student's capture is comparable with the cached teacher's.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from kdcache.errors import LayerNotFoundError
-from kdcache.targets.base import TeacherOutputs
+
+
+@dataclass
+class ModelOutputs:
+    """What one forward pass of a model gives targets and losses: logits plus the captured layers by module path."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def find_module(model: nn.Module, path: str) -> nn.Module:
@@ -55,10 +63,10 @@ class LayerCapture:
         self.close()
 
 
-def forward_with_capture(model: nn.Module, inputs: torch.Tensor, capture: LayerCapture | None) -> TeacherOutputs:
+def forward_with_capture(model: nn.Module, inputs: torch.Tensor, capture: LayerCapture | None) -> ModelOutputs:
     """Run ``model`` and collect its logits with the layers ``capture`` watches."""
     if capture is not None:
         capture.outputs.clear()
     logits = model(inputs)
     features = dict(capture.outputs) if capture is not None else {}
-    return TeacherOutputs(logits=logits, features=features)
+    return ModelOutputs(logits=logits, features=features)

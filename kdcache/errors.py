@@ -38,6 +38,10 @@ class StoreMismatchError(KdcacheError, ValueError):
     """The store does not describe what it is being used with (dataset, teacher, classes, views, shapes)."""
 
 
+class TargetMismatchError(KdcacheError, ValueError):
+    """A teacher target does not fit the student it is compared with (shape, channels, classes), cached or live."""
+
+
 class DestinationExistsError(KdcacheError, FileExistsError):
     """kdcache would write a file or store where one already exists; nothing was overwritten."""
 

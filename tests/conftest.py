@@ -14,13 +14,13 @@ import pytest
 import s3fs
 import torch
 
-from kdcache.config import PipelineConfig, parse_pipeline
 from kdcache.datasets import HDF5Dataset, Subset
 from kdcache.models import DigitsCNN
+from kdcache.pipeline import PipelineConfig, parse_pipeline
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.store import open_cache
-from kdcache.stream import CachedDataset
 from kdcache.targets import build_target
+from kdcache.train import CachedDataset
 from kdcache.views import ViewTransform
 
 ROOT = Path(__file__).resolve().parents[1]

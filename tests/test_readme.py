@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from kdcache import kd_divergence
-from kdcache.config import parse_pipeline
-from kdcache.experiment import ensure_teacher
 from kdcache.models import DigitsCNN
+from kdcache.pipeline import parse_pipeline
+from kdcache.pipeline.teacher import ensure_teacher
 from tests.conftest import ROOT, pipeline_dict
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import TargetMismatchError
 from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
 from kdcache.losses.dense import labelled_positions, resize_to
 from kdcache.losses.response import kd_divergence
@@ -58,7 +58,7 @@ class FSPLoss(LossTerm):
             student = fsp_matrix(out.features[a], out.features[b])
             teacher = out.teacher[target]
             if student.shape != teacher.shape:
-                raise StoreMismatchError(
+                raise TargetMismatchError(
                     f"FSP pair {target}: the student's matrix is {tuple(student.shape[1:])} but the teacher's is "
                     f"{tuple(teacher.shape[1:])}. FSP needs equal channel counts at both layers; pick other layers"
                 )
@@ -111,7 +111,7 @@ class FeatureDistillation(LossTerm):
         student, teacher = out.features[self.student_layers()[0]], out.teacher[self.params.target]
         if student.shape[1] != teacher.shape[1] and self.regressor is None:
             if not self.params.regressor:
-                raise StoreMismatchError(
+                raise TargetMismatchError(
                     f"{self.params.target}: student has {student.shape[1]} channels, teacher {teacher.shape[1]}; "
                     "set regressor: true to learn a 1x1 projection, or pick a student layer with matching channels"
                 )

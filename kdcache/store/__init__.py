@@ -1,21 +1,42 @@
-"""The on-disk store: the only package that imports zarr. See docs/store-format.md."""
+"""The on-disk store: the only package that imports zarr; it knows arrays and manifests, not networks or datasets.
 
-from kdcache.store.layout import FORMAT_VERSION, ArraySpec, check_name, plan_shard_samples, shard_ranges, teacher_path
-from kdcache.store.location import StoreLocation
-from kdcache.store.manifest import Manifest, read_manifest
-from kdcache.store.reader import ArrayReader, Cache, open_cache, scrub
+See docs/store-format.md. Writing: :class:`StoreBuilder` (commit whole shards, publish the manifest last) under a
+:class:`StoreLock`. Reading: :func:`open_cache` gives a validated :class:`Cache`; :meth:`Cache.require` checks in one
+call that the store fits a run (:class:`Requirements`); :class:`ArrayReader` reads rows a batch at a time.
+"""
+
+from kdcache.store.arrays import ArrayReader
+from kdcache.store.layout import (
+    FORMAT_VERSION,
+    SAMPLES_OWNER,
+    VIEW_PARAMS,
+    ArraySpec,
+    plan_shard_samples,
+    shard_ranges,
+    teacher_path,
+)
+from kdcache.store.location import StoreLocation, io_errors
+from kdcache.store.lock import StoreLock
+from kdcache.store.manifest import Manifest, library_versions, read_manifest
+from kdcache.store.reader import Cache, open_cache, scrub
+from kdcache.store.requirements import Requirements
 from kdcache.store.writer import StoreBuilder, TargetLayout
 
 __all__ = [
     "FORMAT_VERSION",
+    "SAMPLES_OWNER",
+    "VIEW_PARAMS",
     "ArrayReader",
     "ArraySpec",
     "Cache",
     "Manifest",
+    "Requirements",
     "StoreBuilder",
     "StoreLocation",
+    "StoreLock",
     "TargetLayout",
-    "check_name",
+    "io_errors",
+    "library_versions",
     "open_cache",
     "plan_shard_samples",
     "read_manifest",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from kdcache.errors import UnsafeNameError
+from kdcache.names import Compressor, check_name
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "kdcache.manifest.json"
@@ -16,29 +14,12 @@ COMMITS_PREFIX = ".kdcache/commits"
 SAMPLES_OWNER = "samples"
 VIEW_PARAMS = "views/params"  # (N, V, P) float32: the numbers each augmented view was drawn with (samples owner)
 
-Compressor = Literal["none", "lz4", "zstd"]
 # Codecs a kdcache store may use; anything else in an array's metadata is refused when the store is opened.
 ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "crc32c", "blosc", "zstd", "transpose"})
 
 TARGET_CHUNK_BYTES = 512 * 1024  # inner chunk = read unit: large enough that zarr's per-call cost is amortised
 TARGET_SHARD_BYTES = 32 * 1024 * 1024  # shard = write unit (PERFORMANCE.md: 16k samples of 1000-class fp16 logits)
 MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES = 64, 65536
-
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def check_name(name: str, *, what: str) -> str:
-    """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
-
-    ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.
-    """
-    segments = name.split("/")
-    if not name or name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
-        raise UnsafeNameError(
-            f"{what} name {name!r} is not allowed: use letters, digits, '_', '.', '-' (and '/' between levels), "
-            "with no empty, '.' or '..' level and no leading '/'"
-        )
-    return name
 
 
 def teacher_path(teacher: str, array: str) -> str:

@@ -8,6 +8,7 @@ differs is corrupt. While a store is being built each finished shard gets its ow
 from __future__ import annotations
 
 import json
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +18,7 @@ from kdcache.store.layout import COMMITS_PREFIX, FORMAT_VERSION, MANIFEST_KEY
 from kdcache.store.location import StoreLocation
 
 Status = Literal["building", "complete"]
+RECORDED_LIBRARIES = ("kdcache", "zarr", "numcodecs", "numpy", "torch")  # the libraries that shape a store's bytes
 
 
 class _Record(BaseModel):
@@ -159,3 +161,14 @@ def read_commits(location: StoreLocation, owner: str) -> dict[int, ShardCommit]:
         if commit.owner == owner:
             commits[commit.index] = commit
     return commits
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a store's bytes, as the manifest records them."""
+    found = {}
+    for name in RECORDED_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

@@ -9,16 +9,17 @@ therefore see the same kind of object from a cache and from a live teacher.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from kdcache.capture import ModelOutputs
 from kdcache.errors import NonFiniteTargetError, TargetOverflowError
+from kdcache.names import Compressor
 from kdcache.registry import Registry
-from kdcache.store.layout import Compressor
 
 FLOAT_LIMITS = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
 
@@ -27,14 +28,6 @@ class TargetParams(BaseModel):
     """Base of every target kind's parameters: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass
-class TeacherOutputs:
-    """What one forward pass of a model gives the targets: logits plus the captured layers by module path."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ class Target(ABC):
         return []
 
     @abstractmethod
-    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         """The float32 target, ``(B, ...)``, exactly as a loss would use it from a live teacher."""
 
     @abstractmethod

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdcache.store.layout import check_name
-from kdcache.targets.base import TARGETS, TeacherOutputs
+from kdcache.capture import ModelOutputs
+from kdcache.names import check_name
+from kdcache.targets.base import TARGETS
 from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
 
@@ -47,7 +48,7 @@ class FeaturesTarget(_LayerTarget):
     Params = FeaturesParams
     params: FeaturesParams
 
-    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         value = outputs.features[self.params.layer].float()
         if self.params.pool is not None and value.dim() == 4:
             value = F.adaptive_avg_pool2d(value, self.params.pool)
@@ -62,7 +63,7 @@ class EmbeddingTarget(_LayerTarget):
     prefix = "embedding"
     Params = LayerParams
 
-    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         return embedding_of(outputs.features[self.params.layer])
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from kdcache.store.layout import Compressor
+from kdcache.names import Compressor
 from kdcache.targets.base import StoredArray, Target, TargetParams
 
 FloatDtype = Literal["float16", "bfloat16", "float32"]

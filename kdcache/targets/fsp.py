@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
-from kdcache.store.layout import check_name
-from kdcache.targets.base import TARGETS, TeacherOutputs
+from kdcache.names import check_name
+from kdcache.targets.base import TARGETS
 from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
 
@@ -48,6 +49,6 @@ class FSPTarget(FloatArrayTarget):
     def teacher_layers(self) -> list[str]:
         return list(self.params.layers)
 
-    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         a, b = self.params.layers
         return fsp_matrix(outputs.features[a].float(), outputs.features[b].float())

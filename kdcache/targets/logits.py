@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
-from kdcache.store.layout import Compressor
-from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, TeacherOutputs
+from kdcache.names import Compressor
+from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams
 from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
 
 
@@ -76,7 +77,7 @@ class LogitsTarget(Target):
     def name(self) -> str:
         return "logits" if self.params.encoding == "dense" else f"logits_{self.params.encoding}"
 
-    def extract(self, outputs: TeacherOutputs) -> torch.Tensor:
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         return outputs.logits.float()
 
     def value_dtype(self) -> str | None:

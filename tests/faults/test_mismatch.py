@@ -11,9 +11,9 @@ import shutil
 import h5py
 import pytest
 
-from kdcache.config import parse_pipeline
 from kdcache.errors import KdcacheError, StoreIncompleteError, StoreMismatchError
-from kdcache.experiment import run_precompute, train_student
+from kdcache.pipeline import parse_pipeline
+from kdcache.pipeline.distill import run_precompute, train_student
 from kdcache.store import read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import write_manifest
@@ -105,7 +105,7 @@ def test_other_teacher_weights_are_refused_unless_the_logged_override_is_set(tmp
     cfg = parse_pipeline(raw)
     cfg.teacher_checkpoint.unlink()
     retrained = with_changes(raw, seed=7)  # a teacher trained again from another seed: same architecture
-    from kdcache.experiment import ensure_teacher
+    from kdcache.pipeline.teacher import ensure_teacher
 
     ensure_teacher(parse_pipeline(retrained), progress=False)
     outcome = Outcome("mismatch", "teacher-weights")

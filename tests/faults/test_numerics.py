@@ -11,8 +11,8 @@ from kdcache.errors import NonFiniteTargetError, TargetOverflowError
 from kdcache.precompute import precompute
 from kdcache.store import open_cache, read_manifest, scrub
 from kdcache.store.location import StoreLocation
-from kdcache.stream import CachedDataset
 from kdcache.targets import build_target
+from kdcache.train import CachedDataset
 from tests.faults.ledger import Outcome, clear_error, record
 
 

@@ -21,7 +21,7 @@ import zarr
 from torch import nn
 
 from kdcache import TensorDataset, ViewTransform, build_target, build_view_op, precompute
-from kdcache.versions import library_versions
+from kdcache.store import library_versions
 
 GOLDEN = Path(__file__).parent / "golden"
 LIBRARY_BLOCK = re.compile(rb'"library": \{[^}]*\}')
@@ -95,9 +95,7 @@ def test_store_bytes_are_pinned(tmp_path: Path) -> None:
             (GOLDEN / rel).parent.mkdir(parents=True, exist_ok=True)
             (GOLDEN / rel).write_bytes(raw)
         (GOLDEN / "array-digests.json").write_text(json.dumps(digests, indent=1) + "\n")
-    expected_docs = {
-        p.relative_to(GOLDEN).as_posix(): p.read_bytes() for p in sorted(GOLDEN.rglob("*")) if p.is_file()
-    }
+    expected_docs = {p.relative_to(GOLDEN).as_posix(): p.read_bytes() for p in sorted(GOLDEN.rglob("*")) if p.is_file()}
     expected_digests = json.loads(expected_docs.pop("array-digests.json"))
     assert sorted(docs) == sorted(expected_docs)
     for rel, raw in docs.items():

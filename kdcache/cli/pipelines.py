@@ -1,0 +1,106 @@
+"""The commands that run a pipeline file: ``precompute``, ``train``, ``run`` and ``plan``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from kdcache.errors import ConfigError
+from kdcache.pipeline import RunSettings, load_pipeline, plan_storage, run_pipeline, run_precompute, train_student
+from kdcache.pipeline.compare import rate_text
+from kdcache.tables import render_table
+from kdcache.train import World
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def load(args: argparse.Namespace) -> RunSettings:
+    """The validated pipeline of ``args`` (its ``--set`` overrides applied); only ``run`` takes scheme pipelines."""
+    cfg = load_pipeline(args.pipeline, args.set)
+    if cfg.method != "distill" and args.command != "run":
+        raise ConfigError(
+            f"{args.pipeline} is a method {cfg.method!r} pipeline, which only `kdcache run` runs (its stages depend "
+            f"on each other); `kdcache {args.command}` takes method distill pipelines"
+        )
+    return cfg
+
+
+def precompute(args: argparse.Namespace) -> int:
+    report = run_precompute(
+        load(args), progress=not args.quiet, workers=args.workers, scheduler=args.scheduler, break_lock=args.break_lock
+    )
+    acc = "—" if report.accuracy is None else f"{100 * report.accuracy:.2f}%"
+    print(
+        f"{report.store}: teacher {report.teacher!r} — {report.shards_written} shard(s) written, "
+        f"{report.shards_skipped} already committed, {rate_text(report)} samples/s, "
+        f"{'complete' if report.complete else 'incomplete'}, accuracy on cached samples {acc}"
+    )
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
+    run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume)
+    if world.is_main:
+        metrics = ", ".join(f"{k} {100 * v:.2f}%" for k, v in run.metrics.items())
+        print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    run_pipeline(load(args), progress=not args.quiet)
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    rows = plan_storage(load(args))
+    table = [
+        [r["target"], r["array"], str(tuple(r["shape"])), r["dtype"], f"{r['bytes_per_sample']:,}",
+         f"{r['total_bytes'] / 1e6:,.2f}", str(r["chunk_samples"]), str(r["shard_samples"]), r["compressor"]]
+        for r in rows
+    ]  # fmt: skip
+    total = sum(r["total_bytes"] for r in rows)
+    per_sample = sum(r["bytes_per_sample"] for r in rows)
+    table.append(["total", "", "", "", f"{per_sample:,}", f"{total / 1e6:,.2f}", "", "", ""])
+    header = ["target", "array", "shape", "dtype", "bytes/sample", "MB (uncompressed)", "chunk", "shard", "codec"]
+    render_table("storage plan", header, table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the pipeline commands to the ``kdcache`` parser."""
+    p = _pipeline_parser(
+        sub, "precompute", precompute, "stage one: run the teacher once and write its targets to the store"
+    )
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="run on a dask LocalCluster of N one-thread worker processes, one task per shard range "
+                              "(without --workers or --scheduler: in this process)")  # fmt: skip
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="run on the existing dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)")  # fmt: skip
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the store's writer lock left by a writer that died (never while it still runs)")  # fmt: skip
+    p = _pipeline_parser(sub, "train", train,
+                         "stage two: train the student from the store (under torchrun: DDP, one rank per process)")  # fmt: skip
+    p.add_argument("--variant", default="cached",
+                   help="a variant of the pipeline's compare list, or scratch / online / cached (the target source)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start "
+                        "if absent)")  # fmt: skip
+    _pipeline_parser(sub, "plan", plan, "bytes per sample and store size of each target, before any teacher runs")
+    _pipeline_parser(sub, "run", run,
+                     "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)")  # fmt: skip
+
+
+def _pipeline_parser(
+    sub: argparse._SubParsersAction, name: str, func: Command, help_text: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("pipeline", help="pipeline YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. student.train.stages.0.epochs=2")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
+    return p

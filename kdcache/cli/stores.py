@@ -1,0 +1,112 @@
+"""The commands that take a store: ``inspect``, ``verify``, ``export``, ``import`` and ``stats``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kdcache.pipeline import load_pipeline
+from kdcache.pipeline.report import plot_storage
+from kdcache.store import open_cache
+from kdcache.tools.inspect import print_fidelity, print_scrub, print_store
+from kdcache.tools.stats import report_stats
+from kdcache.tools.transfer import export_hdf5, import_hdf5
+from kdcache.tools.verify import Tolerance, recompute_pipeline_store
+
+VERIFY_HELP = (
+    "check a store: without --recompute, its metadata and the size and SHA-256 of every committed shard file; with "
+    "--recompute N, re-run the pipeline's teacher on N random (sample, view) pairs and compare with the cache. Exits "
+    "1 when a check fails"
+)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    cache = open_cache(args.store)
+    print_store(cache)
+    if args.png is not None:
+        print(f"wrote {plot_storage(cache, args.png)} (bytes per sample by teacher and array)")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    path = export_hdf5(args.store, args.out, progress=not args.quiet)
+    print(f"exported {args.store} to {path}")
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    cache = import_hdf5(args.file, args.store, progress=not args.quiet)
+    print(f"imported {args.file} into {cache.url}: {cache.num_samples} samples, teachers {cache.teachers}")
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    report_stats(args.store, args.out, temperature=args.temperature, bins=args.bins, progress=not args.quiet)
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    if args.recompute is None:
+        return 0 if print_scrub(args.store) else 1
+    report = recompute_pipeline_store(
+        load_pipeline(args.pipeline, args.set),
+        args.store,
+        pairs=args.recompute,
+        seed=args.seed,
+        tolerance=Tolerance(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine),
+        progress=not args.quiet,
+    )
+    print_fidelity(report)
+    return 0 if report.passed else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the store commands to the ``kdcache`` parser."""
+    p = sub.add_parser("inspect", help="print a store's manifest in readable form")
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--png", type=Path, help="also plot the storage breakdown (bytes per sample) to this PNG")
+    p.set_defaults(func=inspect)
+    p = _store_parser(sub, "export", export, "write a complete store's arrays and manifest to a new HDF5 file")
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("out", type=Path, help="HDF5 file to create")
+    p = _store_parser(sub, "import", import_, "build a new store from an HDF5 file made by `kdcache export`")
+    p.add_argument("file", type=Path, help="HDF5 file made by `kdcache export`")
+    p.add_argument("store", help="store path or URL to create")
+    p = _store_parser(sub, "stats", stats,
+                      "per-teacher accuracy, entropy, calibration (ECE, reliability PNG) and top-k mass")  # fmt: skip
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--out", type=Path, default=Path("runs/stats"), help="folder for stats.json and reliability.png")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the probabilities")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins of the calibration error")
+    _add_verify(sub)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = _store_parser(sub, "verify", verify, VERIFY_HELP)
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--recompute", type=int, metavar="N", help="re-run the teacher on N random (sample, view) pairs")
+    p.add_argument("--pipeline", help="pipeline YAML giving the teacher, dataset and views (needed by --recompute)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline value")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of pairs")
+    p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance per element")
+    p.add_argument("--rtol", type=float, default=1e-2, help="relative tolerance per element")
+    p.add_argument("--min-cosine", type=float, default=0.999, help="lowest cosine similarity a pair may have")
+
+
+def _store_parser(sub: argparse._SubParsersAction, name: str, func, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+    p = sub.add_parser(
+        name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
+    return p
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Argument rules argparse cannot express: ``verify --recompute N`` needs a pipeline and a positive N."""
+    if getattr(args, "recompute", None) is None:
+        return
+    if not args.pipeline:
+        parser.error("verify --recompute needs --pipeline P.yaml (the teacher, dataset and views to re-run)")
+    if args.recompute < 1:
+        parser.error(f"verify --recompute needs a positive number of pairs, got {args.recompute}")

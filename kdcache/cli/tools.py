@@ -1,0 +1,48 @@
+"""The commands that measure kdcache itself: ``fidelity`` (logits encodings) and ``bench`` (what caching buys)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kdcache.tools.bench import BenchSettings, run_bench
+from kdcache.tools.fidelity import report_fidelity
+
+
+def fidelity(args: argparse.Namespace) -> int:
+    report_fidelity(args.classes, args.out, progress=not args.quiet)
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    preset = BenchSettings.quick_preset if args.quick else BenchSettings.full
+    report = run_bench(args.out, preset(threads=args.threads, device=args.device), progress=not args.quiet)
+    missed = [g for g in report["goals"] if not g["met"]]
+    print((args.out / "bench.md").read_text())
+    print(
+        f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}: {len(report['goals']) - len(missed)} of "
+        f"{len(report['goals'])} goals met in {report['seconds']:.0f} s"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the measurement commands to the ``kdcache`` parser."""
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("fidelity", help="bytes and KL of each logits encoding, measured on real stores",
+                       formatter_class=defaults)  # fmt: skip
+    p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="teacher widths to measure")
+    p.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="where stores and tables go")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=fidelity)
+    p = sub.add_parser("bench", formatter_class=defaults,
+                       help="measure what caching costs and saves here: step time, stage-one and read throughput, "
+                            "bytes, memory")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes on 2 cores)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json and bench.md go")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch compute threads (default: CPU cores - 1, at least 1)"
+    )
+    p.add_argument("--device", default="cpu", help="device the students and teachers run on (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=bench)

@@ -1,0 +1,31 @@
+"""Names that end up as paths in a store (teachers, targets, layers) and the codec names arrays are stored with.
+
+Both are shared by the domain (a target names its arrays and picks their compressor) and the store (which creates
+the arrays), so they live below both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from kdcache.errors import UnsafeNameError
+
+Compressor = Literal["none", "lz4", "zstd"]
+"""Inner-chunk compressor of an array: none (logits barely compress), blosc-lz4, or blosc-zstd (features)."""
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def check_name(name: str, *, what: str) -> str:
+    """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
+
+    ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.
+    """
+    segments = name.split("/")
+    if not name or name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
+        raise UnsafeNameError(
+            f"{what} name {name!r} is not allowed: use letters, digits, '_', '.', '-' (and '/' between levels), "
+            "with no empty, '.' or '..' level and no leading '/'"
+        )
+    return name

@@ -1,0 +1,130 @@
+"""From a validated pipeline config to the objects the engines take: datasets, views, models, targets, devices.
+
+The two factories at the end (:func:`pipeline_teacher`, :func:`pipeline_train_split`) take the pipeline as plain
+JSON, so a dask task can name them as ``kdcache.pipeline.build:pipeline_teacher`` and a worker started anywhere
+rebuilds the teacher and the training split from the pipeline alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdcache.checkpoint import load_model, read_spec
+from kdcache.datasets import ClassSubset, SampleDataset, Subset, build_dataset
+from kdcache.errors import CheckpointError
+from kdcache.losses import LossSetup
+from kdcache.models import build_model
+from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.registry import Factory
+from kdcache.targets import Target, build_target
+from kdcache.views import ViewTransform, build_view_op
+
+
+def device_of(cfg: RunSettings) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def load_split(cfg: RunSettings, split: str) -> SampleDataset:
+    """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
+    ``max_*_samples`` when those are set."""
+    dataset = build_dataset(cfg.data.dataset, split, cfg.data.args)
+    if cfg.data.classes is not None:
+        dataset = ClassSubset(dataset, cfg.data.classes)
+    limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
+    if limit is not None and limit < len(dataset):
+        return Subset(dataset, np.arange(limit), tag=f"first-{limit}")
+    return dataset
+
+
+def view_transform(cfg: RunSettings) -> ViewTransform:
+    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation."""
+    return ViewTransform(
+        count=cfg.views.count,
+        seed=cfg.views.seed,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        augment=[build_view_op(op.op, op.params) for op in cfg.views.augment],
+    )
+
+
+def eval_views(cfg: RunSettings) -> ViewTransform:
+    """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
+    return view_transform(cfg).eval_view()
+
+
+def loss_setup(cfg: RunSettings) -> LossSetup:
+    return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index, task=cfg.data.task)
+
+
+def cache_targets(cfg: RunSettings) -> list[Target]:
+    return [build_target(t.kind, t.params) for t in cfg.cache.targets]
+
+
+def model_spec(cfg: PipelineConfig, role: str) -> dict[str, Any]:
+    """The architecture description of the teacher or student, as checkpoints and fingerprints record it."""
+    model = cfg.teacher.model if role == "teacher" else cfg.student.model
+    return {"arch": model.arch, "args": model.args, "num_classes": cfg.data.num_classes}
+
+
+def build_student(cfg: PipelineConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # every variant starts from the same initial weights
+    return build_model(cfg.student.model.arch, cfg.data.num_classes, cfg.student.model.args)
+
+
+def untrained_teacher(cfg: PipelineConfig) -> nn.Module:
+    return build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
+
+
+def load_teacher(cfg: PipelineConfig) -> nn.Module:
+    """The teacher from its checkpoint (never trained here: dask workers load, they do not train)."""
+    path = cfg.teacher_checkpoint
+    spec = model_spec(cfg, "teacher")
+    if not path.exists():
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} does not exist; run `kdcache precompute` without --workers/--scheduler "
+            "once to train it, or point teacher.checkpoint at it"
+        )
+    stored = read_spec(path)
+    if stored and stored != spec:
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} is a {stored}, but the pipeline's teacher is {spec}. "
+            "Point teacher.checkpoint at the right file or delete it to retrain"
+        )
+    return load_model(untrained_teacher(cfg), path).eval()
+
+
+def output_path(cfg: RunSettings, name: str) -> Path:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    return cfg.out / name
+
+
+# ------------------------------------------------------------------------------------------------ for dask workers
+def pipeline_teacher(pipeline: dict[str, Any]) -> nn.Module:
+    """The trained teacher of a pipeline given as JSON (a :class:`Factory` target for dask workers)."""
+    return load_teacher(_parse(pipeline))
+
+
+def pipeline_train_split(pipeline: dict[str, Any]) -> SampleDataset:
+    """The training split of a pipeline given as JSON (a :class:`Factory` target for dask workers)."""
+    cfg = _parse(pipeline)
+    return load_split(cfg, cfg.data.train_split)
+
+
+def pipeline_factories(cfg: PipelineConfig) -> tuple[Factory, Factory]:
+    """Factories of the pipeline's teacher and training split that any process with kdcache can build."""
+    pipeline = cfg.model_dump(mode="json")
+    return (
+        Factory("kdcache.pipeline.build:pipeline_teacher", kwargs={"pipeline": pipeline}),
+        Factory("kdcache.pipeline.build:pipeline_train_split", kwargs={"pipeline": pipeline}),
+    )
+
+
+def _parse(pipeline: dict[str, Any]) -> PipelineConfig:
+    return PipelineConfig.model_validate(pipeline)

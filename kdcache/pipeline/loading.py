@@ -1,0 +1,101 @@
+"""Reading pipeline files: YAML, ``--set key.sub=value`` overrides, validation against the model of the pipeline's
+``method``, and errors that say where the problem is and which keys are valid there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kdcache.errors import ConfigError
+from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.methods import METHODS
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
+    """Read and validate a pipeline YAML; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (name, data, teacher, student, ...)")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return parse_pipeline(raw, source=str(path))
+
+
+def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "<overrides>") -> PipelineConfig:
+    """``cfg`` with ``dotted.key=value`` overrides applied and validated again (e.g. one compare variant's ``set``)."""
+    raw = cfg.model_dump(mode="json")
+    for item in overrides:
+        _apply_override(raw, item)
+    return parse_pipeline(raw, source=source)  # type: ignore[return-value]
+
+
+def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSettings:
+    """Validate a pipeline dict against the model of its ``method`` (``distill`` unless it says otherwise)."""
+    model = pipeline_model(raw.get("method", "distill"))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid pipeline {source}:\n{_describe(exc, model)}") from None
+
+
+def pipeline_model(method: Any) -> type[RunSettings]:
+    """The pydantic model of a pipeline ``method``: distill, or a distillation scheme (:mod:`kdcache.pipeline.methods`)."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS.names())}")
+    return METHODS.get(method).config
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    dotted, value = item.split("=", 1)
+    node: Any = raw
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = yaml.safe_load(value)
+    else:
+        node[last] = yaml.safe_load(value)
+
+
+def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(err["loc"][:-1], root)
+            msg = f"unknown key; valid keys here: {valid}"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def _valid_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return "?"
+        model = _inner_model(field.annotation)
+    return ", ".join(model.model_fields) if hasattr(model, "model_fields") else "?"
+
+
+def _inner_model(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        inner = _inner_model(arg)
+        if hasattr(inner, "model_fields"):
+            return inner
+    return annotation

@@ -1,0 +1,64 @@
+"""The pipeline's teacher: loaded from its checkpoint, or trained and saved first when there is none.
+
+Training the teacher is the pipeline's job, not stage one's: the stage-one engine only ever receives a trained
+teacher (an object, or a factory that loads one).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from kdcache.checkpoint import save_model
+from kdcache.errors import CheckpointError
+from kdcache.metrics import task_metric
+from kdcache.pipeline.build import (
+    device_of,
+    eval_views,
+    load_split,
+    load_teacher,
+    loss_setup,
+    model_spec,
+    untrained_teacher,
+    view_transform,
+)
+from kdcache.pipeline.config import PipelineConfig
+from kdcache.train import ViewDataset, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+    """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist."""
+    path = cfg.teacher_checkpoint
+    if path.exists():
+        return load_teacher(cfg)
+    if cfg.teacher.train is None:
+        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train")
+    torch.manual_seed(cfg.seed)
+    teacher = untrained_teacher(cfg)
+    log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)
+    train = cfg.teacher.train
+    fit(
+        teacher,
+        ViewDataset(load_split(cfg, cfg.data.train_split), view_transform(cfg), policy="fresh"),
+        None,
+        stages=train.stages,
+        setup=loss_setup(cfg),
+        batch_size=train.batch_size,
+        seed=cfg.seed,
+        device=device_of(cfg),
+        progress=progress,
+        desc="teacher",
+    )
+    save_model(teacher.cpu(), path, spec=model_spec(cfg, "teacher"))
+    return teacher.eval()
+
+
+def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, float]:
+    """The teacher's test metrics on the eval view (accuracy; mIoU and pixel accuracy for segmentation)."""
+    test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
+    metric = task_metric(cfg.data.task, cfg.data.num_classes, cfg.data.ignore_index)
+    return evaluate(teacher, test, batch_size=256, device=device_of(cfg), metric=metric)

@@ -1,0 +1,75 @@
+"""What stage one runs: a frozen teacher over every (sample, view) of a dataset, producing named targets.
+
+A :class:`StageOneJob` holds the teacher and the dataset as objects or as :class:`~kdcache.registry.Factory`
+import paths. In one process either works. On dask the job travels to every worker once; with factories a worker
+started anywhere rebuilds the teacher and the dataset from code installed there, and checks that it built the same
+ones as the coordinator (fingerprints) before it writes a byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcache.datasets.base import SampleDataset
+from kdcache.errors import ConfigError
+from kdcache.registry import Factory
+from kdcache.targets import Target
+from kdcache.views import ViewTransform
+
+
+@dataclass(frozen=True)
+class StageOneJob:
+    """A teacher, a dataset, the views and the targets to cache, and how to run them.
+
+    * ``teacher``: an ``nn.Module`` or a :class:`Factory` that returns one (weights loaded);
+    * ``dataset``: a :class:`SampleDataset` or a :class:`Factory` that returns one;
+    * ``teacher_spec``: the JSON-able architecture description recorded in the teacher fingerprint (default: the
+      factory's description, else the module's class name);
+    * ``num_classes``: the class count recorded with the dataset (the teacher's output width).
+    """
+
+    teacher: nn.Module | Factory
+    dataset: SampleDataset | Factory
+    targets: tuple[Target, ...]
+    views: ViewTransform
+    num_classes: int
+    teacher_name: str = "teacher"
+    teacher_spec: dict[str, Any] | None = None
+    batch_size: int = 256
+    device: str = "cpu"
+    ignore_index: int = -100
+
+    def build_teacher(self) -> nn.Module:
+        teacher = self.teacher.build() if isinstance(self.teacher, Factory) else self.teacher
+        if not isinstance(teacher, nn.Module):
+            raise ConfigError(
+                f"the teacher must be a torch.nn.Module (or a factory returning one); got {type(teacher).__name__}"
+                + (f" from factory {self.teacher.target!r}" if isinstance(self.teacher, Factory) else "")
+            )
+        return teacher
+
+    def build_dataset(self) -> SampleDataset:
+        dataset = self.dataset.build() if isinstance(self.dataset, Factory) else self.dataset
+        if not isinstance(dataset, SampleDataset):
+            raise ConfigError(
+                f"the dataset must be a kdcache SampleDataset (or a factory returning one); got "
+                f"{type(dataset).__name__}. Wrap a torch Dataset with kdcache.datasets.TensorDataset or build one "
+                "with kdcache.datasets"
+            )
+        return dataset
+
+    def spec(self, teacher: nn.Module) -> dict[str, Any]:
+        """The architecture description recorded in the teacher's fingerprint."""
+        if self.teacher_spec is not None:
+            return self.teacher_spec
+        if isinstance(self.teacher, Factory):
+            return self.teacher.describe()
+        return {"class": type(teacher).__name__}
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)

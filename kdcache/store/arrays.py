@@ -1,0 +1,133 @@
+"""Rows of one array of a store, read a batch at a time: whole-array in RAM, or streamed whole chunks at a time.
+
+Only committed shards are read, each checked against its size and SHA-256 the first time it is touched. Streamed
+reads go through a small LRU of decoded inner chunks (never one sample per zarr call, which is 100-500x slower:
+PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, OrderedDict
+from typing import Any
+
+import numpy as np
+import zarr
+
+from kdcache.errors import CorruptShardError
+from kdcache.store.integrity import check_digest
+from kdcache.store.location import StoreLocation, io_errors
+from kdcache.store.manifest import ArrayRecord, FileDigest
+
+DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def open_zarr_array(location: StoreLocation, path: str) -> zarr.Array:
+    """The Zarr v3 array at ``path`` of the store, read-only."""
+    return zarr.open_array(location.zarr_store(read_only=True), path=path, mode="r", zarr_format=3)
+
+
+class ArrayReader:
+    """Rows of one array, read in batches; whole-array in RAM or chunk-streamed. Picklable for DataLoader workers."""
+
+    def __init__(
+        self, location: StoreLocation, record: ArrayRecord, files: dict[int, FileDigest], *, in_memory: bool
+    ) -> None:
+        self.location = location
+        self.record = record
+        self.files = files
+        self.in_memory = in_memory
+        self.chunk = record.chunks[0]
+        self.shard = record.shards[0]
+        self._array: zarr.Array | None = None
+        self._array_pid = os.getpid()
+        self._data: np.ndarray | None = None
+        self._verified: set[int] = set()
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        #: how many times each inner chunk was read from the store (streamed reads; a whole-array load is not counted)
+        self.chunks_read: Counter[int] = Counter()
+        self._chunk_budget = max(1, DEFAULT_CHUNK_CACHE_BYTES // max(1, self._chunk_nbytes()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_array=None, _chunks=OrderedDict())  # zarr handles are reopened in each process
+        return state
+
+    def _chunk_nbytes(self) -> int:
+        return int(np.prod(self.record.chunks, dtype=np.int64)) * np.dtype(self.record.dtype).itemsize
+
+    def array(self) -> zarr.Array:
+        if self._array is None or self._array_pid != os.getpid():  # zarr handles are not fork-safe on fsspec stores
+            self._array = open_zarr_array(self.location, self.record.path)
+            self._array_pid = os.getpid()
+        return self._array
+
+    def verify_shard(self, index: int) -> None:
+        """Check shard ``index`` against its size and digest once per reader."""
+        if index in self._verified:
+            return
+        digest = self.files.get(index)
+        start = index * self.shard
+        stop = min(start + self.shard, self.record.shape[0])
+        if digest is None:
+            raise CorruptShardError(
+                f"store {self.location.url!r}, array {self.record.path}: shard {index} (samples {start}..{stop - 1}) "
+                "is not committed in the manifest, so it cannot be read. Finish the store with `kdcache precompute`"
+            )
+        check_digest(self.location, self.record.path, index, start, stop, digest)
+        self._verified.add(index)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.record.shape[0] // self.shard)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        return index * self.shard, min((index + 1) * self.shard, self.record.shape[0])
+
+    def read_shard(self, index: int) -> np.ndarray:
+        """The rows of shard ``index``, verified against the manifest before they are decoded."""
+        lo, hi = self.shard_range(index)
+        with io_errors(self.location, f"reading {self.record.path} shard {index}"):
+            self.verify_shard(index)
+            return np.asarray(self.array()[lo:hi])
+
+    def read_all(self) -> np.ndarray:
+        """The whole array, shard by shard, each shard verified before use."""
+        if self._data is None:
+            out = np.empty(self.record.shape, dtype=self.record.dtype)
+            for index in range(self.num_shards):
+                lo, hi = self.shard_range(index)
+                out[lo:hi] = self.read_shard(index)
+            self._data = out
+        return self._data
+
+    def read_rows(self, rows: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as one array ``(len(rows), ...)``; with ``views``, only view
+        ``views[j]`` of row ``rows[j]`` (axis 1 is dropped)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.in_memory:
+            data = self.read_all()
+            return np.take(data, rows, axis=0) if views is None else data[rows, np.asarray(views, dtype=np.int64)]
+        tail = self.record.shape[1:] if views is None else self.record.shape[2:]
+        out = np.empty((len(rows), *tail), dtype=self.record.dtype)
+        chunk_ids = rows // self.chunk
+        for cid in np.unique(chunk_ids):
+            sel = np.nonzero(chunk_ids == cid)[0]
+            block = self._chunk(int(cid))
+            local = rows[sel] - cid * self.chunk
+            out[sel] = block[local] if views is None else block[local, np.asarray(views)[sel]]
+        return out
+
+    def _chunk(self, cid: int) -> np.ndarray:
+        if cid in self._chunks:
+            self._chunks.move_to_end(cid)
+            return self._chunks[cid]
+        lo, hi = cid * self.chunk, min((cid + 1) * self.chunk, self.record.shape[0])
+        with io_errors(self.location, f"reading {self.record.path} samples {lo}..{hi - 1}"):
+            self.verify_shard(cid * self.chunk // self.shard)
+            block = np.asarray(self.array()[lo:hi])
+        self.chunks_read[cid] += 1
+        self._chunks[cid] = block
+        if len(self._chunks) > self._chunk_budget:
+            self._chunks.popitem(last=False)
+        return block

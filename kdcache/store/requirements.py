@@ -1,0 +1,145 @@
+"""Is this store right for this run? One call (:meth:`Cache.require <kdcache.store.Cache.require>`) that every path
+uses — the CLI, the Python API, schemes, dask workers, ``verify`` — so none of them can skip a check.
+
+The caller states what it will train with as plain facts (fingerprints, view spec, class count, teacher names and
+targets); the store compares them with its manifest and refuses with an error that names both sides and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kdcache.errors import StoreIncompleteError, StoreMismatchError
+from kdcache.fingerprint import describe_difference
+from kdcache.store.manifest import Manifest, TeacherRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a run needs of a store. Every field left ``None`` (or empty) is not checked.
+
+    * ``teachers`` must exist and be complete (with the sample arrays) and hold every target of ``targets``;
+    * ``dataset`` (a dataset fingerprint) and ``views`` (a view spec) must match what the store was built from;
+    * ``num_classes``: the classes of every teacher's ``logits`` (the student's output width);
+    * ``teacher_spec`` / ``teacher_state``: the architecture spec and state-dict digest the (single) teacher must
+      have been made with; ``allow_teacher_mismatch`` downgrades a difference to a logged warning.
+    """
+
+    teachers: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    dataset: dict[str, Any] | None = None
+    views: dict[str, Any] | None = None
+    num_classes: int | None = None
+    teacher_spec: dict[str, Any] | None = None
+    teacher_state: str | None = None
+    allow_teacher_mismatch: bool = False
+
+
+def teacher_record(manifest: Manifest, url: str, name: str | None) -> TeacherRecord:
+    """The record of teacher ``name`` (or of the only teacher when ``name`` is None)."""
+    names = sorted(manifest.teachers)
+    if name is None:
+        if len(names) != 1:
+            raise StoreMismatchError(f"store {url!r} holds teachers {names}; name the one to use (teacher.name)")
+        name = names[0]
+    if name not in manifest.teachers:
+        raise StoreMismatchError(f"store {url!r} has no teacher {name!r}; it holds {names}")
+    return manifest.teachers[name]
+
+
+def check(manifest: Manifest, url: str, req: Requirements) -> None:
+    """Raise the first way the store at ``url`` does not meet ``req``."""
+    for name in req.teachers:
+        require_complete(manifest, url, name)
+        require_targets(manifest, url, name, req.targets)
+        if req.num_classes is not None:
+            _require_classes(manifest, url, name, req.num_classes)
+    if req.teacher_spec is not None or req.teacher_state is not None:
+        _require_teacher(manifest, url, req)
+    if req.dataset is not None:
+        require_dataset(manifest, url, req.dataset)
+    if req.views is not None:
+        require_views(manifest, url, req.views)
+
+
+def require_complete(manifest: Manifest, url: str, teacher: str) -> None:
+    record = teacher_record(manifest, url, teacher)
+    if record.status != "complete" or manifest.samples.status != "complete":
+        raise StoreIncompleteError(
+            f"store {url!r}: teacher {teacher!r} is {record.status} ({len(record.shards)}/{manifest.num_shards()} "
+            "shards committed). Finish it with `kdcache precompute` (it resumes where it stopped)"
+        )
+
+
+def require_targets(manifest: Manifest, url: str, teacher: str, targets: tuple[str, ...]) -> None:
+    held = teacher_record(manifest, url, teacher).targets
+    if missing := sorted(set(targets) - set(held)):
+        raise StoreMismatchError(
+            f"store {url!r}, teacher {teacher!r} has no target(s) {missing}; it holds {sorted(held)}. Add them to "
+            "cache.targets and run `kdcache precompute`"
+        )
+
+
+def _require_classes(manifest: Manifest, url: str, teacher: str, num_classes: int) -> None:
+    logits = teacher_record(manifest, url, teacher).targets.get("logits")
+    if logits is None:
+        return
+    classes = next(iter(logits.arrays.values())).shape[2]
+    if classes != num_classes:
+        raise StoreMismatchError(
+            f"store {url!r}: teacher {teacher!r} has {classes} classes, but the pipeline trains a {num_classes}-class "
+            "student (data.num_classes). Fix data.num_classes or use a store made for this task"
+        )
+
+
+def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
+    """The store's teacher was made by the expected architecture and (when known) weights."""
+    (name,) = req.teachers or (None,)
+    found = teacher_record(manifest, url, name).fingerprint
+    problems = []
+    if req.teacher_spec is not None and found.get("spec") != req.teacher_spec:
+        problems.append(f"architecture: the store's is {found.get('spec')}, the pipeline's {req.teacher_spec}")
+    if req.teacher_state is not None and req.teacher_state != found.get("state_sha256"):
+        problems.append(
+            f"weights: the checkpoint hashes to {req.teacher_state[:12]}…, the store's teacher to "
+            f"{str(found.get('state_sha256'))[:12]}…"
+        )
+    if not problems:
+        return
+    message = f"store {url!r}: teacher {name!r} was not made by this pipeline's teacher (" + "; ".join(problems) + ")"
+    if req.allow_teacher_mismatch:
+        log.warning("%s; training from the stored outputs because cache.allow_teacher_mismatch is set", message)
+        return
+    raise StoreMismatchError(
+        f"{message}. Re-run `kdcache precompute` to cache this teacher (under another teacher.name to keep the old "
+        "one), or set cache.allow_teacher_mismatch: true to train from the stored outputs anyway (logged)"
+    )
+
+
+def require_dataset(manifest: Manifest, url: str, fingerprint: dict[str, Any]) -> None:
+    """Refuse a store made from other data: length first (the commonest mistake), then every other fact."""
+    found = manifest.dataset
+    if found.get("length") != fingerprint.get("length"):
+        raise StoreMismatchError(
+            f"store {url!r} holds {found.get('length')} samples but the training set has "
+            f"{fingerprint.get('length')}. Rebuild the store for this dataset (kdcache precompute) or point "
+            "cache.store at the store made from it"
+        )
+    if found.get("digest") != fingerprint.get("digest"):
+        raise StoreMismatchError(
+            f"store {url!r} was built from a different dataset: {describe_difference(fingerprint, found)}. "
+            "Rebuild the store for this dataset or point cache.store at the right one"
+        )
+
+
+def require_views(manifest: Manifest, url: str, views: dict[str, Any]) -> None:
+    found = manifest.views
+    if found.get("digest") != views.get("digest"):
+        raise StoreMismatchError(
+            f"store {url!r} was cached with other views: {describe_difference(views, found)}. Use the "
+            "store's view spec in the pipeline (views:) or rebuild the store with this one"
+        )

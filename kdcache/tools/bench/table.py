@@ -1,0 +1,223 @@
+"""The markdown form of a bench report: the goals first, then one table per figure (README-ready)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdcache.tables import markdown_table
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole report as markdown; paste it under the README's performance section to update it."""
+    s, m = report["settings"], report["machine"]
+    f = report["figures"]
+    parts = [
+        f"Command: `{report['command']}` ({report['seconds'] / 60:.1f} min). Machine: {m['cpu_count']} CPU cores "
+        f"({m['processor']}), {m['platform']}; torch {m['libraries']['torch']}, zarr {m['libraries']['zarr']}; "
+        f"torch threads {s['threads']} (`OMP_NUM_THREADS={s['threads']}`), device {s['device']}; {m['date']}. "
+        "Figures are medians over interleaved rounds, [min–max] over rounds; ratios are paired within a round.",
+        "#### Goals\n\n" + _goals(report["goals"]),
+        "#### 1. Stage-two step time (same student, same batches)\n\n" + _steps(f["step_time"]),
+        "#### 2. Stage-one throughput vs bare teacher inference\n\n" + _stage_one(f["stage_one"]),
+        "#### 3. Target reads in stage-two order (block-shuffled, batch "
+        f"{s['read_batch']}) vs a numpy memmap of the same bytes\n\n" + _reads(f),
+        "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
+        "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
+    ]
+    return "\n\n".join(part.strip() for part in parts) + "\n"
+
+
+def _r(x: dict[str, Any], fmt: str = "{:.2f}") -> str:
+    """A median with its [min–max] spread."""
+    return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}–{fmt.format(x['max'])}]"
+
+
+def _goals(goals: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            g["figure"],
+            g["what"],
+            _r({**g, "median": g["value"]}, "{:.3f}"),
+            g["goal"],
+            "yes" if g["met"] else "**no**",
+            g["why"] or "—",
+        ]
+        for g in goals
+    ]
+    return markdown_table(["fig", "ratio", "measured", "goal", "met", "why (measured)"], rows)
+
+
+def _steps(steps: dict[str, Any]) -> str:
+    rows = []
+    for s in steps.values():
+        t, r = s["seconds_per_step"], s["ratios"]
+        rows.append(
+            [
+                s["workload"],
+                str(s["batch_size"]),
+                *(f"{1000 * t[v]['median']:.1f}" for v in ("student-only", "cached KD", "cached KD (streamed)")),
+                f"{1000 * t['online KD']['median']:.1f}",
+                f"{1000 * t['teacher forward']['median']:.1f}",
+                _r(r["cached / student-only"], "{:.3f}"),
+                _r(r["cached (streamed) / student-only"], "{:.3f}"),
+                _r(r["online / cached"]),
+                _r(s["expected_online_over_cached"]),
+                f"{s['target_fetch_share_of_step']['median']:+.1%}",
+                f"{s['kd_loss_share_of_step']['median']:+.1%}",
+            ]
+        )
+    header = [
+        "workload",
+        "batch",
+        "student-only ms/step",
+        "cached KD",
+        "cached KD (streamed)",
+        "online KD",
+        "teacher forward",
+        "cached / student-only",
+        "streamed / student-only",
+        "online / cached",
+        "expected online / cached",
+        "target fetch (share of step)",
+        "KD loss (share of step)",
+    ]
+    return markdown_table(header, rows)
+
+
+def _stage_one(stage_one: dict[str, Any]) -> str:
+    rows = []
+    for s in stage_one.values():
+        for kind, k in s["kinds"].items():
+            rows.append(
+                [
+                    s["workload"],
+                    kind,
+                    f"{k['disk_bytes_per_sample']:,.0f}",
+                    f"{s['bare_samples_per_second']['median']:,.0f}",
+                    f"{k['samples_per_second']['median']:,.0f}",
+                    _r(k["ratio_to_bare"], "{:.3f}"),
+                    f"{k['ratio_to_bare_without_tail']['median']:.3f}",
+                    str(k["shards"]),
+                    f"{k['writer_busy_seconds']['median']:.2f}",
+                    f"{k['tail_seconds']['median']:.2f}",
+                    f"{k['setup_seconds']['median']:.2f}",
+                ]
+            )
+    header = [
+        "teacher",
+        "target",
+        "disk B/sample",
+        "bare samples/s",
+        "stage one samples/s",
+        "ratio",
+        "ratio w/o last shard",
+        "shards",
+        "writer busy s",
+        "last shard + manifest s",
+        "setup s",
+    ]
+    return markdown_table(header, rows)
+
+
+def _reads(f: dict[str, Any]) -> str:
+    store = f["scaling"]["sizes"][f["reads"]["store"]]
+    head = (
+        f"Store: {store['samples']:,} samples × {store['bytes_per_sample']:,} B ({store['store_megabytes']:.0f} MB), "
+        f"chunk {store['chunk_samples']} samples, shard {store['shard_samples']}.\n\n"
+    )
+    rows = []
+    for state in ("warm", "cold"):
+        if state not in store:
+            continue
+        e = store[state]
+        rates = e["samples_per_second"]
+        for which in ("pass 1", "pass 2"):
+            lib = rates[f"library, {which}"]
+            rows.append(
+                [
+                    state,
+                    which,
+                    f"{lib['median']:,.0f} ({lib['gigabytes_per_second']:.2f} GB/s)",
+                    f"{rates['memmap']['median']:,.0f} ({rates['memmap']['gigabytes_per_second']:.2f} GB/s)",
+                    _r(e["ratio_to_memmap"][which]),
+                    f"{e['pass_2_chunks_read']} of {e['chunks']}" if which == "pass 2" else str(e["chunks"]),
+                ]
+            )
+    table = markdown_table(
+        ["page cache", "pass", "library samples/s", "memmap samples/s", "ratio", "chunks read"], rows
+    )
+    parts = store["parts_samples_per_second"]
+    table += "\nParts, each alone (warm): " + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in parts.items()) + ".\n"
+    pass1 = store["warm"]["samples_per_second"]["library, pass 1"]["median"]
+    consumers = f["reads"]["student_samples_per_second"]
+    table += (
+        "\nRead rate (warm pass 1) vs the rate the student consumes samples (figure 1, student-only): "
+        + ", ".join(f"{name} {rate:,.0f} samples/s → {pass1 / rate:,.0f}× headroom" for name, rate in consumers.items())
+        + ".\n"
+    )
+    return head + table
+
+
+def _bytes(rows: list[dict[str, Any]]) -> str:
+    table = [
+        [
+            r["store"],
+            r["target"],
+            ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+            f"{r['raw']:,}",
+            f"{r['disk']:,.1f}",
+            "/".join(r["codec"]),
+        ]
+        for r in rows
+    ]
+    return markdown_table(["store", "target", "params", "raw B/sample", "disk B/sample", "codec"], table)
+
+
+def _memory(memory: dict[str, Any]) -> str:
+    rows = []
+    for name, m in memory.items():
+        peaks = m["peak_rss_megabytes"]
+        ratios = m["ratio_to_student_only"]
+        rows.append(
+            [
+                name,
+                f"{peaks['student-only']['median']:.0f}",
+                f"{peaks['cached KD']['median']:.0f}",
+                f"{peaks['cached KD (streamed)']['median']:.0f}",
+                _r(ratios["cached KD"], "{:.3f}"),
+                _r(ratios["cached KD (streamed)"], "{:.3f}"),
+            ]
+        )
+    header = ["workload", "student-only MB", "cached KD MB", "streamed MB", "cached / student", "streamed / student"]
+    return markdown_table(header, rows)
+
+
+def _scaling(scaling: dict[str, Any]) -> str:
+    rows = []
+    for entry in sorted(scaling["sizes"].values(), key=lambda e: e["samples"]):
+        for state in ("warm", "cold"):
+            if state not in entry:
+                continue
+            rates = entry[state]["samples_per_second"]
+            evicted = entry[state]["resident_fraction_after_evict"]
+            rows.append(
+                [
+                    f"{entry['samples']:,} ({entry['store_megabytes']:.0f} MB)",
+                    state if evicted is None else f"{state} ({100 * evicted:.1f}% resident after eviction)",
+                    *(f"{rates[w]['median']:,.0f}" for w in ("library, pass 1", "library, pass 2", "memmap")),
+                    _r(entry[state]["ratio_to_memmap"]["pass 1"]),
+                    _r(entry[state]["ratio_to_memmap"]["pass 2"]),
+                ]
+            )
+    header = [
+        "store",
+        "page cache",
+        "pass 1 samples/s",
+        "pass 2 samples/s",
+        "memmap",
+        "pass 1 / memmap",
+        "pass 2 / memmap",
+    ]
+    table = markdown_table(header, rows)
+    growth = ", ".join(f"{k} {v:.2f}×" for k, v in scaling["per_sample_cost_growth"].items())
+    return table + f"\nPer-sample cost, large / small store ({scaling['size_ratio']:.0f}× the samples): {growth}.\n"

@@ -1,0 +1,112 @@
+"""Readable summaries of a store (``kdcache inspect``): tables, and the storage breakdown as a PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from kdcache.store import Cache, read_manifest, scrub
+from kdcache.store.layout import VIEW_PARAMS
+from kdcache.store.location import StoreLocation
+from kdcache.tables import console as default_console
+from kdcache.tools.verify import FidelityReport
+
+
+def print_store(cache: Cache, console: Console | None = None) -> None:
+    """Status, fingerprints, teachers and every target array with its layout and size."""
+    console = console or default_console()
+    m = cache.manifest
+    console.print(f"[bold]{cache.url}[/bold]  format v{m.format_version}  status: [bold]{m.status}[/bold]")
+    console.print(
+        f"samples: {m.num_samples:,} in {m.num_shards()} shard(s) of {m.shard_samples}  views: {m.views.get('count')} "
+        f"(seed {m.views.get('seed')}, digest {m.views['digest'][:12]})"
+    )
+    augment = m.views.get("transform", {}).get("augment")
+    if augment:
+        ops = " → ".join(f"{op['op']}({', '.join(f'{k}={v}' for k, v in op.items() if k != 'op')})" for op in augment)
+        console.print(f"augment (views ≥ 1; view 0 is the eval view): {ops}")
+        record = m.samples.arrays.get(VIEW_PARAMS)
+        if record is not None:
+            size = cache.array_bytes(VIEW_PARAMS)
+            console.print(f"{VIEW_PARAMS}: {tuple(record.shape)} {record.dtype}, {size:,} bytes on disk")
+        console.print(f"{VIEW_PARAMS} columns: {', '.join(m.views['transform'].get('params', []))}")
+    ds = m.dataset
+    console.print(
+        f"dataset: {ds.get('source')}  length {ds.get('length')}  classes {ds.get('num_classes')}  digest {ds['digest'][:12]}"
+    )
+    console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(m.library.items())))
+    console.print(_targets_table(cache))
+    for name, teacher in sorted(m.teachers.items()):
+        acc = "—" if teacher.accuracy is None else f"{100 * teacher.accuracy:.2f}%"
+        spec = teacher.fingerprint.get("spec", {})
+        console.print(
+            f"teacher [bold]{name}[/bold]: {teacher.status}, {len(teacher.shards)}/{m.num_shards()} shards, "
+            f"accuracy on cached samples {acc}, spec {spec}, fingerprint {teacher.fingerprint['digest'][:12]}"
+        )
+    labels = cache.labels()
+    if labels is not None:
+        console.print(f"labels: {np.bincount(labels).tolist()} per class")
+
+
+def _targets_table(cache: Cache) -> Table:
+    """Every target array of every teacher: shape, dtype, parameters, chunking, codec and bytes on disk."""
+    m = cache.manifest
+    table = Table(title="targets")
+    for column in ("teacher", "target", "array", "shape", "dtype", "params", "chunk", "shard", "codec", "bytes",
+                   "B/sample"):  # fmt: skip
+        table.add_column(column)
+    for name, teacher in sorted(m.teachers.items()):
+        for target_name, target in sorted(teacher.targets.items()):
+            for rel, rec in sorted(target.arrays.items()):
+                size = cache.array_bytes(rec.path)
+                params = " ".join(f"{k}={v}" for k, v in sorted(target.params.items()))
+                table.add_row(name, target_name, rel, str(tuple(rec.shape)), rec.dtype, params, str(rec.chunks[0]),
+                              str(rec.shards[0]), rec.compressor, f"{size:,}", f"{size / max(m.num_samples, 1):.1f}")  # fmt: skip
+    return table
+
+
+def print_scrub(url: str, console: Console | None = None) -> bool:
+    """Run the full scrub (:func:`kdcache.store.scrub`: metadata, size and SHA-256 of every committed shard file)
+    and print every finding; True when nothing is wrong."""
+    console = console or default_console()
+    problems = scrub(url)
+    files = sum(len(c.files) for c in read_manifest(StoreLocation(url)).all_commits())
+    for problem in problems:
+        console.print(f"[red]damaged[/red] {problem}", soft_wrap=True)
+    verdict = "no problems" if not problems else f"{len(problems)} problem(s)"
+    console.print(f"{url}: {files} committed shard file(s) checked (metadata, size and SHA-256): {verdict}")
+    return not problems
+
+
+def print_fidelity(report: FidelityReport, console: Console | None = None) -> None:
+    """The per-target table of ``kdcache verify --recompute`` and the verdict."""
+    console = console or default_console()
+    tol = report.tolerance
+    console.print(
+        f"{report.store}: teacher {report.teacher!r} re-run on {report.pairs} (sample, view) pairs", soft_wrap=True
+    )
+    table = Table()
+    for column in ("target", "max abs error", "encoding error", "min cosine", "mean cosine", "exact pairs", "result"):
+        table.add_column(column)
+    for name, t in sorted(report.targets.items()):
+        table.add_row(
+            name,
+            f"{t.max_abs_error:.3g}",
+            f"{t.encoding_error:.3g}",
+            f"{t.min_cosine:.6f}",
+            f"{t.mean_cosine:.6f}",
+            f"{t.exact}/{t.pairs}",
+            "pass" if t.passed(tol) else "FAIL",
+        )
+    console.print(table)
+    fingerprint = {None: "not compared", True: "matches the store", False: "DIFFERS from the store's"}
+    console.print(f"teacher fingerprint: {fingerprint[report.fingerprint_matches]}")
+    if report.params_mismatches is not None:
+        console.print(
+            f"view parameters: {report.pairs - report.params_mismatches}/{report.pairs} identical to views/params"
+        )
+    console.print(
+        f"tolerance: |cached - live| <= {tol.atol:g} + {tol.rtol:g}·|live| per element, cosine >= {tol.min_cosine:g} "
+        f"per pair: {'PASSED' if report.passed else 'FAILED'}"
+    )

@@ -1,0 +1,218 @@
+"""Stage two's data path: inputs joined with cached targets by sample index, a batch per call.
+
+``CachedDataset`` is indexed by a *batch* of sample indices (use it with :func:`batch_loader`): the inputs of those
+samples are read from the dataset, their targets from the store in one call per array, and the two are paired by
+index, never by position in the batch. Targets travel as their stored dtype (float16, int8, ...) through CPU memory
+(pinned when the device is CUDA) and are decoded on the training device by :meth:`Batch.to`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.fingerprint import dataset_fingerprint
+from kdcache.errors import ConfigError, StoreMismatchError
+from kdcache.store import SAMPLES_OWNER, VIEW_PARAMS, ArrayReader, Cache, Requirements
+from kdcache.store.layout import owner_of_teacher
+from kdcache.store.manifest import ArrayRecord
+from kdcache.targets import Ensemble, EnsembleDecoder, Target, build_target
+from kdcache.train.batch import Batch
+from kdcache.views import ViewTransform
+
+POLICIES = ("cycle", "random", "fresh")
+
+
+class ViewDataset(Dataset):
+    """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample) by ``policy``:
+
+    * ``cycle``: view ``(sample + epoch) % count``, so every cached view is used in turn;
+    * ``random``: a view in ``[0, count)`` drawn from a generator keyed by (seed, epoch, sample);
+    * ``fresh``: view ``1 + epoch``, a new augmented view of every sample each epoch that no other epoch repeats
+      (online KD and scratch training; a cache holds only views ``0 .. count-1``).
+    """
+
+    def __init__(self, dataset: SampleDataset, views: ViewTransform, *, policy: str = "cycle") -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown view policy {policy!r}; valid policies: {', '.join(POLICIES)}")
+        self.dataset = dataset
+        self.views = views
+        self.policy = policy
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read_block(self) -> int:
+        """Samples the sampler should keep together when it shuffles (1: any order is as cheap as another)."""
+        return 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def view_ids(self, indices: np.ndarray) -> np.ndarray:
+        """The view each sample gets this epoch, by the dataset's policy."""
+        count = self.views.count
+        if self.policy == "fresh":
+            return np.full(len(indices), 1 + self.epoch, dtype=np.int64)
+        if count == 1:
+            return np.zeros(len(indices), dtype=np.int64)
+        if self.policy == "cycle":
+            return (indices + self.epoch) % count
+        keyed = [np.random.default_rng([self.views.seed, self.epoch, int(i)]).integers(count) for i in indices]
+        return np.asarray(keyed, dtype=np.int64)
+
+    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        view_ids = self.view_ids(indices)
+        raw, labels = self.dataset.get_batch(indices)
+        params = self.views.params(indices, view_ids, tuple(raw.shape[-2:]))
+        return Batch(
+            inputs=self.views.apply(raw, params, view_ids),
+            labels=labels,
+            indices=torch.from_numpy(indices),
+            views=torch.from_numpy(view_ids),
+            params=torch.from_numpy(params),
+        )
+
+
+class CachedDataset(ViewDataset):
+    """:class:`ViewDataset` whose batches also carry the cached teacher targets of their samples.
+
+    Each batch pairs view ``v`` of sample ``i`` with ``targets[i, v]``. The store is refused (:meth:`Cache.require`)
+    unless it is complete for the teacher(s), holds the targets and was cached from this dataset (its fingerprint)
+    with the same view spec; ``num_classes``, when given, must be the teachers' logits width. When the store holds
+    ``views/params``, the numbers regenerated for every batch are checked against the stored ones bit for bit, so a
+    replay that drifted (another RNG or transform code) is refused, not trained on.
+
+    >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
+    >>> for batch in batch_loader(train, batch_size=64, seed=0):
+    ...     batch = batch.to(device)  # batch.targets["logits"] is (64, 10) float32
+    """
+
+    def __init__(
+        self,
+        dataset: SampleDataset,
+        cache: Cache,
+        *,
+        teacher: str | Ensemble | None,
+        targets: list[str],
+        views: ViewTransform,
+        policy: str = "cycle",
+        ram_budget_bytes: float = 2 * 1024**3,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(dataset, views, policy=policy)
+        if policy == "fresh":
+            raise ConfigError(
+                "view policy 'fresh' draws views a cache does not hold (it caches views 0..count-1); use 'cycle' or "
+                "'random' with a cache, and 'fresh' for online KD or scratch training"
+            )
+        if teacher is None:
+            cache.teacher(None)  # refuses a store with several teachers: the caller must name one
+            teacher = cache.teachers[0]
+        members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
+        stored_classes = cache.manifest.dataset.get("num_classes")
+        cache.require(
+            Requirements(
+                teachers=tuple(members),
+                targets=tuple(targets),
+                num_classes=num_classes,
+                dataset=dataset_fingerprint(dataset, num_classes=stored_classes),
+                views=views.spec(),
+            )
+        )
+        rows = cache.sample_index()
+        self.row_of = np.full(max(len(dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
+        self.row_of[rows] = np.arange(len(rows))
+        self.decoders, records = _target_sources(cache, teacher, targets)
+        budget = ram_budget_bytes
+        self.readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
+        for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
+            size = _nbytes(rec.shape, rec.dtype)
+            fits = size <= budget
+            budget -= size if fits else 0
+            reader = cache.array_reader(rec, owner, in_memory=fits)
+            if fits:
+                reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
+            self.readers[name][key] = reader
+        self.params_reader = self._params_reader(cache, budget)
+
+    def read_block(self) -> int:
+        """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""
+        streamed = [r.chunk for arrays in self.readers.values() for r in arrays.values() if not r.in_memory]
+        return max(streamed, default=1)
+
+    @staticmethod
+    def _params_reader(cache: Cache, budget: float) -> ArrayReader | None:
+        record = cache.manifest.samples.arrays.get(VIEW_PARAMS)
+        if record is None:
+            return None
+        reader = cache.array_reader(record, SAMPLES_OWNER, in_memory=_nbytes(record.shape, record.dtype) <= budget)
+        if reader.in_memory:
+            reader.read_all()
+        return reader
+
+    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
+        batch = super().__getitem__(indices)
+        rows = self.row_of[batch.indices.numpy()]
+        if (rows < 0).any():
+            absent = batch.indices.numpy()[rows < 0][:10].tolist()
+            raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
+        views = batch.views.numpy()
+        if self.params_reader is not None:
+            self._check_params(batch, self.params_reader.read_rows(rows, views))
+        batch.targets = {
+            name: {rel: torch.from_numpy(reader.read_rows(rows, views)) for rel, reader in arrays.items()}
+            for name, arrays in self.readers.items()
+        }
+        batch.decoders = self.decoders
+        return batch
+
+    def _check_params(self, batch: Batch, stored: np.ndarray) -> None:
+        """Refuse a batch whose regenerated view numbers differ (bitwise) from what stage one stored."""
+        drawn = batch.params.numpy()
+        bad = (drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1)
+        if bad.any():
+            pairs = list(zip(batch.indices.numpy()[bad].tolist(), batch.views.numpy()[bad].tolist(), strict=True))
+            raise StoreMismatchError(
+                f"views of (sample, view) pairs {pairs[:10]} replay with other numbers than stage one stored in "
+                f"{VIEW_PARAMS} (e.g. {drawn[bad][0].tolist()} vs {stored[bad][0].tolist()}): the view RNG or "
+                "transform code changed since the store was built. Train with the kdcache/numpy versions that built "
+                "it (`kdcache inspect` lists them) or rebuild the store"
+            )
+
+
+def _target_sources(
+    cache: Cache, teacher: str | Ensemble, targets: list[str]
+) -> tuple[dict[str, Target | EnsembleDecoder], list[tuple[str, str, str, ArrayRecord]]]:
+    """Each target's decoder and the arrays to read for it: ``(target, array key, owner, record)``. A single
+    teacher's arrays are keyed by their name; an ensemble's by ``<member>/<name>``, decoded and combined together."""
+    members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
+    found = {m: {name: cache.teacher(m).targets[name] for name in targets} for m in members}
+    decoders: dict[str, Target | EnsembleDecoder] = {}
+    records: list[tuple[str, str, str, ArrayRecord]] = []
+    for name in targets:
+        built = {m: build_target(found[m][name].kind, found[m][name].params) for m in members}
+        if isinstance(teacher, Ensemble):
+            kinds = {m: found[m][name].kind for m in members}
+            if set(kinds.values()) != {"logits"}:  # one store fixes classes and views, so logits shapes agree
+                raise StoreMismatchError(
+                    f"store {cache.url!r}: an ensemble averages logits, but target {name!r} is {kinds}. "
+                    "Train from one teacher for targets of other kinds"
+                )
+            decoders[name] = EnsembleDecoder(built, teacher.mode)
+        else:
+            decoders[name] = built[teacher]
+        records += [
+            (name, f"{m}/{rel}" if isinstance(teacher, Ensemble) else rel, owner_of_teacher(m), rec)
+            for m in members
+            for rel, rec in found[m][name].arrays.items()
+        ]
+    return decoders, records
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

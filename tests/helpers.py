@@ -1,0 +1,61 @@
+"""Helpers shared by test modules: the CLI in a subprocess, store file listings, a dataset that interrupts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcache.datasets.base import SampleDataset
+from tests.conftest import ROOT
+
+
+def kdcache(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess with this process's torch thread count, so its float results can be compared bitwise."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.run(
+        [sys.executable, "-m", "kdcache", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def with_sets(sets: list[str]) -> list[str]:
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+class Interrupting(SampleDataset):
+    """Wraps a dataset and raises KeyboardInterrupt (Ctrl-C) on the first batch lying wholly at or past ``stop_at``."""
+
+    def __init__(self, base: SampleDataset, stop_at: int) -> None:
+        self.base, self.stop_at, self.split = base, stop_at, base.split
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def get_batch(self, indices):
+        if np.asarray(indices).min() >= self.stop_at:
+            raise KeyboardInterrupt
+        return self.base.get_batch(indices)
+
+    def describe(self):
+        return self.base.describe()
+
+    def all_labels(self):
+        return self.base.all_labels()
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every data file of the store (shards and zarr metadata), not kdcache's own commit bookkeeping."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".kdcache" not in p.parts
+    }
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store: shards, zarr metadata, the manifest and the per-shard commit records."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,90 @@
+"""Stage one writes a real sharded Zarr v3 store that kdcache, plain zarr and tensorstore all read back exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kdcache.datasets.fingerprint import dataset_fingerprint
+from kdcache.store import open_cache, read_manifest
+from kdcache.store.location import StoreLocation
+from tests.conftest import cache_digits
+
+
+@pytest.fixture
+def store(tmp_path: Path, teacher, digits_small, views, logits_target) -> Path:
+    path = tmp_path / "train.zarr"
+    report = cache_digits(path, teacher, digits_small, views, [logits_target])
+    assert report.complete and report.shards_written == 3 and report.samples_written == 300
+    return path
+
+
+def live_logits(teacher, dataset, views) -> torch.Tensor:
+    raw, _ = dataset.get_batch(np.arange(len(dataset)))
+    with torch.no_grad():
+        return teacher(views(raw, np.arange(len(dataset)), np.zeros(len(dataset), dtype=np.int64)))
+
+
+def test_logits_read_back_equal_teacher_up_to_fp16(store, teacher, digits_small, views):
+    cache = open_cache(str(store))
+    reader = cache.array_reader(cache.teacher("t8").targets["logits"].arrays["logits"], "teachers/t8", in_memory=True)
+    stored = reader.read_all()
+    expected = live_logits(teacher, digits_small, views)
+    assert stored.shape == (300, 1, 10) and stored.dtype == np.float16
+    np.testing.assert_array_equal(stored[:, 0], expected.numpy().astype(np.float16))
+
+
+def test_plain_zarr_reads_the_same_bytes(store, teacher, digits_small, views):
+    group = zarr.open_group(str(store), mode="r")
+    array = group["teachers/t8/logits"]
+    assert array.shards == (128, 1, 10) and array.chunks[0] <= 128
+    np.testing.assert_array_equal(array[:][:, 0], live_logits(teacher, digits_small, views).numpy().astype(np.float16))
+    np.testing.assert_array_equal(group["samples/index"][:], np.arange(300))
+    np.testing.assert_array_equal(group["samples/label"][:], digits_small.all_labels())
+    assert group.attrs["format_version"] == 1 and group.attrs["kdcache"]["status"] == "complete"
+
+
+def test_independent_zarr_implementation_reads_the_same_values(store):
+    import tensorstore as ts
+
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store / "teachers/t8/logits")}}
+    values = ts.open(spec, read=True).result().read().result()
+    np.testing.assert_array_equal(values, zarr.open_array(str(store / "teachers/t8/logits"), mode="r")[:])
+
+
+def test_array_metadata_follows_the_design(store):
+    meta = json.loads((store / "teachers/t8/logits/zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["fill_value"] == "NaN"
+    (sharding,) = meta["codecs"]
+    assert sharding["name"] == "sharding_indexed"
+    inner = [c["name"] for c in sharding["configuration"]["codecs"]]
+    assert inner[0] == "bytes" and inner[-1] == "crc32c"  # every stored byte is checksummed
+    assert [c["name"] for c in sharding["configuration"]["index_codecs"]] == ["bytes", "crc32c"]
+
+
+def test_manifest_records_fingerprints_commits_and_accuracy(store, digits_small, teacher, views):
+    manifest = read_manifest(StoreLocation(store))
+    assert manifest.status == "complete" and manifest.num_samples == 300 and manifest.shard_samples == 128
+    assert manifest.dataset == dataset_fingerprint(digits_small, num_classes=10)
+    record = manifest.teachers["t8"]
+    assert [c.index for c in record.shards] == [0, 1, 2]
+    assert [(c.start, c.stop) for c in record.shards] == [(0, 128), (128, 256), (256, 300)]
+    predictions = live_logits(teacher, digits_small, views).argmax(1).numpy()
+    assert record.accuracy == pytest.approx(float((predictions == digits_small.all_labels()).mean()))
+    for commit in record.shards:
+        digest = commit.files["teachers/t8/logits"]
+        assert (store / digest.key).stat().st_size == digest.nbytes
+
+
+def test_streamed_reads_equal_in_memory_reads(store):
+    cache = open_cache(str(store))
+    record = cache.teacher("t8").targets["logits"].arrays["logits"]
+    rows = np.random.default_rng(0).permutation(300)[:77]
+    in_ram = cache.array_reader(record, "teachers/t8", in_memory=True).read_rows(rows, np.zeros(77, dtype=np.int64))
+    streamed = cache.array_reader(record, "teachers/t8", in_memory=False).read_rows(rows, np.zeros(77, dtype=np.int64))
+    np.testing.assert_array_equal(in_ram, streamed)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
@@ -29,19 +30,32 @@ def save_model(model: nn.Module, path: str | Path, *, spec: dict[str, Any]) -> P
 
 
 def read_spec(path: str | Path) -> dict[str, Any]:
-    """The architecture spec stored with a safetensors checkpoint (empty for files kdcache did not write)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    """The architecture spec stored with a safetensors checkpoint kdcache wrote (empty for any other file)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc})") from None
     return json.loads(meta.get("kdcache.spec", "{}"))
 
 
+WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net")  # keys trainers nest a state dict under
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint; ``.safetensors`` natively, anything else only through ``weights_only=True``."""
+    """The tensors of a checkpoint: ``.safetensors`` natively; ``.pt``/``.pth`` (any other suffix) only through
+    ``torch.load(weights_only=True)``, so no pickled code ever runs. A state dict nested under one of
+    :data:`WRAPPERS` (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped, and DDP's ``module.`` prefix removed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; train the model first or fix the path")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpickling refusal means the file holds code, not just tensors
@@ -49,18 +63,43 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"refused to load {str(path)!r}: it is not a plain tensor checkpoint ({type(exc).__name__}: {exc}). "
             "Convert it to safetensors with a trusted tool; kdcache never unpickles arbitrary objects"
         ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{str(path)!r} does not hold a flat state dict of tensors")
+    return _plain_state(path, state)
+
+
+def _plain_state(path: Path, state: Any) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from what ``torch.load`` returned (a trainer's wrapper dict unwrapped)."""
+    if isinstance(state, dict):
+        nested = [k for k in WRAPPERS if isinstance(state.get(k), dict)]
+        if nested and not all(isinstance(v, torch.Tensor) for v in state.values()):
+            state = state[nested[0]]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = type(state).__name__ if not isinstance(state, dict) else f"a dict with keys {list(state)[:8]}"
+        raise CheckpointError(
+            f"{str(path)!r} holds {found}, not a state dict of tensors (nor one under {', '.join(WRAPPERS)}). Save "
+            "model.state_dict() (torch.save or safetensors)"
+        )
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
 
 
 def load_model(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model``; missing or unexpected keys and shape mismatches are errors."""
+    """Load a checkpoint into ``model``; missing or unexpected keys and shape mismatches are errors that list them."""
     state = load_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}"
+                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shapes (checkpoint vs model)", shapes)) if keys]  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(parts)}. Build the model with "
+            "the arguments the checkpoint was trained with, or point at its own checkpoint"
+        )
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -42,6 +42,11 @@ class TargetMismatchError(KdcacheError, ValueError):
     """A teacher target does not fit the student it is compared with (shape, channels, classes), cached or live."""
 
 
+class SampleMismatchError(StoreMismatchError):
+    """A sample's content (input or label) differs from what stage one cached for it: the dataset and the store's
+    targets would be paired wrongly."""
+
+
 class DestinationExistsError(KdcacheError, FileExistsError):
     """kdcache would write a file or store where one already exists; nothing was overwritten."""
 

@@ -6,17 +6,25 @@ import argparse
 from pathlib import Path
 
 from kdcache.pipeline import load_pipeline
+from kdcache.pipeline.build import load_split
 from kdcache.pipeline.report import plot_storage
 from kdcache.store import open_cache
 from kdcache.tools.inspect import print_fidelity, print_scrub, print_store
 from kdcache.tools.stats import report_stats
 from kdcache.tools.transfer import export_hdf5, import_hdf5
+from kdcache.tools.upgrade import upgrade_store
 from kdcache.tools.verify import Tolerance, recompute_pipeline_store
 
 VERIFY_HELP = (
     "check a store: without --recompute, its metadata and the size and SHA-256 of every committed shard file; with "
     "--recompute N, re-run the pipeline's teacher on N random (sample, view) pairs and compare with the cache. Exits "
     "1 when a check fails"
+)
+
+
+UPGRADE_HELP = (
+    "upgrade a format-1 store in place to format 2 (per-sample content digests, pinned metadata): checks the store "
+    "and that the pipeline's training split is the data it was built from; the teacher is not needed"
 )
 
 
@@ -60,6 +68,13 @@ def verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def upgrade(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.pipeline, args.set)
+    cache = upgrade_store(args.store, load_split(cfg, cfg.data.train_split), progress=not args.quiet)
+    print(f"upgraded {cache.url} to format {cache.manifest.format_version}: {cache.num_samples} sample digests")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the store commands to the ``kdcache`` parser."""
     p = sub.add_parser("inspect", help="print a store's manifest in readable form")
@@ -79,6 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the probabilities")
     p.add_argument("--bins", type=int, default=15, help="confidence bins of the calibration error")
     _add_verify(sub)
+    p = _store_parser(sub, "upgrade", upgrade, UPGRADE_HELP)
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--pipeline", required=True, help="pipeline YAML whose data section is the store's dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline value")
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:

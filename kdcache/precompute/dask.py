@@ -185,7 +185,7 @@ def precompute_on_dask(
     *,
     targets: list[Target],
     views: ViewTransform,
-    num_classes: int,
+    num_classes: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Client | None = None,

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.digest import DIGEST_BYTES, sample_digests
 from kdcache.datasets.fingerprint import dataset_fingerprint
+from kdcache.errors import ConfigError
 from kdcache.metrics import Accuracy
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.precompute.job import StageOneJob
+from kdcache.precompute.samples import pairs, read_digests, sample_arrays, sample_rows
 from kdcache.store import (
     SAMPLES_OWNER,
-    VIEW_PARAMS,
     ArraySpec,
     StoreBuilder,
     StoreLocation,
@@ -36,8 +37,7 @@ from kdcache.store import (
     shard_ranges,
 )
 from kdcache.store.layout import owner_of_teacher, teacher_path
-from kdcache.targets import TargetExtractor
-from kdcache.views import ViewTransform
+from kdcache.targets import Target, TargetExtractor
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class TeacherRun:
         self.extract = TargetExtractor(teacher, self.targets, job.torch_device)
         self.layouts = self._trace_layouts()
         self.fingerprint = teacher_fingerprint(teacher, spec=job.spec(teacher), layers=self.extract.layers)
-        self.sample_arrays = _sample_arrays(self.dataset, self.views)
+        self.sample_arrays = sample_arrays(self.dataset, self.views.count, self.views.param_names)
 
     def close(self) -> None:
         self.extract.close()
@@ -150,63 +150,73 @@ class TeacherRun:
         """The rows to commit for one shard range, for each owner in ``work.owners``: the per-shard step of stage
         one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done."""
         rows: list[ShardRows] = []
+        digests = None
         if self.owner in work.owners:
-            data, stats = self._fill_shard(work.start, work.stop, progress)
+            data, stats, digests = self._fill_shard(work.start, work.stop, progress)
             rows.append((self.owner, work.index, data, stats))
         if SAMPLES_OWNER in work.owners:
-            rows.append((SAMPLES_OWNER, work.index, self._sample_rows(work), {}))
+            if digests is None:  # the teacher's shard is committed already: read the samples once more
+                digests = read_digests(self.dataset, work.start, work.stop, self.job.batch_size)
+            sample = sample_rows(self.dataset, self.views, self.sample_arrays, work.start, work.stop, digests)
+            rows.append((SAMPLES_OWNER, work.index, sample, {}))
         return rows
-
-    def _sample_rows(self, work: ShardWork) -> dict[str, np.ndarray]:
-        return _sample_rows(self.dataset, self.views, self.sample_arrays, work.start, work.stop)
 
     def _trace_layouts(self) -> dict[str, TargetLayout]:
         """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
-        samples, view_ids = _pairs(0, min(2, len(self.dataset)), 1)
-        _, _, values = self._forward(samples, view_ids)
+        samples, view_ids = pairs(0, min(2, len(self.dataset)), 1)
+        _, _, logits, values = self._forward(samples, view_ids)
+        self._check_classes(logits)
         layouts: dict[str, TargetLayout] = {}
         for target in self.targets:
             if target.name in layouts:
-                raise ValueError(f"target {target.name!r} is listed twice; list each target once")
-            stored = target.layout(tuple(values[target.name].shape[1:]))
-            layouts[target.name] = TargetLayout(
-                kind=target.kind,
-                params=target.describe(),
-                arrays={
-                    rel: ArraySpec(
-                        teacher_path(self.name, rel), a.sample_shape, a.dtype, a.compressor, views=self.views.count
-                    )
-                    for rel, a in stored.items()
-                },
-            )
+                raise ConfigError(f"target {target.name!r} is listed twice; list each target once")
+            value_shape = tuple(values[target.name].shape[1:])
+            layouts[target.name] = target_layout(target, self.name, value_shape, self.views.count)
         return layouts
+
+    def _check_classes(self, logits: torch.Tensor) -> None:
+        """The teacher's output width is the class count the store records (``(B, positions, vocab)`` logits of a
+        language model: the vocabulary)."""
+        classes = int(logits.shape[-1] if logits.dim() == 3 else logits.shape[1])
+        if self.num_classes is None:
+            self.num_classes = classes
+        if classes != self.num_classes:
+            raise ConfigError(
+                f"teacher {self.name!r} outputs {classes} classes (logits of shape {tuple(logits.shape)}) but stage one "
+                f"was told num_classes={self.num_classes}. Pass num_classes={classes} (or leave it out: it is read "
+                "from the teacher), or check that this is the right teacher"
+            )
 
     def _forward(
         self, samples: np.ndarray, view_ids: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Labels, logits and every target's value for the given (sample, view) pairs."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw inputs, labels, logits and every target's value for the given (sample, view) pairs."""
         raw, labels = self.dataset.get_batch(samples)
         logits, values = self.extract(self.views(raw, samples, view_ids))
-        return labels, logits, values
+        return raw, labels, logits, values
 
     def _fill_shard(
         self, lo: int, hi: int, progress: Callable[[int], object] | None
-    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Run the teacher over shard ``[lo, hi)`` and return every array's rows for it plus accuracy counts."""
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
+        """Run the teacher over shard ``[lo, hi)``; every array's rows for it, accuracy counts, and the content
+        digest of every sample (from the same reads: the data is read once)."""
         v = self.views.count
         buffers = {
             spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
             for layout in self.layouts.values()
             for spec in layout.arrays.values()
         }
-        samples, view_ids = _pairs(lo, hi, v)
+        digests = np.empty((hi - lo, DIGEST_BYTES), dtype=np.uint8)
+        samples, view_ids = pairs(lo, hi, v)
         accuracy = Accuracy(self.job.ignore_index)
         step = max(1, self.job.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
         for b in range(0, len(samples), step):
             s, vid = samples[b : b + step], view_ids[b : b + step]
-            labels, logits, values = self._forward(s, vid)
+            raw, labels, logits, values = self._forward(s, vid)
             accuracy.update(logits, labels.to(logits.device))
             rows = slice(b // v, (b + len(s)) // v)
+            first = vid == 0  # one row per sample: its digest does not depend on the view
+            digests[rows] = sample_digests(raw[torch.from_numpy(first)], labels[torch.from_numpy(first)])
             for target in self.targets:
                 value = values[target.name]
                 target.check(value, s)
@@ -215,7 +225,16 @@ class TeacherRun:
                     buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
             if progress is not None:
                 progress(len(s) // v)
-        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}
+        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, digests
+
+
+def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], views: int) -> TargetLayout:
+    """How ``target`` of ``teacher`` is stored for values of ``value_shape``: its arrays, with their attributes."""
+    arrays = {
+        rel: ArraySpec(teacher_path(teacher, rel), a.sample_shape, a.dtype, a.compressor, views=views, attributes=attrs)
+        for rel, (a, attrs) in target.stored_arrays(teacher, value_shape).items()
+    }
+    return TargetLayout(target.kind, target.describe(), arrays, value_shape)
 
 
 @contextmanager
@@ -256,35 +275,3 @@ def make_report(
         complete=complete,
         accuracy=builder.manifest.teachers[run.name].accuracy,
     )
-
-
-def _pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """All (sample, view) pairs of a range, sample-major, as two index arrays."""
-    samples = np.repeat(np.arange(lo, hi, dtype=np.int64), count)
-    views = np.tile(np.arange(count, dtype=np.int64), hi - lo)
-    return samples, views
-
-
-def _sample_arrays(dataset: SampleDataset, views: ViewTransform) -> list[ArraySpec]:
-    """Per-sample arrays: the index, the label (classification) and, when the store holds augmented views (V > 1
-    with augmentation ops), every view's drawn numbers (zstd: they are small integers and repeated factors)."""
-    specs = [ArraySpec("samples/index", (), "int64")]
-    if dataset.all_labels().ndim == 1:
-        specs.append(ArraySpec("samples/label", (), "int64"))
-    if views.augment and views.count > 1:
-        specs.append(ArraySpec(VIEW_PARAMS, (len(views.param_names),), "float32", "zstd", views=views.count))
-    return specs
-
-
-def _sample_rows(
-    dataset: SampleDataset, views: ViewTransform, specs: list[ArraySpec], lo: int, hi: int
-) -> dict[str, np.ndarray]:
-    rows = {"samples/index": np.arange(lo, hi, dtype=np.int64)}
-    paths = {s.path for s in specs}
-    if "samples/label" in paths:
-        rows["samples/label"] = dataset.all_labels()[lo:hi].astype(np.int64)
-    if VIEW_PARAMS in paths:
-        samples, view_ids = _pairs(lo, hi, views.count)
-        size = tuple(dataset.get_batch(np.arange(1))[0].shape[-2:])
-        rows[VIEW_PARAMS] = views.params(samples, view_ids, size).reshape(hi - lo, views.count, -1)
-    return rows

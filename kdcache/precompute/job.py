@@ -29,14 +29,15 @@ class StageOneJob:
     * ``dataset``: a :class:`SampleDataset` or a :class:`Factory` that returns one;
     * ``teacher_spec``: the JSON-able architecture description recorded in the teacher fingerprint (default: the
       factory's description, else the module's class name);
-    * ``num_classes``: the class count recorded with the dataset (the teacher's output width).
+    * ``num_classes``: the class count recorded with the dataset; it must be the teacher's output width, and is
+      read from the teacher when left out.
     """
 
     teacher: nn.Module | Factory
     dataset: SampleDataset | Factory
     targets: tuple[Target, ...]
     views: ViewTransform
-    num_classes: int
+    num_classes: int | None = None
     teacher_name: str = "teacher"
     teacher_spec: dict[str, Any] | None = None
     batch_size: int = 256

@@ -92,7 +92,7 @@ def precompute(
     *,
     targets: list[Target],
     views: ViewTransform,
-    num_classes: int,
+    num_classes: int | None = None,
     teacher_name: str = "teacher",
     teacher_spec: dict[str, Any] | None = None,
     batch_size: int = 256,

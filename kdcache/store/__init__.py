@@ -8,6 +8,7 @@ call that the store fits a run (:class:`Requirements`); :class:`ArrayReader` rea
 from kdcache.store.arrays import ArrayReader
 from kdcache.store.layout import (
     FORMAT_VERSION,
+    SAMPLE_DIGEST,
     SAMPLES_OWNER,
     VIEW_PARAMS,
     ArraySpec,
@@ -25,6 +26,7 @@ from kdcache.store.writer import StoreBuilder, TargetLayout
 __all__ = [
     "FORMAT_VERSION",
     "SAMPLES_OWNER",
+    "SAMPLE_DIGEST",
     "VIEW_PARAMS",
     "ArrayReader",
     "ArraySpec",

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from kdcache.errors import CorruptShardError, StoreFormatError
-from kdcache.store.layout import ALLOWED_CODECS
+from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
-from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest
+from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
 
 
 def corrupt_shard(
@@ -54,13 +54,88 @@ def check_shard_sizes(location: StoreLocation, manifest: Manifest) -> None:
                 raise corrupt_shard(location.url, path, commit.index, commit.start, commit.stop, digest, size)
 
 
+def check_commits(url: str, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> None:
+    """Every commit record is in its place: its owner's arrays, its shard's sample range, and for each array the
+    file key of that array's shard ``index`` (a record naming another shard's file is corruption, not a shard)."""
+    ranges = shard_ranges(manifest.num_samples, manifest.shard_samples)
+    for owner, commits in _owner_commits(manifest).items():
+        arrays = owners[owner]
+        for commit in commits:
+            problem = _commit_problem(commit, arrays, ranges)
+            if problem:
+                raise StoreFormatError(
+                    f"store {url!r}: the manifest's commit record of {owner} shard {commit.index} {problem}. The "
+                    "manifest was changed after it was written: restore it or rebuild the store"
+                )
+
+
+def _owner_commits(manifest: Manifest) -> dict[str, list[ShardCommit]]:
+    owners = {SAMPLES_OWNER: manifest.samples.shards}
+    return owners | {f"teachers/{name}": t.shards for name, t in manifest.teachers.items()}
+
+
+def _commit_problem(commit: ShardCommit, arrays: dict[str, ArrayRecord], ranges: list[tuple[int, int]]) -> str:
+    if not 0 <= commit.index < len(ranges) or (commit.start, commit.stop) != ranges[commit.index]:
+        return f"covers samples [{commit.start}, {commit.stop}), not the shard's range"
+    if set(commit.files) != set(arrays):
+        return f"lists arrays {sorted(commit.files)}, not the owner's {sorted(arrays)}"
+    for path, digest in commit.files.items():
+        expected = shard_key(path, commit.index, len(arrays[path].shape))
+        if digest.key != expected:
+            return f"names file {digest.key} for array {path}, whose shard {commit.index} is {expected}"
+    return ""
+
+
+def check_pinned_metadata(location: StoreLocation, manifest: Manifest) -> None:
+    """Every ``zarr.json`` of the store is (as JSON) the document the manifest pinned when it was published; an edit
+    is named by its file and field."""
+    problems = metadata_problems(location, manifest)
+    if problems:
+        raise StoreFormatError(problems[0])
+
+
+def metadata_problems(location: StoreLocation, manifest: Manifest) -> list[str]:
+    """One line per ``zarr.json`` that differs from its pinned document (file, fields, consequence, fix)."""
+    problems = []
+    for key, expected in sorted(manifest.metadata.items()):
+        try:
+            found = read_document(location, key)
+        except StoreFormatError as exc:
+            problems.append(str(exc))
+            continue
+        if found != expected:
+            fields = "; ".join(differences(expected, found)[:5])
+            problems.append(
+                f"store {location.url!r}: {key} was changed after the store was written ({fields}). zarr would "
+                "read the array differently: restore the file or rebuild the store"
+            )
+    return problems
+
+
+def differences(expected: Any, found: Any, where: str = "") -> list[str]:
+    """The fields in which two JSON documents differ, as ``path: store has X, manifest pinned Y``."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        keys = sorted(expected.keys() | found.keys())
+        return [d for k in keys for d in differences(expected.get(k, "<absent>"), found.get(k, "<absent>"),
+                                                         f"{where}.{k}" if where else k)]  # fmt: skip
+    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        return [
+            d for i, (a, b) in enumerate(zip(expected, found, strict=True)) for d in differences(a, b, f"{where}[{i}]")
+        ]
+    return [] if expected == found else [f"{where or 'document'}: store has {found!r}, manifest pinned {expected!r}"]
+
+
+def read_document(location: StoreLocation, key: str) -> Any:
+    try:
+        return json.loads(location.read_bytes(key))
+    except (FileNotFoundError, ValueError) as exc:
+        raise StoreFormatError(f"store {location.url!r}: {key} is missing or unreadable ({exc})") from None
+
+
 def check_array_metadata(location: StoreLocation, record: ArrayRecord) -> None:
     """The array's zarr.json is Zarr v3, uses only allowed codecs and matches the manifest's record."""
     url = location.url
-    try:
-        meta = json.loads(location.read_bytes(f"{record.path}/zarr.json"))
-    except (FileNotFoundError, ValueError) as exc:
-        raise StoreFormatError(f"store {url!r}: metadata of {record.path} is missing or unreadable ({exc})") from None
+    meta = read_document(location, f"{record.path}/zarr.json")
     if not isinstance(meta, dict):
         raise StoreFormatError(f"store {url!r}: metadata of {record.path} is not a JSON object")
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
@@ -82,20 +157,21 @@ def check_array_metadata(location: StoreLocation, record: ArrayRecord) -> None:
 
 
 def scrub_problems(location: StoreLocation, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> list[str]:
-    """Every problem of a store, one line each: metadata of every array, shard counts of complete owners, and the
-    size and SHA-256 of every committed shard file. Unlike opening a store it does not stop at the first one."""
-    problems = []
-    for records in owners.values():
-        for record in records.values():
-            try:
-                check_array_metadata(location, record)
-            except StoreFormatError as exc:
-                problems.append(str(exc))
-    expected = list(range(manifest.num_shards()))
-    status = {"samples": (manifest.samples.status, manifest.samples.shards)}
-    status |= {f"teachers/{n}": (t.status, t.shards) for n, t in manifest.teachers.items()}
-    for owner, (state, commits) in status.items():
-        if state == "complete" and [c.index for c in commits] != expected:
+    """Every problem of a store, one line each: every pinned ``zarr.json``, every commit record's place, every
+    array's layout, shard counts of complete owners, and the size and SHA-256 of every committed shard file. Unlike
+    opening a store it does not stop at the first one."""
+    problems = metadata_problems(location, manifest)
+    for check in [lambda: check_commits(location.url, manifest, owners),
+                  *(lambda r=r: check_array_metadata(location, r) for rs in owners.values() for r in rs.values())]:  # fmt: skip
+        try:
+            check()
+        except StoreFormatError as exc:
+            problems.append(str(exc))
+    status = {SAMPLES_OWNER: manifest.samples.status} | {
+        f"teachers/{n}": t.status for n, t in manifest.teachers.items()
+    }
+    for owner, commits in _owner_commits(manifest).items():
+        if status[owner] == "complete" and [c.index for c in commits] != list(range(manifest.num_shards())):
             problems.append(
                 f"store {location.url!r}: {owner} is marked complete but its manifest lists shards "
                 f"{[c.index for c in commits]} of {manifest.num_shards()}"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from kdcache.names import Compressor, check_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_KEY = "kdcache.manifest.json"
 COMMITS_PREFIX = ".kdcache/commits"
 SAMPLES_OWNER = "samples"
 VIEW_PARAMS = "views/params"  # (N, V, P) float32: the numbers each augmented view was drawn with (samples owner)
+SAMPLE_DIGEST = "samples/digest"  # (N, 16) uint8: BLAKE2b-128 of each sample's source content (format 2)
 
 # Codecs a kdcache store may use; anything else in an array's metadata is refused when the store is opened.
 ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "crc32c", "blosc", "zstd", "transpose"})
@@ -27,6 +29,11 @@ def teacher_path(teacher: str, array: str) -> str:
     return f"teachers/{check_name(teacher, what='teacher')}/{check_name(array, what='target array')}"
 
 
+def shard_key(path: str, index: int, ndim: int) -> str:
+    """The key of shard ``index`` of an ``ndim``-dimensional array (sharded along axis 0 only, default chunk keys)."""
+    return f"{path}/c/" + "/".join([str(index)] + ["0"] * (ndim - 1))
+
+
 def owner_of_teacher(teacher: str) -> str:
     return f"teachers/{check_name(teacher, what='teacher')}"
 
@@ -36,6 +43,8 @@ class ArraySpec:
     """One array to create: its path, the shape and dtype of one sample, and how it is chunked and compressed.
 
     ``views`` adds axis 1 (one entry per cached view); ``None`` for per-sample arrays such as ``samples/index``.
+    ``attributes`` are written into the array's ``zarr.json`` (under ``kdcache``) so plain zarr readers can tell
+    what it holds: its axes, the dtype its values decode to, the target kind and parameters.
     """
 
     path: str
@@ -43,6 +52,7 @@ class ArraySpec:
     dtype: str
     compressor: Compressor = "none"
     views: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def bytes_per_sample(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kdcache.errors import StoreFormatError, StoreNotFoundError
+from kdcache.fingerprint import canonical_digest
 from kdcache.store.layout import COMMITS_PREFIX, FORMAT_VERSION, MANIFEST_KEY
 from kdcache.store.location import StoreLocation
 
@@ -56,11 +57,13 @@ class ShardCommit(_Record):
 
 
 class TargetRecord(_Record):
-    """A cached target: its kind, the parameters it was made with and the arrays that hold it."""
+    """A cached target: its kind, the parameters it was made with, the shape of one extracted value (what its
+    arrays encode, e.g. ``[C]`` for class logits) and the arrays that hold it."""
 
     kind: str
     params: dict[str, Any]
     arrays: dict[str, ArrayRecord]
+    value_shape: list[int] | None = None  # recorded from format 2 on
 
 
 class TeacherRecord(_Record):
@@ -86,6 +89,9 @@ class Manifest(_Record):
     samples: SamplesRecord
     teachers: dict[str, TeacherRecord] = {}
     library: dict[str, str] = {}
+    metadata: dict[str, dict[str, Any]] = {}  # every zarr.json document as written, by key (format 2)
+    sections: dict[str, str] = {}  # SHA-256 of each record of this manifest, to name what an edit changed
+    digest: str = ""  # SHA-256 over ``sections``: any edit of the manifest changes it
 
     @property
     def status(self) -> Status:
@@ -100,8 +106,9 @@ class Manifest(_Record):
         return [*self.samples.shards, *(s for t in self.teachers.values() for s in t.shards)]
 
 
-def read_manifest(location: StoreLocation) -> Manifest:
-    """Load and validate the manifest; the error says whether the store is missing, foreign or too new."""
+def read_manifest(location: StoreLocation, *, upgrading: bool = False) -> Manifest:
+    """Load and validate the manifest; the error says whether the store is missing, foreign or too new (a format-1
+    manifest is read only when ``upgrading``)."""
     try:
         raw = location.read_bytes(MANIFEST_KEY)
     except FileNotFoundError:
@@ -109,30 +116,79 @@ def read_manifest(location: StoreLocation) -> Manifest:
         raise StoreNotFoundError(
             f"store {location.url!r} {what}; run `kdcache precompute` to build it, or check the path"
         ) from None
-    return parse_manifest(raw, source=f"store {location.url!r}", key=f"{location.url}/{MANIFEST_KEY}")
+    return parse_manifest(
+        raw, source=f"store {location.url!r}", key=f"{location.url}/{MANIFEST_KEY}", upgrading=upgrading
+    )
 
 
-def parse_manifest(raw: bytes | str, *, source: str, key: str) -> Manifest:
-    """Validate manifest JSON read from ``key`` of ``source`` (a store, or an HDF5 export's attribute)."""
+def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool = False) -> Manifest:
+    """Validate manifest JSON read from ``key`` of ``source`` (a store, or an HDF5 export's attribute).
+
+    A format-2 manifest must hash to its own ``digest``; an edit names the records it changed. A format-1 store is
+    refused with the way to upgrade it, unless ``upgrading`` (what ``kdcache upgrade`` reads)."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise StoreFormatError(f"{key} is not valid JSON ({exc}); the store is damaged") from None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
+    if version == 1 and not upgrading:
         raise StoreFormatError(
-            f"{source} has format_version {version!r}; this kdcache reads version {FORMAT_VERSION}. "
+            f"{source} is format 1, written before per-sample content digests and pinned metadata; this kdcache "
+            f"reads format {FORMAT_VERSION}. Upgrade it in place with `kdcache upgrade STORE --pipeline P.yaml` "
+            "(reads the dataset it was built from; the teacher is not needed) or rebuild it with `kdcache precompute`"
+        )
+    if version not in (1, FORMAT_VERSION):
+        raise StoreFormatError(
+            f"{source} has format_version {version!r} ({key}); this kdcache reads version {FORMAT_VERSION}. "
             "Upgrade kdcache or rebuild the store"
         )
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise StoreFormatError(f"{key} does not match the manifest schema: {exc}") from None
+    if version == FORMAT_VERSION:
+        _check_digest(manifest, key)
+    return manifest
 
 
-def write_manifest(location: StoreLocation, manifest: Manifest) -> None:
-    """Publish the manifest atomically (readers see the old or the new one, never half of either)."""
+def _check_digest(manifest: Manifest, key: str) -> None:
+    """The manifest hashes to what it recorded when it was published; otherwise name the records that changed."""
+    found = section_digests(manifest)
+    changed = sorted(k for k in found.keys() | manifest.sections.keys() if found.get(k) != manifest.sections.get(k))
+    if changed or canonical_digest(manifest.sections) != manifest.digest:
+        what = f"record(s) {', '.join(changed)}" if changed else "its section digests"
+        raise StoreFormatError(
+            f"{key} was edited after it was written: {what} no longer match(es) the digest recorded at publication. "
+            "Restore the manifest from a copy of the store, or rebuild the store with `kdcache precompute`"
+        )
+
+
+def section_digests(manifest: Manifest) -> dict[str, str]:
+    """SHA-256 of every record of the manifest (scalars and fingerprints, each array and target record, each owner's
+    shard list), keyed by its dotted path: small enough that an edit is named, complete enough that none is missed."""
+    data = manifest.model_dump(mode="json", exclude={"sections", "digest"})
+    parts: dict[str, Any] = {k: v for k, v in data.items() if k not in ("samples", "teachers", "metadata")}
+    parts |= {f"metadata.{path}": doc for path, doc in data["metadata"].items()}
+    parts |= {f"samples.{k}": v for k, v in data["samples"].items() if k != "arrays"}
+    parts |= {f"samples.arrays.{path}": rec for path, rec in data["samples"]["arrays"].items()}
+    for name, teacher in data["teachers"].items():
+        parts |= {f"teachers.{name}.{k}": v for k, v in teacher.items() if k != "targets"}
+        parts |= {f"teachers.{name}.targets.{t}": rec for t, rec in teacher["targets"].items()}
+    parts["records"] = sorted(parts)  # a record removed or added changes the digest too
+    return {k: canonical_digest({"value": v}) for k, v in parts.items()}
+
+
+def sealed(manifest: Manifest) -> Manifest:
+    """``manifest`` with its section digests and digest computed: what is published."""
+    sections = section_digests(manifest)
+    return manifest.model_copy(update={"sections": sections, "digest": canonical_digest(sections)})
+
+
+def write_manifest(location: StoreLocation, manifest: Manifest) -> Manifest:
+    """Seal and publish the manifest atomically (readers see the old or the new one, never half of either)."""
+    manifest = sealed(manifest)
     location.write_bytes(MANIFEST_KEY, manifest_bytes(manifest))
+    return manifest
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
@@ -158,7 +214,7 @@ def read_commits(location: StoreLocation, owner: str) -> dict[int, ShardCommit]:
             commit = ShardCommit.model_validate_json(location.read_bytes(key))
         except (ValidationError, ValueError):
             continue
-        if commit.owner == owner:
+        if commit.owner == owner and key == commit_key(owner, commit.index):  # a record in another's file is ignored
             commits[commit.index] = commit
     return commits
 

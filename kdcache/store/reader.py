@@ -15,7 +15,14 @@ import zarr
 
 from kdcache.errors import CorruptShardError
 from kdcache.store.arrays import ArrayReader, open_zarr_array
-from kdcache.store.integrity import check_array_metadata, check_digest, check_shard_sizes, scrub_problems
+from kdcache.store.integrity import (
+    check_array_metadata,
+    check_commits,
+    check_digest,
+    check_pinned_metadata,
+    check_shard_sizes,
+    scrub_problems,
+)
 from kdcache.store.layout import SAMPLES_OWNER
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, Manifest, ShardCommit, TeacherRecord, read_manifest
@@ -93,8 +100,10 @@ class Cache:
 
     # ---------------------------------------------------------------- validation
     def check_layout(self) -> None:
-        """Every array is Zarr v3, uses only allowed codecs and matches the manifest; every committed shard exists
-        with its recorded size."""
+        """Every ``zarr.json`` is the document the manifest pinned; every commit record is in its place; every array
+        is Zarr v3, uses only allowed codecs and matches its record; every committed shard exists with its size."""
+        check_pinned_metadata(self.location, self.manifest)
+        check_commits(self.url, self.manifest, self.owner_arrays())
         for records in self.owner_arrays().values():
             for record in records.values():
                 check_array_metadata(self.location, record)

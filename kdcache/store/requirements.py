@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.errors import StoreIncompleteError, StoreMismatchError
+from kdcache.errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.manifest import Manifest, TeacherRecord
 
@@ -91,13 +91,16 @@ def _require_classes(manifest: Manifest, url: str, teacher: str, num_classes: in
     classes = next(iter(logits.arrays.values())).shape[2]
     if classes != num_classes:
         raise StoreMismatchError(
-            f"store {url!r}: teacher {teacher!r} has {classes} classes, but the pipeline trains a {num_classes}-class "
-            "student (data.num_classes). Fix data.num_classes or use a store made for this task"
+            f"store {url!r}: teacher {teacher!r} has {classes} classes, but the student is trained for {num_classes} "
+            "(data.num_classes in a pipeline, num_classes= in Python). Fix the class count or use a store made for "
+            "this task"
         )
 
 
 def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
     """The store's teacher was made by the expected architecture and (when known) weights."""
+    if len(req.teachers) > 1:
+        raise ConfigError(f"the teacher's identity is checked for one teacher; {list(req.teachers)} are several")
     (name,) = req.teachers or (None,)
     found = teacher_record(manifest, url, name).fingerprint
     problems = []
@@ -129,7 +132,7 @@ def require_dataset(manifest: Manifest, url: str, fingerprint: dict[str, Any]) -
             f"{fingerprint.get('length')}. Rebuild the store for this dataset (kdcache precompute) or point "
             "cache.store at the store made from it"
         )
-    if found.get("digest") != fingerprint.get("digest"):
+    if found != fingerprint:  # every fact, not only the digest: a fact edited beside a stale digest is a difference
         raise StoreMismatchError(
             f"store {url!r} was built from a different dataset: {describe_difference(fingerprint, found)}. "
             "Rebuild the store for this dataset or point cache.store at the right one"
@@ -138,7 +141,7 @@ def require_dataset(manifest: Manifest, url: str, fingerprint: dict[str, Any]) -
 
 def require_views(manifest: Manifest, url: str, views: dict[str, Any]) -> None:
     found = manifest.views
-    if found.get("digest") != views.get("digest"):
+    if found != views:
         raise StoreMismatchError(
             f"store {url!r} was cached with other views: {describe_difference(views, found)}. Use the "
             "store's view spec in the pipeline (views:) or rebuild the store with this one"

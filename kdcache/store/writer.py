@@ -9,8 +9,11 @@ single-process writer thread and dask tasks; it is idempotent, so a task that ru
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +22,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from kdcache.errors import StoreMismatchError
 from kdcache.fingerprint import describe_difference
-from kdcache.store.layout import (
-    SAMPLES_OWNER,
-    ArraySpec,
-    shard_ranges,
-)
+from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
 from kdcache.store.location import TEMP_SUFFIX, StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
@@ -44,11 +43,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TargetLayout:
-    """How one target is stored: its kind, its parameters and its arrays by name relative to the teacher."""
+    """How one target is stored: its kind, its parameters, the shape of one extracted value and its arrays by name
+    relative to the teacher."""
 
     kind: str
     params: dict[str, Any]
     arrays: dict[str, ArraySpec]
+    value_shape: tuple[int, ...]
 
 
 def compressors_for(spec: ArraySpec) -> list[Any]:
@@ -59,6 +60,30 @@ def compressors_for(spec: ArraySpec) -> list[Any]:
         "zstd": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
     }[spec.compressor]
     return [*chosen, Crc32cCodec()]
+
+
+def create_array(group: zarr.Group, spec: ArraySpec, num_samples: int, shard_samples: int) -> zarr.Array:
+    """Create the array of ``spec`` in ``group`` as every kdcache store lays it out."""
+    record = array_record(spec, num_samples, shard_samples)
+    floating = np.issubdtype(np.dtype(spec.dtype), np.floating)
+    return group.create_array(
+        spec.path,
+        shape=tuple(record.shape),
+        chunks=tuple(record.chunks),
+        shards=tuple(record.shards),
+        dtype=spec.dtype,
+        compressors=compressors_for(spec),
+        fill_value=np.nan if floating else 0,  # NaN: a chunk that was never written cannot pass as data
+        attributes={"kdcache": _sorted(spec.attributes)} if spec.attributes else None,
+        overwrite=True,
+    )
+
+
+def expected_metadata(spec: ArraySpec, num_samples: int, shard_samples: int) -> dict[str, Any]:
+    """The ``zarr.json`` document this kdcache writes for ``spec`` (made in a scratch directory, not in a store)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        create_array(zarr.open_group(scratch, mode="w", zarr_format=3), spec, num_samples, shard_samples)
+        return json.loads((Path(scratch) / spec.path / "zarr.json").read_text())
 
 
 def array_record(spec: ArraySpec, num_samples: int, shard_samples: int) -> ArrayRecord:
@@ -136,6 +161,7 @@ class StoreBuilder:
                 kind=layout.kind,
                 params=layout.params,
                 arrays={rel: array_record(spec, n, shard) for rel, spec in layout.arrays.items()},
+                value_shape=list(layout.value_shape),
             )
             for target, layout in targets.items()
         }
@@ -158,22 +184,19 @@ class StoreBuilder:
         self.publish()
 
     def _create_arrays(self, specs: list[ArraySpec]) -> None:
-        group = self.group()
-        n, shard = self.manifest.num_samples, self.manifest.shard_samples
         for spec in specs:
-            record = array_record(spec, n, shard)
-            floating = np.issubdtype(np.dtype(spec.dtype), np.floating)
-            group.create_array(
-                spec.path,
-                shape=tuple(record.shape),
-                chunks=tuple(record.chunks),
-                shards=tuple(record.shards),
-                dtype=spec.dtype,
-                compressors=compressors_for(spec),
-                fill_value=np.nan if floating else 0,  # NaN: a chunk that was never written cannot pass as data
-                config={"write_empty_chunks": True},  # all-zero chunks are stored, so they read back as zeros
-                overwrite=True,
-            )
+            create_array(self.group(), spec, self.manifest.num_samples, self.manifest.shard_samples)
+
+    def add_sample_array(self, spec: ArraySpec) -> None:
+        """Declare and create one more per-sample array (an upgrade adding what a newer format records)."""
+        n, shard = self.manifest.num_samples, self.manifest.shard_samples
+        arrays = {**self.manifest.samples.arrays, spec.path: array_record(spec, n, shard)}
+        self.manifest.samples = self.manifest.samples.model_copy(update={"arrays": arrays})
+        self._create_arrays([spec])
+
+    def describe_array(self, path: str, attributes: dict[str, Any]) -> None:
+        """Write an existing array's self-description into its ``zarr.json`` (its data is not touched)."""
+        self.group()[path].attrs.update({"kdcache": _sorted(attributes)})
 
     def group(self) -> zarr.Group:
         if self._group is None:
@@ -182,8 +205,10 @@ class StoreBuilder:
         return self._group
 
     def array(self, path: str) -> zarr.Array:
+        """The array at ``path``, writing every chunk whatever its values: a chunk equal to the fill value (all-zero
+        labels, all-NaN) is stored like any other, so every committed shard has a file to digest and read back."""
         if path not in self._arrays:
-            self._arrays[path] = self.group()[path]  # type: ignore[assignment]
+            self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
         return self._arrays[path]
 
     def remove_temporaries(self) -> None:
@@ -235,9 +260,8 @@ class StoreBuilder:
                     f"{path}: shard {index} covers samples [{start}, {stop}) and needs shape {expected}, got "
                     f"{tuple(values.shape)}; writes must be whole shards"
                 )
-            array = self.array(path)
-            array[start:stop] = values
-            key = f"{path}/{array.metadata.encode_chunk_key((index,) + (0,) * (len(record.shape) - 1))}"
+            self.array(path)[start:stop] = values
+            key = shard_key(path, index, len(record.shape))
             raw = self.location.read_bytes(key)
             files[path] = FileDigest(key=key, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
         commit = ShardCommit(owner=owner, index=index, start=start, stop=stop, files=files, stats=stats or {})
@@ -246,10 +270,22 @@ class StoreBuilder:
 
     # ---------------------------------------------------------------- publishing
     def publish(self) -> None:
-        """Write the manifest, and the group attributes that let plain zarr users see what the store is."""
+        """Write the group attributes that let plain zarr users see what the store is, then the manifest, sealed,
+        with every ``zarr.json`` document pinned in it."""
         with io_errors(self.location, "publishing the manifest"):
-            write_manifest(self.location, self.manifest)
             self._write_group_attributes()
+            pinned = {key: json.loads(self.location.read_bytes(key)) for key in self.metadata_keys()}
+            self.manifest = write_manifest(self.location, self.manifest.model_copy(update={"metadata": pinned}))
+
+    def metadata_keys(self) -> list[str]:
+        """Every ``zarr.json`` of the store: each array's and each group's up to the root."""
+        paths = {path for records in self._all_arrays() for path in records}
+        groups = {"/".join(p.split("/")[:depth]) for p in paths for depth in range(len(p.split("/")))}
+        return sorted(f"{p}/zarr.json" if p else "zarr.json" for p in paths | groups)
+
+    def _all_arrays(self) -> list[dict[str, ArrayRecord]]:
+        owners = [SAMPLES_OWNER, *(f"teachers/{name}" for name in self.manifest.teachers)]
+        return [self.owner_arrays(owner) for owner in owners]
 
     def _write_group_attributes(self) -> None:
         self.group().attrs.update(
@@ -285,6 +321,16 @@ class StoreBuilder:
         return complete
 
 
+def _sorted(value: Any) -> Any:
+    """``value`` with every dict's keys in sorted order, as the manifest pins it: a store rebuilt from its manifest
+    (HDF5 import) writes the same ``zarr.json`` bytes."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_sorted(v) for v in value]
+    return value
+
+
 def _require_same(location: StoreLocation, what: str, found: dict[str, Any], expected: dict[str, Any]) -> None:
     if found.get("digest") != expected.get("digest"):
         raise StoreMismatchError(
@@ -293,4 +339,4 @@ def _require_same(location: StoreLocation, what: str, found: dict[str, Any], exp
         )
 
 
-__all__ = ["StoreBuilder", "TargetLayout", "array_record", "compressors_for"]
+__all__ = ["StoreBuilder", "TargetLayout", "array_record", "compressors_for", "create_array", "expected_metadata"]

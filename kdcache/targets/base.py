@@ -32,11 +32,25 @@ class TargetParams(BaseModel):
 
 @dataclass(frozen=True)
 class StoredArray:
-    """How one array of a target is stored: the shape and dtype of one (sample, view) entry and the compressor."""
+    """How one array of a target is stored: the shape and dtype of one (sample, view) entry, the compressor, and
+    what a reader without kdcache needs to decode it: the names of its axes after (sample, view), the dtype its
+    values decode to (``bfloat16`` for raw bfloat16 bits stored as ``uint16``) and one sentence of meaning."""
 
     sample_shape: tuple[int, ...]
     dtype: str
     compressor: Compressor = "none"
+    axes: tuple[str, ...] = ()
+    decodes_to: str | None = None
+    meaning: str = ""
+
+    def attributes(self) -> dict[str, Any]:
+        """The array's self-description, written into its ``zarr.json`` (``attributes.kdcache``)."""
+        axes = (
+            self.axes
+            if len(self.axes) == len(self.sample_shape)
+            else tuple(f"dim{i}" for i in range(len(self.sample_shape)))
+        )
+        return {"axes": ["sample", "view", *axes], "dtype": self.decodes_to or self.dtype, "meaning": self.meaning}
 
 
 class Target(ABC):
@@ -86,6 +100,14 @@ class Target(ABC):
 
     def describe(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
+
+    def stored_arrays(
+        self, teacher: str, value_shape: tuple[int, ...]
+    ) -> dict[str, tuple[StoredArray, dict[str, Any]]]:
+        """Each array of :meth:`layout` with the attributes its ``zarr.json`` carries: the teacher, this target's
+        name, kind and parameters, the array's name, axes, decoded dtype and meaning."""
+        described = {"teacher": teacher, "target": self.name, "kind": self.kind, "params": self.describe()}
+        return {rel: (a, {**described, "array": rel, **a.attributes()}) for rel, a in self.layout(value_shape).items()}
 
 
 TARGETS: Registry[type[Target]] = Registry("target kind")

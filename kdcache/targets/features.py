@@ -63,6 +63,9 @@ class EmbeddingTarget(_LayerTarget):
     prefix = "embedding"
     Params = LayerParams
 
+    def axes(self, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+        return ("feature",)
+
     def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         return embedding_of(outputs.features[self.params.layer])
 

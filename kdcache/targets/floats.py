@@ -45,7 +45,22 @@ class FloatArrayTarget(Target):
     params: FloatArrayParams
 
     def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
-        return {self.name: StoredArray(sample_shape, storage_dtype(self.params.dtype), self.params.compressor)}
+        stored = StoredArray(
+            sample_shape,
+            storage_dtype(self.params.dtype),
+            self.params.compressor,
+            axes=self.axes(sample_shape),
+            decodes_to=self.params.dtype,
+            meaning=self.meaning(),
+        )
+        return {self.name: stored}
+
+    def axes(self, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+        """Names of the value's axes: a map's (channel, height, width), else feature dimensions."""
+        return ("channel", "height", "width") if len(sample_shape) == 3 else ("feature",) * len(sample_shape)
+
+    def meaning(self) -> str:
+        return f"the teacher's {self.kind} {self.name}"
 
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
         return {self.name: to_storage(value, self.params.dtype)}

@@ -49,6 +49,13 @@ class FSPTarget(FloatArrayTarget):
     def teacher_layers(self) -> list[str]:
         return list(self.params.layers)
 
+    def axes(self, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+        return ("channel_a", "channel_b")
+
+    def meaning(self) -> str:
+        a, b = self.params.layers
+        return f"FSP matrix G = F_a^T F_b / (h*w) between teacher layers {a} and {b} (Yim et al. 2017)"
+
     def extract(self, outputs: ModelOutputs) -> torch.Tensor:
         a, b = self.params.layers
         return fsp_matrix(outputs.features[a].float(), outputs.features[b].float())

@@ -23,6 +23,12 @@ from kdcache.names import Compressor
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams
 from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
 
+INT8_MEANING = "logits quantised per row: logit = offset + scale * (q + 128)"
+LSE_MEANING = (
+    "log-sum-exp over all classes of logits/T at each declared temperature T (the stored top-k values and the "
+    "float32 tail): p_c = exp(value_c / T - lse_T) for the k stored classes, tail mass = 1 - sum of those"
+)
+
 
 @dataclass
 class TopKLogits:
@@ -92,22 +98,31 @@ class LogitsTarget(Target):
     def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
         p, name = self.params, self.name
         if p.encoding == "dense":
-            return {name: StoredArray(sample_shape, storage_dtype(p.dtype), p.compressor)}
+            axes = ("class", "height", "width")[: len(sample_shape)]
+            raw = "raw logits (no temperature applied)"
+            return {name: StoredArray(sample_shape, storage_dtype(p.dtype), p.compressor, axes, p.dtype, raw)}
         if len(sample_shape) != 1:
             raise ConfigError(f"encoding {p.encoding} is for per-sample class logits (C,), not shape {sample_shape}")
         classes = sample_shape[0]
         if p.encoding == "int8":
             return {
-                f"{name}/q": StoredArray((classes,), "int8"),
-                f"{name}/scale": StoredArray((), "float32"),
-                f"{name}/offset": StoredArray((), "float32"),
+                f"{name}/q": StoredArray((classes,), "int8", axes=("class",), meaning=INT8_MEANING),
+                f"{name}/scale": StoredArray((), "float32", meaning="scale of each row's int8 logits"),
+                f"{name}/offset": StoredArray((), "float32", meaning="minimum logit of each row"),
             }
         if p.k is not None and p.k > classes:
             raise ConfigError(f"top-k with k={p.k} but the teacher has only {classes} classes; use k <= {classes}")
+        index = "int16" if classes <= np.iinfo(np.int16).max else "int32"
         return {
-            f"{name}/values": StoredArray((p.k,), storage_dtype(p.dtype)),
-            f"{name}/indices": StoredArray((p.k,), "int16" if classes <= np.iinfo(np.int16).max else "int32"),
-            f"{name}/lse": StoredArray((len(p.temperatures),), "float32"),
+            f"{name}/values": StoredArray(
+                (p.k,),
+                storage_dtype(p.dtype),
+                axes=("rank",),
+                decodes_to=p.dtype,
+                meaning="the k largest raw logits, largest first",
+            ),  # fmt: skip
+            f"{name}/indices": StoredArray((p.k,), index, axes=("rank",), meaning="class index of each value"),
+            f"{name}/lse": StoredArray((len(p.temperatures),), "float32", axes=("temperature",), meaning=LSE_MEANING),
         }
 
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
@@ -124,10 +139,15 @@ class LogitsTarget(Target):
                 f"{name}/offset": low.cpu().numpy(),
             }
         top = value.topk(p.k, dim=1)
-        lse = torch.stack([torch.logsumexp(value / t, dim=1) for t in p.temperatures], dim=1)
+        stored = to_storage(top.values, p.dtype)
+        # the distribution a reader reconstructs: the stored (rounded) top-k values and the exact float32 tail, so
+        # its probabilities sum to 1 and k = C is exactly dense KD on the stored values
+        kept = from_storage(torch.from_numpy(stored), p.dtype).to(value.device)
+        full = value.float().scatter(1, top.indices, kept)
+        lse = torch.stack([torch.logsumexp(full / t, dim=1) for t in p.temperatures], dim=1)
         index_dtype = np.int16 if value.shape[1] <= np.iinfo(np.int16).max else np.int32
         return {
-            f"{name}/values": to_storage(top.values, p.dtype),
+            f"{name}/values": stored,
             f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype),
             f"{name}/lse": lse.cpu().numpy().astype(np.float32),
         }

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdcache.datasets import HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.losses import kd_divergence, topk_kd_divergence
 from kdcache.models import build_model
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import Cache, open_cache
 from kdcache.tables import markdown_table, render_table, write_json
-from kdcache.targets import TopKLogits, build_target
+from kdcache.targets import Target, TopKLogits, build_target
 from kdcache.train import CachedDataset, ViewDataset
 from kdcache.views import ViewTransform
 
@@ -58,11 +59,12 @@ def gaussian_classes(num_classes: int, num_samples: int, *, seed: int = 0) -> Te
 
 
 def train_teacher(
-    dataset: SampleDataset, num_classes: int, views: ViewTransform, *, epochs: int, seed: int
+    dataset: SampleDataset, num_classes: int, views: ViewTransform, *, epochs: int, seed: int, hidden: int = 256
 ) -> torch.nn.Module:
-    """A digits-mlp teacher (hidden 256) trained with cross-entropy: realistic, peaked-but-not-onehot logits."""
+    """A digits-mlp (hidden 256: the teacher) trained with cross-entropy: realistic, peaked-but-not-onehot logits;
+    with a small ``hidden`` and few epochs, a student part-way through training."""
     torch.manual_seed(seed)
-    model = build_model("digits-mlp", num_classes, {"hidden": 256})
+    model = build_model("digits-mlp", num_classes, {"hidden": hidden})
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     data = ViewDataset(dataset, views)
     order = np.random.default_rng(seed)
@@ -107,30 +109,46 @@ def measure(
             progress=False,
         )
     cache = open_cache(str(store))
-    everything = np.arange(len(dataset))
+    inputs = ViewDataset(dataset, views)[np.arange(len(dataset))].inputs
+    student = train_teacher(dataset, num_classes, views, epochs=3, seed=seed + 1, hidden=32)
     with torch.no_grad():
-        live = teacher(ViewDataset(dataset, views)[everything].inputs)
-    rows = []
-    for label, target in targets.items():
-        name = label.replace(" ", "-")
-        decoded = CachedDataset(dataset, cache, teacher=name, targets=[target.name], views=views)[everything].to("cpu")
-        record = cache.teacher(name).targets[target.name]
-        row = {
-            "classes": num_classes,
-            "source": source,
-            "encoding": label,
-            "raw_bytes_per_sample": sum(
-                int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize for a in record.arrays.values()
-            ),
-            "bytes_per_sample": sum(cache.array_bytes(a.path) for a in record.arrays.values()) / len(dataset),
-        }
-        for t in temperatures:
-            p = F.softmax(live / t, dim=1)
-            row[f"kl_T{t:g}"] = mean_kl(p, reconstruct(decoded.targets[target.name], t, num_classes))
-            if isinstance(decoded.targets[target.name], TopKLogits):
-                row[f"mass_T{t:g}"] = float(p.gather(1, decoded.targets[target.name].indices).sum(1).mean())
-        rows.append(row)
-    return rows
+        live, student_logits = teacher(inputs), student(inputs)
+    head = {"classes": num_classes, "source": source}
+    return [
+        {**head, **_encoding_row(cache, dataset, views, label, target, live, student_logits, temperatures)}
+        for label, target in targets.items()
+    ]
+
+
+def _encoding_row(
+    cache: Cache,
+    dataset: SampleDataset,
+    views: ViewTransform,
+    label: str,
+    target: Target,
+    live: torch.Tensor,
+    student: torch.Tensor,
+    temperatures: tuple[float, ...],
+) -> dict:
+    """Bytes, KL to the live distribution, and for top-k the mass kept and the share of the KD loss kept."""
+    name = label.replace(" ", "-")
+    everything = np.arange(len(dataset))
+    decoded = CachedDataset(dataset, cache, teacher=name, targets=[target.name], views=views)[everything].to("cpu")
+    value = decoded.targets[target.name]
+    arrays = cache.teacher(name).targets[target.name].arrays.values()
+    row = {
+        "encoding": label,
+        "raw_bytes_per_sample": sum(int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize for a in arrays),
+        "bytes_per_sample": sum(cache.array_bytes(a.path) for a in arrays) / len(dataset),
+    }
+    for t in temperatures:
+        p = F.softmax(live / t, dim=1)
+        row[f"kl_T{t:g}"] = mean_kl(p, reconstruct(value, t, live.shape[1]))
+        if isinstance(value, TopKLogits):
+            row[f"mass_T{t:g}"] = float(p.gather(1, value.indices).sum(1).mean())
+            # the k+1-bin KD loss against the full one, for a student part-way through training: a lower bound
+            row[f"kd_kept_T{t:g}"] = float(topk_kd_divergence(student, value, t) / kd_divergence(student, live, t))
+    return row
 
 
 def fidelity_table(class_counts: list[int], workdir: Path, *, progress: bool = True) -> list[dict]:
@@ -151,6 +169,8 @@ def report_fidelity(classes: list[int], out: Path, *, progress: bool = True) -> 
         "KL T=4",
         "mass kept T=1",
         "mass kept T=4",
+        "KD loss kept T=1",
+        "KD loss kept T=4",
     ]
     table = [
         [
@@ -162,6 +182,8 @@ def report_fidelity(classes: list[int], out: Path, *, progress: bool = True) -> 
             f"{r['kl_T4']:.2e}",
             _pct(r.get("mass_T1")),
             _pct(r.get("mass_T4")),
+            _pct(r.get("kd_kept_T1")),
+            _pct(r.get("kd_kept_T4")),
         ]
         for r in rows
     ]

@@ -154,9 +154,9 @@ def _require_arrays(f: h5py.File, manifest: Manifest, source: str) -> None:
 
 def _specs(manifest: Manifest) -> list[tuple[ArrayRecord, ArraySpec]]:
     """Every array record with the :class:`ArraySpec` that creates it (teacher arrays have a view axis)."""
-    pairs = [(r, _spec(r, views=False)) for r in manifest.samples.arrays.values()]
+    pairs = [(r, _spec(manifest, r, views=False)) for r in manifest.samples.arrays.values()]
     pairs += [
-        (a, _spec(a, views=True))
+        (a, _spec(manifest, a, views=True))
         for teacher in manifest.teachers.values()
         for target in teacher.targets.values()
         for a in target.arrays.values()
@@ -164,12 +164,14 @@ def _specs(manifest: Manifest) -> list[tuple[ArrayRecord, ArraySpec]]:
     return pairs
 
 
-def _spec(record: ArrayRecord, *, views: bool) -> ArraySpec:
-    shape = record.shape
-    compressor = record.compressor
+def _spec(manifest: Manifest, record: ArrayRecord, *, views: bool) -> ArraySpec:
+    """The spec that recreates ``record``, with the attributes its pinned ``zarr.json`` carries."""
+    shape, compressor = record.shape, record.compressor
+    pinned = manifest.metadata.get(f"{record.path}/zarr.json", {})
+    attributes = (pinned.get("attributes") or {}).get("kdcache", {})
     if views:
-        return ArraySpec(record.path, tuple(shape[2:]), record.dtype, compressor, views=shape[1])  # type: ignore[arg-type]
-    return ArraySpec(record.path, tuple(shape[1:]), record.dtype, compressor)  # type: ignore[arg-type]
+        return ArraySpec(record.path, tuple(shape[2:]), record.dtype, compressor, views=shape[1], attributes=attributes)  # type: ignore[arg-type]
+    return ArraySpec(record.path, tuple(shape[1:]), record.dtype, compressor, attributes=attributes)  # type: ignore[arg-type]
 
 
 def _declare(location: StoreLocation, manifest: Manifest) -> StoreBuilder:
@@ -180,7 +182,7 @@ def _declare(location: StoreLocation, manifest: Manifest) -> StoreBuilder:
         shard_samples=manifest.shard_samples,
         dataset=manifest.dataset,
         views=manifest.views,
-        sample_arrays=[_spec(r, views=False) for r in manifest.samples.arrays.values()],
+        sample_arrays=[_spec(manifest, r, views=False) for r in manifest.samples.arrays.values()],
         library=manifest.library,
     )
     for name, teacher in manifest.teachers.items():
@@ -188,7 +190,8 @@ def _declare(location: StoreLocation, manifest: Manifest) -> StoreBuilder:
             target: TargetLayout(
                 kind=record.kind,
                 params=record.params,
-                arrays={rel: _spec(a, views=True) for rel, a in record.arrays.items()},
+                arrays={rel: _spec(manifest, a, views=True) for rel, a in record.arrays.items()},
+                value_shape=tuple(record.value_shape or ()),
             )
             for target, record in teacher.targets.items()
         }

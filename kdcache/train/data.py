@@ -8,18 +8,23 @@ index, never by position in the batch. Targets travel as their stored dtype (flo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kdcache.checkpoint import load_state_dict, state_digest
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import ConfigError, StoreMismatchError
-from kdcache.store import SAMPLES_OWNER, VIEW_PARAMS, ArrayReader, Cache, Requirements
+from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_PARAMS, ArrayReader, Cache, Requirements
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
-from kdcache.targets import Ensemble, EnsembleDecoder, Target, build_target
+from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch
+from kdcache.train.decoding import checked_target
+from kdcache.train.samplecheck import SampleCheck
 from kdcache.views import ViewTransform
 
 POLICIES = ("cycle", "random", "fresh")
@@ -66,8 +71,12 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
         indices = np.ascontiguousarray(indices, dtype=np.int64)
-        view_ids = self.view_ids(indices)
         raw, labels = self.dataset.get_batch(indices)
+        return self.make_batch(indices, raw, labels)
+
+    def make_batch(self, indices: np.ndarray, raw: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """The batch of samples ``indices`` from their raw inputs and labels: each under this epoch's view."""
+        view_ids = self.view_ids(indices)
         params = self.views.params(indices, view_ids, tuple(raw.shape[-2:]))
         return Batch(
             inputs=self.views.apply(raw, params, view_ids),
@@ -83,9 +92,13 @@ class CachedDataset(ViewDataset):
 
     Each batch pairs view ``v`` of sample ``i`` with ``targets[i, v]``. The store is refused (:meth:`Cache.require`)
     unless it is complete for the teacher(s), holds the targets and was cached from this dataset (its fingerprint)
-    with the same view spec; ``num_classes``, when given, must be the teachers' logits width. When the store holds
-    ``views/params``, the numbers regenerated for every batch are checked against the stored ones bit for bit, so a
-    replay that drifted (another RNG or transform code) is refused, not trained on.
+    with the same view spec; ``num_classes``, when given, must be the teachers' logits width, and
+    ``teacher_checkpoint``, when given, the weights the (single) teacher was cached from. Every sample loaded is
+    then checked against the content digest stage one stored for it (:mod:`kdcache.train.samplecheck`):
+    a reordered, edited or self-augmenting dataset raises :class:`~kdcache.errors.SampleMismatchError` naming the
+    sample and the likely cause (``allow_sample_mismatch=True`` downgrades that to a logged warning). When the store
+    holds ``views/params``, the numbers regenerated for every batch are checked against the stored ones bit for
+    bit, so a replay that drifted (another RNG or transform code) is refused, not trained on.
 
     >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
     >>> for batch in batch_loader(train, batch_size=64, seed=0):
@@ -103,6 +116,8 @@ class CachedDataset(ViewDataset):
         policy: str = "cycle",
         ram_budget_bytes: float = 2 * 1024**3,
         num_classes: int | None = None,
+        teacher_checkpoint: str | Path | None = None,
+        allow_sample_mismatch: bool = False,
     ) -> None:
         super().__init__(dataset, views, policy=policy)
         if policy == "fresh":
@@ -122,6 +137,7 @@ class CachedDataset(ViewDataset):
                 num_classes=num_classes,
                 dataset=dataset_fingerprint(dataset, num_classes=stored_classes),
                 views=views.spec(),
+                teacher_state=None if teacher_checkpoint is None else state_digest(load_state_dict(teacher_checkpoint)),
             )
         )
         rows = cache.sample_index()
@@ -139,6 +155,8 @@ class CachedDataset(ViewDataset):
                 reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
             self.readers[name][key] = reader
         self.params_reader = self._params_reader(cache, budget)
+        digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
+        self.check = SampleCheck(cache.url, dataset, digests, allow_mismatch=allow_sample_mismatch)
 
     def read_block(self) -> int:
         """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""
@@ -156,11 +174,14 @@ class CachedDataset(ViewDataset):
         return reader
 
     def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
-        batch = super().__getitem__(indices)
-        rows = self.row_of[batch.indices.numpy()]
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        rows = self.row_of[indices]
         if (rows < 0).any():
-            absent = batch.indices.numpy()[rows < 0][:10].tolist()
+            absent = indices[rows < 0][:10].tolist()
             raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
+        raw, labels = self.dataset.get_batch(indices)
+        self.check(indices, rows, raw, labels)
+        batch = self.make_batch(indices, raw, labels)
         views = batch.views.numpy()
         if self.params_reader is not None:
             self._check_params(batch, self.params_reader.read_rows(rows, views))
@@ -195,7 +216,7 @@ def _target_sources(
     decoders: dict[str, Target | EnsembleDecoder] = {}
     records: list[tuple[str, str, str, ArrayRecord]] = []
     for name in targets:
-        built = {m: build_target(found[m][name].kind, found[m][name].params) for m in members}
+        built = {m: checked_target(cache.url, m, name, found[m][name]) for m in members}
         if isinstance(teacher, Ensemble):
             kinds = {m: found[m][name].kind for m in members}
             if set(kinds.values()) != {"logits"}:  # one store fixes classes and views, so logits shapes agree

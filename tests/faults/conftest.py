@@ -47,3 +47,15 @@ def clean_arrays(clean_store) -> dict[str, np.ndarray]:
 def store_copy(tmp_path, clean_store) -> Path:
     """A private copy of the clean store to damage."""
     return Path(shutil.copytree(clean_store, tmp_path / "store.zarr"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """A test digits pipeline (as a dict) whose teacher is trained and cached: what the mismatch cases edit."""
+    from kdcache.pipeline import parse_pipeline
+    from kdcache.pipeline.distill import run_precompute
+    from tests.conftest import pipeline_dict
+
+    raw = pipeline_dict(tmp_path_factory.mktemp("built"))
+    run_precompute(parse_pipeline(raw), progress=False)
+    return raw

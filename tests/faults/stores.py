@@ -41,3 +41,19 @@ def read_everything(url: str | Path) -> dict[str, np.ndarray]:
 
 def same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+def edited_digits(tmp_path: Path, edit) -> str:  # noqa: ANN001 - edit takes an open h5py.File
+    """A copy of the shipped digits file under the same name, with ``edit`` applied: only the content differs."""
+    import shutil
+
+    import h5py
+
+    from tests.conftest import DIGITS
+
+    copy = tmp_path / "edited" / "digits.h5"
+    copy.parent.mkdir()
+    shutil.copy(DIGITS, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f)
+    return str(copy)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import shutil
 
-import h5py
 import pytest
 
 from kdcache.errors import KdcacheError, StoreIncompleteError, StoreMismatchError
@@ -17,24 +16,9 @@ from kdcache.pipeline.distill import run_precompute, train_student
 from kdcache.store import read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import write_manifest
-from tests.conftest import DIGITS, pipeline_dict, with_changes
+from tests.conftest import with_changes
 from tests.faults.ledger import Outcome, clear_error, record
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict:
-    raw = pipeline_dict(tmp_path_factory.mktemp("mismatch"))
-    run_precompute(parse_pipeline(raw), progress=False)
-    return raw
-
-
-def edited_digits(tmp_path, edit) -> str:
-    copy = tmp_path / "edited" / "digits.h5"  # the same file name: only the content differs
-    copy.parent.mkdir()
-    shutil.copy(DIGITS, copy)
-    with h5py.File(copy, "r+") as f:
-        edit(f)
-    return str(copy)
+from tests.faults.stores import edited_digits
 
 
 def reverse_order(f) -> None:

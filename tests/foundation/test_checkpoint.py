@@ -26,11 +26,29 @@ def test_safetensors_round_trip_with_its_spec(tmp_path) -> None:
     assert not list(tmp_path.glob(".*partial"))  # written through a temp file, renamed into place
 
 
-def test_pt_state_dicts_load_with_weights_only(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda s: s, lambda s: {"state_dict": s, "epoch": 3}, lambda s: {"model": s, "optimizer": {}},
+     lambda s: {f"module.{k}": v for k, v in s.items()}, lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}}],
+    ids=["plain", "state_dict-wrapper", "model-wrapper", "ddp-prefix", "wrapped-ddp"],
+)  # fmt: skip
+def test_pt_checkpoints_load_with_weights_only_in_the_common_wrappers(tmp_path, wrap) -> None:
     model = _model(0)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    state = load_state_dict(tmp_path / "m.pt")
-    assert torch.equal(state["0.weight"], model[0].weight)
+    torch.save(wrap(model.state_dict()), tmp_path / "m.pth")
+    loaded = load_model(_model(1), tmp_path / "m.pth")
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    assert read_spec(tmp_path / "m.pth") == {}  # no safetensors header to read: never a SafetensorError
+
+
+def test_a_pt_file_that_is_not_a_state_dict_is_a_checkpoint_error(tmp_path) -> None:
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"holds list, not a state dict of tensors"):
+        load_state_dict(tmp_path / "list.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match=r"is not a readable safetensors file"):
+        read_spec(tmp_path / "broken.safetensors")
 
 
 def test_missing_and_mismatched_checkpoints_are_checkpoint_errors(tmp_path) -> None:
@@ -38,6 +56,11 @@ def test_missing_and_mismatched_checkpoints_are_checkpoint_errors(tmp_path) -> N
         load_state_dict(tmp_path / "absent.safetensors")
     path = save_model(_model(0), tmp_path / "m.safetensors", spec={})
     with pytest.raises(
-        CheckpointError, match=r"(?s)does not fit Linear:.*Missing key.*\"weight\".*Unexpected key.*\"0\.weight\""
+        CheckpointError, match=r"does not fit Linear: missing keys \(2\): bias, weight; unexpected keys"
     ):
         load_model(torch.nn.Linear(4, 2), path)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    with pytest.raises(
+        CheckpointError, match=r"shapes \(checkpoint vs model\) \(3\): 0\.weight \(8, 4\) vs \(5, 4\), 0\.bias"
+    ):
+        load_model(wider, path)

@@ -102,13 +102,21 @@ def test_topk_kd_by_hand_with_a_tail_bin():
     assert float(topk_kd_divergence(student, cached, 1.0)) == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_topk_with_k_equal_to_class_count_equals_dense():
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_topk_with_k_equal_to_class_count_equals_dense(dtype):
+    """Stored at any precision, top-k with k = C is dense KD on the stored logits: the log-sum-exp is taken over
+    the rounded values, so the probabilities sum to 1 (they summed to 0.987 for bfloat16 before format 2)."""
     torch.manual_seed(0)
     teacher_logits, student = torch.randn(16, 7) * 3, torch.randn(16, 7)
-    topk = build_target("logits", {"encoding": "topk", "k": 7, "temperatures": [4.0], "dtype": "float32"})
-    cached = topk.decode({k: torch.from_numpy(v) for k, v in topk.encode(teacher_logits).items()})
-    dense = kd_divergence(student, teacher_logits, 4.0)
-    assert float(topk_kd_divergence(student, cached, 4.0)) == pytest.approx(float(dense), rel=1e-5)
+    for temperature in (1.0, 4.0):
+        topk = build_target("logits", {"encoding": "topk", "k": 7, "temperatures": [temperature], "dtype": dtype})
+        dense = build_target("logits", {"dtype": dtype})
+        cached = topk.decode({k: torch.from_numpy(v) for k, v in topk.encode(teacher_logits).items()})
+        stored = dense.decode({k: torch.from_numpy(v) for k, v in dense.encode(teacher_logits).items()})
+        probabilities = (cached.values / temperature - cached.lse_at(temperature)[:, None]).exp().sum(dim=1)
+        torch.testing.assert_close(probabilities, torch.ones(16), rtol=0, atol=1e-6)
+        expected = float(kd_divergence(student, stored, temperature))
+        assert float(topk_kd_divergence(student, cached, temperature)) == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- feature losses

@@ -48,7 +48,7 @@ def test_dataset_content_mismatch_names_what_differs(built, tmp_path):
 
 
 def test_class_count_mismatch(built):
-    with pytest.raises(StoreMismatchError, match=r"has 10 classes, but the pipeline trains a 12-class student"):
+    with pytest.raises(StoreMismatchError, match=r"has 10 classes, but the student is trained for 12"):
         train_student(variant(built, data__num_classes=12), "cached", progress=False)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from kdcache import Factory, StageOneJob, build_target, precompute, precompute_on_dask
+from kdcache import Factory, StageOneJob, build_target, open_cache, precompute, precompute_on_dask
 from kdcache.errors import ConfigError
 from kdcache.precompute import TeacherRun, dask_client
 from kdcache.views import ViewTransform, build_view_op
@@ -73,3 +74,26 @@ def test_what_is_not_a_teacher_or_a_dataset_is_refused_before_anything_runs(tmp_
     with pytest.raises(ConfigError, match=r"dataset must be a kdcache SampleDataset .*got Tensor"):
         precompute(TEACHER, torch.zeros(3), str(tmp_path / "x.zarr"), targets=targets(), views=views(), num_classes=10)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_class_sorted_dataset_with_an_all_zero_label_shard_is_cached(tmp_path):
+    """zarr skips chunks equal to the fill value unless told otherwise; every shard must still be written."""
+    from kdcache.datasets import TensorDataset
+
+    labels = torch.sort(torch.arange(256) % 4).values  # the first shard of 64 is all class 0 (the fill value)
+    data = TensorDataset(torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)), labels,
+                         split="train", source={"kind": "class-sorted"})  # fmt: skip
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    report = precompute(teacher, data, str(tmp_path / "sorted.zarr"), targets=[build_target("logits", {})],
+                        views=views(), shard_samples=64, progress=False)  # fmt: skip
+    assert report.complete and (tmp_path / "sorted.zarr" / "samples/label/c/0").stat().st_size > 0
+    stored = open_cache(str(tmp_path / "sorted.zarr")).labels()
+    np.testing.assert_array_equal(stored, labels.numpy())
+
+
+def test_num_classes_is_read_from_the_teacher_and_a_wrong_one_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"outputs 10 classes .* was told num_classes=5\. Pass num_classes=10"):
+        precompute(TEACHER, DATASET, str(tmp_path / "x.zarr"), targets=targets(), views=views(), num_classes=5)
+    assert not (tmp_path / "x.zarr").exists()
+    precompute(TEACHER, DATASET, str(tmp_path / "y.zarr"), targets=targets(), views=views(), progress=False)
+    assert open_cache(str(tmp_path / "y.zarr")).manifest.dataset["num_classes"] == 10

@@ -2,7 +2,8 @@
 
 The teacher, the data and the view normalisation are chosen so every float is exact (small dyadic rationals), so
 the stored logits, features and digests do not depend on the BLAS, the thread count or the summation order. What
-is pinned: the manifest byte for byte (except the library versions it records, checked separately), every
+is pinned: the manifest byte for byte (except the library versions it records and the two digests that cover them,
+checked separately: the manifest must still verify), every
 ``zarr.json`` byte for byte, and a SHA-256 of every array's decoded contents. Regenerate the golden files only with
 a format-version bump: ``KDCACHE_WRITE_GOLDEN=1 pytest tests/store/test_golden.py``.
 """
@@ -21,10 +22,14 @@ import zarr
 from torch import nn
 
 from kdcache import TensorDataset, ViewTransform, build_target, build_view_op, precompute
-from kdcache.store import library_versions
+from kdcache.store import FORMAT_VERSION, library_versions, open_cache
 
 GOLDEN = Path(__file__).parent / "golden"
-LIBRARY_BLOCK = re.compile(rb'"library": \{[^}]*\}')
+VERSION_DEPENDENT = [  # the library versions the manifest records, and the digests that cover them
+    (re.compile(rb'"library": \{[^}]*\}'), b'"library": {}'),
+    (re.compile(rb'"library": "[0-9a-f]{64}"'), b'"library": "<digest of the versions>"'),
+    (re.compile(rb'"digest": "[0-9a-f]{64}",\n "format_version"'), b'"digest": "<digest>",\n "format_version"'),
+]
 
 
 class GoldenTeacher(nn.Module):
@@ -69,7 +74,11 @@ def build_golden_store(path: Path) -> Path:
 def store_documents(store: Path) -> dict[str, bytes]:
     """The manifest (library versions blanked) and every zarr.json, by path relative to the store."""
     docs = {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("zarr.json"))}
-    docs["kdcache.manifest.json"] = LIBRARY_BLOCK.sub(b'"library": {}', (store / "kdcache.manifest.json").read_bytes())
+    manifest = (store / "kdcache.manifest.json").read_bytes()
+    for pattern, replacement in VERSION_DEPENDENT:
+        manifest, found = pattern.subn(replacement, manifest)
+        assert found == 1, pattern
+    docs["kdcache.manifest.json"] = manifest
     return docs
 
 
@@ -103,3 +112,4 @@ def test_store_bytes_are_pinned(tmp_path: Path) -> None:
     assert digests == expected_digests
     recorded = json.loads((store / "kdcache.manifest.json").read_bytes())["library"]
     assert recorded == library_versions()
+    assert open_cache(str(store)).manifest.format_version == FORMAT_VERSION  # its own digest verified on open

@@ -11,8 +11,9 @@ import torch
 import zarr
 
 from kdcache.datasets.fingerprint import dataset_fingerprint
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import FORMAT_VERSION, open_cache, read_manifest
 from kdcache.store.location import StoreLocation
+from kdcache.train import CachedDataset
 from tests.conftest import cache_digits
 
 
@@ -46,7 +47,7 @@ def test_plain_zarr_reads_the_same_bytes(store, teacher, digits_small, views):
     np.testing.assert_array_equal(array[:][:, 0], live_logits(teacher, digits_small, views).numpy().astype(np.float16))
     np.testing.assert_array_equal(group["samples/index"][:], np.arange(300))
     np.testing.assert_array_equal(group["samples/label"][:], digits_small.all_labels())
-    assert group.attrs["format_version"] == 1 and group.attrs["kdcache"]["status"] == "complete"
+    assert group.attrs["format_version"] == FORMAT_VERSION and group.attrs["kdcache"]["status"] == "complete"
 
 
 def test_independent_zarr_implementation_reads_the_same_values(store):
@@ -88,3 +89,35 @@ def test_streamed_reads_equal_in_memory_reads(store):
     in_ram = cache.array_reader(record, "teachers/t8", in_memory=True).read_rows(rows, np.zeros(77, dtype=np.int64))
     streamed = cache.array_reader(record, "teachers/t8", in_memory=False).read_rows(rows, np.zeros(77, dtype=np.int64))
     np.testing.assert_array_equal(in_ram, streamed)
+
+
+def test_plain_zarr_users_decode_every_encoding_from_the_array_attributes(tmp_path, teacher, digits_small, views):
+    """What docs/store-format.md shows: attributes say what each array is, so bf16, int8 and top-k decode without
+    kdcache; the values equal what kdcache's own decoders give."""
+    from kdcache.targets import build_target
+
+    targets = [build_target("logits", {"dtype": "bfloat16"}), build_target("logits", {"encoding": "int8"}),
+               build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]})]  # fmt: skip
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, targets)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    logits = group["teachers/t8/logits"]
+    about = logits.attrs["kdcache"]
+    assert about["dtype"] == "bfloat16" and about["axes"] == ["sample", "view", "class"] and logits.dtype == np.uint16
+    bf16 = (logits[:].astype(np.uint32) << 16).view(np.float32)  # bfloat16 is the top half of a float32
+    q, scale, offset = (group[f"teachers/t8/logits_int8/{a}"][:] for a in ("q", "scale", "offset"))
+    assert group["teachers/t8/logits_int8/q"].attrs["kdcache"]["meaning"].startswith("logits quantised per row")
+    int8 = offset[..., None] + scale[..., None] * (q.astype(np.float32) + 128)
+    values, lse = group["teachers/t8/logits_topk/values"][:], group["teachers/t8/logits_topk/lse"][:]
+    assert group["teachers/t8/logits_topk/lse"].attrs["kdcache"]["axes"] == ["sample", "view", "temperature"]
+    p_top = np.exp(values.astype(np.float64) / 4.0 - lse[..., 1:2])  # T = 4, the second declared temperature
+    cache = open_cache(str(tmp_path / "s.zarr"))
+    data = CachedDataset(digits_small, cache, teacher="t8", targets=["logits", "logits_int8", "logits_topk"],
+                         views=views)[np.arange(300)].to("cpu")  # fmt: skip
+    np.testing.assert_array_equal(bf16[:, 0], data.targets["logits"].numpy())
+    np.testing.assert_allclose(int8[:, 0], data.targets["logits_int8"].numpy(), rtol=0, atol=1e-5)
+    topk = data.targets["logits_topk"]
+    np.testing.assert_allclose(p_top[:, 0], (topk.values / 4 - topk.lse_at(4.0)[:, None]).exp().numpy(), rtol=1e-5)
+    assert group["samples/digest"].attrs["kdcache"]["axes"] == ["sample", "byte"] and group["samples/digest"].shape == (
+        300,
+        16,
+    )

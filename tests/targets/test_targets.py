@@ -88,8 +88,14 @@ def test_topk_keeps_top_classes_and_exact_log_sum_exp(stores):
     top = live["logits"].topk(3, dim=1)
     np.testing.assert_array_equal(topk.indices.numpy(), top.indices.numpy())
     torch.testing.assert_close(topk.values, top.values.half().float())
+    # the log-sum-exp is over the distribution a reader reconstructs: the stored (fp16-rounded) top-k values and the
+    # exact float32 tail, so the k probabilities and the tail bin sum to 1
+    full = live["logits"].scatter(1, top.indices, top.values.half().float())
     for t in (1.0, 4.0):
-        torch.testing.assert_close(topk.lse_at(t), torch.logsumexp(live["logits"] / t, dim=1))
+        torch.testing.assert_close(topk.lse_at(t), torch.logsumexp(full / t, dim=1))
+        tail = torch.logsumexp(full.scatter(1, top.indices, float("-inf")) / t, dim=1)
+        total = (topk.values / t - topk.lse_at(t)[:, None]).exp().sum(1) + (tail - topk.lse_at(t)).exp()
+        torch.testing.assert_close(total, torch.ones_like(total))
     with pytest.raises(ConfigError, match=r"cached with log-sum-exp at temperatures \[1.0, 4.0\], not at T=2.0"):
         topk.lse_at(2.0)
 

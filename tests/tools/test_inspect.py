@@ -21,7 +21,10 @@ def test_breakdown_attributes_every_byte_and_plots(tmp_path, teacher, digits_sma
     assert list(rows) == ["t8", SHARED]
     assert list(rows["t8"]) == ["logits", "logits_topk/indices", "logits_topk/lse", "logits_topk/values"]
     assert rows["t8"]["logits"] * n == cache.array_bytes("teachers/t8/logits")
-    assert set(rows[SHARED]) == {"samples/index", "samples/label", OVERHEAD} and rows[SHARED][OVERHEAD] > 0
+    assert (
+        set(rows[SHARED]) == {"samples/index", "samples/label", "samples/digest", OVERHEAD}
+        and rows[SHARED][OVERHEAD] > 0
+    )
     total = sum(size for row in rows.values() for size in row.values())
     assert total * n == pytest.approx(cache.location.disk_usage(), abs=1e-6)  # the bars add up to the store
 

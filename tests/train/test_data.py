@@ -73,3 +73,22 @@ def test_sampler_batches_cover_the_epoch():
     sampler = EpochBatchSampler(10, 4, seed=0)
     batches = list(sampler)
     assert [len(b) for b in batches] == [4, 4, 2] and len(sampler) == 3
+
+
+def test_the_api_checks_what_the_cli_checks(tmp_path, cached, teacher, digits_small, views):
+    """Class count and (given its checkpoint) the teacher's weights are refused through the API as through the CLI."""
+    from kdcache.checkpoint import save_model
+    from kdcache.errors import StoreMismatchError
+
+    url = cached.readers["logits"]["logits"].location.url
+    path = save_model(teacher, tmp_path / "teacher.safetensors", spec={})
+    CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views, num_classes=10,
+                  teacher_checkpoint=path)  # fmt: skip
+    with pytest.raises(StoreMismatchError, match=r"has 10 classes, but the student is trained for 12"):
+        CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views, num_classes=12)
+    with torch.no_grad():
+        teacher.fc.bias += 1
+    other = save_model(teacher, tmp_path / "other.safetensors", spec={})
+    with pytest.raises(StoreMismatchError, match=r"weights: the checkpoint hashes to"):
+        CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views,
+                      teacher_checkpoint=other)  # fmt: skip

@@ -220,3 +220,40 @@ def test_killed_torchrun_run_resumes_exactly_on_two_or_one_processes(pipeline, t
         for name, tensor in expected.items():
             torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6)
     assert reference.metrics["accuracy"] > 0.3
+
+
+class EditedOutsideProbes(Subset):
+    """The digits with one pixel changed in every sample the dataset fingerprint does not hash."""
+
+    def get_batch(self, indices):
+        inputs, labels = super().get_batch(indices)
+        probes = np.unique(np.linspace(0, SAMPLES - 1, 16).round().astype(np.int64))
+        inputs = inputs.clone()
+        inputs[~np.isin(np.asarray(indices), probes), 0, 3, 3] += 1 / 16
+        return inputs, labels
+
+
+def mismatch_worker(rank: int, rendezvous: str, store: str, out: str) -> None:
+    """One rank training from an edited dataset: it must refuse, and say why, before any collective."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    views = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
+    edited = EditedOutsideProbes(HDF5Dataset(DIGITS, "train"), np.arange(SAMPLES), tag=f"first-{SAMPLES}")
+    try:
+        data = CachedDataset(edited, open_cache(store), teacher="t8", targets=["logits"], views=views)
+        fit(DigitsMLP(10, hidden=16), data, None, stages=STAGES, setup=LossSetup(10), batch_size=64, seed=0,
+            world=World(rank, 2, rank), progress=False)  # fmt: skip
+        outcome = {"type": None, "message": "trained"}
+    except Exception as exc:  # noqa: BLE001 - recorded for the parent test to judge
+        outcome = {"type": type(exc).__name__, "message": str(exc)}
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+
+
+def test_every_ddp_rank_refuses_samples_whose_content_differs(store, tmp_path):
+    mp.spawn(mismatch_worker, args=(str(tmp_path / "rendezvous"), store, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert outcome["type"] == "SampleMismatchError", outcome
+        assert "no row of the store has this content" in outcome["message"]

@@ -40,8 +40,7 @@ def build_echo_store(path: str, *, dataset=None, batch_size: int = 64) -> None:
         path,
         targets=[build_target("logits", {"dtype": "float32"})],
         views=transform(count=VIEWS),
-        num_classes=10,
-        teacher_name="echo",
+        teacher_name="echo",  # num_classes is read from the teacher: 64 "classes", its input pixels
         shard_samples=128,
         batch_size=batch_size,
         progress=False,

@@ -51,6 +51,16 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 f"(softmax at T, KL, backward) {loss:+.1%}, timed alone; online KD pays the same loss",
             )
         )
+        rows.append(
+            _row(
+                figure,
+                f"{name}: per-sample digest check / student-only step",
+                s["digest_check_share_of_step"],
+                "<=",
+                0.02,
+                "BLAKE2b over every loaded sample's raw bytes; it grows with the input size, not the model's",
+            )
+        )
         expected = s["expected_online_over_cached"]["median"]
         ideal = s["ideal_online_over_cached"]["median"]
         forward = s["ratios"]["teacher forward / student step"]["median"]

@@ -13,7 +13,8 @@ costs count):
   forward pass over the same batches; producing one epoch of batches without and with targets; and the forward and
   backward of each variant's objective alone on logits of the batch's shape. They give the expected online/cached
   ratio (1 + teacher forward / student step) and, when cached KD costs more than student-only, how much of the
-  difference is fetching targets and how much is the KD loss itself.
+  difference is fetching targets and how much is the KD loss itself. ``digest check`` is the per-sample content
+  digest stage two computes of every loaded batch (the join proof), timed alone.
 
 With targets in RAM both loaders draw the same uniform permutation (same seed, block 1), so all variants see the
 same batches; the streamed loader block-shuffles the same samples (its order differs, its shapes do not).
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from kdcache.datasets.digest import sample_digests
 from kdcache.losses import StepOutputs, build_objective
 from kdcache.store import open_cache
 from kdcache.tools.bench.rounds import Samples, interleave, spread, timed
@@ -61,6 +63,7 @@ def measure_steps(w: Workload, store: str, settings: BenchSettings, *, progress:
             "fetch, inputs + targets": lambda: timed(lambda: run.epoch_of_batches(run.in_ram)) / run.steps,
             "loss, student-only": lambda: run.objective_alone(w.student_only, run.batches),
             "loss, KD": lambda: run.objective_alone(w.distill, run.cached_batches),
+            "digest check": run.digest_check,
         },
         rounds=settings.step_rounds,
         warmup=settings.warmup,
@@ -114,6 +117,14 @@ class _StepVariants:
         _sync(self.device)
         return (time.perf_counter() - start) / self.steps
 
+    def digest_check(self) -> float:
+        """The per-sample content digests stage two computes of every batch it loads, alone (seconds per step)."""
+        raw = [self.w.train.get_batch(batch.indices.numpy()) for batch in self.batches]
+        start = time.perf_counter()
+        for inputs, labels in raw:
+            sample_digests(inputs, labels)
+        return (time.perf_counter() - start) / self.steps
+
     def teacher_forward(self) -> float:
         start = time.perf_counter()
         for batch in self.batches:
@@ -143,6 +154,7 @@ def _summary(samples: Samples, w: Workload, steps: int) -> dict[str, Any]:
         "ideal_online_over_cached": spread(ideal),
         "target_fetch_share_of_step": spread(_share(samples, "fetch, inputs + targets", "fetch, inputs only")),
         "kd_loss_share_of_step": spread(_share(samples, "loss, KD", "loss, student-only")),
+        "digest_check_share_of_step": samples.ratio("digest check", "student-only"),
     }
 
 

@@ -64,6 +64,7 @@ def _steps(steps: dict[str, Any]) -> str:
                 _r(s["expected_online_over_cached"]),
                 f"{s['target_fetch_share_of_step']['median']:+.1%}",
                 f"{s['kd_loss_share_of_step']['median']:+.1%}",
+                f"{s['digest_check_share_of_step']['median']:.2%}",
             ]
         )
     header = [
@@ -80,6 +81,7 @@ def _steps(steps: dict[str, Any]) -> str:
         "expected online / cached",
         "target fetch (share of step)",
         "KD loss (share of step)",
+        "digest check (share of step)",
     ]
     return markdown_table(header, rows)
 

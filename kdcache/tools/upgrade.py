@@ -1,0 +1,162 @@
+"""``kdcache upgrade``: bring a format-1 store to format 2 in place, without the teacher.
+
+Format 2 records what format 1 could not prove: a content digest of every sample (``samples/digest``), every
+``zarr.json`` pinned in the manifest, each target's value shape, the manifest's own digest, and self-describing array
+attributes. An upgrade first proves the old store sound — complete, every shard's size and SHA-256 as recorded,
+every ``zarr.json`` exactly what kdcache writes for its array — and the dataset the one it was built from (its
+format-1 fingerprint). Then it writes the digests from that dataset, describes every array, and publishes a format-2
+manifest last; an interrupted upgrade leaves a format-1 store that upgrades again. Target values are not touched: a
+top-k log-sum-exp keeps its format-1 meaning (over the float32 logits, see docs/targets.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.fingerprint import dataset_fingerprint
+from kdcache.errors import StoreFormatError, StoreIncompleteError, StoreMismatchError
+from kdcache.fingerprint import describe_difference
+from kdcache.precompute.samples import read_digests, sample_arrays
+from kdcache.store import (
+    FORMAT_VERSION,
+    SAMPLE_DIGEST,
+    SAMPLES_OWNER,
+    Cache,
+    StoreBuilder,
+    StoreLocation,
+    StoreLock,
+    io_errors,
+    open_cache,
+    shard_ranges,
+)
+from kdcache.store.integrity import differences, read_document, scrub_problems
+from kdcache.store.layout import ArraySpec
+from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord, read_manifest
+from kdcache.store.writer import expected_metadata
+from kdcache.targets import build_target
+
+
+def upgrade_store(url: str, dataset: SampleDataset, *, batch_size: int = 256, progress: bool = True) -> Cache:
+    """Upgrade the format-1 store at ``url`` to format 2 with the ``dataset`` it was built from; returns it opened.
+
+    >>> upgrade_store("runs/digits_kd/cache/train.zarr", HDF5Dataset("data/digits.h5", "train"))  # doctest: +SKIP
+    """
+    location = StoreLocation(url)
+    with io_errors(location, "upgrading"):
+        manifest = read_manifest(location, upgrading=True)
+    with io_errors(location, "upgrading"), StoreLock(location):
+        manifest = read_manifest(location, upgrading=True)  # again, under the lock: nobody wrote in between
+        if manifest.format_version == FORMAT_VERSION:
+            raise StoreFormatError(f"store {url!r} is already format {FORMAT_VERSION}; there is nothing to upgrade")
+        _require_sound(location, manifest)
+        _require_dataset(url, manifest, dataset)
+        builder = StoreBuilder(location, _format_two(manifest))
+        _describe_arrays(builder, dataset)
+        _write_digests(builder, dataset, batch_size, progress)
+        builder.finalize(SAMPLES_OWNER)  # publishes the format-2 manifest, pinning every zarr.json, last
+    return open_cache(url)
+
+
+def _require_sound(location: StoreLocation, manifest: Manifest) -> None:
+    """Complete, undamaged, and every array laid out exactly as kdcache lays it out: only then is it pinned."""
+    if manifest.status != "complete":
+        raise StoreIncompleteError(
+            f"store {location.url!r} is format 1 and {manifest.status}; only complete stores are upgraded. Finish it "
+            "with the kdcache version that wrote it, or rebuild it with `kdcache precompute`"
+        )
+    owners = Cache(location, manifest).owner_arrays()
+    problems = scrub_problems(location, manifest, owners)
+    for records in owners.values():
+        for record in records.values():
+            found = {k: v for k, v in read_document(location, f"{record.path}/zarr.json").items() if k != "attributes"}
+            expected = expected_metadata(_spec_of(record), manifest.num_samples, manifest.shard_samples)
+            expected.pop("attributes", None)
+            if found != expected:
+                fields = "; ".join(differences(expected, found)[:5]).replace("manifest pinned", "kdcache writes")
+                problems.append(f"{record.path}/zarr.json is not what kdcache writes for it ({fields})")
+    if problems:
+        raise StoreFormatError(
+            f"store {location.url!r} cannot be upgraded: {len(problems)} problem(s), first: {problems[0]}. Restore "
+            "the damaged files or rebuild the store with `kdcache precompute`"
+        )
+
+
+def _require_dataset(url: str, manifest: Manifest, dataset: SampleDataset) -> None:
+    found = dataset_fingerprint(dataset, num_classes=manifest.dataset.get("num_classes"))
+    if found.get("digest") != manifest.dataset.get("digest"):
+        raise StoreMismatchError(
+            f"store {url!r} was built from another dataset ({describe_difference(found, manifest.dataset)}); the "
+            "upgrade records per-sample digests from the dataset it is given, so it must be the one the store was "
+            "built from. Point the upgrade at that data (the pipeline's data section) or rebuild the store"
+        )
+
+
+def _format_two(manifest: Manifest) -> Manifest:
+    """The manifest with the format-2 records a format-1 store lacks (the digest array is declared separately)."""
+    classes = manifest.dataset.get("num_classes")
+    teachers = {
+        name: teacher.model_copy(
+            update={
+                "targets": {
+                    t: rec.model_copy(update={"value_shape": _value_shape(rec, classes)})
+                    for t, rec in teacher.targets.items()
+                }
+            }
+        )  # fmt: skip
+        for name, teacher in manifest.teachers.items()
+    }
+    return manifest.model_copy(update={"format_version": FORMAT_VERSION, "teachers": teachers})
+
+
+def _value_shape(record: TargetRecord, classes: int | None) -> list[int]:
+    """The extracted value shape format 1 did not record: the arrays' sample shape, or ``[C]`` for top-k (the only
+    encoding whose arrays do not show C); the one whose layout reproduces the recorded arrays."""
+    target = build_target(record.kind, record.params)
+    found = {rel: (a.shape[2:], a.dtype) for rel, a in record.arrays.items()}
+    candidates = [next(iter(record.arrays.values())).shape[2:], *([[classes]] if classes else [])]
+    for shape in candidates:
+        try:
+            layout = target.layout(tuple(shape))
+        except ValueError:
+            continue
+        if {rel: (list(a.sample_shape), a.dtype) for rel, a in layout.items()} == found:
+            return list(shape)
+    raise StoreFormatError(f"the arrays of target {target.name!r} match no value shape of its kind {record.kind!r}")
+
+
+def _describe_arrays(builder: StoreBuilder, dataset: SampleDataset) -> None:
+    """Declare ``samples/digest`` and write every array's self-description into its zarr.json."""
+    manifest = builder.manifest
+    names = manifest.views.get("transform", {}).get("params", [])
+    described = {s.path: s for s in sample_arrays(dataset, manifest.views.get("count", 1), names)}
+    builder.add_sample_array(described[SAMPLE_DIGEST])
+    for path in manifest.samples.arrays:
+        if path != SAMPLE_DIGEST:
+            builder.describe_array(path, described[path].attributes)
+    for name, teacher in manifest.teachers.items():
+        for record in teacher.targets.values():
+            target = build_target(record.kind, record.params)
+            for rel, (_, attributes) in target.stored_arrays(name, tuple(record.value_shape or ())).items():
+                builder.describe_array(record.arrays[rel].path, attributes)
+
+
+def _write_digests(builder: StoreBuilder, dataset: SampleDataset, batch_size: int, progress: bool) -> None:
+    """Recommit the sample arrays shard by shard with the digests (the other sample arrays keep their bytes)."""
+    cache = Cache(builder.location, builder.manifest)
+    readers = {path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
+               for path, rec in builder.manifest.samples.arrays.items() if path != SAMPLE_DIGEST}  # fmt: skip
+    ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
+    for index, (lo, hi) in enumerate(tqdm(ranges, desc="upgrade", unit="shard", disable=not progress)):
+        rows: dict[str, np.ndarray] = {path: reader.read_shard(index) for path, reader in readers.items()}
+        rows[SAMPLE_DIGEST] = read_digests(dataset, lo, hi, batch_size)
+        builder.commit(SAMPLES_OWNER, index, rows)
+
+
+def _spec_of(record: ArrayRecord) -> ArraySpec:
+    """The spec that created ``record``: teacher arrays have a view axis, sample arrays other than views/params not."""
+    views = record.path.startswith(("teachers/", "views/"))
+    head = 2 if views else 1
+    return ArraySpec(record.path, tuple(record.shape[head:]), record.dtype, record.compressor,  # type: ignore[arg-type]
+                     views=record.shape[1] if views else None)  # fmt: skip

@@ -1,0 +1,81 @@
+"""A format-1 store (a real one, written by kdcache before format 2 and kept in tests/store/v1_store) upgrades in
+place to a store that opens, verifies and trains like a fresh format-2 store of the same teacher and data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kdcache import CachedDataset, ViewTransform, build_view_op, open_cache
+from kdcache.datasets import Subset
+from kdcache.errors import StoreFormatError, StoreMismatchError
+from kdcache.store import FORMAT_VERSION, scrub
+from kdcache.tools.upgrade import upgrade_store
+from tests.helpers import kdcache
+from tests.store.test_golden import build_golden_store, golden_dataset
+
+V1 = Path(__file__).resolve().parents[1] / "store" / "v1_store"
+
+
+def golden_views() -> ViewTransform:
+    return ViewTransform(
+        count=2, seed=3, mean=(0.5,), std=(0.25,), augment=[build_view_op("horizontal_flip", {"p": 0.5})]
+    )
+
+
+@pytest.fixture
+def v1(tmp_path) -> Path:
+    return Path(shutil.copytree(V1, tmp_path / "v1.zarr"))
+
+
+def test_a_format_one_store_is_refused_with_the_way_to_upgrade(v1):
+    with pytest.raises(StoreFormatError, match=r"is format 1.*kdcache upgrade STORE --pipeline P.yaml"):
+        open_cache(str(v1))
+
+
+def test_the_upgraded_store_equals_a_fresh_one_except_the_old_log_sum_exp(v1, tmp_path):
+    upgraded = upgrade_store(str(v1), golden_dataset(), progress=False)
+    fresh = build_golden_store(tmp_path / "fresh.zarr")
+    assert upgraded.manifest.format_version == FORMAT_VERSION and scrub(str(v1)) == []
+    mine, theirs = zarr.open_group(str(v1), mode="r"), zarr.open_group(str(fresh), mode="r")
+    for name, array in theirs.members(max_depth=None):
+        if isinstance(array, zarr.Array):
+            assert json.loads((v1 / name / "zarr.json").read_text()) == json.loads(
+                (fresh / name / "zarr.json").read_text()
+            )
+            if name != "teachers/golden/logits_topk/lse":  # format 1 took it over the float32 logits
+                np.testing.assert_array_equal(mine[name][:], array[:])
+    data = CachedDataset(golden_dataset(), upgraded, teacher="golden", targets=["logits"], views=golden_views())
+    assert data[np.arange(40)].targets["logits"]["logits"].shape == (40, 5)
+
+
+def test_an_upgrade_refuses_another_dataset_and_leaves_the_store_as_it_was(v1):
+    before = {p: p.read_bytes() for p in v1.rglob("*") if p.is_file()}
+    data = golden_dataset()
+    shuffled = Subset(data, np.random.default_rng(0).permutation(len(data)), tag="shuffled")
+    with pytest.raises(StoreMismatchError, match=r"built from another dataset"):
+        upgrade_store(str(v1), shuffled, progress=False)
+    assert {p: p.read_bytes() for p in v1.rglob("*") if p.is_file()} == before
+
+
+def test_an_upgrade_refuses_a_damaged_format_one_store(v1):
+    meta = json.loads((v1 / "teachers/golden/logits/zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["codecs"][0]["configuration"]["endian"] = "big"
+    (v1 / "teachers/golden/logits/zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreFormatError, match=r"cannot be upgraded.*logits/zarr.json is not what kdcache writes"):
+        upgrade_store(str(v1), golden_dataset(), progress=False)
+    torch.manual_seed(0)  # nothing else to check: the refusal wrote nothing (the manifest is still format 1)
+    assert json.loads((v1 / "kdcache.manifest.json").read_text())["format_version"] == 1
+
+
+def test_the_cli_upgrades_with_a_pipeline(tmp_path):
+    result = kdcache("upgrade", str(tmp_path / "missing.zarr"), "--pipeline", "pipelines/digits_kd.yaml")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "kdcache: error: store" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "missing.zarr").exists()  # nothing created, not even a lock

@@ -3,13 +3,17 @@
 Stage one records a digest of every sample's source content — the input exactly as the dataset returns it, before
 any view transform, and its label — in the store (``samples/digest``). Stage two computes the same digest of every
 sample it loads and refuses a sample whose digest differs, so a reordered, filtered, edited or self-augmenting
-dataset cannot be paired with another sample's targets. BLAKE2b-128 (hashlib) over the dtype, shape and bytes of
-the input and of the label: 16 bytes a sample, and a cost far below a training step's (``kdcache bench``).
+dataset cannot be paired with another sample's targets.
+
+The digest is BLAKE2b-128 (hashlib) of ``"<dtype><shape>|"`` and the bytes of the input, then the same for the label
+(``numpy``'s ``dtype.str`` and shape tuple, e.g. ``<f4(1, 8, 8)|``): 16 bytes a sample. Inputs may be one stacked
+tensor or a list of tensors of different sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,17 +21,25 @@ import torch
 DIGEST_BYTES = 16
 
 
-def sample_digest(inputs: torch.Tensor, label: torch.Tensor) -> bytes:
-    """The content digest of one sample: its input (before views) and its label, dtypes and shapes included."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    for part in (inputs, label):
-        array = np.ascontiguousarray(part.detach().cpu().numpy())
-        h.update(f"{array.dtype.str}{array.shape}|".encode())
-        h.update(array.tobytes())
-    return h.digest()
+def _header(array: np.ndarray) -> bytes:
+    return f"{array.dtype.str}{array.shape}|".encode()
 
 
-def sample_digests(inputs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+def sample_digests(inputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
     """``(B, 16)`` uint8: the digest of every sample of a batch (``inputs[i]``, ``labels[i]``)."""
-    rows = [sample_digest(x, y) for x, y in zip(inputs, labels, strict=True)]
-    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), DIGEST_BYTES).copy()
+    ys = labels.detach().cpu().contiguous().numpy()
+    label_rows = ys.reshape(len(ys), -1)
+    label_header = f"{ys.dtype.str}{ys.shape[1:]}|".encode()
+    if isinstance(inputs, list | tuple):  # samples of different sizes
+        rows = [x.detach().cpu().contiguous().numpy() for x in inputs]
+        heads = [_header(x) for x in rows]
+    else:  # one stacked tensor: one conversion, one header
+        stacked = inputs.detach().cpu().contiguous().numpy()
+        rows = list(stacked.reshape(len(stacked), -1))
+        heads = [f"{stacked.dtype.str}{stacked.shape[1:]}|".encode()] * len(rows)
+    digest = hashlib.blake2b
+    found = [
+        digest(head + row.tobytes() + label_header + label.tobytes(), digest_size=DIGEST_BYTES).digest()
+        for head, row, label in zip(heads, rows, label_rows, strict=True)
+    ]
+    return np.frombuffer(b"".join(found), dtype=np.uint8).reshape(len(found), DIGEST_BYTES).copy()

@@ -1,4 +1,4 @@
-"""Write ``data/digits.h5`` from the 1,797 UCI optical digits that scikit-learn ships (no download).
+"""Write ``kdcache/datasets/digits.h5`` (shipped in the package) from the 1,797 UCI optical digits that scikit-learn ships (no download).
 
 Layout: ``{train,test}/images`` (N, 8, 8) uint8 in 0..16 and ``{train,test}/labels`` (N,) int64, with a fixed
 stratified 70/30 split (random_state=0). Run: ``python data/make_digits.py`` (needs scikit-learn, a dev extra).
@@ -34,5 +34,6 @@ def write_digits(path: Path, *, test_fraction: float = 0.3, seed: int = 0) -> No
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("digits.h5"))
+    default = Path(__file__).resolve().parents[1] / "kdcache" / "datasets" / "digits.h5"
+    parser.add_argument("--out", type=Path, default=default)
     write_digits(parser.parse_args().out)

@@ -10,11 +10,13 @@ from kdcache.datasets import (
     ClassSubset,
     DigitsSegmentation,
     HDF5Dataset,
+    ItemDataset,
     SampleDataset,
     TensorDataset,
     VOCSegmentation,
+    as_sample_dataset,
 )
-from kdcache.errors import KdcacheError
+from kdcache.errors import KdcacheError, PerformanceWarning
 from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
 from kdcache.models import MultiHeadNet
 from kdcache.pipeline import PipelineConfig, RunSettings, load_pipeline, run_pipeline
@@ -27,6 +29,7 @@ from kdcache.tools.transfer import export_hdf5, import_hdf5
 from kdcache.tools.verify import FidelityReport, Tolerance, recompute_check
 from kdcache.train import (
     Batch,
+    BlockShuffleSampler,
     CachedDataset,
     LossConfig,
     OptimizerConfig,
@@ -38,7 +41,7 @@ from kdcache.train import (
     process_group,
     set_loader_epoch,
 )
-from kdcache.views import VIEW_OPS, ViewTransform, build_view_op
+from kdcache.views import VIEW_OPS, Mix, ViewTransform, build_pipeline, build_view_op
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,7 @@ __all__ = [
     "TARGETS",
     "VIEW_OPS",
     "Batch",
+    "BlockShuffleSampler",
     "Cache",
     "CachedDataset",
     "ClassSubset",
@@ -55,10 +59,13 @@ __all__ = [
     "Factory",
     "FidelityReport",
     "HDF5Dataset",
+    "ItemDataset",
     "KdcacheError",
     "LossConfig",
+    "Mix",
     "MultiHeadNet",
     "OptimizerConfig",
+    "PerformanceWarning",
     "PipelineConfig",
     "PrecomputeReport",
     "ProbabilityEnsemble",
@@ -74,8 +81,10 @@ __all__ = [
     "ViewDataset",
     "ViewTransform",
     "World",
+    "as_sample_dataset",
     "batch_loader",
     "build_objective",
+    "build_pipeline",
     "build_target",
     "build_view_op",
     "export_hdf5",

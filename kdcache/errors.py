@@ -84,3 +84,7 @@ class LayerNotFoundError(KdcacheError, KeyError):
 
 class CheckpointError(KdcacheError, ValueError):
     """A checkpoint is missing, unsafe to load, or does not fit the model."""
+
+
+class PerformanceWarning(UserWarning):
+    """Works, but much slower than it needs to be; the message says what to change."""

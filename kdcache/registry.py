@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -49,11 +50,28 @@ class Registry(Generic[T]):
         except KeyError:
             raise RegistryError(self.unknown_message(name)) from None
 
+    def resolve(self, name: str) -> T:
+        """The entry called ``name``, or the callable an import path names (``"torchvision.models:resnet18"``):
+        wherever a registered name is accepted, the user's own code is too."""
+        if is_import_path(name):
+            return import_callable(name, what=self.kind)  # type: ignore[return-value]
+        return self.get(name)
+
+    def check_name(self, name: str) -> str:
+        """``name`` if it is registered or shaped like an import path; nothing is imported (a dask worker, not this
+        process, may be the one that has the module)."""
+        if name in self._entries or _IMPORT_PATH.match(name):
+            return name
+        raise RegistryError(self.unknown_message(name))
+
     def unknown_message(self, name: str) -> str:
         """The message for an unknown name: the nearest match first, then every valid choice."""
         close = difflib.get_close_matches(name, self._entries, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Valid choices: {', '.join(sorted(self._entries))}"
+        return (
+            f"unknown {self.kind} {name!r}.{hint} Valid choices: {', '.join(sorted(self._entries))}, or an import "
+            "path 'package.module:callable' to your own"
+        )
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -95,6 +113,9 @@ def import_callable(path: str, *, what: str = "callable") -> Callable[..., Any]:
     if not callable(found):
         raise RegistryError(f"{what} {path!r} names a {type(found).__name__}, which cannot be called")
     return found
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def is_import_path(name: str) -> bool:

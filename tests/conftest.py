@@ -26,13 +26,13 @@ from kdcache.views import ViewTransform
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ID = "AKIAKDCACHETESTKEY01"  # the moto server's test credentials: searched for in every artifact
 SECRET = "kdcache-test-secret-6f1c2a9e"
-DIGITS = ROOT / "data" / "digits.h5"
+DIGITS = ROOT / "kdcache" / "datasets" / "digits.h5"
 MEAN, STD = (0.3056,), (0.3761,)
 
 
 @pytest.fixture(autouse=True)
 def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pipelines name ``data/digits.h5`` relative to the repository root, as the README's commands do."""
+    """Pipelines name files (``pipelines/``, ``runs/``) relative to the repository root, as the README's commands do."""
     monkeypatch.chdir(ROOT)
 
 

@@ -59,3 +59,17 @@ def store_files(root: Path) -> dict[str, bytes]:
 def all_files(root: Path) -> dict[str, bytes]:
     """Every file of a store: shards, zarr metadata, the manifest and the per-shard commit records."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 8, seed: int = 0) -> Path:
+    """An ImageFolder tree of RGB PNGs of varying sizes (20..40 px a side), each class a different mean colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            height, width = (int(s) for s in rng.integers(20, 41, size=2))
+            pixels = rng.normal(60 + 60 * c, 40, size=(height, width, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{k:03d}.png")
+    return root

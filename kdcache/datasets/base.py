@@ -13,19 +13,22 @@ from torch.utils.data import Dataset
 class SampleDataset(Dataset, ABC):
     """A split of a labelled dataset, read a batch of indices at a time.
 
-    Inputs are float32 tensors in [0, 1] laid out ``(C, H, W)``; labels are int64 (a class index, or an ``(H, W)``
-    mask for segmentation). Normalisation and augmentation are applied later by the view transform, so the teacher
-    and the student see exactly the same pixels for the same (sample, view).
+    Inputs are images laid out ``(C, H, W)``: float32 in [0, 1] or uint8 in [0, 255], stacked into one tensor when
+    a batch's images share a size and a list otherwise; labels are int64 (a class index, or an ``(H, W)`` mask for
+    segmentation). Resizing, normalisation and augmentation are applied later by the view transform, so the teacher
+    and the student see exactly the same pixels for the same (sample, view). Any map-style torch dataset of
+    ``(image, label)`` items enters through :class:`~kdcache.datasets.ItemDataset`.
     """
 
     split: str
+    class_names: list[str] | None = None  # names of the classes by label, when the dataset has them
 
     @abstractmethod
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs ``(B, C, H, W)`` and labels for the given sample indices, in the given order."""
+    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """Inputs (``(B, C, H, W)``, or a list of ``(C, H_i, W_i)``) and labels of the given samples, in order."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

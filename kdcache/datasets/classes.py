@@ -19,7 +19,7 @@ class ClassSubset(Subset):
     predicted by its own head over its own k classes). Samples keep the base order. The fingerprint records the class
     list, so a store made for one task is refused for another.
 
-    >>> new_task = ClassSubset(HDF5Dataset("data/digits.h5", "train"), [5, 6, 7, 8, 9])  # doctest: +SKIP
+    >>> new_task = ClassSubset(HDF5Dataset(DIGITS_FILE, "train"), [5, 6, 7, 8, 9])  # doctest: +SKIP
     >>> new_task.all_labels()[:3]  # digits 5, 9, 7 are labels 0, 4, 2
     """
 

@@ -1,7 +1,7 @@
 """``digits-seg``: a segmentation set of real handwritten digits composed onto canvases, with exact pixel labels.
 
 Each canvas (``size`` × ``size``, one channel, black background) holds 1 to ``max_digits`` UCI digits from
-``data/digits.h5``, each bilinearly scaled from 8×8 to a random side in ``scale`` and placed at a random position
+the shipped digits (``kdcache/datasets/digits.h5``), each bilinearly scaled from 8×8 to a random side in ``scale`` and placed at a random position
 where its box overlaps no other digit's. Classes: 0 is background, ``1 + d`` is digit ``d`` (11 classes). A pixel's
 label follows from the rendered intensity of the digit covering it: at least ``threshold`` is the digit's class,
 below ``void`` is background, and the soft edge in between is ``ignore_index`` (like the "void" outlines of PASCAL
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.hdf5 import HDF5Dataset
+from kdcache.datasets.hdf5 import DIGITS_FILE, HDF5Dataset
 from kdcache.errors import ConfigError
 
 SPLIT_KEYS = {"train": 0, "test": 1}
@@ -40,7 +40,7 @@ class DigitsSegmentation(SampleDataset):
         self,
         split: str,
         *,
-        path: str | Path = "data/digits.h5",
+        path: str | Path = DIGITS_FILE,
         train_samples: int = 2048,
         test_samples: int = 512,
         size: int = 64,

@@ -12,10 +12,12 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.errors import ConfigError
 
 Layout = Literal["NHW", "NHWC", "NCHW"]
+DIGITS_FILE = Path(__file__).with_name("digits.h5")  # the UCI digits, shipped with the package (data/make_digits.py)
 
 
 class HDF5Dataset(SampleDataset):
-    """One split of an HDF5 file, e.g. ``data/digits.h5`` with ``{split}/images`` and ``{split}/labels``.
+    """One split of an HDF5 file, e.g. the shipped digits (:data:`DIGITS_FILE`) with ``{split}/images`` and
+    ``{split}/labels``.
 
     The arrays are read into memory once (h5py handles are not fork-safe and these files are small); images are
     scaled to [0, 1] by ``pixel_max`` (the file's ``pixel_max`` attribute, else 255 for integer images).
@@ -73,6 +75,13 @@ def _to_nchw(images: np.ndarray, layout: Layout) -> np.ndarray:
     expected = {"NHW": 3, "NHWC": 4, "NCHW": 4}[layout]
     if images.ndim != expected:
         raise ConfigError(f"images have shape {images.shape}, which is not layout {layout!r}; set data.args.layout")
+    channels = {"NHWC": images.shape[-1], "NCHW": images.shape[1]}.get(layout)
+    other = {"NHWC": ("NCHW", images.shape[1]), "NCHW": ("NHWC", images.shape[-1])}.get(layout)
+    if channels is not None and other is not None and channels not in (1, 3, 4) and other[1] in (1, 3, 4):
+        raise ConfigError(
+            f"images have shape {images.shape}: as layout {layout!r} that is {channels} channels, but it looks like "
+            f"{other[0]} ({other[1]} channels); set data.args.layout: {other[0]}"
+        )
     if layout == "NHW":
         return images[:, None]
     if layout == "NHWC":

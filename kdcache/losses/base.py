@@ -30,12 +30,16 @@ class LossSetup:
 
 @dataclass
 class StepOutputs:
-    """One training step's tensors: the student's logits and captured layers, labels, and teacher targets by name."""
+    """One training step's tensors: the student's logits and captured layers, labels, and teacher targets by name.
+
+    ``mix`` is set for mixed inputs (MixUp/CutMix views): ``(partner labels, weight)``, each input's label being
+    ``weight · labels + (1 - weight) · partner labels``."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class LossTerm(nn.Module, ABC):

@@ -34,7 +34,7 @@ def topk_kd_divergence(student: torch.Tensor, teacher: TopKLogits, temperature: 
 
 def kd_divergence(
     student: torch.Tensor,
-    teacher: torch.Tensor | ProbabilityEnsemble,
+    teacher: torch.Tensor | ProbabilityEnsemble | TopKLogits,
     temperature: float,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -43,8 +43,12 @@ def kd_divergence(
     p_T is softmax(t/T) for teacher logits t, and (1/M) Σ_m softmax(t_m/T) for a :class:`ProbabilityEnsemble` of M
     teachers (see :mod:`kdcache.targets.ensemble`). Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a
     Neural Network", §2: the soft-target gradient scales as 1/T², so the loss is multiplied by T² to keep its
-    magnitude comparable across temperatures. ``valid`` masks out positions (e.g. ignore_index pixels).
+    magnitude comparable across temperatures. ``valid`` masks out positions (e.g. ignore_index pixels). Cached
+    top-k logits (:class:`TopKLogits`) take the k+1-bin form, :func:`topk_kd_divergence`, so any decoded logits
+    target can be passed as it comes.
     """
+    if isinstance(teacher, TopKLogits):
+        return topk_kd_divergence(student, teacher, temperature)
     log_q = F.log_softmax(student.float() / temperature, dim=1)
     log_p = soft_log_probs(teacher, temperature)
     per_position = (log_p.exp() * (log_p - log_q)).sum(dim=1)
@@ -87,11 +91,20 @@ class CrossEntropy(StudentLogits):
     params: CrossEntropyParams
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
+        logits = match_spatial(self.logits(out), out.labels)
+        if out.mix is None:
+            return self._ce(logits, out.labels, "mean")
+        partner, weight = out.mix  # mixed views: the labels mixed as the images were (Zhang et al. 2018, Eq. 1)
+        per_sample = weight * self._ce(logits, out.labels) + (1 - weight) * self._ce(logits, partner)
+        return per_sample.mean()
+
+    def _ce(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         return F.cross_entropy(
-            match_spatial(self.logits(out), out.labels),
-            out.labels,
+            logits,
+            labels,
             ignore_index=self.setup.ignore_index,
             label_smoothing=self.params.label_smoothing,
+            reduction=reduction,
         )
 
 
@@ -126,9 +139,7 @@ class KnowledgeDistillation(StudentLogits):
     def forward(self, out: StepOutputs) -> torch.Tensor:
         teacher = out.teacher[self.params.target]
         logits = self.logits(out)
-        if isinstance(teacher, TopKLogits):
-            return topk_kd_divergence(logits, teacher, self.params.temperature)
-        if logits.dim() != 4:
+        if isinstance(teacher, TopKLogits) or logits.dim() != 4:
             return kd_divergence(logits, teacher, self.params.temperature)
         student = resize_to(logits, teacher)
         valid = labelled_positions(out.labels, teacher.shape[-2:], self.setup.ignore_index)

@@ -22,7 +22,7 @@ from kdcache.models import build_model
 from kdcache.pipeline.config import PipelineConfig, RunSettings
 from kdcache.registry import Factory
 from kdcache.targets import Target, build_target
-from kdcache.views import ViewTransform, build_view_op
+from kdcache.views import Mix, ViewTransform, build_pipeline, build_view_op
 
 
 def device_of(cfg: RunSettings) -> torch.device:
@@ -34,7 +34,7 @@ def device_of(cfg: RunSettings) -> torch.device:
 def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
     ``max_*_samples`` when those are set."""
-    dataset = build_dataset(cfg.data.dataset, split, cfg.data.args)
+    dataset = build_dataset(cfg.data.dataset, split, cfg.data.split_args(split))
     if cfg.data.classes is not None:
         dataset = ClassSubset(dataset, cfg.data.classes)
     limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
@@ -44,13 +44,18 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
 
 
 def view_transform(cfg: RunSettings) -> ViewTransform:
-    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation."""
+    """The pipeline's views: ``views.count`` views per sample made by ``views.augment`` ops or ``views.pipeline``
+    (``views.eval`` for view 0), optionally mixed (``views.mix``), then ``data`` normalisation."""
+    views = cfg.views
     return ViewTransform(
-        count=cfg.views.count,
-        seed=cfg.views.seed,
+        count=views.count,
+        seed=views.seed,
         mean=cfg.data.mean,
         std=cfg.data.std,
-        augment=[build_view_op(op.op, op.params) for op in cfg.views.augment],
+        augment=[build_view_op(op.op, op.params) for op in views.augment],
+        pipeline=build_pipeline(views.pipeline, views.pipeline_args),
+        eval=build_pipeline(views.eval, views.eval_args),
+        mix=None if views.mix is None else Mix(views.mix.kind, views.mix.alpha, views.mix.p),
     )
 
 

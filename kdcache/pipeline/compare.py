@@ -53,7 +53,7 @@ def run_distill(cfg: PipelineConfig, *, progress: bool = True) -> dict[str, Any]
                 "views": {
                     "count": configs[v.name].views.count,
                     "policy": configs[v.name].views.policy,
-                    "augment": bool(configs[v.name].views.augment),
+                    "augment": augmented(configs[v.name].views),
                 },
                 "test": runs[v.name].metrics,
                 "seconds": runs[v.name].result.seconds,
@@ -167,11 +167,16 @@ def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
 def views_text(views: ViewsConfig, policy: str | None = None) -> str:
     """How a run's training inputs are viewed (under ``policy``, default ``views.policy``), for report tables."""
     policy = policy or views.policy
-    if not views.augment:
+    if not augmented(views):
         return "no augmentation"
     if policy == "fresh":
         return "fresh view each epoch"
     return f"{views.count} view{'s' if views.count > 1 else ''}, {policy}"
+
+
+def augmented(views: ViewsConfig) -> bool:
+    """Whether views >= 1 differ from the eval view (kdcache ops, a torchvision pipeline, or mixing)."""
+    return bool(views.augment) or views.pipeline is not None or views.mix is not None
 
 
 def rate_text(rate: PrecomputeReport | float | None) -> str:

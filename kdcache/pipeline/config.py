@@ -13,15 +13,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, RegistryError
 from kdcache.registry import RegisteredEntry
 from kdcache.targets import TARGETS, build_target
 from kdcache.train import LossConfig, StageConfig
 from kdcache.train.stages import Section
 from kdcache.views import VIEW_OPS
+from kdcache.views.pipeline import check_pipeline_names
 
 
 class ModelConfig(Section):
+    """``{arch: digits-cnn, args: {width: 64}}`` or any import path: ``{arch: "torchvision.models:resnet18", args:
+    {weights: null}}`` (called with ``args`` plus ``num_classes`` when it takes one)."""
+
     arch: str
     args: dict[str, Any] = {}
 
@@ -30,14 +34,20 @@ class ModelConfig(Section):
     def _known(cls, arch: str) -> str:
         from kdcache.models import MODELS
 
-        if arch not in MODELS:
-            raise ValueError(MODELS.unknown_message(arch))
-        return arch
+        try:
+            return MODELS.check_name(arch)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class DataConfig(Section):
+    """The dataset: a registered name (``digits``, ``hdf5``, ...) called with the split, or an import path of a
+    callable returning a map-style ``torch.utils.data.Dataset`` of ``(image, label)`` items
+    (``torchvision.datasets:ImageFolder``). ``args`` go to every split, ``splits.<split>`` to that split only."""
+
     dataset: str
     args: dict[str, Any] = {}
+    splits: dict[str, dict[str, Any]] = {}
     num_classes: int = Field(gt=1)
     task: Literal["classification", "segmentation"] = "classification"
     ignore_index: int = -100
@@ -54,9 +64,14 @@ class DataConfig(Section):
     def _known(cls, name: str) -> str:
         from kdcache.datasets import DATASETS
 
-        if name not in DATASETS:
-            raise ValueError(DATASETS.unknown_message(name))
-        return name
+        try:
+            return DATASETS.check_name(name)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+
+    def split_args(self, split: str) -> dict[str, Any]:
+        """The arguments of one split: ``args`` updated with ``splits.<split>``."""
+        return {**self.args, **self.splits.get(split, {})}
 
     @model_validator(mode="after")
     def _classes_are_the_task(self) -> DataConfig:
@@ -90,18 +105,50 @@ class ViewOpConfig(RegisteredEntry):
     op: str
 
 
-class ViewsConfig(Section):
-    """The views cached per sample (``count``, ``seed``, ``augment``: the store's view spec) and how stage two picks
-    one per epoch (``policy``, not part of the spec: one store serves every policy).
+class MixConfig(Section):
+    """MixUp or CutMix of augmented views with a keyed partner sample (:class:`kdcache.views.Mix`)."""
 
-    ``cycle`` walks the cached views in turn, ``random`` draws one keyed by (seed, epoch, sample); ``fresh`` draws a
-    new view every epoch (view ``1 + epoch``) for online KD and scratch training, and cannot be used with a cache.
+    kind: Literal["mixup", "cutmix"]
+    alpha: float = Field(default=1.0, gt=0)
+    p: float = Field(default=1.0, ge=0, le=1)
+
+
+class ViewsConfig(Section):
+    """The views cached per sample (``count``, ``seed``, ``augment`` or ``pipeline``, ``eval``, ``mix``: the store's
+    view spec) and how stage two picks one per epoch (``policy``, not part of the spec: one store serves every policy).
+
+    Views ``>= 1`` are made by kdcache's ops (``augment``) or by a torchvision v2 ``pipeline``: a list of
+    ``{name: RandomResizedCrop, size: 32, ...}`` steps, or an import path ``package.module:callable`` returning a
+    transform (called with ``pipeline_args``). View 0 and evaluation use ``eval`` (same forms; e.g. Resize +
+    CenterCrop for images of varying size). ``cycle`` walks the cached views in turn, ``random`` draws one keyed by
+    (seed, epoch, sample); ``fresh`` draws a new view every epoch (view ``1 + epoch``) for online KD and scratch
+    training, and cannot be used with a cache.
     """
 
     count: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**128)
     policy: Literal["cycle", "random", "fresh"] = "cycle"
     augment: list[ViewOpConfig] = []
+    pipeline: list[dict[str, Any]] | str | None = None
+    pipeline_args: dict[str, Any] = {}
+    eval: list[dict[str, Any]] | str | None = None
+    eval_args: dict[str, Any] = {}
+    mix: MixConfig | None = None
+
+    @field_validator("pipeline", "eval")
+    @classmethod
+    def _known_transforms(cls, spec: list[dict[str, Any]] | str | None) -> list[dict[str, Any]] | str | None:
+        try:
+            check_pipeline_names(spec)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return spec
+
+    @model_validator(mode="after")
+    def _one_kind_of_augmentation(self) -> ViewsConfig:
+        if self.augment and self.pipeline is not None:
+            raise ValueError("use either augment (kdcache's ops) or pipeline (torchvision v2), not both")
+        return self
 
 
 class TrainConfig(Section):

@@ -88,15 +88,17 @@ def run_precompute(
 ) -> PrecomputeReport:
     """Stage one for the pipeline's teacher (trained first when its checkpoint does not exist): in this process, or
     on dask with ``workers`` local worker processes or the cluster at ``scheduler``, whose workers rebuild the
-    teacher and the data from the pipeline (:func:`~kdcache.pipeline.build.pipeline_factories`). ``break_lock``
+    teacher and the data from the pipeline (:func:`~kdcache.pipeline.build.pipeline_factories`; this process then
+    builds neither, so the model and dataset code need only be importable on the workers). ``break_lock``
     takes over the store's writer lock from a writer that died."""
-    if workers is not None or scheduler is not None:
-        check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
-    teacher = ensure_teacher(cfg, progress=progress)
     options = {"shard_samples": cfg.cache.shard_samples, "progress": progress, "break_lock": break_lock}
     if workers is None and scheduler is None:
+        teacher = ensure_teacher(cfg, progress=progress)
         job = stage_one_job(cfg, teacher=teacher, dataset=load_split(cfg, cfg.data.train_split))
         return run_local(job, cfg.store_url, **options)
+    check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
+    if not cfg.teacher_checkpoint.exists():  # trained here once; with a checkpoint, only the workers build it
+        ensure_teacher(cfg, progress=progress)
     teacher_factory, dataset_factory = pipeline_factories(cfg)
     job = stage_one_job(cfg, teacher=teacher_factory, dataset=dataset_factory)
     return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, **options)

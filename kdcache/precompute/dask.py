@@ -1,9 +1,11 @@
 """Stage one on dask.distributed: one task per shard range, the teacher loaded once per worker (DESIGN.md §4).
 
-The coordinator (the calling process) builds the job once to fingerprint the teacher and the dataset, declares the
-teacher in the store and plans the shard ranges still missing (:func:`~kdcache.precompute.engine.plan_work`, so a
-re-run resumes). The job travels to each worker once (``Client.scatter``); a worker builds one
-:class:`~kdcache.precompute.engine.TeacherRun` per job, checks that its teacher and dataset have the coordinator's
+One worker builds the job first and returns its :class:`~kdcache.precompute.engine.StoreDeclaration` (the
+teacher's and the dataset's fingerprints, the arrays of every target); the coordinator (the calling process) opens
+the store with it under the writer lock, declares the teacher and plans the shard ranges still missing
+(:func:`~kdcache.precompute.engine.plan_work`, so a re-run resumes). The coordinator never builds the teacher or the
+dataset, so it needs none of their code. The job travels to each worker once (``Client.scatter``); a worker builds
+one :class:`~kdcache.precompute.engine.TeacherRun` per job, checks that its teacher and dataset have the declared
 fingerprints, computes its ranges with the same per-shard step as the single-process writer and commits them with
 :meth:`StoreBuilder.commit`, which writes the shard, digests it and writes its own small commit record. A commit is
 idempotent (same bytes, same record), so a task that dask runs twice does no harm. The coordinator merges the
@@ -32,7 +34,15 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.errors import StoreMismatchError
 from kdcache.fingerprint import canonical_digest
 from kdcache.precompute.cluster import check_cluster, dask_client
-from kdcache.precompute.engine import PrecomputeReport, ShardWork, TeacherRun, finalize, make_report, opened_run
+from kdcache.precompute.engine import (
+    PrecomputeReport,
+    ShardWork,
+    StoreDeclaration,
+    TeacherRun,
+    declared_store,
+    finalize,
+    make_report,
+)
 from kdcache.precompute.job import StageOneJob
 from kdcache.registry import Factory
 from kdcache.store import StoreBuilder, StoreLocation, read_manifest
@@ -71,8 +81,16 @@ class WorkerRecipe:
 class _WorkerState:
     key: str
     run: TeacherRun
-    builder: StoreBuilder
+    location: StoreLocation
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _builder: StoreBuilder | None = None
+
+    @property
+    def builder(self) -> StoreBuilder:
+        """The store's builder, opened at the first commit (a declaring worker runs before the store exists)."""
+        if self._builder is None:
+            self._builder = StoreBuilder(self.location, read_manifest(self.location))
+        return self._builder
 
 
 _STATE: dict[str, _WorkerState] = {}  # per worker process: the latest recipe's run (one teacher held at a time)
@@ -81,18 +99,22 @@ _STATE_LOCK = threading.Lock()
 
 def _worker_state(recipe: WorkerRecipe) -> _WorkerState:
     """This worker's run for ``recipe``, building the teacher and dataset the first time (once per worker)."""
-    key = recipe.key
     with _STATE_LOCK:
-        state = _STATE.get(key)
+        state = _STATE.get(recipe.key)
         if state is None:
-            for old in _STATE.values():
-                old.run.close()
-            _STATE.clear()
             run = TeacherRun(recipe.job)
             _require_same_inputs(recipe, run)
-            location = recipe.location
-            state = _STATE[key] = _WorkerState(key, run, StoreBuilder(location, read_manifest(location)))
+            state = _keep(recipe, run)
         return state
+
+
+def _keep(recipe: WorkerRecipe, run: TeacherRun) -> _WorkerState:
+    """Hold ``run`` as this worker's run for ``recipe`` (closing the one held before); call with the lock held."""
+    for old in _STATE.values():
+        old.run.close()
+    _STATE.clear()
+    state = _STATE[recipe.key] = _WorkerState(recipe.key, run, recipe.location)
+    return state
 
 
 def _require_same_inputs(recipe: WorkerRecipe, run: TeacherRun) -> None:
@@ -106,7 +128,7 @@ def _require_same_inputs(recipe: WorkerRecipe, run: TeacherRun) -> None:
             "dataset": job.dataset.describe() if isinstance(job.dataset, Factory) else run.dataset.describe(),
         }
         raise StoreMismatchError(
-            f"a dask worker loaded a different {' and '.join(differ)} than the coordinator "
+            f"dask workers built a different {' and '.join(differ)} from the same job "
             f"({'; '.join(f'{k}: {origin[k]}' for k in differ)}). Start workers where the same code, checkpoints "
             "and data files are found (same relative paths from their working directory, or absolute ones)"
         )
@@ -133,20 +155,36 @@ def run_on_dask(
     break_lock: bool = False,
 ) -> PrecomputeReport:
     """Run ``job`` on dask into ``store``: on ``client``, a new LocalCluster of ``workers`` one-thread processes, or
-    the cluster at ``scheduler`` (exactly one of the three)."""
+    the cluster at ``scheduler`` (exactly one of the three). A worker builds the job first and returns what it
+    declares in the store (:func:`declare`), so this process never imports the teacher's or the dataset's code."""
     if client is None:
         check_cluster(workers, scheduler)
-    opened = opened_run(job, store, shard_samples=shard_samples, break_lock=break_lock, where=" on dask")
-    with opened as (run, builder, work):
-        recipe = WorkerRecipe(job, builder.location, run.fingerprint["digest"], run.dataset_fingerprint()["digest"])
-        seconds = 0.0
-        try:
-            if work:
-                with _connected(client, workers, scheduler) as connected:
-                    seconds = _run_all(connected, recipe, work, run, progress)
-        finally:
-            complete = finalize(builder, run.owner)
-        return make_report(builder, run, work, seconds, complete)
+    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
+    with _connected(client, workers, scheduler) as connected:
+        declared = connected.submit(declare, job, location, pure=False).result()
+        opened = declared_store(
+            declared, location, shard_samples=shard_samples, break_lock=break_lock, where=" on dask"
+        )
+        with opened as (builder, work):
+            recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"])
+            seconds = 0.0
+            try:
+                if work:
+                    seconds = _run_all(connected, recipe, work, declared, progress)
+            finally:
+                complete = finalize(builder, declared.owner)
+            return make_report(builder, declared, work, seconds, complete)
+
+
+def declare(job: StageOneJob, location: StoreLocation) -> StoreDeclaration:
+    """A dask task: build ``job`` on a worker and return what it declares in the store (fingerprints, layouts).
+    The worker keeps the run for the shard tasks it gets next (the teacher is built once per worker)."""
+    run = TeacherRun(job)
+    declared = run.declaration()
+    recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"])
+    with _STATE_LOCK:
+        _keep(recipe, run)
+    return declared
 
 
 @contextlib.contextmanager
@@ -158,7 +196,9 @@ def _connected(client: Client | None, workers: int | None, scheduler: str | None
         yield made
 
 
-def _run_all(client: Client, recipe: WorkerRecipe, work: list[ShardWork], run: TeacherRun, progress: bool) -> float:
+def _run_all(
+    client: Client, recipe: WorkerRecipe, work: list[ShardWork], run: StoreDeclaration, progress: bool
+) -> float:
     """Submit one task per shard range and wait for all; the first failure cancels the rest and is re-raised.
     Returns the seconds from submission to the last commit (cluster start-up not included)."""
     from distributed import as_completed

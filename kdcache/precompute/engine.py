@@ -22,7 +22,7 @@ from kdcache.errors import ConfigError
 from kdcache.metrics import Accuracy
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.precompute.job import StageOneJob
-from kdcache.precompute.samples import pairs, read_digests, sample_arrays, sample_rows
+from kdcache.precompute.samples import pairs, read_facts, sample_arrays, sample_rows, select
 from kdcache.store import (
     SAMPLES_OWNER,
     ArraySpec,
@@ -38,6 +38,7 @@ from kdcache.store import (
 )
 from kdcache.store.layout import owner_of_teacher, teacher_path
 from kdcache.targets import Target, TargetExtractor
+from kdcache.views import ViewBatch, check_replayable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,25 @@ class ShardWork:
     owners: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class StoreDeclaration:
+    """What a teacher run declares in its store: the dataset, views and teacher fingerprints, each target's arrays
+    and the sample arrays. Plain data, so a dask worker can compute it and the coordinator open the store with it
+    without ever importing the user's model or dataset code."""
+
+    name: str
+    num_samples: int
+    dataset: dict[str, Any]
+    views: dict[str, Any]
+    fingerprint: dict[str, Any]
+    layouts: dict[str, TargetLayout]
+    sample_arrays: dict[str, ArraySpec]
+
+    @property
+    def owner(self) -> str:
+        return owner_of_teacher(self.name)
+
+
 def plan_work(builder: StoreBuilder, owner: str) -> list[ShardWork]:
     """Every shard range that ``owner`` (a teacher) or the sample arrays have not committed yet, in order."""
     pending = {o: set(builder.pending_shards(o)) for o in (owner, SAMPLES_OWNER)}
@@ -103,6 +123,8 @@ class TeacherRun:
         self.dataset = job.build_dataset()
         self.targets = list(job.targets)
         self.views = job.views
+        if self.views.pipeline is not None or self.views.eval is not None or self.views.mix is not None:
+            check_replayable(self.views, self.dataset)  # before anything is cached: the key must control the pixels
         self.num_classes = job.num_classes
         self.extract = TargetExtractor(teacher, self.targets, job.torch_device)
         self.layouts = self._trace_layouts()
@@ -121,50 +143,37 @@ class TeacherRun:
     def dataset_fingerprint(self) -> dict[str, Any]:
         return dataset_fingerprint(self.dataset, num_classes=self.num_classes)
 
-    def open_store(self, location: StoreLocation, shard_samples: int | None = None) -> StoreBuilder:
-        """Create (or open and check) the store for this dataset and views, and declare this teacher in it.
-
-        Without ``shard_samples`` an existing store keeps its shard size (a second teacher joins the first one's
-        shard ranges) and a new store gets :func:`plan_shard_samples`'s choice.
-        """
-        n = len(self.dataset)
-        if shard_samples is None:
-            if location.exists("kdcache.manifest.json"):
-                shard_samples = read_manifest(location).shard_samples
-            else:
-                sizes = [spec.bytes_per_sample for layout in self.layouts.values() for spec in layout.arrays.values()]
-                shard_samples = plan_shard_samples(sizes, n)
-        builder = StoreBuilder.create_or_open(
-            location,
-            num_samples=n,
-            shard_samples=shard_samples,
+    def declaration(self) -> StoreDeclaration:
+        """What this run declares in its store (see :func:`open_store`)."""
+        return StoreDeclaration(
+            name=self.name,
+            num_samples=len(self.dataset),
             dataset=self.dataset_fingerprint(),
             views=self.views.spec(),
+            fingerprint=self.fingerprint,
+            layouts=self.layouts,
             sample_arrays=self.sample_arrays,
-            library=library_versions(),
         )
-        builder.add_teacher(self.name, self.fingerprint, self.layouts)
-        return builder
 
     def compute(self, work: ShardWork, progress: Callable[[int], object] | None = None) -> list[ShardRows]:
         """The rows to commit for one shard range, for each owner in ``work.owners``: the per-shard step of stage
         one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done."""
         rows: list[ShardRows] = []
-        digests = None
+        facts = None
         if self.owner in work.owners:
-            data, stats, digests = self._fill_shard(work.start, work.stop, progress)
+            data, stats, facts = self._fill_shard(work.start, work.stop, progress)
             rows.append((self.owner, work.index, data, stats))
         if SAMPLES_OWNER in work.owners:
-            if digests is None:  # the teacher's shard is committed already: read the samples once more
-                digests = read_digests(self.dataset, work.start, work.stop, self.job.batch_size)
-            sample = sample_rows(self.dataset, self.views, self.sample_arrays, work.start, work.stop, digests)
+            if facts is None:  # the teacher's shard is committed already: read the samples once more
+                facts = read_facts(self.dataset, self.views, work.start, work.stop, self.job.batch_size)
+            sample = sample_rows(self.dataset, self.sample_arrays, work.start, work.stop, *facts)
             rows.append((SAMPLES_OWNER, work.index, sample, {}))
         return rows
 
     def _trace_layouts(self) -> dict[str, TargetLayout]:
         """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
         samples, view_ids = pairs(0, min(2, len(self.dataset)), 1)
-        _, _, logits, values = self._forward(samples, view_ids)
+        _, logits, values = self._forward(samples, view_ids)
         self._check_classes(logits)
         layouts: dict[str, TargetLayout] = {}
         for target in self.targets:
@@ -189,17 +198,17 @@ class TeacherRun:
 
     def _forward(
         self, samples: np.ndarray, view_ids: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Raw inputs, labels, logits and every target's value for the given (sample, view) pairs."""
-        raw, labels = self.dataset.get_batch(samples)
-        logits, values = self.extract(self.views(raw, samples, view_ids))
-        return raw, labels, logits, values
+    ) -> tuple[ViewBatch, torch.Tensor, dict[str, torch.Tensor]]:
+        """The views of the given (sample, view) pairs, the teacher's logits and every target's value on them."""
+        made = self.views.batch(self.dataset, samples, view_ids)
+        logits, values = self.extract(made.inputs)
+        return made, logits, values
 
     def _fill_shard(
         self, lo: int, hi: int, progress: Callable[[int], object] | None
-    ) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], tuple[np.ndarray, np.ndarray]]:
         """Run the teacher over shard ``[lo, hi)``; every array's rows for it, accuracy counts, and the content
-        digest of every sample (from the same reads: the data is read once)."""
+        digest and view numbers of every sample (from the same reads: the data is read once)."""
         v = self.views.count
         buffers = {
             spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
@@ -207,16 +216,18 @@ class TeacherRun:
             for spec in layout.arrays.values()
         }
         digests = np.empty((hi - lo, DIGEST_BYTES), dtype=np.uint8)
+        params = np.empty((hi - lo, v, len(self.views.param_names)), dtype=np.float32)
         samples, view_ids = pairs(lo, hi, v)
         accuracy = Accuracy(self.job.ignore_index)
         step = max(1, self.job.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
         for b in range(0, len(samples), step):
             s, vid = samples[b : b + step], view_ids[b : b + step]
-            raw, labels, logits, values = self._forward(s, vid)
-            accuracy.update(logits, labels.to(logits.device))
+            made, logits, values = self._forward(s, vid)
+            accuracy.update(logits, made.labels.to(logits.device))
             rows = slice(b // v, (b + len(s)) // v)
             first = vid == 0  # one row per sample: its digest does not depend on the view
-            digests[rows] = sample_digests(raw[torch.from_numpy(first)], labels[torch.from_numpy(first)])
+            digests[rows] = sample_digests(select(made.raw, first), made.labels[torch.from_numpy(first)])
+            params[rows] = made.params.reshape(len(s) // v, v, -1)
             for target in self.targets:
                 value = values[target.name]
                 target.check(value, s)
@@ -225,7 +236,7 @@ class TeacherRun:
                     buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
             if progress is not None:
                 progress(len(s) // v)
-        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, digests
+        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, (digests, params)
 
 
 def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], views: int) -> TargetLayout:
@@ -237,22 +248,52 @@ def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], vi
     return TargetLayout(target.kind, target.describe(), arrays, value_shape)
 
 
+def open_store(declared: StoreDeclaration, location: StoreLocation, shard_samples: int | None) -> StoreBuilder:
+    """Create (or open and check) the store for the declared dataset and views, and declare the teacher in it.
+
+    Without ``shard_samples`` an existing store keeps its shard size (a second teacher joins the first one's shard
+    ranges) and a new store gets :func:`plan_shard_samples`'s choice.
+    """
+    n = declared.num_samples
+    if shard_samples is None:
+        if location.exists("kdcache.manifest.json"):
+            shard_samples = read_manifest(location).shard_samples
+        else:
+            sizes = [spec.bytes_per_sample for layout in declared.layouts.values() for spec in layout.arrays.values()]
+            shard_samples = plan_shard_samples(sizes, n)
+    builder = StoreBuilder.create_or_open(
+        location,
+        num_samples=n,
+        shard_samples=shard_samples,
+        dataset=declared.dataset,
+        views=declared.views,
+        sample_arrays=declared.sample_arrays,
+        library=library_versions(),
+    )
+    builder.add_teacher(declared.name, declared.fingerprint, declared.layouts)
+    return builder
+
+
 @contextmanager
-def opened_run(
-    job: StageOneJob, store: str | StoreLocation, *, shard_samples: int | None, break_lock: bool, where: str = ""
-) -> Iterator[tuple[TeacherRun, StoreBuilder, list[ShardWork]]]:
-    """The job built, the store created or opened under its writer lock, the teacher declared and the pending shard
-    ranges planned: what every stage-one runner starts from. ``break_lock`` takes over a dead writer's lock."""
+def declared_store(
+    declared: StoreDeclaration,
+    store: str | StoreLocation,
+    *,
+    shard_samples: int | None,
+    break_lock: bool,
+    where: str = "",
+) -> Iterator[tuple[StoreBuilder, list[ShardWork]]]:
+    """The store created or opened under its writer lock, the teacher declared and the pending shard ranges
+    planned: what every stage-one runner starts from. ``break_lock`` takes over a dead writer's lock."""
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
     with (
-        TeacherRun(job) as run,
-        io_errors(location, f"precomputing teacher {job.teacher_name!r}{where}"),
+        io_errors(location, f"precomputing teacher {declared.name!r}{where}"),
         StoreLock(location, break_lock=break_lock),
     ):
-        builder = run.open_store(location, shard_samples)
-        work = plan_work(builder, run.owner)
-        log.info("%s: %d shard range(s) to write for teacher %r%s", location.url, len(work), run.name, where)
-        yield run, builder, work
+        builder = open_store(declared, location, shard_samples)
+        work = plan_work(builder, declared.owner)
+        log.info("%s: %d shard range(s) to write for teacher %r%s", location.url, len(work), declared.name, where)
+        yield builder, work
 
 
 def finalize(builder: StoreBuilder, owner: str) -> bool:
@@ -262,16 +303,16 @@ def finalize(builder: StoreBuilder, owner: str) -> bool:
 
 
 def make_report(
-    builder: StoreBuilder, run: TeacherRun, work: list[ShardWork], seconds: float, complete: bool
+    builder: StoreBuilder, declared: StoreDeclaration, work: list[ShardWork], seconds: float, complete: bool
 ) -> PrecomputeReport:
-    written = [w for w in work if run.owner in w.owners]
+    written = [w for w in work if declared.owner in w.owners]
     return PrecomputeReport(
         store=builder.location.url,
-        teacher=run.name,
+        teacher=declared.name,
         shards_written=len(written),
         shards_skipped=builder.manifest.num_shards() - len(written),
         samples_written=sum(w.stop - w.start for w in written),
         seconds=seconds,
         complete=complete,
-        accuracy=builder.manifest.teachers[run.name].accuracy,
+        accuracy=builder.manifest.teachers[declared.name].accuracy,
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError
 from kdcache.registry import Factory
 from kdcache.targets import Target
@@ -54,14 +55,9 @@ class StageOneJob:
         return teacher
 
     def build_dataset(self) -> SampleDataset:
-        dataset = self.dataset.build() if isinstance(self.dataset, Factory) else self.dataset
-        if not isinstance(dataset, SampleDataset):
-            raise ConfigError(
-                f"the dataset must be a kdcache SampleDataset (or a factory returning one); got "
-                f"{type(dataset).__name__}. Wrap a torch Dataset with kdcache.datasets.TensorDataset or build one "
-                "with kdcache.datasets"
-            )
-        return dataset
+        """The dataset: a kdcache :class:`SampleDataset`, or any map-style torch dataset of ``(image, label)``
+        items (wrapped in :class:`~kdcache.datasets.ItemDataset`), or what a factory returns."""
+        return as_sample_dataset(self.dataset.build() if isinstance(self.dataset, Factory) else self.dataset)
 
     def spec(self, teacher: nn.Module) -> dict[str, Any]:
         """The architecture description recorded in the teacher's fingerprint."""

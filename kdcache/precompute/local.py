@@ -16,7 +16,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.precompute.engine import PrecomputeReport, ShardRows, finalize, make_report, opened_run
+from kdcache.precompute.engine import (
+    PrecomputeReport,
+    ShardRows,
+    ShardWork,
+    TeacherRun,
+    declared_store,
+    finalize,
+    make_report,
+)
 from kdcache.precompute.job import StageOneJob
 from kdcache.registry import Factory
 from kdcache.store import StoreBuilder, StoreLocation
@@ -67,22 +75,30 @@ def run_local(
 ) -> PrecomputeReport:
     """Run ``job`` in this process into ``store``, holding the store's writer lock throughout; ``break_lock`` takes
     over the lock of a writer that died."""
-    with opened_run(job, store, shard_samples=shard_samples, break_lock=break_lock) as (run, builder, work):
-        todo = sum(w.stop - w.start for w in work if run.owner in w.owners)
-        writer = _ShardWriter(builder)
-        start = time.perf_counter()
-        bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
+    with TeacherRun(job) as run:
+        declared = run.declaration()
+        with declared_store(declared, store, shard_samples=shard_samples, break_lock=break_lock) as (builder, work):
+            todo = sum(w.stop - w.start for w in work if run.owner in w.owners)
+            start = time.perf_counter()
+            complete = _write(run, builder, work, todo, progress)
+            return make_report(builder, declared, work, time.perf_counter() - start, complete)
+
+
+def _write(run: TeacherRun, builder: StoreBuilder, work: list[ShardWork], todo: int, progress: bool) -> bool:
+    """Compute every shard range of ``work`` and commit it from the writer thread; whether the store is complete."""
+    writer = _ShardWriter(builder)
+    bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
+    try:
+        for item in work:
+            for rows in run.compute(item, bar.update):
+                writer.submit(rows)
+    finally:
+        bar.close()
         try:
-            for item in work:
-                for rows in run.compute(item, bar.update):
-                    writer.submit(rows)
+            writer.close()
         finally:
-            bar.close()
-            try:
-                writer.close()
-            finally:
-                complete = finalize(builder, run.owner)
-        return make_report(builder, run, work, time.perf_counter() - start, complete)
+            complete = finalize(builder, run.owner)
+    return complete
 
 
 def precompute(

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.digest import DIGEST_BYTES, sample_digests
 from kdcache.store import SAMPLE_DIGEST, VIEW_PARAMS, ArraySpec
 from kdcache.views import ViewTransform
+from kdcache.views.transform import sizes_of
 
 INDEX, LABEL = "samples/index", "samples/label"
 
@@ -47,25 +49,38 @@ def _described(path: str, axes: list[str], meaning: str) -> dict[str, Any]:
     return {"array": path, "axes": axes, "meaning": meaning}
 
 
-def read_digests(dataset: SampleDataset, lo: int, hi: int, batch_size: int) -> np.ndarray:
-    """The content digests of samples ``[lo, hi)``, read from the dataset a batch at a time."""
-    parts = []
+def select(raw: torch.Tensor | list[torch.Tensor], mask: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
+    """The rows of a batch of raw inputs (one stacked tensor or a list) where ``mask`` is set."""
+    if isinstance(raw, torch.Tensor):
+        return raw[torch.from_numpy(mask)]
+    return [raw[k] for k in np.flatnonzero(mask)]
+
+
+def read_facts(
+    dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The content digests ``(n, 16)`` and view numbers ``(n, V, P)`` of samples ``[lo, hi)``, from the dataset a
+    batch at a time (no teacher, no pixels: what the samples owner needs when the teacher's shard is done)."""
+    digests, params = [], []
     for start in range(lo, hi, batch_size):
-        inputs, labels = dataset.get_batch(np.arange(start, min(start + batch_size, hi)))
-        parts.append(sample_digests(inputs, labels))
-    return np.concatenate(parts) if parts else np.empty((0, DIGEST_BYTES), dtype=np.uint8)
+        indices = np.arange(start, min(start + batch_size, hi))
+        inputs, labels = dataset.get_batch(indices)
+        digests.append(sample_digests(inputs, labels))
+        samples, view_ids = pairs(int(indices[0]), int(indices[-1]) + 1, views.count)
+        sizes = [size for size in sizes_of(inputs) for _ in range(views.count)]
+        drawn = views.params(samples, view_ids, sizes, num_samples=len(dataset))
+        params.append(drawn.reshape(len(indices), views.count, -1))
+    return np.concatenate(digests), np.concatenate(params)
 
 
 def sample_rows(
-    dataset: SampleDataset, views: ViewTransform, specs: list[ArraySpec], lo: int, hi: int, digests: np.ndarray
+    dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int, digests: np.ndarray, params: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The rows of shard ``[lo, hi)`` of every sample array (``digests`` computed from the same samples)."""
+    """The rows of shard ``[lo, hi)`` of every sample array (``digests`` and view ``params`` of the same samples)."""
     rows = {INDEX: np.arange(lo, hi, dtype=np.int64), SAMPLE_DIGEST: digests}
     paths = {s.path for s in specs}
     if LABEL in paths:
         rows[LABEL] = dataset.all_labels()[lo:hi].astype(np.int64)
     if VIEW_PARAMS in paths:
-        samples, view_ids = pairs(lo, hi, views.count)
-        size = tuple(dataset.get_batch(np.arange(1))[0].shape[-2:])
-        rows[VIEW_PARAMS] = views.params(samples, view_ids, size).reshape(hi - lo, views.count, -1)
+        rows[VIEW_PARAMS] = params
     return rows

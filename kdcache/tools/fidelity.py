@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kdcache.datasets import HDF5Dataset, SampleDataset, TensorDataset
+from kdcache.datasets import DIGITS_FILE, HDF5Dataset, SampleDataset, TensorDataset
 from kdcache.losses import kd_divergence, topk_kd_divergence
 from kdcache.models import build_model
 from kdcache.precompute import precompute
@@ -83,7 +83,7 @@ def measure(
 ) -> list[dict]:
     """Rows of (encoding, bytes/sample on disk, mean KL at each T, top-k mass kept) for one class count."""
     if num_classes == 10:
-        dataset: SampleDataset = HDF5Dataset("data/digits.h5", "train")
+        dataset: SampleDataset = HDF5Dataset(DIGITS_FILE, "train")
         source = "digits (UCI, 1,257 train samples), digits-mlp teacher"
     else:
         dataset = gaussian_classes(num_classes, samples, seed=seed)

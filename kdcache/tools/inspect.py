@@ -46,7 +46,12 @@ def print_store(cache: Cache, console: Console | None = None) -> None:
         )
     labels = cache.labels()
     if labels is not None:
-        console.print(f"labels: {np.bincount(labels).tolist()} per class")
+        counts = np.bincount(labels).tolist()
+        names = m.dataset.get("class_names")
+        if names and len(names) >= len(counts):
+            console.print("samples per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts, strict=False)))
+        else:
+            console.print(f"labels: {counts} per class")
 
 
 def _targets_table(cache: Cache) -> Table:

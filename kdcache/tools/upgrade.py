@@ -18,7 +18,7 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import StoreFormatError, StoreIncompleteError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
-from kdcache.precompute.samples import read_digests, sample_arrays
+from kdcache.precompute.samples import read_facts, sample_arrays
 from kdcache.store import (
     FORMAT_VERSION,
     SAMPLE_DIGEST,
@@ -36,12 +36,13 @@ from kdcache.store.layout import ArraySpec
 from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord, read_manifest
 from kdcache.store.writer import expected_metadata
 from kdcache.targets import build_target
+from kdcache.views import ViewTransform
 
 
 def upgrade_store(url: str, dataset: SampleDataset, *, batch_size: int = 256, progress: bool = True) -> Cache:
     """Upgrade the format-1 store at ``url`` to format 2 with the ``dataset`` it was built from; returns it opened.
 
-    >>> upgrade_store("runs/digits_kd/cache/train.zarr", HDF5Dataset("data/digits.h5", "train"))  # doctest: +SKIP
+    >>> upgrade_store("runs/digits_kd/cache/train.zarr", HDF5Dataset(DIGITS_FILE, "train"))  # doctest: +SKIP
     """
     location = StoreLocation(url)
     with io_errors(location, "upgrading"):
@@ -150,7 +151,7 @@ def _write_digests(builder: StoreBuilder, dataset: SampleDataset, batch_size: in
     ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
     for index, (lo, hi) in enumerate(tqdm(ranges, desc="upgrade", unit="shard", disable=not progress)):
         rows: dict[str, np.ndarray] = {path: reader.read_shard(index) for path, reader in readers.items()}
-        rows[SAMPLE_DIGEST] = read_digests(dataset, lo, hi, batch_size)
+        rows[SAMPLE_DIGEST] = read_facts(dataset, ViewTransform(count=1, seed=0), lo, hi, batch_size)[0]
         builder.commit(SAMPLES_OWNER, index, rows)
 
 

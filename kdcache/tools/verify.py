@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.items import as_sample_dataset
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import PipelineConfig
 from kdcache.pipeline.build import device_of, load_split, load_teacher, model_spec, view_transform
@@ -86,7 +88,7 @@ def sample_pairs(num_rows: int, views: int, count: int, seed: int) -> tuple[np.n
 def recompute_check(
     cache: Cache,
     teacher: nn.Module,
-    dataset: SampleDataset,
+    dataset: SampleDataset | Dataset,
     views: ViewTransform,
     *,
     teacher_name: str,
@@ -105,6 +107,7 @@ def recompute_check(
     (True, 0.0)
     """
     cache.require(Requirements(teachers=(teacher_name,), views=views.spec()))
+    dataset = as_sample_dataset(dataset)
     record = cache.teacher(teacher_name)
     targets = {name: build_target(t.kind, t.params) for name, t in record.targets.items()}
     readers = {
@@ -123,13 +126,12 @@ def recompute_check(
     with TargetExtractor(teacher, list(targets.values()), device) as extract:
         for b in tqdm(range(0, len(rows), batch_size), desc="verify", unit="batch", disable=not progress):
             r, v = rows[b : b + batch_size], view_ids[b : b + batch_size]
-            samples = index[r]
-            raw, _ = dataset.get_batch(samples)
-            params = views.params(samples, v, tuple(raw.shape[-2:]))
+            made = views.batch(dataset, index[r], v)
             if params_reader is not None:
                 stored = params_reader.read_rows(r, v)
-                report.params_mismatches += int((params.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())
-            _, live = extract(views.apply(raw, params, v))
+                drawn = made.params
+                report.params_mismatches += int((drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())
+            _, live = extract(made.inputs)
             for name, target in targets.items():
                 cached = target.decode({rel: torch.from_numpy(rd.read_rows(r, v)) for rel, rd in readers[name].items()})
                 _compare(report.targets[name], target, cached, live[name].cpu(), tolerance)

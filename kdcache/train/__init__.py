@@ -14,12 +14,14 @@ from kdcache.train.live import LiveTeacher, TargetSource, cached_targets
 from kdcache.train.loader import batch_loader, set_loader_epoch
 from kdcache.train.loop import fit
 from kdcache.train.samplelog import consumed_samples
+from kdcache.train.sampler import BlockShuffleSampler
 from kdcache.train.stages import LossConfig, OptimizerConfig, StageConfig, teacher_targets
 from kdcache.train.statefile import load_state, save_state
 from kdcache.train.world import World, process_group
 
 __all__ = [
     "Batch",
+    "BlockShuffleSampler",
     "CachedDataset",
     "Checkpointing",
     "EpochLog",

@@ -20,7 +20,8 @@ class Batch:
 
     ``params`` holds the numbers each view's augmentation was drawn with, ``(B, P)`` float32 (columns named by
     ``ViewTransform.param_names``; it stays on the CPU). ``targets`` holds stored arrays (by target, then array name)
-    until :meth:`to` decodes them on the device.
+    until :meth:`to` decodes them on the device. For mixed views (MixUp/CutMix) ``mix`` is ``(partner labels, weight
+    of labels)``: the label of each input is ``weight · labels + (1 - weight) · partner labels``.
     """
 
     inputs: torch.Tensor
@@ -30,11 +31,47 @@ class Batch:
     targets: dict[str, Any] = field(default_factory=dict)
     decoders: dict[str, Target | EnsembleDecoder] = field(default_factory=dict, repr=False)
     params: torch.Tensor | None = None
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def item(self, slot: int) -> dict[str, Any]:
+        """Sample ``slot`` as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
+        batch (:meth:`from_items`): ``inputs``, ``labels``, ``index``, ``view``, ``params``, the stored ``targets``
+        (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``)."""
+        item: dict[str, Any] = {
+            "inputs": self.inputs[slot],
+            "labels": self.labels[slot],
+            "index": self.indices[slot],
+            "view": self.views[slot],
+        }
+        if self.params is not None:
+            item["params"] = self.params[slot]
+        if self.targets:
+            item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.targets.items()}
+        if self.mix is not None:
+            item["mix"] = {"labels": self.mix[0][slot], "weights": self.mix[1][slot]}
+        return item
+
+    @classmethod
+    def from_items(cls, collated: dict[str, Any], decoders: dict[str, Target | EnsembleDecoder]) -> Batch:
+        """The batch of a ``DataLoader``'s default collation of :meth:`item` dicts; ``decoders`` (the dataset's)
+        turn its stored targets into training targets in :meth:`to`."""
+        mix = collated.get("mix")
+        return cls(
+            inputs=collated["inputs"],
+            labels=collated["labels"],
+            indices=collated["index"],
+            views=collated["view"],
+            targets=collated.get("targets", {}),
+            decoders=decoders,
+            params=collated.get("params"),
+            mix=None if mix is None else (mix["labels"], mix["weights"]),
+        )
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
         pinned = {name: {k: v.pin_memory() for k, v in arrays.items()} for name, arrays in self.targets.items()}
-        return replace(self, inputs=self.inputs.pin_memory(), labels=self.labels.pin_memory(), targets=pinned)
+        mix = None if self.mix is None else (self.mix[0].pin_memory(), self.mix[1].pin_memory())
+        return replace(self, inputs=self.inputs.pin_memory(), labels=self.labels.pin_memory(), targets=pinned, mix=mix)
 
     def to(self, device: torch.device | str) -> Batch:
         """Move to ``device`` (non-blocking from pinned memory) and decode every target there."""
@@ -49,4 +86,5 @@ class Batch:
             labels=self.labels.to(device, non_blocking=True),
             targets=decoded,
             decoders={},
+            mix=None if self.mix is None else tuple(t.to(device, non_blocking=True) for t in self.mix),
         )

@@ -8,7 +8,9 @@ index, never by position in the batch. Targets travel as their stored dtype (flo
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +19,8 @@ from torch.utils.data import Dataset
 from kdcache.checkpoint import load_state_dict, state_digest
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
-from kdcache.errors import ConfigError, StoreMismatchError
+from kdcache.datasets.items import as_sample_dataset
+from kdcache.errors import ConfigError, PerformanceWarning, StoreMismatchError
 from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_PARAMS, ArrayReader, Cache, Requirements
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
@@ -25,7 +28,7 @@ from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch
 from kdcache.train.decoding import checked_target
 from kdcache.train.samplecheck import SampleCheck
-from kdcache.views import ViewTransform
+from kdcache.views import ViewBatch, ViewTransform
 
 POLICIES = ("cycle", "random", "fresh")
 
@@ -39,13 +42,15 @@ class ViewDataset(Dataset):
       (online KD and scratch training; a cache holds only views ``0 .. count-1``).
     """
 
-    def __init__(self, dataset: SampleDataset, views: ViewTransform, *, policy: str = "cycle") -> None:
+    def __init__(self, dataset: SampleDataset | Dataset, views: ViewTransform, *, policy: str = "cycle") -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown view policy {policy!r}; valid policies: {', '.join(POLICIES)}")
-        self.dataset = dataset
+        self.dataset = as_sample_dataset(dataset)
         self.views = views
         self.policy = policy
         self.epoch = 0
+        self.block_sampled = False  # set by BlockShuffleSampler: per-sample reads come in chunk order
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,21 +74,49 @@ class ViewDataset(Dataset):
         keyed = [np.random.default_rng([self.views.seed, self.epoch, int(i)]).integers(count) for i in indices]
         return np.asarray(keyed, dtype=np.int64)
 
-    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
-        indices = np.ascontiguousarray(indices, dtype=np.int64)
-        raw, labels = self.dataset.get_batch(indices)
-        return self.make_batch(indices, raw, labels)
+    def __getitem__(self, key: int | list[int] | np.ndarray) -> Batch | dict[str, Any]:
+        """A batch of samples for a batch of indices (:func:`batch_loader`), or one sample's dict for one index (a
+        plain ``DataLoader``; turn its collated batches into :class:`Batch` with :meth:`as_batch`)."""
+        if isinstance(key, int | np.integer):
+            self._warn_per_item()
+            return self.batch_of(np.array([key], dtype=np.int64)).item(0)
+        return self.batch_of(np.ascontiguousarray(key, dtype=np.int64))
 
-    def make_batch(self, indices: np.ndarray, raw: torch.Tensor, labels: torch.Tensor) -> Batch:
-        """The batch of samples ``indices`` from their raw inputs and labels: each under this epoch's view."""
-        view_ids = self.view_ids(indices)
-        params = self.views.params(indices, view_ids, tuple(raw.shape[-2:]))
+    def batch_of(self, indices: np.ndarray) -> Batch:
+        """The training batch of samples ``indices``, with this epoch's views."""
+        return self.make_batch(indices, self.views.batch(self.dataset, indices, self.view_ids(indices)))
+
+    def as_batch(self, collated: dict[str, Any]) -> Batch:
+        """A :class:`Batch` from a plain ``DataLoader``'s collated per-sample dicts; ``.to(device)`` then moves it
+        and decodes its targets on the device.
+
+        >>> for items in DataLoader(train, batch_size=64, sampler=BlockShuffleSampler(train)):  # doctest: +SKIP
+        ...     batch = train.as_batch(items).to(device)
+        """
+        return Batch.from_items(collated, getattr(self, "decoders", {}))
+
+    def _warn_per_item(self) -> None:
+        """Per-sample reads of streamed targets cost a chunk read each unless the order keeps chunks together."""
+        if self.read_block() > 1 and not self.block_sampled and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__} streams targets from the store in chunks of {self.read_block()} samples; "
+                "reading samples one by one in random order reads a whole chunk per sample. Order them with "
+                "sampler=BlockShuffleSampler(dataset) (or use batch_loader, which reads a batch per call)",
+                PerformanceWarning,
+                stacklevel=3,
+            )
+
+    def make_batch(self, indices: np.ndarray, made: ViewBatch) -> Batch:
+        """The training batch of samples ``indices`` from their views (this epoch's, by the policy)."""
+        mix = None if made.partners is None else (made.partner_labels, made.weights)
         return Batch(
-            inputs=self.views.apply(raw, params, view_ids),
-            labels=labels,
+            inputs=made.inputs,
+            labels=made.labels,
             indices=torch.from_numpy(indices),
-            views=torch.from_numpy(view_ids),
-            params=torch.from_numpy(params),
+            views=torch.from_numpy(self.view_ids(indices)),
+            params=torch.from_numpy(made.params),
+            mix=mix,
         )
 
 
@@ -98,7 +131,13 @@ class CachedDataset(ViewDataset):
     a reordered, edited or self-augmenting dataset raises :class:`~kdcache.errors.SampleMismatchError` naming the
     sample and the likely cause (``allow_sample_mismatch=True`` downgrades that to a logged warning). When the store
     holds ``views/params``, the numbers regenerated for every batch are checked against the stored ones bit for
-    bit, so a replay that drifted (another RNG or transform code) is refused, not trained on.
+    bit, so a replay that drifted (another RNG or transform code) is refused, not trained on. ``teacher`` may be
+    left out when the store has one, ``targets`` to train on all of them, ``views`` when they are normalisation and
+    kdcache's ops (rebuilt from the store's spec; a torchvision pipeline must be passed).
+
+    Indexed by one sample it returns that sample's dict (:meth:`Batch.item`), so a plain ``DataLoader`` works too:
+    collate, then :meth:`as_batch` and ``.to(device)``; order its samples with
+    :class:`~kdcache.train.sampler.BlockShuffleSampler` so streamed targets are read chunk by chunk.
 
     >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
     >>> for batch in batch_loader(train, batch_size=64, seed=0):
@@ -110,16 +149,17 @@ class CachedDataset(ViewDataset):
         dataset: SampleDataset,
         cache: Cache,
         *,
-        teacher: str | Ensemble | None,
-        targets: list[str],
-        views: ViewTransform,
+        teacher: str | Ensemble | None = None,
+        targets: list[str] | None = None,
+        views: ViewTransform | None = None,
         policy: str = "cycle",
         ram_budget_bytes: float = 2 * 1024**3,
         num_classes: int | None = None,
         teacher_checkpoint: str | Path | None = None,
         allow_sample_mismatch: bool = False,
     ) -> None:
-        super().__init__(dataset, views, policy=policy)
+        super().__init__(dataset, views or ViewTransform.from_spec(cache.manifest.views), policy=policy)
+        views = self.views
         if policy == "fresh":
             raise ConfigError(
                 "view policy 'fresh' draws views a cache does not hold (it caches views 0..count-1); use 'cycle' or "
@@ -129,19 +169,21 @@ class CachedDataset(ViewDataset):
             cache.teacher(None)  # refuses a store with several teachers: the caller must name one
             teacher = cache.teachers[0]
         members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
+        if targets is None:  # every target all members hold
+            targets = sorted(set.intersection(*(set(cache.teacher(m).targets) for m in members)))
         stored_classes = cache.manifest.dataset.get("num_classes")
         cache.require(
             Requirements(
                 teachers=tuple(members),
                 targets=tuple(targets),
                 num_classes=num_classes,
-                dataset=dataset_fingerprint(dataset, num_classes=stored_classes),
+                dataset=dataset_fingerprint(self.dataset, num_classes=stored_classes),
                 views=views.spec(),
                 teacher_state=None if teacher_checkpoint is None else state_digest(load_state_dict(teacher_checkpoint)),
             )
         )
         rows = cache.sample_index()
-        self.row_of = np.full(max(len(dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
+        self.row_of = np.full(max(len(self.dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
         self.row_of[rows] = np.arange(len(rows))
         self.decoders, records = _target_sources(cache, teacher, targets)
         budget = ram_budget_bytes
@@ -156,7 +198,7 @@ class CachedDataset(ViewDataset):
             self.readers[name][key] = reader
         self.params_reader = self._params_reader(cache, budget)
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
-        self.check = SampleCheck(cache.url, dataset, digests, allow_mismatch=allow_sample_mismatch)
+        self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
 
     def read_block(self) -> int:
         """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""
@@ -173,15 +215,21 @@ class CachedDataset(ViewDataset):
             reader.read_all()
         return reader
 
-    def __getitem__(self, indices: list[int] | np.ndarray) -> Batch:
-        indices = np.ascontiguousarray(indices, dtype=np.int64)
+    def batch_of(self, indices: np.ndarray) -> Batch:
         rows = self.row_of[indices]
         if (rows < 0).any():
             absent = indices[rows < 0][:10].tolist()
             raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
-        raw, labels = self.dataset.get_batch(indices)
-        self.check(indices, rows, raw, labels)
-        batch = self.make_batch(indices, raw, labels)
+        made = self.views.batch(self.dataset, indices, self.view_ids(indices))
+        self.check(indices, rows, made.raw, made.labels)
+        if made.partners is not None and (mixed := made.partners >= 0).any():  # the partners' content is cached too
+            self.check(
+                made.partners[mixed],
+                self.row_of[made.partners[mixed]],
+                made.partner_raw,
+                made.partner_labels[torch.from_numpy(mixed)],
+            )
+        batch = self.make_batch(indices, made)
         views = batch.views.numpy()
         if self.params_reader is not None:
             self._check_params(batch, self.params_reader.read_rows(rows, views))

@@ -119,12 +119,14 @@ class _Step(nn.Module):
         self.capture = capture
 
     def forward(
-        self, inputs: torch.Tensor, labels: torch.Tensor, teacher: dict[str, Any]
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        teacher: dict[str, Any],
+        mix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = forward_with_capture(self.student, inputs, self.capture)
-        return self.objective(
-            StepOutputs(logits=outputs.logits, labels=labels, features=outputs.features, teacher=teacher)
-        )
+        return self.objective(StepOutputs(outputs.logits, labels, outputs.features, teacher, mix))
 
 
 class _Trainer:
@@ -233,7 +235,7 @@ class _Trainer:
         batch = next(iter(self.loader)).to(self.device)
         self.student.eval()
         outputs = forward_with_capture(self.student, batch.inputs, capture)
-        step = StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch))
+        step = StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch), batch.mix)
         objective.prepare(step)
         objective(step)
 
@@ -251,7 +253,7 @@ class _Trainer:
         for step, batch in enumerate(self.loader, start=start):
             batch = batch.to(self.device)
             torch.manual_seed(_step_seed(self.seed, epoch, step, self.world.rank))  # dropout replays on resume
-            loss, parts = st.module(batch.inputs, batch.labels, self.targets(batch))
+            loss, parts = st.module(batch.inputs, batch.labels, self.targets(batch), batch.mix)
             n = len(batch.indices)
             share = n * self.world.world_size / self.sampler.global_size(step)
             st.optimizer.zero_grad(set_to_none=True)

@@ -166,3 +166,34 @@ class EpochBatchSampler(Sampler[np.ndarray]):
                 state["epoch"],
             )
         self.set_epoch(int(state["epoch"]), start_step=int(state["step"]))
+
+
+class BlockShuffleSampler(Sampler[int]):
+    """Sample indices one at a time, for a plain ``DataLoader(dataset, batch_size=..., sampler=...)``.
+
+    The order of epoch ``e`` is :func:`block_shuffle` of ``(seed, e)`` with the dataset's read block, so streamed
+    targets are read chunk by chunk. :meth:`set_epoch` also sets the dataset's epoch, which picks each sample's view
+    (call it before each epoch; with ``persistent_workers=True`` the workers keep the epoch they started with).
+    """
+
+    def __init__(self, dataset: Any, *, seed: int = 0, shuffle: bool = True) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        dataset.block_sampled = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order, and its views in the dataset."""
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        count = len(self.dataset)
+        if not self.shuffle:
+            return iter(range(count))
+        order = block_shuffle(count, seed=self.seed, epoch=self.epoch, block=self.dataset.read_block())
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.dataset)

@@ -1,22 +1,28 @@
-"""Views: the exact input a model sees for (sample, view), and the replayable augmentation ops that make it.
+"""Views: the exact input a model sees for (sample, view), and the replayable augmentation that makes it.
 
 See docs/views.md. ``ViewTransform`` turns raw inputs into model inputs; ``build_view_op`` builds a registered op
-(``VIEW_OPS``) for its ``augment`` list; ``KeyedRandom`` is the per-(seed, sample, view) random stream.
+(``VIEW_OPS``) for its ``augment`` list, ``build_pipeline`` a torchvision v2 pipeline from a pipeline file, ``Mix``
+keyed MixUp/CutMix; ``KeyedRandom`` is the per-(seed, sample, view) random stream.
 """
 
 from __future__ import annotations
 
 from kdcache.views.ops import VIEW_OPS, ViewOp, ViewOpParams, build_view_op
+from kdcache.views.pipeline import Mix, build_pipeline, check_replayable
 from kdcache.views.rng import RNG_NAME, KeyedRandom
-from kdcache.views.transform import EVAL_VIEW, ViewTransform
+from kdcache.views.transform import EVAL_VIEW, ViewBatch, ViewTransform
 
 __all__ = [
     "EVAL_VIEW",
     "RNG_NAME",
     "VIEW_OPS",
     "KeyedRandom",
+    "Mix",
+    "ViewBatch",
     "ViewOp",
     "ViewOpParams",
     "ViewTransform",
+    "build_pipeline",
     "build_view_op",
+    "check_replayable",
 ]

@@ -112,7 +112,7 @@ def test_a_worker_that_loads_another_teacher_refuses_to_write(tmp_path, client):
     before = all_files(tmp_path / "other.zarr")
     wrong = recipe_of(cfg, teacher_digest="0" * 64)
     future = client.submit(run_shard, wrong, ShardWork(0, 0, 64, ("teachers/cnn16",)), pure=False)
-    with pytest.raises(StoreMismatchError, match=r"a dask worker loaded a different teacher than the coordinator"):
+    with pytest.raises(StoreMismatchError, match=r"dask workers built a different teacher from the same job"):
         future.result()
     assert all_files(tmp_path / "other.zarr") == before
 

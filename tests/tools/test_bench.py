@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from kdcache.tools.bench import pagecache
 from kdcache.tools.bench.rounds import interleave
+from kdcache.tools.bench.workloads import DIGITS_KD
 from tests.conftest import ROOT
 
 
@@ -48,12 +50,16 @@ def _positive_spread(entry: dict) -> None:
     assert entry["min"] > 0 and entry["min"] <= entry["median"] <= entry["max"], entry
 
 
+def test_the_bench_digits_workload_is_the_digits_kd_pipeline():
+    assert yaml.safe_load((ROOT / "pipelines" / "digits_kd.yaml").read_text()) == DIGITS_KD
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "kdcache", "bench", "--quick", "--quiet", "--out", str(out)],
-        cwd=ROOT,
+        [sys.executable, "-m", "kdcache", "bench", "--quick", "--quiet", "--out", "bench"],
+        cwd=tmp_path,  # outside the repository: the bench needs nothing from it
         capture_output=True,
         text=True,
         timeout=900,

@@ -122,8 +122,8 @@ def test_a_cache_refuses_fresh_views_other_view_specs_and_drifted_parameters(ech
     class Drifted(type(transform())):
         """Same spec, but one number drawn differently: what another RNG or transform code would do."""
 
-        def params(self, indices, view_ids, size):
-            out = super().params(indices, view_ids, size)
+        def params(self, indices, view_ids, size, num_samples=None):
+            out = super().params(indices, view_ids, size, num_samples)
             out[:, 6] += (np.asarray(view_ids) == 2).astype(np.float32)
             return out
 

@@ -4,7 +4,8 @@
   the weights) on generated 32x32 RGB images with ``resnet_classes`` classes, ``resnet_steps`` batches of
   ``resnet_batch``.
 * ``digits``: the models, batch size, losses and data of ``pipelines/digits_kd.yaml`` (teacher untrained: only
-  its cost matters here).
+  its cost matters here). The pipeline is held here as :data:`DIGITS_KD` (a test keeps the two equal), so the
+  bench runs from any directory after ``pip install``.
 
 Timing does not depend on what the pixels are, so generated data stands in for CIFAR-sized images.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -22,14 +23,47 @@ from torch import nn
 from kdcache.datasets import SampleDataset, TensorDataset
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
-from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import build_student, cache_targets, load_split, loss_setup, view_transform
+from kdcache.pipeline.loading import parse_pipeline, with_overrides
 from kdcache.targets import Target, build_target
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TargetSource, ViewDataset, cached_targets, fit
 from kdcache.views import ViewTransform
 
-DIGITS_PIPELINE = Path("pipelines/digits_kd.yaml")
+DIGITS_KD: dict[str, Any] = {  # pipelines/digits_kd.yaml, without its comments
+    "name": "digits_kd",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"dataset": "digits", "num_classes": 10, "mean": [0.3056], "std": [0.3761]},
+    "teacher": {
+        "name": "cnn64",
+        "model": {"arch": "digits-cnn", "args": {"width": 64}},
+        "train": {
+            "batch_size": 64,
+            "stages": [
+                {
+                    "epochs": 30,
+                    "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.0001},
+                    "losses": [{"name": "ce"}],
+                }  # fmt: skip
+            ],
+        },
+    },
+    "student": {
+        "model": {"arch": "digits-cnn", "args": {"width": 4}},
+        "train": {
+            "batch_size": 64,
+            "stages": [
+                {
+                    "epochs": 40,
+                    "optimizer": {"name": "adam", "lr": 0.01},
+                    "losses": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4}],
+                }  # fmt: skip
+            ],
+        },
+    },
+    "cache": {"targets": [{"kind": "logits", "dtype": "float16"}]},
+}
 TEACHER = "teacher"  # the teacher name in every bench store
 
 
@@ -118,7 +152,7 @@ def resnet_workload(settings: BenchSettings) -> Workload:
 
 def digits_workload(settings: BenchSettings) -> Workload:
     overrides = [] if settings.digits_samples is None else [f"data.max_train_samples={settings.digits_samples}"]
-    cfg = load_pipeline(DIGITS_PIPELINE, overrides)
+    cfg = with_overrides(parse_pipeline(DIGITS_KD, source="the bench's digits_kd"), overrides)
 
     def one_epoch(variant: str) -> list[StageConfig]:
         stages = cfg.variant_stages(cfg.variant(variant))

@@ -1,0 +1,71 @@
+"""Per-sample access: a plain DataLoader with its default collation gives the batches batch_loader gives."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kdcache.errors import PerformanceWarning
+from kdcache.store import open_cache
+from kdcache.targets import build_target
+from kdcache.train import BlockShuffleSampler, CachedDataset
+from kdcache.views import ViewTransform, build_view_op
+from tests.conftest import MEAN, STD, cache_digits
+
+
+@pytest.fixture
+def views() -> ViewTransform:
+    return ViewTransform(count=3, seed=2, mean=MEAN, std=STD, augment=[build_view_op("random_crop", {"padding": 2})])
+
+
+@pytest.fixture
+def store(tmp_path, teacher, digits_small, views):
+    cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, [build_target("logits", {"encoding": "int8"})])
+    return tmp_path / "s.zarr"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_default_collation_equals_the_batch_path(store, digits_small, views, workers):
+    train = CachedDataset(digits_small, open_cache(store), views=views)  # one teacher, every target
+    assert list(train.readers) == ["logits_int8"] and len(train.readers["logits_int8"]) == 3  # q, scale, offset
+    sampler = BlockShuffleSampler(train, seed=5)
+    sampler.set_epoch(1)
+    loader = DataLoader(train, batch_size=32, sampler=sampler, num_workers=workers)
+    seen = []
+    for items in loader:
+        batch = train.as_batch(items).to("cpu")
+        reference = train[batch.indices.numpy()].to("cpu")
+        torch.testing.assert_close(batch.inputs, reference.inputs, rtol=0, atol=0)
+        torch.testing.assert_close(batch.targets, reference.targets, rtol=0, atol=0)
+        assert batch.views.tolist() == reference.views.tolist() == ((batch.indices + 1) % views.count).tolist()
+        assert batch.labels.tolist() == reference.labels.tolist()
+        seen.append(batch.indices.numpy())
+    assert sorted(np.concatenate(seen).tolist()) == list(range(len(digits_small)))
+
+
+def test_streamed_per_sample_reads_warn_unless_block_sampled(store, digits_small, views):
+    streamed = CachedDataset(digits_small, open_cache(store), views=views, ram_budget_bytes=0)
+    with pytest.warns(PerformanceWarning, match="BlockShuffleSampler"):
+        streamed[3]
+    ordered = CachedDataset(digits_small, open_cache(store), views=views, ram_budget_bytes=0)
+    order = list(BlockShuffleSampler(ordered, seed=0))
+    assert sorted(order) == list(range(len(digits_small)))
+    assert len(np.unique(np.asarray(order[:64]) // ordered.read_block())) <= 8  # one window of chunks at a time
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        item = ordered[order[0]]
+    assert item["index"] == order[0] and item["targets"]["logits_int8"]["logits_int8/q"].dtype == torch.int8
+
+
+def test_views_made_of_kdcache_ops_are_rebuilt_from_the_store(store, digits_small, views):
+    rebuilt = CachedDataset(digits_small, open_cache(store))  # no teacher, targets or views given
+    assert rebuilt.views.spec() == views.spec()
+    given = CachedDataset(digits_small, open_cache(store), views=views)
+    for epoch in (0, 1):
+        rebuilt.set_epoch(epoch)
+        given.set_epoch(epoch)
+        torch.testing.assert_close(rebuilt[np.arange(40)].inputs, given[np.arange(40)].inputs, rtol=0, atol=0)

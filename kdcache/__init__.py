@@ -2,7 +2,8 @@
 
 Stage one (:func:`precompute`, :func:`precompute_on_dask`) runs a frozen teacher once and writes its targets into a
 sharded Zarr v3 store; stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`,
-:func:`fit`) into student training. Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
+:func:`fit`) into student training. Language models: :class:`TextDataset`, :class:`TokenViews`,
+:class:`CachedTokenDataset`, :func:`token_kd_divergence` (docs/language-models.md). Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
 The layers and what each package owns: docs/design.md.
 """
 
@@ -12,10 +13,11 @@ from kdcache.datasets import (
     HDF5Dataset,
     SampleDataset,
     TensorDataset,
+    TextDataset,
     VOCSegmentation,
 )
 from kdcache.errors import KdcacheError
-from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
+from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint, token_kd_divergence
 from kdcache.models import MultiHeadNet
 from kdcache.pipeline import PipelineConfig, RunSettings, load_pipeline, run_pipeline
 from kdcache.precompute import PrecomputeReport, StageOneJob, precompute, precompute_on_dask
@@ -28,6 +30,7 @@ from kdcache.tools.verify import FidelityReport, Tolerance, recompute_check
 from kdcache.train import (
     Batch,
     CachedDataset,
+    CachedTokenDataset,
     LossConfig,
     OptimizerConfig,
     StageConfig,
@@ -38,7 +41,7 @@ from kdcache.train import (
     process_group,
     set_loader_epoch,
 )
-from kdcache.views import VIEW_OPS, ViewTransform, build_view_op
+from kdcache.views import VIEW_OPS, TokenViews, ViewTransform, build_view_op
 
 __version__ = "0.1.0"
 
@@ -49,6 +52,7 @@ __all__ = [
     "Batch",
     "Cache",
     "CachedDataset",
+    "CachedTokenDataset",
     "ClassSubset",
     "DigitsSegmentation",
     "Ensemble",
@@ -69,6 +73,8 @@ __all__ = [
     "StageOneJob",
     "TeacherStats",
     "TensorDataset",
+    "TextDataset",
+    "TokenViews",
     "Tolerance",
     "VOCSegmentation",
     "ViewDataset",
@@ -92,4 +98,5 @@ __all__ = [
     "run_pipeline",
     "set_loader_epoch",
     "store_stats",
+    "token_kd_divergence",
 ]

@@ -8,6 +8,7 @@ from kdcache.datasets.base import SampleDataset, Subset, TensorDataset
 from kdcache.datasets.classes import ClassSubset
 from kdcache.datasets.digits_seg import DigitsSegmentation
 from kdcache.datasets.hdf5 import HDF5Dataset
+from kdcache.datasets.text import TextDataset, text_dataset
 from kdcache.datasets.voc import VOCSegmentation
 from kdcache.registry import Registry
 
@@ -15,6 +16,7 @@ DATASETS: Registry[Any] = Registry("dataset")
 DATASETS.register("hdf5")(HDF5Dataset)
 DATASETS.register("digits-seg")(DigitsSegmentation)
 DATASETS.register("voc")(VOCSegmentation)
+DATASETS.register("text")(text_dataset)
 
 
 @DATASETS.register("digits")
@@ -36,6 +38,7 @@ __all__ = [
     "SampleDataset",
     "Subset",
     "TensorDataset",
+    "TextDataset",
     "VOCSegmentation",
     "build_dataset",
 ]

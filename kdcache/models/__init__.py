@@ -9,6 +9,7 @@ from torch import nn
 from kdcache.errors import ConfigError
 from kdcache.models.digits import DigitsCNN, DigitsMLP, DigitsResNet
 from kdcache.models.heads import MultiHeadNet
+from kdcache.models.lm import CausalLM
 from kdcache.models.pspnet import PSPNet
 from kdcache.models.rocket import digits_rocket
 from kdcache.registry import Registry
@@ -19,6 +20,7 @@ MODELS.register("digits-mlp")(DigitsMLP)
 MODELS.register("digits-resnet")(DigitsResNet)
 MODELS.register("digits-rocket")(digits_rocket)
 MODELS.register("pspnet")(PSPNet)
+MODELS.register("causal-lm")(CausalLM)
 
 
 def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
@@ -30,4 +32,14 @@ def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None)
         raise ConfigError(f"model {arch!r} rejected its arguments {args}: {exc}") from None
 
 
-__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "DigitsResNet", "MultiHeadNet", "PSPNet", "build_model", "digits_rocket"]
+__all__ = [
+    "MODELS",
+    "CausalLM",
+    "DigitsCNN",
+    "DigitsMLP",
+    "DigitsResNet",
+    "MultiHeadNet",
+    "PSPNet",
+    "build_model",
+    "digits_rocket",
+]

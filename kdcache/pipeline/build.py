@@ -20,9 +20,10 @@ from kdcache.errors import CheckpointError
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.tokens import check_language_model
 from kdcache.registry import Factory
 from kdcache.targets import Target, build_target
-from kdcache.views import ViewTransform, build_view_op
+from kdcache.views import TokenViews, ViewTransform, build_view_op
 
 
 def device_of(cfg: RunSettings) -> torch.device:
@@ -35,6 +36,8 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
     ``max_*_samples`` when those are set."""
     dataset = build_dataset(cfg.data.dataset, split, cfg.data.args)
+    if cfg.data.task == "language-model":
+        check_language_model(cfg, dataset)
     if cfg.data.classes is not None:
         dataset = ClassSubset(dataset, cfg.data.classes)
     limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
@@ -43,8 +46,11 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     return dataset
 
 
-def view_transform(cfg: RunSettings) -> ViewTransform:
-    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation."""
+def view_transform(cfg: RunSettings) -> ViewTransform | TokenViews:
+    """The pipeline's views: ``views.count`` views per sample, ``views.augment`` ops, then ``data`` normalisation;
+    for a language model (``data.task: language-model``) the token ids unchanged."""
+    if cfg.data.task == "language-model":
+        return TokenViews()
     return ViewTransform(
         count=cfg.views.count,
         seed=cfg.views.seed,
@@ -54,7 +60,7 @@ def view_transform(cfg: RunSettings) -> ViewTransform:
     )
 
 
-def eval_views(cfg: RunSettings) -> ViewTransform:
+def eval_views(cfg: RunSettings) -> ViewTransform | TokenViews:
     """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
     return view_transform(cfg).eval_view()
 

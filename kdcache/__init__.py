@@ -2,7 +2,8 @@
 
 Stage one (:func:`precompute`, :func:`precompute_on_dask`) runs a frozen teacher once and writes its targets into a
 sharded Zarr v3 store; stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`,
-:func:`fit`) into student training. Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
+:func:`fit`) into student training. Language models: :class:`TextDataset`, :class:`TokenViews`,
+:class:`CachedTokenDataset`, :func:`token_kd_divergence` (docs/language-models.md). Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
 The layers and what each package owns: docs/design.md.
 """
 
@@ -13,11 +14,12 @@ from kdcache.datasets import (
     ItemDataset,
     SampleDataset,
     TensorDataset,
+    TextDataset,
     VOCSegmentation,
     as_sample_dataset,
 )
 from kdcache.errors import KdcacheError, PerformanceWarning
-from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint
+from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint, token_kd_divergence
 from kdcache.models import MultiHeadNet
 from kdcache.pipeline import PipelineConfig, RunSettings, load_pipeline, run_pipeline
 from kdcache.precompute import PrecomputeReport, StageOneJob, precompute, precompute_on_dask
@@ -31,6 +33,7 @@ from kdcache.train import (
     Batch,
     BlockShuffleSampler,
     CachedDataset,
+    CachedTokenDataset,
     LossConfig,
     OptimizerConfig,
     StageConfig,
@@ -41,7 +44,7 @@ from kdcache.train import (
     process_group,
     set_loader_epoch,
 )
-from kdcache.views import VIEW_OPS, Mix, ViewTransform, build_pipeline, build_view_op
+from kdcache.views import VIEW_OPS, Mix, TokenViews, ViewTransform, build_pipeline, build_view_op
 
 __version__ = "0.1.0"
 
@@ -53,6 +56,7 @@ __all__ = [
     "BlockShuffleSampler",
     "Cache",
     "CachedDataset",
+    "CachedTokenDataset",
     "ClassSubset",
     "DigitsSegmentation",
     "Ensemble",
@@ -76,6 +80,8 @@ __all__ = [
     "StageOneJob",
     "TeacherStats",
     "TensorDataset",
+    "TextDataset",
+    "TokenViews",
     "Tolerance",
     "VOCSegmentation",
     "ViewDataset",
@@ -101,4 +107,5 @@ __all__ = [
     "run_pipeline",
     "set_loader_epoch",
     "store_stats",
+    "token_kd_divergence",
 ]

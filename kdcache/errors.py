@@ -38,6 +38,10 @@ class StoreMismatchError(KdcacheError, ValueError):
     """The store does not describe what it is being used with (dataset, teacher, classes, views, shapes)."""
 
 
+class TokenAlignmentError(StoreMismatchError):
+    """A store's token targets were made for other text: another tokenizer, packing or vocabulary."""
+
+
 class TargetMismatchError(KdcacheError, ValueError):
     """A teacher target does not fit the student it is compared with (shape, channels, classes), cached or live."""
 

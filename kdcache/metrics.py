@@ -1,12 +1,13 @@
-"""Evaluation metrics accumulated over batches: accuracy (per sample or per pixel), and mIoU with pixel accuracy
-from a confusion matrix for segmentation.
+"""Evaluation metrics accumulated over batches: accuracy (per sample, per pixel or per token), mIoU with pixel
+accuracy from a confusion matrix for segmentation, and perplexity for language models.
 
-A metric keeps integer counts (``state()``) that add up across batches and across processes, so a distributed
-evaluation sums the states of every rank and calls ``summarise`` once on the total.
+A metric keeps counts (``state()``: integers, or float64 sums for perplexity) that add up across batches and across
+processes, so a distributed evaluation sums the states of every rank and calls ``summarise`` once on the total.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -15,8 +16,33 @@ import torch.nn.functional as F
 from kdcache.errors import ConfigError
 
 # The metrics each task reports, the primary one (compared and plotted) first.
-TASK_METRICS: dict[str, tuple[str, ...]] = {"classification": ("accuracy",), "segmentation": ("miou", "pixel_accuracy")}
-METRIC_TITLES = {"accuracy": "accuracy", "miou": "mIoU", "pixel_accuracy": "pixel accuracy"}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy",),
+    "segmentation": ("miou", "pixel_accuracy"),
+    "language-model": ("perplexity", "token_accuracy"),
+}
+METRIC_TITLES = {
+    "accuracy": "accuracy",
+    "miou": "mIoU",
+    "pixel_accuracy": "pixel accuracy",
+    "perplexity": "perplexity",
+    "token_accuracy": "next-token accuracy",
+}
+LOWER_IS_BETTER = frozenset({"perplexity"})
+"""Metrics where a smaller value is better; every other metric is a share, shown as a percentage."""
+
+
+def metric_text(name: str, value: float | None) -> str:
+    """A metric value for tables: shares as percentages, perplexity as a plain number."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if name in LOWER_IS_BETTER else f"{100 * value:.2f}%"
+
+
+def class_dim(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """The class dimension of ``logits``: the last for a language model's ``(B, L, V)`` logits with ``(B, L)``
+    labels, else 1 (``(B, C)`` per sample, ``(B, C, H, W)`` per pixel)."""
+    return -1 if logits.dim() == 3 and labels.dim() == 2 else 1
 
 
 def match_spatial(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,7 +63,8 @@ class Metric(Protocol):
 
 
 class Accuracy:
-    """Top-1 accuracy over samples, or over labelled pixels for segmentation (``ignore_index`` excluded)."""
+    """Top-1 accuracy over samples, labelled pixels (segmentation) or labelled tokens (language models: the
+    next-token accuracy), ``ignore_index`` excluded."""
 
     def __init__(self, ignore_index: int = -100) -> None:
         self.ignore_index = ignore_index
@@ -46,7 +73,7 @@ class Accuracy:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        predictions = match_spatial(logits, labels).argmax(dim=1)
+        predictions = match_spatial(logits, labels).argmax(dim=class_dim(logits, labels))
         valid = labels != self.ignore_index
         self.correct += int((predictions == labels)[valid].sum())
         self.count += int(valid.sum())
@@ -97,6 +124,40 @@ class ConfusionMatrix:
         return segmentation_scores(state)
 
 
+class Perplexity:
+    """Perplexity exp(mean NLL) of a language model's next-token predictions and its next-token accuracy, over the
+    labelled positions of ``(B, L, V)`` logits (``ignore_index`` excluded: padding, the stream's last token).
+
+    The state is the NLL summed in float64, the labelled positions and the correct predictions: ranks add them.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        self.ignore_index = ignore_index
+        self.totals = torch.zeros(3, dtype=torch.float64)  # NLL sum, labelled positions, correct predictions
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+            raise ConfigError(
+                f"perplexity needs (batch, positions, vocabulary) logits and (batch, positions) labels; got "
+                f"{tuple(logits.shape)} and {tuple(labels.shape)}. data.task: language-model is for language models"
+            )
+        valid = labels != self.ignore_index
+        rows, targets = logits[valid].double(), labels[valid]
+        nll = F.cross_entropy(rows, targets, reduction="sum") if len(rows) else rows.new_zeros(())
+        hits = (rows.argmax(dim=-1) == targets).sum() if len(rows) else 0
+        self.totals += torch.tensor([float(nll), float(len(rows)), float(hits)], dtype=torch.float64)
+
+    def state(self) -> torch.Tensor:
+        return self.totals.clone()
+
+    def summarise(self, state: torch.Tensor) -> dict[str, float]:
+        nll, count, hits = state.tolist()
+        if not count:
+            return {"perplexity": float("nan"), "token_accuracy": float("nan")}
+        return {"perplexity": math.exp(nll / count), "token_accuracy": hits / count}
+
+
 def segmentation_scores(matrix: torch.Tensor) -> dict[str, float]:
     """mIoU (over classes present in truth or prediction) and pixel accuracy of a ``(C, C)`` confusion matrix."""
     matrix = matrix.double()
@@ -111,7 +172,10 @@ def segmentation_scores(matrix: torch.Tensor) -> dict[str, float]:
 
 
 def task_metric(task: str, num_classes: int, ignore_index: int = -100) -> Metric:
-    """A fresh metric for ``task``: :class:`Accuracy` (classification) or :class:`ConfusionMatrix` (segmentation)."""
+    """A fresh metric for ``task``: :class:`Accuracy` (classification), :class:`ConfusionMatrix` (segmentation) or
+    :class:`Perplexity` (language-model)."""
     if task == "segmentation":
         return ConfusionMatrix(num_classes, ignore_index)
+    if task == "language-model":
+        return Perplexity(ignore_index)
     return Accuracy(ignore_index)

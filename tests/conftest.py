@@ -22,6 +22,7 @@ from kdcache.store import open_cache
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
 from kdcache.views import ViewTransform
+from tests.lmkit import _lm_teacher, lm_corpus, lm_teacher, lm_tokenizer, lm_train  # noqa: F401  (language models)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ID = "AKIAKDCACHETESTKEY01"  # the moto server's test credentials: searched for in every artifact

@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Callable
 
 from kdcache.errors import ConfigError
+from kdcache.metrics import metric_text
 from kdcache.pipeline import RunSettings, load_pipeline, plan_storage, run_pipeline, run_precompute, train_student
 from kdcache.pipeline.compare import rate_text
+from kdcache.pipeline.plan import token_budget
 from kdcache.tables import render_table
 from kdcache.train import World
 
@@ -42,7 +44,7 @@ def train(args: argparse.Namespace) -> int:
     world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
     run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume)
     if world.is_main:
-        metrics = ", ".join(f"{k} {100 * v:.2f}%" for k, v in run.metrics.items())
+        metrics = ", ".join(f"{k} {metric_text(k, v)}" for k, v in run.metrics.items())
         print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
     return 0
 
@@ -53,17 +55,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    rows = plan_storage(load(args))
+    cfg = load(args)
+    rows = plan_storage(cfg)
+    tokens = any(r["bytes_per_token"] is not None for r in rows)  # text: a bytes/token column
     table = [
         [r["target"], r["array"], str(tuple(r["shape"])), r["dtype"], f"{r['bytes_per_sample']:,}",
-         f"{r['total_bytes'] / 1e6:,.2f}", str(r["chunk_samples"]), str(r["shard_samples"]), r["compressor"]]
+         *([f"{r['bytes_per_token']:,.1f}"] if tokens else []), f"{r['total_bytes'] / 1e6:,.2f}",
+         str(r["chunk_samples"]), str(r["shard_samples"]), r["compressor"]]
         for r in rows
     ]  # fmt: skip
     total = sum(r["total_bytes"] for r in rows)
     per_sample = sum(r["bytes_per_sample"] for r in rows)
-    table.append(["total", "", "", "", f"{per_sample:,}", f"{total / 1e6:,.2f}", "", "", ""])
-    header = ["target", "array", "shape", "dtype", "bytes/sample", "MB (uncompressed)", "chunk", "shard", "codec"]
+    per_token = [f"{sum(r['bytes_per_token'] for r in rows):,.1f}"] if tokens else []
+    table.append(["total", "", "", "", f"{per_sample:,}", *per_token, f"{total / 1e6:,.2f}", "", "", ""])
+    header = ["target", "array", "shape", "dtype", "bytes/sample", *(["bytes/token"] if tokens else []),
+              "MB (uncompressed)", "chunk", "shard", "codec"]  # fmt: skip
     render_table("storage plan", header, table)
+    for line in token_budget(cfg, rows):
+        print(line)
     return 0
 
 

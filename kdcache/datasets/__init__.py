@@ -15,6 +15,7 @@ from kdcache.datasets.classes import ClassSubset
 from kdcache.datasets.digits_seg import DigitsSegmentation
 from kdcache.datasets.hdf5 import DIGITS_FILE, HDF5Dataset
 from kdcache.datasets.items import ItemDataset, as_sample_dataset
+from kdcache.datasets.text import TextDataset, text_dataset
 from kdcache.datasets.voc import VOCSegmentation
 from kdcache.errors import ConfigError
 from kdcache.registry import Registry, is_import_path
@@ -22,6 +23,7 @@ from kdcache.registry import Registry, is_import_path
 DATASETS: Registry[Any] = Registry("dataset")
 DATASETS.register("digits-seg")(DigitsSegmentation)
 DATASETS.register("voc")(VOCSegmentation)
+DATASETS.register("text")(text_dataset)
 
 
 @DATASETS.register("hdf5")
@@ -65,6 +67,7 @@ __all__ = [
     "SampleDataset",
     "Subset",
     "TensorDataset",
+    "TextDataset",
     "VOCSegmentation",
     "as_sample_dataset",
     "build_dataset",

@@ -6,10 +6,18 @@ from kdcache.losses import feature as _feature  # noqa: F401  (registers fsp, hi
 from kdcache.losses import online as _online  # noqa: F401  (registers rocket_hint)
 from kdcache.losses import relation as _relation  # noqa: F401  (registers rkd_distance, rkd_angle)
 from kdcache.losses import response as _response  # noqa: F401  (registers ce, kd)
+from kdcache.losses import tokens as _tokens  # noqa: F401  (registers next_token, token_kd)
 from kdcache.losses.base import LOSSES, LossParams, LossSetup, LossTerm, Objective, StepOutputs
 from kdcache.losses.online import logit_hint
 from kdcache.losses.relation import rkd_angles, rkd_distances
 from kdcache.losses.response import kd_divergence, topk_kd_divergence
+from kdcache.losses.tokens import (
+    reverse_kd_divergence,
+    sampled_kd_cross_entropy,
+    token_kd_divergence,
+    topk_reverse_kd_divergence,
+    topk_token_divergence,
+)
 from kdcache.targets.fsp import fsp_matrix
 
 
@@ -34,7 +42,12 @@ __all__ = [
     "fsp_matrix",
     "kd_divergence",
     "logit_hint",
+    "reverse_kd_divergence",
     "rkd_angles",
     "rkd_distances",
+    "sampled_kd_cross_entropy",
+    "token_kd_divergence",
     "topk_kd_divergence",
+    "topk_reverse_kd_divergence",
+    "topk_token_divergence",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 from kdcache.errors import ConfigError
 from kdcache.models.digits import DigitsCNN, DigitsMLP, DigitsResNet
 from kdcache.models.heads import MultiHeadNet
+from kdcache.models.lm import CausalLM
 from kdcache.models.pspnet import PSPNet
 from kdcache.models.rocket import digits_rocket
 from kdcache.registry import Registry, is_import_path
@@ -22,6 +23,7 @@ MODELS.register("digits-mlp")(DigitsMLP)
 MODELS.register("digits-resnet")(DigitsResNet)
 MODELS.register("digits-rocket")(digits_rocket)
 MODELS.register("pspnet")(PSPNet)
+MODELS.register("causal-lm")(CausalLM)
 
 
 def build_model(arch: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
@@ -54,4 +56,14 @@ def _takes(factory: Any, keyword: str) -> bool:
     return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-__all__ = ["MODELS", "DigitsCNN", "DigitsMLP", "DigitsResNet", "MultiHeadNet", "PSPNet", "build_model", "digits_rocket"]
+__all__ = [
+    "MODELS",
+    "CausalLM",
+    "DigitsCNN",
+    "DigitsMLP",
+    "DigitsResNet",
+    "MultiHeadNet",
+    "PSPNet",
+    "build_model",
+    "digits_rocket",
+]

@@ -20,9 +20,10 @@ from kdcache.errors import CheckpointError
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.tokens import check_language_model
 from kdcache.registry import Factory
 from kdcache.targets import Target, build_target
-from kdcache.views import Mix, ViewTransform, build_pipeline, build_view_op
+from kdcache.views import Mix, TokenViews, ViewTransform, build_pipeline, build_view_op
 
 
 def device_of(cfg: RunSettings) -> torch.device:
@@ -35,6 +36,8 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
     ``max_*_samples`` when those are set."""
     dataset = build_dataset(cfg.data.dataset, split, cfg.data.split_args(split))
+    if cfg.data.task == "language-model":
+        check_language_model(cfg, dataset)
     if cfg.data.classes is not None:
         dataset = ClassSubset(dataset, cfg.data.classes)
     limit = cfg.data.max_train_samples if split == cfg.data.train_split else cfg.data.max_test_samples
@@ -43,9 +46,12 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     return dataset
 
 
-def view_transform(cfg: RunSettings) -> ViewTransform:
+def view_transform(cfg: RunSettings) -> ViewTransform | TokenViews:
     """The pipeline's views: ``views.count`` views per sample made by ``views.augment`` ops or ``views.pipeline``
-    (``views.eval`` for view 0), optionally mixed (``views.mix``), then ``data`` normalisation."""
+    (``views.eval`` for view 0), optionally mixed (``views.mix``), then ``data`` normalisation; for a language model
+    (``data.task: language-model``) the token ids unchanged."""
+    if cfg.data.task == "language-model":
+        return TokenViews()
     views = cfg.views
     return ViewTransform(
         count=views.count,
@@ -59,7 +65,7 @@ def view_transform(cfg: RunSettings) -> ViewTransform:
     )
 
 
-def eval_views(cfg: RunSettings) -> ViewTransform:
+def eval_views(cfg: RunSettings) -> ViewTransform | TokenViews:
     """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
     return view_transform(cfg).eval_view()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.metrics import METRIC_TITLES, TASK_METRICS
+from kdcache.datasets.text import tokens_per_sample
+from kdcache.metrics import LOWER_IS_BETTER, METRIC_TITLES, TASK_METRICS, metric_text
 from kdcache.pipeline.build import output_path
 from kdcache.pipeline.config import PipelineConfig, VariantConfig, ViewsConfig
 from kdcache.pipeline.distill import StudentRun, run_precompute, train_student, variant_config
@@ -14,13 +15,17 @@ from kdcache.pipeline.report import plot_curves, plot_storage
 from kdcache.pipeline.teacher import ensure_teacher, teacher_test_metrics
 from kdcache.precompute import PrecomputeReport
 from kdcache.store import VIEW_PARAMS, open_cache
-from kdcache.tables import markdown_table, pct, render_table, write_json
+from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.train import EpochLog, TrainResult
 
 
 def epochs_to_reach(result: TrainResult, threshold: float, metric: str) -> EpochLog | None:
-    """The first epoch whose test ``metric`` is at least ``threshold``."""
-    return next((log for log in result.history if log.metrics.get(metric, float("-inf")) >= threshold), None)
+    """The first epoch whose test ``metric`` is at least ``threshold`` (at most, for perplexity)."""
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return next(
+        (log for log in result.history if sign * log.metrics.get(metric, sign * float("-inf")) >= sign * threshold),
+        None,
+    )
 
 
 def run_distill(cfg: PipelineConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -92,12 +97,12 @@ def _report(
     header = ["model", "views", *(f"test {METRIC_TITLES[m]}" for m in metrics), "epochs to reach scratch's final",
               "wall time (s)"]  # fmt: skip
     teacher_views = views_text(cfg.views, "fresh") if cfg.teacher.train is not None else "—"
-    rows = [["teacher", teacher_views, *(pct(teacher_metrics[m]) for m in metrics), "", "—"]]
+    rows = [["teacher", teacher_views, *(metric_text(m, teacher_metrics[m]) for m in metrics), "", "—"]]
     rows += [
         [
             f"student ({name})",
             views_text(configs[name].views),
-            *(pct(run.result.final[m]) for m in metrics),
+            *(metric_text(m, run.result.final[m]) for m in metrics),
             _epochs_text(reach[name], run.result),
             f"{run.result.seconds:.1f}",
         ]
@@ -111,9 +116,9 @@ def _report(
             str(s["views"]),
             f"{s['bytes']:,}",
             f"{s['bytes_per_sample']:.1f}",
-            ", ".join(f"{name} {size:.1f}" for name, size in s["target_bytes_per_sample"].items()),
+            _per_sample_text(s),
             f"{s['params_bytes_per_sample']:.1f}",
-            rate_text(s["samples_per_second"]),
+            rate_text(s["samples_per_second"]) + _token_rate_text(s),
         ]
         for s in stores.values()
     ]
@@ -146,13 +151,15 @@ def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:
 
 def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
     """Where the pipeline's store is, its view count, bytes on disk (whole store and per cached sample), each
-    target's and the view parameters' bytes per sample, and the stage-one rate of ``report``."""
+    target's and the view parameters' bytes per sample, and the stage-one rate of ``report``; for text also the
+    tokens per sample (bytes per token follow)."""
     cache = open_cache(cfg.store_url)
     n = max(cache.num_samples, 1)
     total = cache.location.disk_usage()
     targets = cache.teacher(cfg.teacher.name).targets
     per_target = {name: sum(cache.array_bytes(a.path) for a in t.arrays.values()) / n for name, t in targets.items()}
     return {
+        "tokens_per_sample": tokens_per_sample(cache.manifest.dataset.get("source", {})),
         "url": cfg.store_url,
         "views": cfg.views.count,
         "bytes": total,
@@ -162,6 +169,21 @@ def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
         "precompute_seconds": report.seconds,
         "samples_per_second": report.samples_per_second,
     }
+
+
+def _per_sample_text(store: dict) -> str:
+    """Each target's bytes per sample, and per token for text (``token_logits_topk 16896.0 (132.0/token)``)."""
+    tokens = store.get("tokens_per_sample")
+    return ", ".join(
+        f"{name} {size:.1f}" + ("" if tokens is None else f" ({size / tokens:.1f}/token)")
+        for name, size in store["target_bytes_per_sample"].items()
+    )
+
+
+def _token_rate_text(store: dict) -> str:
+    """Stage one's tokens per second, for text stores (`` (46,080 tokens/s)``)."""
+    tokens, rate = store.get("tokens_per_sample"), store.get("samples_per_second")
+    return "" if tokens is None or rate is None else f" ({rate * tokens:,.0f} tokens/s)"
 
 
 def views_text(views: ViewsConfig, policy: str | None = None) -> str:

@@ -49,7 +49,7 @@ class DataConfig(Section):
     args: dict[str, Any] = {}
     splits: dict[str, dict[str, Any]] = {}
     num_classes: int = Field(gt=1)
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal["classification", "segmentation", "language-model"] = "classification"
     ignore_index: int = -100
     train_split: str = "train"
     test_split: str = "test"

@@ -29,6 +29,7 @@ from kdcache.pipeline.build import (
 from kdcache.pipeline.config import PipelineConfig, VariantConfig
 from kdcache.pipeline.loading import with_overrides
 from kdcache.pipeline.teacher import ensure_teacher
+from kdcache.pipeline.tokens import student_tokenizer
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
 from kdcache.registry import Factory
 from kdcache.store import Requirements, open_cache
@@ -43,6 +44,7 @@ from kdcache.train import (
     World,
     fit,
     process_group,
+    require_token_alignment,
     teacher_targets,
 )
 
@@ -111,6 +113,9 @@ def cached_data(cfg: PipelineConfig, train: SampleDataset, targets: list[str]) -
     and its weights when the checkpoint is still on disk (hashed; the model is never built).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
     cache = open_cache(cfg.store_url)
+    if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
+        require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
+                                tokenizer=student_tokenizer(cfg))  # fmt: skip
     teachers = tuple(cfg.teacher_names)
     cache.require(Requirements(teachers=teachers, num_classes=cfg.data.num_classes))
     if cfg.teacher.ensemble is None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from kdcache.datasets.text import tokens_per_sample
 from kdcache.pipeline.build import load_split, untrained_teacher
 from kdcache.pipeline.config import PipelineConfig
 from kdcache.pipeline.distill import stage_one_job
 from kdcache.precompute import TeacherRun
 from kdcache.store import plan_shard_samples
 
+DISTILLKIT_BYTES_PER_TOKEN = 300
+"""DistillKit's compressed top-k logits at k = 128, as its authors state it (~300 B/token), for comparison."""
+
 
 def plan_storage(cfg: PipelineConfig) -> list[dict]:
-    """Bytes per sample and store size of every array the pipeline would write, before any teacher runs.
+    """Bytes per sample (and per token, for text) and store size of every array the pipeline would write, before
+    any teacher runs.
 
     Shapes come from one dummy forward pass of an untrained teacher of the configured architecture. Sizes are
     uncompressed (compressed arrays will be smaller on disk).
@@ -22,6 +27,7 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
     specs = [(name, rel, spec) for name, layout in layouts.items() for rel, spec in layout.arrays.items()]
     n = len(train)
     shard = cfg.cache.shard_samples or plan_shard_samples([s.bytes_per_sample for _, _, s in specs], n)
+    tokens = tokens_per_sample(train.describe())
     return [
         {
             "target": name,
@@ -29,6 +35,7 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
             "shape": [n, *spec.shape(1)[1:]],
             "dtype": spec.dtype,
             "bytes_per_sample": spec.bytes_per_sample,
+            "bytes_per_token": None if tokens is None else spec.bytes_per_sample / tokens,
             "total_bytes": spec.bytes_per_sample * n,
             "chunk_samples": spec.chunk_samples(shard),
             "shard_samples": shard,
@@ -36,3 +43,19 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
         }
         for name, rel, spec in specs
     ]
+
+
+def token_budget(cfg: PipelineConfig, rows: list[dict]) -> list[str]:
+    """One line per cached top-k token target: its bytes per token against the goal of 4 + 6·k bytes (fp16 values,
+    k ≤ 64) and DistillKit's ~300 B/token at k = 128."""
+    lines = []
+    for target in cfg.cache.targets:
+        if target.kind != "token_logits" or target.params.get("encoding", "topk") != "topk":
+            continue
+        name, k = target.target_name, int(target.params["k"])
+        per_token = sum(r["bytes_per_token"] or 0 for r in rows if r["target"] == name)
+        lines.append(
+            f"{name}: {per_token:,.1f} B/token at k={k} (goal ≤ 4 + 6·k = {4 + 6 * k} B; DistillKit ≈ "
+            f"{DISTILLKIT_BYTES_PER_TOKEN} B/token at k=128)"
+        )
+    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdcache.metrics import METRIC_TITLES
+from kdcache.metrics import LOWER_IS_BETTER, METRIC_TITLES
 from kdcache.store import Cache
 from kdcache.train import TrainResult
 
@@ -24,15 +24,16 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale, unit = (1, "") if metric in LOWER_IS_BETTER else (100, " (%)")  # perplexity is plotted as it is
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, result in runs.items():
         xs = [e.epoch + 1 for e in result.history if metric in e.metrics]
-        ys = [100 * e.metrics[metric] for e in result.history if metric in e.metrics]
+        ys = [scale * e.metrics[metric] for e in result.history if metric in e.metrics]
         ax.plot(xs, ys, label=name, marker="o", markersize=2.5, linewidth=1.4)
     for name, value in (reference or {}).items():
-        ax.axhline(100 * value, linestyle="--", linewidth=1, color="gray", label=name)
+        ax.axhline(scale * value, linestyle="--", linewidth=1, color="gray", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {METRIC_TITLES.get(metric, metric)} (%)")
+    ax.set_ylabel(f"test {METRIC_TITLES.get(metric, metric)}{unit}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

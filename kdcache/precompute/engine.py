@@ -231,7 +231,7 @@ class TeacherRun:
             for target in self.targets:
                 value = values[target.name]
                 target.check(value, s)
-                for rel, array in target.encode(value).items():
+                for rel, array in target.encode_at(value, s, vid).items():
                     path = self.layouts[target.name].arrays[rel].path
                     buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
             if progress is not None:

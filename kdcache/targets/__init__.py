@@ -7,12 +7,14 @@ from typing import Any
 from kdcache.targets import features as _features  # noqa: F401  (registers features, embedding)
 from kdcache.targets import fsp as _fsp  # noqa: F401  (registers fsp)
 from kdcache.targets import logits as _logits  # noqa: F401  (registers logits)
+from kdcache.targets import tokens as _tokens  # noqa: F401  (registers token_logits)
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, check_finite, check_fits
 from kdcache.targets.ensemble import Ensemble, EnsembleDecoder, ProbabilityEnsemble
 from kdcache.targets.extract import TargetExtractor
 from kdcache.targets.features import embedding_of
 from kdcache.targets.fsp import fsp_matrix
 from kdcache.targets.logits import TopKLogits
+from kdcache.targets.tokens import SampledTokens, TokenTopK
 
 
 def build_target(kind: str, params: dict[str, Any]) -> Target:
@@ -26,10 +28,12 @@ __all__ = [
     "Ensemble",
     "EnsembleDecoder",
     "ProbabilityEnsemble",
+    "SampledTokens",
     "StoredArray",
     "Target",
     "TargetExtractor",
     "TargetParams",
+    "TokenTopK",
     "TopKLogits",
     "build_target",
     "check_finite",

@@ -83,6 +83,15 @@ class Target(ABC):
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
         """Arrays to store for a batch of extracted values (already checked to be finite)."""
 
+    def encode_at(self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays to store for the values of these (sample, view) pairs, in order: what stage one calls.
+
+        Encodings that draw random numbers (sampled tokens) key them by pair, so the stored bytes do not depend on
+        how stage one batched the samples (resume, dask); every other encoding is :meth:`encode`.
+        """
+        del samples, views
+        return self.encode(value)
+
     @abstractmethod
     def decode(self, arrays: dict[str, torch.Tensor]) -> Any:
         """What losses consume, from stored arrays already on the training device."""

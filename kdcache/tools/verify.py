@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.items import as_sample_dataset
+from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import PipelineConfig
 from kdcache.pipeline.build import device_of, load_split, load_teacher, model_spec, view_transform
@@ -142,6 +143,11 @@ def _compare(
     out: TargetFidelity, target: Target, cached: torch.Tensor, live: torch.Tensor, tolerance: Tolerance
 ) -> None:
     """Fold one batch of (cached, live) values of a target into ``out``."""
+    if not isinstance(cached, torch.Tensor):  # top-k or sampled encodings: no elementwise comparison to make
+        raise ConfigError(
+            f"verify --recompute compares targets stored as one dense array; {target.name!r} is stored as "
+            f"{type(cached).__name__}. Check its files with `kdcache verify STORE` (sizes and SHA-256) instead"
+        )
     stored_live = target.decode({k: torch.from_numpy(v) for k, v in target.encode(live).items()}).float()
     cached = cached.float()
     a, b = cached.reshape(len(cached), -1), stored_live.reshape(len(cached), -1)

@@ -28,7 +28,7 @@ from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch
 from kdcache.train.decoding import checked_target
 from kdcache.train.samplecheck import SampleCheck
-from kdcache.views import ViewBatch, ViewTransform
+from kdcache.views import ViewBatch, ViewTransform, views_from_spec
 
 POLICIES = ("cycle", "random", "fresh")
 
@@ -158,7 +158,7 @@ class CachedDataset(ViewDataset):
         teacher_checkpoint: str | Path | None = None,
         allow_sample_mismatch: bool = False,
     ) -> None:
-        super().__init__(dataset, views or ViewTransform.from_spec(cache.manifest.views), policy=policy)
+        super().__init__(dataset, views or views_from_spec(cache.manifest.views), policy=policy)
         views = self.views
         if policy == "fresh":
             raise ConfigError(

@@ -3,6 +3,7 @@
 See docs/views.md. ``ViewTransform`` turns raw inputs into model inputs; ``build_view_op`` builds a registered op
 (``VIEW_OPS``) for its ``augment`` list, ``build_pipeline`` a torchvision v2 pipeline from a pipeline file, ``Mix``
 keyed MixUp/CutMix; ``KeyedRandom`` is the per-(seed, sample, view) random stream.
+``TokenViews`` is the view of language-model inputs: the token ids, unchanged (docs/language-models.md).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from kdcache.views.ops import VIEW_OPS, ViewOp, ViewOpParams, build_view_op
 from kdcache.views.pipeline import Mix, build_pipeline, check_replayable
 from kdcache.views.rng import RNG_NAME, KeyedRandom
+from kdcache.views.tokens import TokenViews, views_from_spec
 from kdcache.views.transform import EVAL_VIEW, ViewBatch, ViewTransform
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "KeyedRandom",
     "Mix",
     "ViewBatch",
+    "TokenViews",
     "ViewOp",
     "ViewOpParams",
     "ViewTransform",
     "build_pipeline",
     "build_view_op",
     "check_replayable",
+    "views_from_spec",
 ]

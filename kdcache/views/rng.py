@@ -37,16 +37,26 @@ class KeyedRandom:
     True
     """
 
-    def __init__(self, seed: int, *, sample: int, view: int) -> None:
-        if not (0 <= sample < _MAX_WORD and 0 <= view < _MAX_WORD):
-            raise ConfigError(f"sample and view indices must be in [0, 2**64), got sample {sample}, view {view}")
-        counter = np.array([0, 0, view, sample], dtype=np.uint64)
+    def __init__(self, seed: int, *, sample: int, view: int, stream: int = 0) -> None:
+        if not (0 <= sample < _MAX_WORD and 0 <= view < _MAX_WORD and 0 <= stream < _MAX_WORD):
+            raise ConfigError(
+                f"sample, view and stream indices must be in [0, 2**64), got sample {sample}, view {view}, "
+                f"stream {stream}"
+            )
+        # ``stream`` (counter word 1) keeps other users of a (seed, sample, view) key, such as the sampled token
+        # targets, off the views' numbers; views use stream 0, as they always have.
+        counter = np.array([0, stream, view, sample], dtype=np.uint64)
         self._bits = np.random.Philox(key=check_seed(seed), counter=counter)
 
     def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
         """A float64 in ``[low, high)`` from the next 53 random bits."""
         raw = int(self._bits.random_raw())
         return low + (high - low) * ((raw >> 11) * 2.0**-53)
+
+    def uniforms(self, count: int) -> np.ndarray:
+        """The next ``count`` draws in ``[0, 1)`` as float64, exactly as ``count`` calls of :meth:`uniform` give."""
+        raw = self._bits.random_raw(count)
+        return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def integer(self, low: int, high: int) -> int:
         """An integer in ``[low, high]`` (both ends included)."""

@@ -14,6 +14,7 @@ import yaml
 
 from kdcache.tools.bench import pagecache
 from kdcache.tools.bench.rounds import interleave
+from kdcache.tools.bench.tokens import STDLIB_LM
 from kdcache.tools.bench.workloads import DIGITS_KD
 from tests.conftest import ROOT
 
@@ -54,6 +55,13 @@ def test_the_bench_digits_workload_is_the_digits_kd_pipeline():
     assert yaml.safe_load((ROOT / "pipelines" / "digits_kd.yaml").read_text()) == DIGITS_KD
 
 
+def test_the_bench_token_workload_is_the_stdlib_lm_pipeline():
+    pipeline = yaml.safe_load((ROOT / "pipelines" / "stdlib_lm.yaml").read_text())
+    pipeline["data"]["args"] = {"seq_len": pipeline["data"]["args"]["seq_len"]}  # the bench generates its tokens
+    del pipeline["compare"]
+    assert pipeline == STDLIB_LM
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     out = tmp_path / "bench"
@@ -69,7 +77,7 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     assert not (out / "work").exists()  # scratch stores are removed
     assert report["settings"]["quick"] is True and report["settings"]["threads"] >= 1
     figures = report["figures"]
-    assert set(figures) >= {"step_time", "stage_one", "reads", "bytes_per_sample", "memory", "scaling"}
+    assert set(figures) >= {"step_time", "stage_one", "reads", "bytes_per_sample", "memory", "scaling", "tokens"}
 
     for workload in ("resnet", "digits"):  # figure 1
         steps = figures["step_time"][workload]
@@ -109,12 +117,26 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         for ratio in memory["ratio_to_student_only"].values():
             _positive_spread(ratio)
 
+    tokens = figures["tokens"]  # figure 6: token-level stage one
+    assert tokens["seq_len"] == 128 and set(tokens["kinds"]) == {"token_logits_topk", "token_logits_sampled"}
+    _positive_spread(tokens["bare_tokens_per_second"])
+    for kind in tokens["kinds"].values():
+        _positive_spread(kind["ratio_to_bare"])
+        _positive_spread(kind["tokens_per_second"])
+        assert kind["disk_bytes_per_token"] > 0
+    topk = tokens["kinds"]["token_logits_topk"]
+    assert topk["disk_bytes_per_token"] >= topk["raw_bytes_per_token"]  # fp16 log-probs are stored uncompressed
+    assert topk["raw_bytes_per_token"] == 4 + 4 * 32 and topk["goal_bytes_per_token"] == 4 + 6 * 32
+    assert tokens["kinds"]["token_logits_sampled"]["raw_bytes_per_token"] == 32 * (2 + 1)
+
     goals = report["goals"]
-    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4"}
+    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6"}
     for goal in goals:
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why
     markdown = (out / "bench.md").read_text()
-    for heading in ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling"):
+    headings = ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling",
+                "6. Token-level stage one")  # fmt: skip
+    for heading in headings:
         assert heading in markdown
     assert "kdcache bench --quick" in markdown

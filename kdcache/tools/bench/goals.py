@@ -9,7 +9,7 @@ FIGURE_OF = {"resnet": "a", "digits": "b"}
 
 def judge(figures: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per goal: the measured median (and its spread), the goal, whether it is met, and why not."""
-    return [*_steps(figures), *_stage_one(figures), *_reads(figures), *_memory(figures)]
+    return [*_steps(figures), *_stage_one(figures), *_reads(figures), *_memory(figures), *_tokens(figures)]
 
 
 def _row(figure: str, what: str, measured: dict[str, Any], op: str, target: float, why: str) -> dict[str, Any]:
@@ -152,4 +152,38 @@ def _memory(figures: dict[str, Any]) -> list[dict[str, Any]]:
                     "held for the digest check, and the loaded targets)",
                 )
             )
+    return rows
+
+
+def _tokens(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Token-level stage one: top-k within 4 + 6·k bytes per token, and tokens/s against bare inference."""
+    tokens = figures.get("tokens")
+    if tokens is None:
+        return []
+    rows = []
+    for name, kind in tokens["kinds"].items():
+        if "goal_bytes_per_token" in kind:
+            raw = kind["raw_bytes_per_token"]
+            rows.append(
+                _row(
+                    "6",
+                    f"tokens: {name} raw bytes per token",
+                    {"median": raw, "min": raw, "max": raw},
+                    "<=",
+                    kind["goal_bytes_per_token"],
+                    f"{kind['params']} lays out {raw:.1f} B per token",
+                )
+            )
+        rows.append(
+            _row(
+                "6",
+                f"tokens: stage-one {name} / bare inference throughput",
+                kind["ratio_to_bare"],
+                ">=",
+                0.95,
+                f"caching {name} adds the full-vocabulary encoding (log-softmax and top-k, or float64 inverse-CDF "
+                f"sampling) on the main thread; the writer was busy {kind['writer_busy_seconds']['median']:.2f} s of "
+                f"{kind['seconds']['median']:.2f} s",
+            )
+        )
     return rows

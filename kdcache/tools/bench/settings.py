@@ -45,6 +45,11 @@ class BenchSettings:
     bytes_samples: int = 256
     memory_repeats: int = 2
     warmup: int = 1
+    # figure 6: token-level stage one (sequences of the stdlib_lm pipeline's length) and stage-two steps
+    token_sequences: int = 512
+    token_batch: int = 32
+    token_shard: int = 128
+    token_step_rounds: int = 3
 
     @classmethod
     def full(cls, *, threads: int | None = None, device: str = "cpu") -> BenchSettings:
@@ -66,6 +71,9 @@ class BenchSettings:
             read_rounds=2,
             bytes_samples=64,
             memory_repeats=1,
+            token_sequences=64,
+            token_shard=32,
+            token_step_rounds=2,
         )
 
     def describe(self) -> dict[str, Any]:

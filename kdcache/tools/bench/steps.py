@@ -109,7 +109,7 @@ class _StepVariants:
         """Forward and backward of a stage's objective on logits of the batches' shape: the loss's own cost."""
         setup = self.w.setup
         objective = build_objective([(x.name, x.weight, x.params) for x in stages[0].losses], setup).to(self.device)
-        logits = [torch.randn(len(b.labels), setup.num_classes, device=self.device, requires_grad=True) for b in data]
+        logits = [torch.randn(*_logits_shape(b.labels, setup), device=self.device, requires_grad=True) for b in data]
         start = time.perf_counter()
         for batch, out in zip(data, logits, strict=True):
             loss, _ = objective(StepOutputs(logits=out, labels=batch.labels, teacher=batch.targets))
@@ -162,6 +162,13 @@ def _share(samples: Samples, more: str, less: str) -> list[float]:
     """Per round, what ``more`` costs beyond ``less`` as a fraction of the student-only step."""
     values = samples.values
     return [(b - a) / s for a, b, s in zip(values[less], values[more], values["student-only"], strict=True)]
+
+
+def _logits_shape(labels: torch.Tensor, setup: Any) -> tuple[int, ...]:
+    """A batch's logits: ``(B, C)`` for classes, ``(B, L, V)`` for a language model's tokens."""
+    if setup.task == "language-model":
+        return (*labels.shape, setup.num_classes)
+    return (len(labels), setup.num_classes)
 
 
 def _sync(device: torch.device) -> None:

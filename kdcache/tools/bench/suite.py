@@ -26,6 +26,7 @@ from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
 from kdcache.tools.bench.steps import measure_steps
 from kdcache.tools.bench.table import render_markdown
+from kdcache.tools.bench.tokens import measure_tokens
 from kdcache.tools.bench.workloads import WORKLOADS, Workload, build_workload, generated_images
 
 #: Targets whose bytes figure 4 lists for the ResNet-50 teacher: every kind and logits encoding.
@@ -102,6 +103,8 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     bytes_rows += scaling.pop("bytes")
     memory = measure_memory(stores, settings)
     clock.lap("bytes_and_memory")
+    tokens = measure_tokens(work, settings, progress=progress)
+    clock.lap("tokens")
     return {
         "step_time": steps,
         "stage_one": stage_one,
@@ -112,6 +115,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "bytes_per_sample": bytes_rows,
         "memory": memory,
         "scaling": scaling,
+        "tokens": tokens,
         "seconds": clock.laps,
     }
 

@@ -23,6 +23,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{s['read_batch']}) vs a numpy memmap of the same bytes\n\n" + _reads(f),
         "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
         "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
+        "#### 6. Token-level stage one (language models) vs bare teacher inference\n\n" + _tokens(f["tokens"]),
     ]
     return "\n\n".join(part.strip() for part in parts) + "\n"
 
@@ -192,6 +193,31 @@ def _memory(memory: dict[str, Any]) -> str:
         )
     header = ["workload", "student-only MB", "cached KD MB", "streamed MB", "cached / student", "streamed / student"]
     return markdown_table(header, rows)
+
+
+def _tokens(tokens: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            ", ".join(f"{k}={v}" for k, v in kind["params"].items()),
+            f"{kind['raw_bytes_per_token']:,.1f}",
+            f"{kind['disk_bytes_per_token']:,.1f}",
+            str(kind.get("goal_bytes_per_token", "—")),
+            f"{tokens['bare_tokens_per_second']['median']:,.0f}",
+            f"{kind['tokens_per_second']['median']:,.0f}",
+            _r(kind["ratio_to_bare"], "{:.3f}"),
+        ]
+        for name, kind in tokens["kinds"].items()
+    ]
+    header = ["target", "params", "raw B/token", "disk B/token", "goal B/token (4 + 6k)", "bare tokens/s",
+              "stage one tokens/s", "ratio"]  # fmt: skip
+    steps = tokens["step_time"]
+    return (
+        f"Teacher: {tokens['workload']}; {tokens['samples']} sequences, batch {tokens['batch_size']}. DistillKit "
+        "stores ≈ 300 B/token at k = 128.\n\n" + markdown_table(header, rows) + "\nStage-two step time of the "
+        f"pipeline's student (batch {steps['batch_size']}, {steps['steps_per_round']} steps a round), as figure 1:"
+        "\n\n" + _steps({"tokens": steps})
+    )
 
 
 def _scaling(scaling: dict[str, Any]) -> str:

@@ -1,0 +1,241 @@
+"""A causal language model's per-token targets: top-k log-probabilities with the exact tail, or tokens sampled from
+the teacher's distribution (Sparse Logit Sampling). Classes are the last dimension: logits are ``(B, L, V)``.
+
+* ``topk``: the k largest log-probabilities log p_i = z_i − log Σ_v exp(z_v) of every position (fp16 by default)
+  with their token ids (the narrowest unsigned integer the vocabulary allows), plus, per declared temperature T,
+  ``lse_T = log Σ_v exp(log p_v / T)`` over the *whole* vocabulary (float32). softmax(z/T) is then exact on the k
+  kept tokens, p_T(i) = exp(log p_i / T − lse_T), and the tail mass outside them is 1 − Σ_i p_T(i). Log-probs are
+  logits shifted by a constant, so softmax at any T is unchanged, and fp16 is most precise where probability is
+  high (log p near 0). Bytes per token: k · (2 + index bytes) + 4 · |T| (4 + 4k for fp16 values, a vocabulary of at
+  most 65,536 and one temperature).
+* ``sampled``: ``samples`` draws per position from softmax(z/T) (Anshumann et al., ACL 2025, "Sparse Logit Sampling:
+  Accelerating Knowledge Distillation in LLMs"), stored as the distinct token ids drawn with their counts. The
+  weights counts/n are an unbiased estimate of the teacher distribution, so the cross-entropy to them is an unbiased
+  estimate of the cross-entropy to the teacher (and its gradient of the KD gradient), where top-k is biased toward
+  the head. Draws are inverse-CDF samples in float64 from uniforms of a Philox stream keyed by (``seed``, sample,
+  view), stream 1 (:class:`~kdcache.views.KeyedRandom`): the same bytes whatever the batching, process or resume.
+  Bytes per token: ``samples`` · (index bytes + 1) laid out; stored with blosc-zstd, since a position rarely draws
+  ``samples`` distinct tokens and the empty slots (id 0, count 0) compress away.
+
+Stage one records the teacher's vocabulary (the logits width) as ``vocab_size``, so stage two can refuse a student
+of another vocabulary. Padded positions are stored like any other (only the last sequence of a packed split has
+any) and masked by label in every loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from kdcache.capture import ModelOutputs
+from kdcache.errors import ConfigError, TargetMismatchError
+from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams
+from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
+from kdcache.targets.logits import TopKLogits
+from kdcache.views.rng import KeyedRandom
+
+SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
+_CHUNK_ELEMENTS = 1 << 22  # positions × vocabulary held in float64 at once while sampling
+
+
+def index_dtype(vocab_size: int) -> str:
+    """The narrowest unsigned integer that holds every token id of a vocabulary."""
+    for dtype in ("uint8", "uint16", "uint32"):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return dtype
+    raise ConfigError(f"a vocabulary of {vocab_size} tokens does not fit uint32 token ids")
+
+
+@dataclass
+class TokenTopK:
+    """Decoded top-k: ``values`` (log-probs) and ``indices`` ``(B, L, k)``, ``lse`` ``(B, L, len(temperatures))``."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    lse: torch.Tensor
+    temperatures: tuple[float, ...]
+
+    def flat(self) -> TopKLogits:
+        """Every position as one row, ``(B·L, k)`` (views, no copy): what the top-k losses take."""
+        return TopKLogits(self.values.flatten(0, -2), self.indices.flatten(0, -2), self.lse.flatten(0, -2),
+                          self.temperatures)  # fmt: skip
+
+
+@dataclass
+class SampledTokens:
+    """Decoded draws: distinct token ``ids`` and their ``counts`` ``(..., slots)`` out of ``samples`` draws per
+    position from softmax(z / ``temperature``); unused slots have count 0."""
+
+    ids: torch.Tensor
+    counts: torch.Tensor
+    samples: int
+    temperature: float
+
+    def flat(self) -> SampledTokens:
+        """Every position as one row, ``(B·L, slots)``."""
+        return SampledTokens(self.ids.flatten(0, -2), self.counts.flatten(0, -2), self.samples, self.temperature)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """counts / samples: the unbiased estimate of the teacher's probabilities of ``ids``."""
+        return self.counts / self.samples
+
+
+class TokenLogitsParams(TargetParams):
+    encoding: Literal["topk", "sampled"] = "topk"
+    k: int | None = Field(None, gt=0, description="topk: tokens kept per position")
+    dtype: FloatDtype = Field("float16", description="topk: storage of the log-probabilities")
+    temperatures: tuple[float, ...] = Field((1.0,), description="topk: temperatures at which the tail is exact")
+    samples: int | None = Field(None, gt=0, le=255, description="sampled: draws per position")
+    sample_temperature: float = Field(1.0, gt=0, description="sampled: the temperature of the sampled distribution")
+    seed: int = Field(0, ge=0, lt=2**128, description="sampled: key of the Philox stream the draws come from")
+    vocab_size: int | None = Field(
+        None, gt=1, description="the teacher's vocabulary (logits width); stage one records it"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenLogitsParams:
+        given = self.model_fields_set
+        if self.encoding == "topk" and self.k is None:
+            raise ValueError("encoding topk needs k (the tokens kept per position)")
+        if self.encoding == "sampled" and self.samples is None:
+            raise ValueError("encoding sampled needs samples (the draws per position)")
+        other = {"topk": {"samples", "sample_temperature", "seed"}, "sampled": {"k", "dtype", "temperatures"}}
+        if wrong := sorted(given & other[self.encoding]):
+            raise ValueError(f"{wrong} do not apply to encoding {self.encoding}")
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be positive, got {list(self.temperatures)}")
+        return self
+
+
+@TARGETS.register("token_logits")
+class TokenLogitsTarget(Target):
+    """Per-token targets of a causal LM whose logits are ``(B, L, V)``: ``token_logits_topk`` or
+    ``token_logits_sampled`` (see the module docstring)."""
+
+    kind = "token_logits"
+    Params = TokenLogitsParams
+    params: TokenLogitsParams
+
+    def __init__(self, params: TokenLogitsParams) -> None:
+        super().__init__(params)
+        self.vocab_size = params.vocab_size
+
+    @property
+    def name(self) -> str:
+        return f"token_logits_{self.params.encoding}"
+
+    def extract(self, outputs: ModelOutputs) -> torch.Tensor:
+        logits = outputs.logits
+        if logits.dim() != 3:
+            raise TargetMismatchError(
+                f"token_logits needs (batch, positions, vocabulary) logits from a causal LM; the teacher returned "
+                f"shape {tuple(logits.shape)}. Use kind logits for per-sample or per-pixel classes"
+            )
+        return logits.float()
+
+    def value_dtype(self) -> str | None:
+        return None  # log-probs are stored clamped to the dtype's range; only finiteness is checked
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        keep = ["k", "dtype", "temperatures"] if p.encoding == "topk" else ["samples", "sample_temperature", "seed"]
+        described = {key: value for key, value in super().describe().items() if key in {"encoding", *keep}}
+        return {**described, "vocab_size": self.vocab_size}
+
+    def layout(self, sample_shape: tuple[int, ...]) -> dict[str, StoredArray]:
+        if len(sample_shape) != 2:
+            raise TargetMismatchError(f"token_logits stores (positions, vocabulary) logits, not shape {sample_shape}")
+        positions, vocab = sample_shape
+        if self.params.vocab_size is not None and vocab != self.params.vocab_size:
+            raise TargetMismatchError(
+                f"the teacher's logits cover {vocab} tokens, but {self.name} declares vocab_size "
+                f"{self.params.vocab_size}; fix vocab_size or the teacher"
+            )
+        self.vocab_size = vocab
+        ids = index_dtype(vocab)
+        p = self.params
+        if p.encoding == "sampled":
+            # a position rarely draws n distinct tokens: the empty slots (id 0, count 0) compress to almost nothing
+            return {f"{self.name}/ids": StoredArray((positions, p.samples), ids, "zstd"),
+                    f"{self.name}/counts": StoredArray((positions, p.samples), "uint8", "zstd")}  # fmt: skip
+        if p.k > vocab:
+            raise ConfigError(f"top-k with k={p.k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
+        return {
+            f"{self.name}/values": StoredArray((positions, p.k), storage_dtype(p.dtype)),
+            f"{self.name}/indices": StoredArray((positions, p.k), ids),
+            f"{self.name}/lse": StoredArray((positions, len(p.temperatures)), "float32"),
+        }
+
+    def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.params.encoding == "sampled":
+            raise ConfigError(
+                "sampled token targets are drawn from a stream keyed by (sample, view); encode them with "
+                "encode_at(value, samples, views), as stage one does"
+            )
+        p, name = self.params, self.name
+        log_p = torch.log_softmax(value.float(), dim=-1)
+        top = log_p.topk(p.k, dim=-1)
+        lse = torch.stack([torch.logsumexp(log_p / t, dim=-1) for t in p.temperatures], dim=-1)
+        return {
+            f"{name}/values": to_storage(top.values.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype),
+            f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype(value.shape[-1])),
+            f"{name}/lse": lse.cpu().numpy().astype(np.float32),
+        }
+
+    def encode_at(self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray]:
+        if self.params.encoding == "topk":
+            return self.encode(value)
+        p, name = self.params, self.name
+        ids = np.empty((*value.shape[:2], p.samples), dtype=index_dtype(value.shape[-1]))
+        counts = np.empty((*value.shape[:2], p.samples), dtype=np.uint8)
+        for row, (sample, view) in enumerate(
+            zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
+        ):
+            rng = KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM)
+            uniforms = torch.from_numpy(rng.uniforms(value.shape[1] * p.samples)).view(value.shape[1], p.samples)
+            drawn = draw_tokens(value[row], uniforms, p.sample_temperature)
+            ids[row], counts[row] = distinct_counts(drawn)
+        return {f"{name}/ids": ids, f"{name}/counts": counts}
+
+    def decode(self, arrays: dict[str, torch.Tensor]) -> TokenTopK | SampledTokens:
+        p, name = self.params, self.name
+        if p.encoding == "sampled":
+            ids, counts = arrays[f"{name}/ids"], arrays[f"{name}/counts"]
+            return SampledTokens(ids.long(), counts.float(), p.samples, p.sample_temperature)
+        return TokenTopK(
+            values=from_storage(arrays[f"{name}/values"], p.dtype),
+            indices=arrays[f"{name}/indices"].long(),
+            lse=arrays[f"{name}/lse"],
+            temperatures=p.temperatures,
+        )
+
+
+def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Token ids drawn from softmax(logits / T) by inverse CDF: ``logits`` ``(L, V)``, ``uniforms`` ``(L, n)`` in
+    [0, 1), computed in float64 a block of positions at a time; returns ``(L, n)`` int64."""
+    vocab = logits.shape[-1]
+    block = max(1, _CHUNK_ELEMENTS // vocab)
+    out = []
+    for start in range(0, len(logits), block):
+        cdf = torch.softmax(logits[start : start + block].double() / temperature, dim=-1).cumsum(dim=-1)
+        points = uniforms[start : start + block].to(cdf.device) * cdf[:, -1:]
+        # the first token whose cumulative probability exceeds the point: zero-probability tokens are never drawn
+        out.append(torch.searchsorted(cdf, points, right=True).clamp_max(vocab - 1))
+    return torch.cat(out).cpu()
+
+
+def distinct_counts(drawn: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``drawn`` ``(L, n)``: the distinct ids in ascending order and how often each was drawn, in the
+    first slots; the remaining slots hold id 0 with count 0."""
+    ordered, _ = drawn.sort(dim=1)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    slot = first.long().cumsum(dim=1) - 1
+    counts = torch.zeros_like(ordered).scatter_add_(1, slot, torch.ones_like(ordered))
+    ids = torch.zeros_like(ordered).scatter_(1, slot, ordered)
+    return ids.numpy(), counts.numpy()

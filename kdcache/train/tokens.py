@@ -1,0 +1,117 @@
+"""Stage two for language models: token sequences joined with their cached per-token targets, after checking that
+the store was made for text tokenized and packed the same way and for a teacher of the student's vocabulary.
+
+Token targets are only meaningful position by position against the same token ids: another tokenizer (vocabulary,
+special tokens, chat template), another packing (sequence length, separator, order) or another vocabulary width
+shifts or renames every target. :func:`require_token_alignment` refuses each with an error naming both sides; the
+generic dataset fingerprint check of :meth:`~kdcache.store.Cache.require` would only say "a different dataset".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.tokenizer import describe_tokenizer
+from kdcache.errors import TokenAlignmentError
+from kdcache.store import Cache
+from kdcache.targets import Ensemble
+from kdcache.train.data import CachedDataset
+from kdcache.views import TokenViews
+
+TOKENIZER_FACTS = ("vocab_size", "vocab_sha256", "special_tokens", "chat_template_sha256", "tokenizer_sha256")
+
+
+def require_token_alignment(
+    cache: Cache,
+    dataset: SampleDataset,
+    *,
+    teacher: str | Ensemble | None = None,
+    vocab_size: int | None = None,
+    tokenizer: dict[str, Any] | None = None,
+) -> None:
+    """Refuse ``cache`` unless it was cached from text with ``dataset``'s tokenizer and packing, and (when given)
+    from a teacher whose vocabulary is ``vocab_size`` tokens (the student's logits width) and with the student's
+    own ``tokenizer`` fingerprint (:func:`kdcache.datasets.tokenizer.tokenizer_fingerprint`).
+
+    >>> require_token_alignment(open_cache(url), train, vocab_size=1024)  # doctest: +SKIP
+    """
+    stored, found = cache.manifest.dataset.get("source", {}), dataset.describe()
+    for side, source in (("the store", stored), ("the dataset", found)):
+        if source.get("kind") != "text" or "tokenizer" not in source:
+            raise TokenAlignmentError(
+                f"store {cache.url!r}: {side} is not tokenized text (its source is {source.get('kind')!r}); token "
+                "targets need a text dataset on both sides (kdcache.datasets.TextDataset)"
+            )
+    _same_tokenizer(cache.url, stored["tokenizer"], found["tokenizer"], "the dataset")
+    if tokenizer is not None:
+        _same_tokenizer(cache.url, stored["tokenizer"], tokenizer, "the student")
+    if stored["packing"] != found["packing"]:
+        keys = sorted(
+            k for k in {*stored["packing"], *found["packing"]} if stored["packing"].get(k) != found["packing"].get(k)
+        )
+        sides = "; ".join(f"{k}: store {stored['packing'].get(k)!r}, dataset {found['packing'].get(k)!r}" for k in keys)
+        raise TokenAlignmentError(
+            f"store {cache.url!r} was cached from text packed another way ({sides}). Targets are per position: pack "
+            "the text as the store did (data.args.seq_len and the file list) or rebuild the store (kdcache precompute)"
+        )
+    if vocab_size is not None:
+        _same_vocabulary(cache, teacher, vocab_size)
+
+
+class CachedTokenDataset(CachedDataset):
+    """:class:`~kdcache.train.CachedDataset` for language models: batches of token sequences (inputs and next-token
+    labels ``(B, L)`` int64) with their cached per-token targets, decoded by :meth:`Batch.to`.
+
+    Refuses a store made for other text or another vocabulary (:func:`require_token_alignment`) before the generic
+    checks (complete, same dataset, targets present). ``vocab_size`` is the student's logits width; ``tokenizer`` the
+    fingerprint of a student's own tokenizer, when it has one.
+
+    >>> data = CachedTokenDataset(train, open_cache(url), teacher="lm", targets=["token_logits_topk"], vocab_size=1024)
+    ... # doctest: +SKIP
+    >>> batch = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")  # doctest: +SKIP
+    >>> batch.inputs.shape, batch.targets["token_logits_topk"].values.shape  # doctest: +SKIP
+    (torch.Size([8, 128]), torch.Size([8, 128, 32]))
+    """
+
+    def __init__(
+        self,
+        dataset: SampleDataset,
+        cache: Cache,
+        *,
+        teacher: str | Ensemble | None,
+        targets: list[str],
+        vocab_size: int | None = None,
+        tokenizer: dict[str, Any] | None = None,
+        ram_budget_bytes: float = 2 * 1024**3,
+    ) -> None:
+        require_token_alignment(cache, dataset, teacher=teacher, vocab_size=vocab_size, tokenizer=tokenizer)
+        super().__init__(
+            dataset, cache, teacher=teacher, targets=targets, views=TokenViews(), ram_budget_bytes=ram_budget_bytes
+        )
+
+
+def _same_tokenizer(url: str, stored: dict[str, Any], found: dict[str, Any], who: str) -> None:
+    if stored.get("digest") == found.get("digest"):
+        return
+    differ = [k for k in TOKENIZER_FACTS if stored.get(k) != found.get(k)] or ["digest"]
+    raise TokenAlignmentError(
+        f"store {url!r} was cached with another tokenizer than {who}'s (they differ in {', '.join(differ)}): the "
+        f"store's has {describe_tokenizer(stored)}; {who}'s has {describe_tokenizer(found)}. Tokenize with the "
+        "store's tokenizer, or rebuild the store with this one (kdcache precompute)"
+    )
+
+
+def _same_vocabulary(cache: Cache, teacher: str | Ensemble | None, vocab_size: int) -> None:
+    names = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
+    for name in names:
+        record = cache.teacher(name)
+        widths = {t.params.get("vocab_size") for t in record.targets.values() if t.kind == "token_logits"}
+        widths.discard(None)
+        if widths and widths != {vocab_size}:
+            raise TokenAlignmentError(
+                f"store {cache.url!r}: teacher {name or cache.teachers[0]!r} has a vocabulary of "
+                f"{', '.join(map(str, sorted(widths)))} tokens, but the student's is {vocab_size} (its logits width, "
+                "data.num_classes). Teacher and student must share the vocabulary; build the student with "
+                f"{', '.join(map(str, sorted(widths)))} tokens"
+            )

@@ -83,10 +83,10 @@ def test_a_torchvision_teacher_and_imagefolder_from_a_pipeline_file(world, check
     path = user_pipeline(root, root / checkpoint)
     store = str(root / "run" / "cache" / "train-2views.zarr")
     outputs = {}
-    commands = (["precompute", str(path)], ["train", str(path)], ["inspect", store],
-                ["verify", store, "--recompute", "6", "--pipeline", str(path)])  # fmt: skip
+    commands = (["precompute", str(path), "--quiet"], ["train", str(path), "--quiet"], ["inspect", store],
+                ["verify", store, "--recompute", "6", "--pipeline", str(path), "--quiet"])  # fmt: skip
     for command in commands:
-        done = kdcache(*command, "--quiet")
+        done = kdcache(*command)
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[command[0]] = done.stdout + done.stderr
     cache = open_cache(store)

@@ -123,7 +123,7 @@ class TeacherRun:
         self.dataset = job.build_dataset()
         self.targets = list(job.targets)
         self.views = job.views
-        if self.views.pipeline is not None or self.views.eval is not None or self.views.mix is not None:
+        if self.views.seeded_code:
             check_replayable(self.views, self.dataset)  # before anything is cached: the key must control the pixels
         self.num_classes = job.num_classes
         self.extract = TargetExtractor(teacher, self.targets, job.torch_device)

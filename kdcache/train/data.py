@@ -84,7 +84,8 @@ class ViewDataset(Dataset):
 
     def batch_of(self, indices: np.ndarray) -> Batch:
         """The training batch of samples ``indices``, with this epoch's views."""
-        return self.make_batch(indices, self.views.batch(self.dataset, indices, self.view_ids(indices)))
+        view_ids = self.view_ids(indices)
+        return self.make_batch(indices, view_ids, self.views.batch(self.dataset, indices, view_ids))
 
     def as_batch(self, collated: dict[str, Any]) -> Batch:
         """A :class:`Batch` from a plain ``DataLoader``'s collated per-sample dicts; ``.to(device)`` then moves it
@@ -107,14 +108,14 @@ class ViewDataset(Dataset):
                 stacklevel=3,
             )
 
-    def make_batch(self, indices: np.ndarray, made: ViewBatch) -> Batch:
-        """The training batch of samples ``indices`` from their views (this epoch's, by the policy)."""
+    def make_batch(self, indices: np.ndarray, view_ids: np.ndarray, made: ViewBatch) -> Batch:
+        """The training batch of samples ``indices`` from their views ``view_ids`` (this epoch's, by the policy)."""
         mix = None if made.partners is None else (made.partner_labels, made.weights)
         return Batch(
             inputs=made.inputs,
             labels=made.labels,
             indices=torch.from_numpy(indices),
-            views=torch.from_numpy(self.view_ids(indices)),
+            views=torch.from_numpy(view_ids),
             params=torch.from_numpy(made.params),
             mix=mix,
         )
@@ -220,7 +221,8 @@ class CachedDataset(ViewDataset):
         if (rows < 0).any():
             absent = indices[rows < 0][:10].tolist()
             raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
-        made = self.views.batch(self.dataset, indices, self.view_ids(indices))
+        view_ids = self.view_ids(indices)
+        made = self.views.batch(self.dataset, indices, view_ids)
         self.check(indices, rows, made.raw, made.labels)
         if made.partners is not None and (mixed := made.partners >= 0).any():  # the partners' content is cached too
             self.check(
@@ -229,12 +231,11 @@ class CachedDataset(ViewDataset):
                 made.partner_raw,
                 made.partner_labels[torch.from_numpy(mixed)],
             )
-        batch = self.make_batch(indices, made)
-        views = batch.views.numpy()
+        batch = self.make_batch(indices, view_ids, made)
         if self.params_reader is not None:
-            self._check_params(batch, self.params_reader.read_rows(rows, views))
+            self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
         batch.targets = {
-            name: {rel: torch.from_numpy(reader.read_rows(rows, views)) for rel, reader in arrays.items()}
+            name: {rel: torch.from_numpy(reader.read_rows(rows, view_ids)) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()
         }
         batch.decoders = self.decoders

@@ -36,6 +36,7 @@ class TokenViews:
     pipeline = None  # no torchvision pipeline, eval pipeline or mixing: token ids are never altered
     eval = None
     mix = None
+    seeded_code = False
     param_names: list[str] = []
 
     def __repr__(self) -> str:

@@ -104,6 +104,12 @@ class ViewTransform:
         names = [f"{k}.{op.name}.{value}" for k, op in enumerate(self.augment) for value in op.values]
         return names + (list(MIX_PARAMS) if self.mix else [])
 
+    @property
+    def seeded_code(self) -> bool:
+        """Whether views run code whose random numbers are internal (a torchvision pipeline, an eval pipeline or
+        mixing): replayed by seeding its generators, so stage one checks the replay before it caches anything."""
+        return self.pipeline is not None or self.eval is not None or self.mix is not None
+
     def eval_view(self) -> ViewTransform:
         """One view, no augmentation: what test-time evaluation sees (the same pixels as view 0 of this transform)."""
         mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
@@ -118,7 +124,7 @@ class ViewTransform:
         }
         if self.augment:
             transform.update(augment=[op.describe() for op in self.augment], rng=RNG_NAME)
-        if self.pipeline is not None or self.eval is not None or self.mix is not None:
+        if self.seeded_code:
             transform.update(
                 pipeline=describe_pipeline(self.pipeline) if self.pipeline is not None else [],
                 eval=describe_pipeline(self.eval) if self.eval is not None else [],

@@ -92,3 +92,8 @@ class CheckpointError(KdcacheError, ValueError):
 
 class PerformanceWarning(UserWarning):
     """Works, but much slower than it needs to be; the message says what to change."""
+
+
+class ViewMismatchError(StoreMismatchError):
+    """A view's model input differs from the input stage one gave the teacher for it: the view's cached targets
+    would be trained on with another input."""

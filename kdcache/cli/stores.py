@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from kdcache.pipeline import load_pipeline
-from kdcache.pipeline.build import load_split
+from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.report import plot_storage
 from kdcache.store import open_cache
 from kdcache.tools.inspect import print_fidelity, print_scrub, print_store
@@ -23,8 +23,9 @@ VERIFY_HELP = (
 
 
 UPGRADE_HELP = (
-    "upgrade a format-1 store in place to format 2 (per-sample content digests, pinned metadata): checks the store "
-    "and that the pipeline's training split is the data it was built from; the teacher is not needed"
+    "upgrade a format-1 or format-2 store in place to format 3 (per-sample and per-view content digests, pinned "
+    "metadata, view steps identified by content): checks the store, that the pipeline's training split is the data "
+    "it was built from and that its views are the pipeline's; the teacher is not needed"
 )
 
 
@@ -70,8 +71,11 @@ def verify(args: argparse.Namespace) -> int:
 
 def upgrade(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.pipeline, args.set)
-    cache = upgrade_store(args.store, load_split(cfg, cfg.data.train_split), progress=not args.quiet)
-    print(f"upgraded {cache.url} to format {cache.manifest.format_version}: {cache.num_samples} sample digests")
+    split = load_split(cfg, cfg.data.train_split)
+    cache = upgrade_store(args.store, split, views=view_transform(cfg), progress=not args.quiet)
+    views = cache.manifest.views.get("count", 1)
+    print(f"upgraded {cache.url} to format {cache.manifest.format_version}: digests of {cache.num_samples} samples "
+          f"and {cache.num_samples * views} views")  # fmt: skip
     return 0
 
 

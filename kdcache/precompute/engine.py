@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcache.datasets.digest import DIGEST_BYTES, sample_digests
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import ConfigError
 from kdcache.metrics import Accuracy
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.precompute.job import StageOneJob
-from kdcache.precompute.samples import pairs, read_facts, sample_arrays, sample_rows, select
+from kdcache.precompute.samples import SampleFacts, pairs, read_facts, sample_arrays, sample_rows
 from kdcache.store import (
     SAMPLES_OWNER,
     ArraySpec,
@@ -166,7 +165,7 @@ class TeacherRun:
         if SAMPLES_OWNER in work.owners:
             if facts is None:  # the teacher's shard is committed already: read the samples once more
                 facts = read_facts(self.dataset, self.views, work.start, work.stop, self.job.batch_size)
-            sample = sample_rows(self.dataset, self.sample_arrays, work.start, work.stop, *facts)
+            sample = sample_rows(self.dataset, self.sample_arrays, work.start, work.stop, facts)
             rows.append((SAMPLES_OWNER, work.index, sample, {}))
         return rows
 
@@ -206,17 +205,16 @@ class TeacherRun:
 
     def _fill_shard(
         self, lo: int, hi: int, progress: Callable[[int], object] | None
-    ) -> tuple[dict[str, np.ndarray], dict[str, float], tuple[np.ndarray, np.ndarray]]:
-        """Run the teacher over shard ``[lo, hi)``; every array's rows for it, accuracy counts, and the content
-        digest and view numbers of every sample (from the same reads: the data is read once)."""
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], SampleFacts]:
+        """Run the teacher over shard ``[lo, hi)``; every array's rows for it, accuracy counts, and the facts of every
+        sample (content digest, each view's input digest and numbers) from the same reads: the data is read once."""
         v = self.views.count
         buffers = {
             spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
             for layout in self.layouts.values()
             for spec in layout.arrays.values()
         }
-        digests = np.empty((hi - lo, DIGEST_BYTES), dtype=np.uint8)
-        params = np.empty((hi - lo, v, len(self.views.param_names)), dtype=np.float32)
+        facts = SampleFacts.empty(hi - lo, self.views)
         samples, view_ids = pairs(lo, hi, v)
         accuracy = Accuracy(self.job.ignore_index)
         step = max(1, self.job.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
@@ -225,9 +223,7 @@ class TeacherRun:
             made, logits, values = self._forward(s, vid)
             accuracy.update(logits, made.labels.to(logits.device))
             rows = slice(b // v, (b + len(s)) // v)
-            first = vid == 0  # one row per sample: its digest does not depend on the view
-            digests[rows] = sample_digests(select(made.raw, first), made.labels[torch.from_numpy(first)])
-            params[rows] = made.params.reshape(len(s) // v, v, -1)
+            facts.record(b // v, made, vid)
             for target in self.targets:
                 value = values[target.name]
                 target.check(value, s)
@@ -236,7 +232,7 @@ class TeacherRun:
                     buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
             if progress is not None:
                 progress(len(s) // v)
-        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, (digests, params)
+        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, facts
 
 
 def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], views: int) -> TargetLayout:
@@ -268,7 +264,7 @@ def open_store(declared: StoreDeclaration, location: StoreLocation, shard_sample
         dataset=declared.dataset,
         views=declared.views,
         sample_arrays=declared.sample_arrays,
-        library=library_versions(),
+        library=library_versions() | {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
     )
     builder.add_teacher(declared.name, declared.fingerprint, declared.layouts)
     return builder

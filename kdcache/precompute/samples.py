@@ -1,5 +1,6 @@
 """The arrays every store holds once for all its teachers (owner ``samples``): each row's dataset index, the label,
-each sample's content digest and, with augmented views, the numbers each view was drawn with."""
+each sample's content digest, each view's input digest and, with augmented views, the numbers each view was drawn
+with."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.digest import DIGEST_BYTES, sample_digests
-from kdcache.store import SAMPLE_DIGEST, VIEW_PARAMS, ArraySpec
-from kdcache.views import ViewTransform
-from kdcache.views.transform import sizes_of
+from kdcache.store import SAMPLE_DIGEST, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
+from kdcache.views import ViewBatch, ViewTransform
+from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
 
 INDEX, LABEL = "samples/index", "samples/label"
 
@@ -25,9 +26,9 @@ def pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_arrays(dataset: SampleDataset, view_count: int, param_names: list[str]) -> list[ArraySpec]:
-    """Per-sample arrays: the index, the label (classification), the content digest and, when the store holds
-    augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``), every view's numbers
-    (zstd: small integers and repeats)."""
+    """Per-sample arrays: the index, the label (classification), the content digest, every view's input digest and,
+    when the store holds augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``),
+    every view's numbers (zstd: small integers and repeats)."""
     specs = [ArraySpec(INDEX, (), "int64", attributes=_described(INDEX, ["sample"], "dataset index of each row"))]
     if dataset.all_labels().ndim == 1:
         specs.append(ArraySpec(LABEL, (), "int64", attributes=_described(LABEL, ["sample"], "ground-truth class")))
@@ -37,6 +38,9 @@ def sample_arrays(dataset: SampleDataset, view_count: int, param_names: list[str
             SAMPLE_DIGEST, (DIGEST_BYTES,), "uint8", attributes=_described(SAMPLE_DIGEST, ["sample", "byte"], digest)
         )
     )
+    meaning = f"{VIEW_DIGEST_HASH}: the exact tensor the teacher was given for (sample, view)"
+    specs.append(ArraySpec(VIEW_DIGEST, (VIEW_DIGEST_BYTES,), "uint8", views=view_count,
+                           attributes=_described(VIEW_DIGEST, ["sample", "view", "byte"], meaning)))  # fmt: skip
     if param_names and view_count > 1:
         meaning = "the numbers each view's augmentation was drawn with (view 0: the identity numbers)"
         attributes = _described(VIEW_PARAMS, ["sample", "view", "param"], meaning) | {"params": list(param_names)}
@@ -56,31 +60,52 @@ def select(raw: torch.Tensor | list[torch.Tensor], mask: np.ndarray) -> torch.Te
     return [raw[k] for k in np.flatnonzero(mask)]
 
 
-def read_facts(
-    dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The content digests ``(n, 16)`` and view numbers ``(n, V, P)`` of samples ``[lo, hi)``, from the dataset a
-    batch at a time (no teacher, no pixels: what the samples owner needs when the teacher's shard is done)."""
-    digests, params = [], []
-    for start in range(lo, hi, batch_size):
-        indices = np.arange(start, min(start + batch_size, hi))
-        inputs, labels = dataset.get_batch(indices)
-        digests.append(sample_digests(inputs, labels))
-        samples, view_ids = pairs(int(indices[0]), int(indices[-1]) + 1, views.count)
-        sizes = [size for size in sizes_of(inputs) for _ in range(views.count)]
-        drawn = views.params(samples, view_ids, sizes, num_samples=len(dataset))
-        params.append(drawn.reshape(len(indices), views.count, -1))
-    return np.concatenate(digests), np.concatenate(params)
+def read_facts(dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int) -> SampleFacts:
+    """The content digests ``(n, 16)``, view input digests ``(n, V, 16)`` and view numbers ``(n, V, P)`` of samples
+    ``[lo, hi)``, made from the dataset a batch at a time with no teacher (what the samples owner needs when the
+    teacher's shard is committed already)."""
+    facts = SampleFacts.empty(hi - lo, views)
+    step = max(1, batch_size // views.count)
+    for start in range(lo, hi, step):
+        samples, view_ids = pairs(start, min(start + step, hi), views.count)
+        facts.record(start - lo, views.batch(dataset, samples, view_ids), view_ids)
+    return facts
+
+
+class SampleFacts:
+    """What stage one learns of the samples of one shard from the reads it does anyway: each sample's content digest,
+    each view's input digest and drawn numbers (rows of the shard, sample-major)."""
+
+    def __init__(self, digests: np.ndarray, inputs: np.ndarray, params: np.ndarray) -> None:
+        self.digests, self.inputs, self.params = digests, inputs, params
+
+    @classmethod
+    def empty(cls, count: int, views: ViewTransform) -> SampleFacts:
+        v = views.count
+        return cls(
+            np.empty((count, DIGEST_BYTES), dtype=np.uint8),
+            np.empty((count, v, VIEW_DIGEST_BYTES), dtype=np.uint8),
+            np.empty((count, v, len(views.param_names)), dtype=np.float32),
+        )
+
+    def record(self, row: int, made: ViewBatch, view_ids: np.ndarray) -> None:
+        """Record a batch of whole samples (every view of each, sample-major) starting at shard row ``row``."""
+        v = self.inputs.shape[1]
+        rows = slice(row, row + len(view_ids) // v)
+        first = view_ids == 0  # one content digest per sample: it does not depend on the view
+        self.digests[rows] = sample_digests(select(made.raw, first), made.labels[torch.from_numpy(first)])
+        self.inputs[rows] = view_digests(made.inputs).reshape(len(view_ids) // v, v, VIEW_DIGEST_BYTES)
+        self.params[rows] = made.params.reshape(len(view_ids) // v, v, self.params.shape[2])
 
 
 def sample_rows(
-    dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int, digests: np.ndarray, params: np.ndarray
+    dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int, facts: SampleFacts
 ) -> dict[str, np.ndarray]:
-    """The rows of shard ``[lo, hi)`` of every sample array (``digests`` and view ``params`` of the same samples)."""
-    rows = {INDEX: np.arange(lo, hi, dtype=np.int64), SAMPLE_DIGEST: digests}
+    """The rows of shard ``[lo, hi)`` of every sample array (``facts`` of the same samples)."""
+    rows = {INDEX: np.arange(lo, hi, dtype=np.int64), SAMPLE_DIGEST: facts.digests, VIEW_DIGEST: facts.inputs}
     paths = {s.path for s in specs}
     if LABEL in paths:
         rows[LABEL] = dataset.all_labels()[lo:hi].astype(np.int64)
     if VIEW_PARAMS in paths:
-        rows[VIEW_PARAMS] = params
+        rows[VIEW_PARAMS] = facts.params
     return rows

@@ -124,8 +124,8 @@ def read_manifest(location: StoreLocation, *, upgrading: bool = False) -> Manife
 def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool = False) -> Manifest:
     """Validate manifest JSON read from ``key`` of ``source`` (a store, or an HDF5 export's attribute).
 
-    A format-2 manifest must hash to its own ``digest``; an edit names the records it changed. A format-1 store is
-    refused with the way to upgrade it, unless ``upgrading`` (what ``kdcache upgrade`` reads)."""
+    A manifest of format 2 or later must hash to its own ``digest``; an edit names the records it changed. A store of
+    an older format is refused with the way to upgrade it, unless ``upgrading`` (what ``kdcache upgrade`` reads)."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -137,7 +137,13 @@ def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool =
             f"reads format {FORMAT_VERSION}. Upgrade it in place with `kdcache upgrade STORE --pipeline P.yaml` "
             "(reads the dataset it was built from; the teacher is not needed) or rebuild it with `kdcache precompute`"
         )
-    if version not in (1, FORMAT_VERSION):
+    if version == 2 and not upgrading:
+        raise StoreFormatError(
+            f"{source} is format 2, written before per-view input digests and view steps identified by content; this "
+            f"kdcache reads format {FORMAT_VERSION}. Upgrade it in place with `kdcache upgrade STORE --pipeline P.yaml` "
+            "(replays its views from the dataset; the teacher is not needed) or rebuild it with `kdcache precompute`"
+        )
+    if version not in (1, 2, FORMAT_VERSION):
         raise StoreFormatError(
             f"{source} has format_version {version!r} ({key}); this kdcache reads version {FORMAT_VERSION}. "
             "Upgrade kdcache or rebuild the store"
@@ -146,7 +152,7 @@ def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool =
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise StoreFormatError(f"{key} does not match the manifest schema: {exc}") from None
-    if version == FORMAT_VERSION:
+    if version != 1:
         _check_digest(manifest, key)
     return manifest
 

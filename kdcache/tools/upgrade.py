@@ -1,6 +1,11 @@
-"""``kdcache upgrade``: bring a format-1 store to format 2 in place, without the teacher.
+"""``kdcache upgrade``: bring a format-1 or format-2 store to format 3 in place, without the teacher.
 
-Format 2 records what format 1 could not prove: a content digest of every sample (``samples/digest``), every
+Format 3 records a digest of every view's model input (``samples/view_digest``) and identifies the steps of a
+torchvision pipeline by what they are, not by their ``repr``. From format 2, an upgrade checks that the views it is
+given are the ones the store recorded, replays every view from the dataset and records its digest. Only stores whose
+views are data (normalisation and kdcache's ops, whose drawn numbers ``views/params`` holds and the upgrade checks)
+are upgraded: a format-2 torchvision pipeline was recorded by ``repr``, which proves nothing, so such a store must
+be rebuilt. Format 2 records what format 1 could not prove: a content digest of every sample (``samples/digest``), every
 ``zarr.json`` pinned in the manifest, each target's value shape, the manifest's own digest, and self-describing array
 attributes. An upgrade first proves the old store sound — complete, every shard's size and SHA-256 as recorded,
 every ``zarr.json`` exactly what kdcache writes for its array — and the dataset the one it was built from (its
@@ -23,6 +28,8 @@ from kdcache.store import (
     FORMAT_VERSION,
     SAMPLE_DIGEST,
     SAMPLES_OWNER,
+    VIEW_DIGEST,
+    VIEW_PARAMS,
     Cache,
     StoreBuilder,
     StoreLocation,
@@ -36,11 +43,20 @@ from kdcache.store.layout import ArraySpec
 from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord, read_manifest
 from kdcache.store.writer import expected_metadata
 from kdcache.targets import build_target
-from kdcache.views import ViewTransform
+from kdcache.views import TokenViews, ViewTransform, views_from_spec
 
 
-def upgrade_store(url: str, dataset: SampleDataset, *, batch_size: int = 256, progress: bool = True) -> Cache:
-    """Upgrade the format-1 store at ``url`` to format 2 with the ``dataset`` it was built from; returns it opened.
+def upgrade_store(
+    url: str,
+    dataset: SampleDataset,
+    *,
+    views: ViewTransform | TokenViews | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Cache:
+    """Upgrade the format-1 or format-2 store at ``url`` to format 3 with the ``dataset`` and ``views`` it was built
+    from (``views`` may be left out when they are normalisation and kdcache's ops: rebuilt from the store); returns
+    it opened.
 
     >>> upgrade_store("runs/digits_kd/cache/train.zarr", HDF5Dataset(DIGITS_FILE, "train"))  # doctest: +SKIP
     """
@@ -53,10 +69,15 @@ def upgrade_store(url: str, dataset: SampleDataset, *, batch_size: int = 256, pr
             raise StoreFormatError(f"store {url!r} is already format {FORMAT_VERSION}; there is nothing to upgrade")
         _require_sound(location, manifest)
         _require_dataset(url, manifest, dataset)
-        builder = StoreBuilder(location, _format_two(manifest))
-        _describe_arrays(builder, dataset)
-        _write_digests(builder, dataset, batch_size, progress)
-        builder.finalize(SAMPLES_OWNER)  # publishes the format-2 manifest, pinning every zarr.json, last
+        views = views if views is not None else views_from_spec(manifest.views)
+        old_format = manifest.format_version
+        builder = StoreBuilder(location, _format_three(url, _format_two(manifest) if old_format == 1 else manifest, views))
+        if old_format == 1:
+            _describe_arrays(builder, dataset)
+        described = {s.path: s for s in sample_arrays(dataset, views.count, views.param_names)}
+        builder.add_sample_array(described[VIEW_DIGEST])
+        _write_digests(builder, dataset, views, batch_size, progress, old_format)
+        builder.finalize(SAMPLES_OWNER)  # publishes the format-3 manifest, pinning every zarr.json, last
     return open_cache(url)
 
 
@@ -92,6 +113,29 @@ def _require_dataset(url: str, manifest: Manifest, dataset: SampleDataset) -> No
             "upgrade records per-sample digests from the dataset it is given, so it must be the one the store was "
             "built from. Point the upgrade at that data (the pipeline's data section) or rebuild the store"
         )
+
+
+def _format_three(url: str, manifest: Manifest, views: ViewTransform | TokenViews) -> Manifest:
+    """The manifest with the views described by content, once the given views prove to be the recorded ones.
+
+    Views made by code (a torchvision pipeline, an eval pipeline, mixing) were recorded by ``repr`` in format 2, which
+    cannot prove what they were (``RandomApply`` does not show ``p``, a lambda shows nothing): recording digests of
+    today's replay could bless inputs the teacher never saw, so such a store is refused, to be rebuilt."""
+    transform = manifest.views.get("transform", {})
+    if manifest.format_version == 2 and any(key in transform for key in ("pipeline", "eval", "mix")):
+        raise StoreFormatError(
+            f"store {url!r} is format 2 and its views were made by a torchvision pipeline, recorded by each step's "
+            "repr; a repr does not say what a step does, so the upgrade cannot prove which inputs the teacher saw. "
+            "Rebuild the store with `kdcache precompute` (format 3 records every view's input digest)"
+        )
+    now = views.spec()
+    if manifest.views != now:
+        raise StoreMismatchError(
+            f"store {url!r} was built with other views than the upgrade was given "
+            f"({describe_difference(now, manifest.views)}); the upgrade replays every view to record its digest, so "
+            "it needs the views the store was built with (the pipeline's views section, or views=)"
+        )
+    return manifest.model_copy(update={"format_version": FORMAT_VERSION, "views": now})
 
 
 def _format_two(manifest: Manifest) -> Manifest:
@@ -143,15 +187,28 @@ def _describe_arrays(builder: StoreBuilder, dataset: SampleDataset) -> None:
                 builder.describe_array(record.arrays[rel].path, attributes)
 
 
-def _write_digests(builder: StoreBuilder, dataset: SampleDataset, batch_size: int, progress: bool) -> None:
-    """Recommit the sample arrays shard by shard with the digests (the other sample arrays keep their bytes)."""
+def _write_digests(
+    builder: StoreBuilder, dataset: SampleDataset, views: ViewTransform | TokenViews, batch_size: int, progress: bool, old: int
+) -> None:
+    """Recommit the sample arrays shard by shard with the digests a format-``old`` store lacks (the other sample
+    arrays keep their bytes)."""
     cache = Cache(builder.location, builder.manifest)
+    missing = {VIEW_DIGEST} | ({SAMPLE_DIGEST} if old == 1 else set())
     readers = {path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
-               for path, rec in builder.manifest.samples.arrays.items() if path != SAMPLE_DIGEST}  # fmt: skip
+               for path, rec in builder.manifest.samples.arrays.items() if path not in missing}  # fmt: skip
     ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
     for index, (lo, hi) in enumerate(tqdm(ranges, desc="upgrade", unit="shard", disable=not progress)):
         rows: dict[str, np.ndarray] = {path: reader.read_shard(index) for path, reader in readers.items()}
-        rows[SAMPLE_DIGEST] = read_facts(dataset, ViewTransform(count=1, seed=0), lo, hi, batch_size)[0]
+        facts = read_facts(dataset, views, lo, hi, batch_size)
+        if VIEW_PARAMS in rows and not np.array_equal(rows[VIEW_PARAMS].view(np.uint32), facts.params.view(np.uint32)):
+            raise StoreMismatchError(
+                f"store {builder.location.url!r}: the views replay with other numbers than {VIEW_PARAMS} holds for "
+                f"samples {lo}..{hi - 1} (another view RNG or op code); the upgrade cannot record their digests. "
+                "Upgrade with the kdcache version that built the store, or rebuild it"
+            )
+        rows[VIEW_DIGEST] = facts.inputs
+        if old == 1:
+            rows[SAMPLE_DIGEST] = facts.digests
         builder.commit(SAMPLES_OWNER, index, rows)
 
 

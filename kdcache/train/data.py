@@ -21,16 +21,17 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError, PerformanceWarning, StoreMismatchError
-from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_PARAMS, ArrayReader, Cache, Requirements
+from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, ArrayReader, Cache, Requirements
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
 from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch
 from kdcache.train.decoding import checked_target
+from kdcache.train.epochs import POLICIES, EpochBatch, EpochGuard, view_ids_for
 from kdcache.train.samplecheck import SampleCheck
+from kdcache.train.viewcheck import ViewCheck
 from kdcache.views import ViewBatch, ViewTransform, views_from_spec
 
-POLICIES = ("cycle", "random", "fresh")
 
 
 class ViewDataset(Dataset):
@@ -49,6 +50,7 @@ class ViewDataset(Dataset):
         self.views = views
         self.policy = policy
         self.epoch = 0
+        self.guard = EpochGuard(len(self.dataset), varies=views.count > 1 or policy == "fresh")
         self.block_sampled = False  # set by BlockShuffleSampler: per-sample reads come in chunk order
         self._warned = False
 
@@ -60,31 +62,33 @@ class ViewDataset(Dataset):
         return 1
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch of indices that carry none (kdcache's samplers hand each index its own epoch)."""
         self.epoch = epoch
+        self.guard.set_epoch()
 
-    def view_ids(self, indices: np.ndarray) -> np.ndarray:
-        """The view each sample gets this epoch, by the dataset's policy."""
-        count = self.views.count
-        if self.policy == "fresh":
-            return np.full(len(indices), 1 + self.epoch, dtype=np.int64)
-        if count == 1:
-            return np.zeros(len(indices), dtype=np.int64)
-        if self.policy == "cycle":
-            return (indices + self.epoch) % count
-        keyed = [np.random.default_rng([self.views.seed, self.epoch, int(i)]).integers(count) for i in indices]
-        return np.asarray(keyed, dtype=np.int64)
+    def view_ids(self, indices: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """The view each sample gets in ``epoch`` (default: the dataset's own), by the dataset's policy."""
+        return view_ids_for(self.views, self.policy, indices, self.epoch if epoch is None else epoch)
 
-    def __getitem__(self, key: int | list[int] | np.ndarray) -> Batch | dict[str, Any]:
+    def __getitem__(self, key: int | list[int] | np.ndarray | EpochBatch) -> Batch | dict[str, Any]:
         """A batch of samples for a batch of indices (:func:`batch_loader`), or one sample's dict for one index (a
-        plain ``DataLoader``; turn its collated batches into :class:`Batch` with :meth:`as_batch`)."""
+        plain ``DataLoader``; turn its collated batches into :class:`Batch` with :meth:`as_batch`). Indices from
+        kdcache's samplers carry their epoch (:mod:`kdcache.train.epochs`); others are read at :attr:`epoch`."""
+        if isinstance(key, EpochBatch):
+            return self.batch_of(np.ascontiguousarray(key.indices, dtype=np.int64), epoch=key.epoch)
         if isinstance(key, int | np.integer):
             self._warn_per_item()
-            return self.batch_of(np.array([key], dtype=np.int64)).item(0)
-        return self.batch_of(np.ascontiguousarray(key, dtype=np.int64))
+            indices, epoch = np.array([key], dtype=np.int64), getattr(key, "epoch", None)
+            if epoch is None:
+                self.guard.check(indices, self.epoch, per_item=True)
+            return self.batch_of(indices, epoch=epoch).item(0)
+        indices = np.ascontiguousarray(key, dtype=np.int64)
+        self.guard.check(indices, self.epoch, per_item=False)
+        return self.batch_of(indices)
 
-    def batch_of(self, indices: np.ndarray) -> Batch:
-        """The training batch of samples ``indices``, with this epoch's views."""
-        view_ids = self.view_ids(indices)
+    def batch_of(self, indices: np.ndarray, epoch: int | None = None) -> Batch:
+        """The training batch of samples ``indices``, with the views of ``epoch`` (default: the dataset's own)."""
+        view_ids = self.view_ids(indices, epoch)
         return self.make_batch(indices, view_ids, self.views.batch(self.dataset, indices, view_ids))
 
     def as_batch(self, collated: dict[str, Any]) -> Batch:
@@ -200,6 +204,11 @@ class CachedDataset(ViewDataset):
         self.params_reader = self._params_reader(cache, budget)
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
+        inputs = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=True)
+        built_on = cache.manifest.library.get("torch_cpu_capability")
+        self.check_views = ViewCheck(
+            cache.url, self.dataset, views, inputs, built_on=built_on, allow_mismatch=allow_sample_mismatch
+        )
 
     def read_block(self) -> int:
         """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""
@@ -216,12 +225,12 @@ class CachedDataset(ViewDataset):
             reader.read_all()
         return reader
 
-    def batch_of(self, indices: np.ndarray) -> Batch:
+    def batch_of(self, indices: np.ndarray, epoch: int | None = None) -> Batch:
         rows = self.row_of[indices]
         if (rows < 0).any():
             absent = indices[rows < 0][:10].tolist()
             raise StoreMismatchError(f"samples {absent} are not in the store; it was built for another subset")
-        view_ids = self.view_ids(indices)
+        view_ids = self.view_ids(indices, epoch)
         made = self.views.batch(self.dataset, indices, view_ids)
         self.check(indices, rows, made.raw, made.labels)
         if made.partners is not None and (mixed := made.partners >= 0).any():  # the partners' content is cached too
@@ -232,8 +241,9 @@ class CachedDataset(ViewDataset):
                 made.partner_labels[torch.from_numpy(mixed)],
             )
         batch = self.make_batch(indices, view_ids, made)
-        if self.params_reader is not None:
+        if self.params_reader is not None:  # first: drifted numbers name the numbers, the digest only the pairs
             self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
+        self.check_views(indices, view_ids, rows, made.inputs)
         batch.targets = {
             name: {rel: torch.from_numpy(reader.read_rows(rows, view_ids)) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()

@@ -33,7 +33,7 @@ def batch_loader(
     views are a pure function of (seed, sample, view), so every start method gives the same batches.
     """
     sampler = EpochBatchSampler(
-        len(dataset), batch_size, seed=seed, shuffle=shuffle, block=dataset.read_block(), world=world
+        len(dataset), batch_size, seed=seed, shuffle=shuffle, block=dataset.read_block(), world=world, with_epoch=True
     )
     return DataLoader(
         dataset,

@@ -29,6 +29,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from kdcache.errors import CheckpointError, ConfigError
+from kdcache.train.epochs import EpochBatch, EpochIndex
 from kdcache.train.world import World
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def rank_part(global_batch: np.ndarray, world: World, *, by_index: bool = False)
 
 
 class EpochBatchSampler(Sampler[np.ndarray]):
-    """This rank's batches of sample indices for one epoch at a time; ``set_epoch`` selects the epoch.
+    """This rank's batches of sample indices for one epoch at a time; ``set_epoch`` selects the epoch. With
+    ``with_epoch`` each batch is an :class:`~kdcache.train.epochs.EpochBatch`, so the epoch reaches every worker.
 
     ``batch_size`` is the global batch (all ranks together) and must be divisible by the number of ranks.
     """
@@ -83,8 +85,10 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         shuffle: bool = True,
         block: int = 1,
         world: World | None = None,
+        with_epoch: bool = False,
     ) -> None:
         self.world = world or World()
+        self.with_epoch = with_epoch  # yield EpochBatch (indices + epoch), as batch_loader's DataLoader needs
         if batch_size % self.world.world_size:
             raise ConfigError(
                 f"batch size {batch_size} is the global batch of all {self.world.world_size} processes and must be "
@@ -122,9 +126,10 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         """Samples in global batch ``step`` over all ranks (``batch_size`` except for the tail)."""
         return int(min(self.batch_size, self.num_samples - step * self.batch_size))
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray | EpochBatch]:
         for step in range(self.start_step, len(self)):
-            yield rank_part(self.global_batch(step), self.world, by_index=self.block > 1)
+            part = rank_part(self.global_batch(step), self.world, by_index=self.block > 1)
+            yield EpochBatch(part, self.epoch) if self.with_epoch else part
 
     def __len__(self) -> int:
         return steps_per_epoch(self.num_samples, self.batch_size, self.world.world_size)
@@ -172,8 +177,9 @@ class BlockShuffleSampler(Sampler[int]):
     """Sample indices one at a time, for a plain ``DataLoader(dataset, batch_size=..., sampler=...)``.
 
     The order of epoch ``e`` is :func:`block_shuffle` of ``(seed, e)`` with the dataset's read block, so streamed
-    targets are read chunk by chunk. :meth:`set_epoch` also sets the dataset's epoch, which picks each sample's view
-    (call it before each epoch; with ``persistent_workers=True`` the workers keep the epoch they started with).
+    targets are read chunk by chunk. Each index is an :class:`~kdcache.train.epochs.EpochIndex` carrying the epoch,
+    so the dataset picks that epoch's view in whatever worker reads it (``persistent_workers=True`` included). Call
+    :meth:`set_epoch` before each epoch.
     """
 
     def __init__(self, dataset: Any, *, seed: int = 0, shuffle: bool = True) -> None:
@@ -191,9 +197,10 @@ class BlockShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         count = len(self.dataset)
         if not self.shuffle:
-            return iter(range(count))
-        order = block_shuffle(count, seed=self.seed, epoch=self.epoch, block=self.dataset.read_block())
-        return iter(order.tolist())
+            order = np.arange(count)
+        else:
+            order = block_shuffle(count, seed=self.seed, epoch=self.epoch, block=self.dataset.read_block())
+        return (EpochIndex(i, self.epoch) for i in order.tolist())
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from kdcache.errors import ConfigError
 from kdcache.registry import import_callable, is_import_path
+from kdcache.views.identity import describe_step
 from kdcache.views.rng import check_seed
 
 PIPELINE_DOMAIN, MIX_DOMAIN = 1, 2  # Philox counter word 1: 0 is kdcache's own ops, 1 the pipelines, 2 the mixing
@@ -144,10 +145,11 @@ def _call(factory: Callable[..., Any], options: dict[str, Any], name: str) -> Tr
     return made
 
 
-def describe_pipeline(transform: Transform) -> list[str]:
-    """The pipeline as recorded in the view spec: one ``repr`` per step, with every argument."""
+def describe_pipeline(transform: Transform) -> list[Any]:
+    """The pipeline as recorded in the view spec: what each step is (:func:`describe_step`: class and every
+    attribute, functions by code), never its ``repr``."""
     steps = transform.transforms if isinstance(transform, v2.Compose) else [transform]
-    return [" ".join(repr(step).split()) for step in steps]
+    return [describe_step(step) for step in steps]
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,11 @@ class ViewTransform:
         self.augment, self.pipeline, self.eval, self.mix = tuple(augment), pipeline, eval, mix
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # what the steps are, by content (never their repr); a step that cannot be identified is refused here
+        self._described = {
+            "pipeline": describe_pipeline(pipeline) if pipeline is not None else [],
+            "eval": describe_pipeline(eval) if eval is not None else [],
+        }
 
     def __repr__(self) -> str:
         parts = f"augment={list(self.augment)}" if self.augment else f"pipeline={self.pipeline!r}"
@@ -126,8 +131,8 @@ class ViewTransform:
             transform.update(augment=[op.describe() for op in self.augment], rng=RNG_NAME)
         if self.seeded_code:
             transform.update(
-                pipeline=describe_pipeline(self.pipeline) if self.pipeline is not None else [],
-                eval=describe_pipeline(self.eval) if self.eval is not None else [],
+                pipeline=self._described["pipeline"],
+                eval=self._described["eval"],
                 pipeline_rng=PIPELINE_RNG,
                 torchvision=torchvision.__version__,
                 torch=torch.__version__.split("+")[0],

@@ -79,3 +79,39 @@ def test_the_cli_upgrades_with_a_pipeline(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "kdcache: error: store" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "missing.zarr").exists()  # nothing created, not even a lock
+
+
+V2 = Path(__file__).resolve().parents[1] / "store" / "v2_stores"
+"""Real format-2 stores, written by kdcache at commit 918b4ac (format 2) from the golden teacher and data
+(``GoldenTeacher``, ``golden_dataset``; fp32 logits, shard_samples 64, teacher ``golden``): ``ops`` with
+``golden_views()``, ``pipeline`` with ``v2.Compose([v2.RandomApply([v2.RandomHorizontalFlip(p=1.0)], p=0.3)])``
+and ``eval=v2.Identity()`` (count 3, seed 5, mean 0.5, std 0.25)."""
+
+
+def test_a_format_two_store_is_refused_with_the_way_to_upgrade(tmp_path):
+    store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
+    with pytest.raises(StoreFormatError, match=r"is format 2.*kdcache upgrade STORE --pipeline P.yaml"):
+        open_cache(str(store))
+
+
+def test_a_format_two_store_of_kdcache_ops_upgrades_and_trains_with_every_view_proven(tmp_path):
+    store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
+    with pytest.raises(StoreMismatchError, match="other views"):  # the views must be the recorded ones
+        upgrade_store(str(store), golden_dataset(), views=ViewTransform(count=2, seed=4), progress=False)
+    upgraded = upgrade_store(str(store), golden_dataset(), views=golden_views(), progress=False)
+    assert upgraded.manifest.format_version == FORMAT_VERSION and scrub(str(store)) == []
+    fresh = build_golden_store(tmp_path / "fresh.zarr")
+    upgraded_digests, fresh_digests = (zarr.open_array(f"{p}/samples/view_digest")[:] for p in (store, fresh))
+    np.testing.assert_array_equal(upgraded_digests, fresh_digests)  # the digests of the same views
+    train = CachedDataset(golden_dataset(), upgraded, views=golden_views())
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        assert train[np.arange(8)].views.tolist() == [(i + epoch) % 2 for i in range(8)]
+
+
+def test_a_format_two_store_of_a_torchvision_pipeline_is_refused_to_be_rebuilt(tmp_path):
+    store = shutil.copytree(V2 / "pipeline", tmp_path / "pipeline.zarr")
+    before = (store / "kdcache.manifest.json").read_bytes()
+    with pytest.raises(StoreFormatError, match=r"recorded by each step's repr.*Rebuild the store"):
+        upgrade_store(str(store), golden_dataset(), views=golden_views(), progress=False)
+    assert (store / "kdcache.manifest.json").read_bytes() == before  # nothing written

@@ -67,7 +67,7 @@ class ReadStore:
         self.epochs = []
         for epoch in (0, 1):
             set_loader_epoch(loader, epoch)
-            self.epochs.append([np.asarray(b) for b in loader.sampler])
+            self.epochs.append([np.asarray(b.indices) for b in loader.sampler])
         self.chunk, self.shard = reader.chunk, reader.shard
 
     def streamed(self) -> CachedDataset:

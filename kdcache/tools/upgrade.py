@@ -71,7 +71,9 @@ def upgrade_store(
         _require_dataset(url, manifest, dataset)
         views = views if views is not None else views_from_spec(manifest.views)
         old_format = manifest.format_version
-        builder = StoreBuilder(location, _format_three(url, _format_two(manifest) if old_format == 1 else manifest, views))
+        builder = StoreBuilder(
+            location, _format_three(url, _format_two(manifest) if old_format == 1 else manifest, views)
+        )
         if old_format == 1:
             _describe_arrays(builder, dataset)
         described = {s.path: s for s in sample_arrays(dataset, views.count, views.param_names)}
@@ -188,7 +190,12 @@ def _describe_arrays(builder: StoreBuilder, dataset: SampleDataset) -> None:
 
 
 def _write_digests(
-    builder: StoreBuilder, dataset: SampleDataset, views: ViewTransform | TokenViews, batch_size: int, progress: bool, old: int
+    builder: StoreBuilder,
+    dataset: SampleDataset,
+    views: ViewTransform | TokenViews,
+    batch_size: int,
+    progress: bool,
+    old: int,
 ) -> None:
     """Recommit the sample arrays shard by shard with the digests a format-``old`` store lacks (the other sample
     arrays keep their bytes)."""

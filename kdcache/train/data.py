@@ -33,7 +33,6 @@ from kdcache.train.viewcheck import ViewCheck
 from kdcache.views import ViewBatch, ViewTransform, views_from_spec
 
 
-
 class ViewDataset(Dataset):
     """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample) by ``policy``:
 

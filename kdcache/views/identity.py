@@ -182,7 +182,9 @@ def _state(value: Any) -> dict[str, Any] | None:
 
 
 def _array(value: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    array = value.detach().cpu().contiguous().numpy() if isinstance(value, torch.Tensor) else np.ascontiguousarray(value)
+    array = (
+        value.detach().cpu().contiguous().numpy() if isinstance(value, torch.Tensor) else np.ascontiguousarray(value)
+    )
     digest = hashlib.sha256(array.tobytes()).hexdigest()[:32]
     return {"array": array.dtype.str, "shape": list(array.shape), "sha256": digest}
 

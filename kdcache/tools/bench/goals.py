@@ -61,6 +61,16 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 "BLAKE2b over every loaded sample's raw bytes; it grows with the input size, not the model's",
             )
         )
+        rows.append(
+            _row(
+                figure,
+                f"{name}: per-view input digest check / student-only step",
+                s["view_digest_check_share_of_step"],
+                "<=",
+                0.02,
+                "XXH3-128 over every view's float32 model input; it grows with the input size, not the model's",
+            )
+        )
         expected = s["expected_online_over_cached"]["median"]
         ideal = s["ideal_online_over_cached"]["median"]
         forward = s["ratios"]["teacher forward / student step"]["median"]

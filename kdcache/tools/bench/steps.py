@@ -14,7 +14,8 @@ costs count):
   backward of each variant's objective alone on logits of the batch's shape. They give the expected online/cached
   ratio (1 + teacher forward / student step) and, when cached KD costs more than student-only, how much of the
   difference is fetching targets and how much is the KD loss itself. ``digest check`` is the per-sample content
-  digest stage two computes of every loaded batch (the join proof), timed alone.
+  digest stage two computes of every loaded batch (the join proof), ``view digest check`` the per-view input digest
+  of every batch's model inputs (the replay proof), each timed alone.
 
 With targets in RAM both loaders draw the same uniform permutation (same seed, block 1), so all variants see the
 same batches; the streamed loader block-shuffles the same samples (its order differs, its shapes do not).
@@ -47,6 +48,7 @@ from kdcache.train import (
     set_loader_epoch,
 )
 from kdcache.train.sampler import steps_per_epoch
+from kdcache.views.digest import view_digests
 
 
 def measure_steps(w: Workload, store: str, settings: BenchSettings, *, progress: bool = True) -> dict[str, Any]:
@@ -64,6 +66,7 @@ def measure_steps(w: Workload, store: str, settings: BenchSettings, *, progress:
             "loss, student-only": lambda: run.objective_alone(w.student_only, run.batches),
             "loss, KD": lambda: run.objective_alone(w.distill, run.cached_batches),
             "digest check": run.digest_check,
+            "view digest check": run.view_digest_check,
         },
         rounds=settings.step_rounds,
         warmup=settings.warmup,
@@ -125,6 +128,14 @@ class _StepVariants:
             sample_digests(inputs, labels)
         return (time.perf_counter() - start) / self.steps
 
+    def view_digest_check(self) -> float:
+        """The per-view input digests stage two computes of every batch's model inputs, alone (seconds per step)."""
+        inputs = [batch.inputs.cpu() for batch in self.batches]
+        start = time.perf_counter()
+        for batch in inputs:
+            view_digests(batch)
+        return (time.perf_counter() - start) / self.steps
+
     def teacher_forward(self) -> float:
         start = time.perf_counter()
         for batch in self.batches:
@@ -155,6 +166,23 @@ def _summary(samples: Samples, w: Workload, steps: int) -> dict[str, Any]:
         "target_fetch_share_of_step": spread(_share(samples, "fetch, inputs + targets", "fetch, inputs only")),
         "kd_loss_share_of_step": spread(_share(samples, "loss, KD", "loss, student-only")),
         "digest_check_share_of_step": samples.ratio("digest check", "student-only"),
+        "view_digest_check_share_of_step": samples.ratio("view digest check", "student-only"),
+    }
+
+
+def measure_digests_at(size: int = 224, batch: int = 256, rounds: int = 5) -> dict[str, Any]:
+    """Milliseconds per batch of both content checks at a real image size: the per-sample digest of ``batch`` uint8
+    ``3×size×size`` images and the per-view digest of their float32 model inputs (best of ``rounds``)."""
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    inputs, labels = raw.float() / 255, torch.zeros(batch, dtype=torch.int64)
+    sample = min(timed(lambda: sample_digests(raw, labels)) for _ in range(rounds))
+    view = min(timed(lambda: view_digests(inputs)) for _ in range(rounds))
+    return {
+        "images": f"{batch} x 3x{size}x{size}",
+        "sample_digest_ms_per_batch": 1000 * sample,
+        "view_digest_ms_per_batch": 1000 * view,
+        "view_digest_gb_per_s": inputs.numel() * 4 / view / 1e9,
     }
 
 

@@ -24,7 +24,7 @@ from kdcache.tools.bench.memory import bytes_per_sample, measure_memory
 from kdcache.tools.bench.reads import measure_scaling
 from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
-from kdcache.tools.bench.steps import measure_steps
+from kdcache.tools.bench.steps import measure_digests_at, measure_steps
 from kdcache.tools.bench.table import render_markdown
 from kdcache.tools.bench.tokens import measure_tokens
 from kdcache.tools.bench.workloads import WORKLOADS, Workload, build_workload, generated_images
@@ -71,6 +71,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     for name, w in workloads.items():
         write_store(w, stores[name], w.targets, batch_size=w.batch_size, shard_samples=None, device=settings.device)
     steps = {name: measure_steps(w, str(stores[name]), settings, progress=progress) for name, w in workloads.items()}
+    digests = measure_digests_at()
     clock.lap("step_time")
     resnet, digits = workloads["resnet"], workloads["digits"]
     stage_one = {
@@ -107,6 +108,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("tokens")
     return {
         "step_time": steps,
+        "digests": digests,
         "stage_one": stage_one,
         "reads": {
             "store": str(settings.read_sizes[0]),

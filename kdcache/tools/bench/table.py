@@ -17,7 +17,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"torch threads {s['threads']} (`OMP_NUM_THREADS={s['threads']}`), device {s['device']}; {m['date']}. "
         "Figures are medians over interleaved rounds, [min–max] over rounds; ratios are paired within a round.",
         "#### Goals\n\n" + _goals(report["goals"]),
-        "#### 1. Stage-two step time (same student, same batches)\n\n" + _steps(f["step_time"]),
+        "#### 1. Stage-two step time (same student, same batches)\n\n"
+        + _steps(f["step_time"])
+        + _digests(f["digests"]),
         "#### 2. Stage-one throughput vs bare teacher inference\n\n" + _stage_one(f["stage_one"]),
         "#### 3. Target reads in stage-two order (block-shuffled, batch "
         f"{s['read_batch']}) vs a numpy memmap of the same bytes\n\n" + _reads(f),
@@ -66,6 +68,7 @@ def _steps(steps: dict[str, Any]) -> str:
                 f"{s['target_fetch_share_of_step']['median']:+.1%}",
                 f"{s['kd_loss_share_of_step']['median']:+.1%}",
                 f"{s['digest_check_share_of_step']['median']:.2%}",
+                f"{s['view_digest_check_share_of_step']['median']:.2%}",
             ]
         )
     header = [
@@ -83,8 +86,17 @@ def _steps(steps: dict[str, Any]) -> str:
         "target fetch (share of step)",
         "KD loss (share of step)",
         "digest check (share of step)",
+        "view digest check (share of step)",
     ]
     return markdown_table(header, rows)
+
+
+def _digests(d: dict[str, Any]) -> str:
+    return (
+        f"\nContent checks at a real image size ({d['images']}, best of 5): per-sample digest (BLAKE2b of the uint8 "
+        f"images) {d['sample_digest_ms_per_batch']:.1f} ms a batch, per-view digest (XXH3-128 of the float32 model "
+        f"inputs) {d['view_digest_ms_per_batch']:.1f} ms a batch ({d['view_digest_gb_per_s']:.1f} GB/s, one core).\n"
+    )
 
 
 def _stage_one(stage_one: dict[str, Any]) -> str:

@@ -18,8 +18,9 @@ from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import load_teacher, model_spec
 from kdcache.pipeline.distill import run_precompute
 from kdcache.store import open_cache
-from kdcache.tools.verify import recompute_pipeline_store
-from tests.conftest import pipeline_dict
+from kdcache.targets import build_target
+from kdcache.tools.verify import Tolerance, recompute_check, recompute_pipeline_store
+from tests.conftest import cache_digits, pipeline_dict
 from tests.helpers import kdcache
 
 VIEWS = {
@@ -110,6 +111,37 @@ def test_recompute_fails_the_targets_another_teacher_changes(built, tmp_path):
     chosen = recompute_pipeline_store(parse_pipeline(moved), str(store), pairs=50, targets=["features/layer2"],
                                       progress=False)  # fmt: skip
     assert list(chosen.targets) == ["features/layer2"] and chosen.passed
+
+
+def constant_teacher(bias: list[float]) -> DigitsCNN:
+    """A digits CNN whose logits are ``bias`` for every input (classifier weights zero)."""
+    model = DigitsCNN(10, width=2)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor(bias))
+    return model.eval()
+
+
+def test_top_k_ids_may_differ_only_where_the_live_values_tie(tmp_path, digits_small, views):
+    """Classes 2 and 3 tie exactly for third place: the store keeps one of them. A live teacher that lifts the other
+    by 1e-4 (less than float16's rounding at 3) picks it instead: tied, so it passes, with 2 of 3 ids agreeing. Lifted
+    by 0.5 it is no tie and fails."""
+    bias = [5.0, 4.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    cache_digits(tmp_path / "s.zarr", constant_teacher(bias), digits_small, views,
+                 [build_target("logits", {"encoding": "topk", "k": 3})])  # fmt: skip
+    cache = open_cache(str(tmp_path / "s.zarr"))
+    kept = int(cache.open_array("teachers/t8/logits_topk/indices")[0, 0, 2])
+    assert kept in (2, 3)
+    other = 5 - kept
+    reports = {}
+    for lift in (1e-4, 0.5):
+        live = constant_teacher([b + lift * (c == other) for c, b in enumerate(bias)])
+        reports[lift] = recompute_check(cache, live, digits_small, views, teacher_name="t8", pairs=60,
+                                        progress=False).targets["logits_topk"]  # fmt: skip
+    tied, apart = reports[1e-4], reports[0.5]
+    assert tied.passed(Tolerance()) and tied.ids_agreement == pytest.approx(2 / 3) and tied.max_abs_error == 0.0
+    assert tied.lse_error < 1e-4 and tied.exact == 0
+    assert not apart.passed(Tolerance()) and apart.ids_agreement == pytest.approx(2 / 3)
 
 
 def test_unknown_target_names_are_refused_with_the_known_ones(built):

@@ -86,7 +86,7 @@ def kind_label(target: Target) -> str:
         return f"{target.kind} sampled n={p.samples}"
     if encoding == "topk":
         return f"{target.kind} top-{p.k} {p.dtype}"
-    return f"{target.kind} int8" if encoding == "int8" else f"{target.kind} {p.dtype}"
+    return f"{target.kind} int8" if encoding == "int8" else f"{target.kind} {getattr(p, 'dtype', '')}".rstrip()
 
 
 def rounding_step(values: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -112,11 +112,7 @@ def compare(
     stored = target.decode(mine)
     out.pairs += len(live)
     if isinstance(cached, torch.Tensor):
-        encoding = getattr(target.params, "encoding", "dense")
-        step = (
-            mine[f"{target.name}/scale"][:, None] if encoding == "int8" else rounding_step(stored, target.params.dtype)
-        )
-        _dense(out, cached.float(), stored.float(), live, step, tolerance)
+        _dense(out, cached.float(), stored.float(), live, _dense_step(target, mine, stored), tolerance)
     elif isinstance(cached, TopKLogits):
         _topk(out, cached, stored, live, target.params.dtype, len(live), tolerance)
     elif isinstance(cached, TokenTopK):
@@ -131,6 +127,15 @@ def compare(
             f"{type(cached).__name__}; leave it out with --targets (targets=) and check its files with "
             "`kdcache verify STORE`"
         )
+
+
+def _dense_step(target: Target, mine: dict[str, torch.Tensor], stored: torch.Tensor) -> torch.Tensor:
+    """One rounding of a dense target's storage at each stored value: an int8 row's scale, a float dtype's spacing
+    (0 for a target kind that does not say its storage dtype)."""
+    if getattr(target.params, "encoding", "dense") == "int8":
+        return mine[f"{target.name}/scale"][:, None]
+    dtype = target.value_dtype()
+    return torch.zeros(()) if dtype is None else rounding_step(stored, dtype)
 
 
 def _fold(current: float | None, new: float, pick: Callable[[float, float], float] = max) -> float:

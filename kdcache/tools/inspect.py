@@ -92,15 +92,20 @@ def print_fidelity(report: FidelityReport, console: Console | None = None) -> No
         f"{report.store}: teacher {report.teacher!r} re-run on {report.pairs} (sample, view) pairs", soft_wrap=True
     )
     table = Table()
-    for column in ("target", "max abs error", "encoding error", "min cosine", "mean cosine", "exact pairs", "result"):
+    columns = ("target", "stored as", "pairs", "max abs error", "encoding error", "lse error", "ids agree",
+               "min cosine", "exact pairs", "result")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for name, t in sorted(report.targets.items()):
         table.add_row(
             name,
+            t.kind,
+            str(t.pairs),
             f"{t.max_abs_error:.3g}",
-            f"{t.encoding_error:.3g}",
-            f"{t.min_cosine:.6f}",
-            f"{t.mean_cosine:.6f}",
+            _figure(t.encoding_error, ".3g"),
+            _figure(t.lse_error, ".3g"),
+            _figure(t.ids_agreement, ".4%"),
+            _figure(t.min_cosine, ".6f"),
             f"{t.exact}/{t.pairs}",
             "pass" if t.passed(tol) else "FAIL",
         )
@@ -112,6 +117,13 @@ def print_fidelity(report: FidelityReport, console: Console | None = None) -> No
             f"view parameters: {report.pairs - report.params_mismatches}/{report.pairs} identical to views/params"
         )
     console.print(
-        f"tolerance: |cached - live| <= {tol.atol:g} + {tol.rtol:g}·|live| per element, cosine >= {tol.min_cosine:g} "
-        f"per pair: {'PASSED' if report.passed else 'FAILED'}"
+        f"tolerance: |cached - live| <= {tol.atol:g} + {tol.rtol:g}·|live| + one storage rounding per value, "
+        f"cosine >= {tol.min_cosine:g} per dense pair, top-k ids in the live top k up to ties, sampled positions "
+        f"differing <= {tol.sampled_mismatch:g}: {'PASSED' if report.passed else 'FAILED'}",
+        soft_wrap=True,
     )
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """A report figure, or a dash where it does not apply to the target's kind."""
+    return "—" if value is None else format(value, spec)

@@ -1,15 +1,18 @@
 """Replay fidelity: re-run the teacher on random cached (sample, view) pairs and compare with what the store holds.
 
 This is a stage-one-side check (it needs the teacher). For each pair the exact view is regenerated from
-(seed, sample, view), the teacher is run on it, and every cached target is compared with the live value *stored the
-way the cache stores it* (encoded, then decoded): on the machine and library versions that built the store an exact
-replay gives an error of 0 and a cosine of 1, whatever the encoding. The encoding's own rounding (live float32 vs
-cache) is reported beside it. Stored view parameters (``views/params``) are compared bit for bit with the
-regenerated ones, and the teacher's fingerprint with the store's.
+(seed, sample, view), the teacher is run on it, and every cached target (or those named by ``targets``) is compared
+with the live value *stored the way the cache stores it* (encoded, then decoded; sampled tokens re-drawn from the
+same keyed uniforms): on the machine and library versions that built the store an exact replay gives an error of 0,
+whatever the encoding. The encoding's own rounding (live float32 vs cache) is reported beside it. The comparison of
+each kind (dense, int8, top-k with its tail, sampled tokens) is in :mod:`kdcache.tools.verify_kinds`. Stored view
+parameters (``views/params``) are compared bit for bit with the regenerated ones, and the teacher's fingerprint with
+the store's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,38 +30,10 @@ from kdcache.pipeline.build import device_of, load_split, load_teacher, model_sp
 from kdcache.store import SAMPLES_OWNER, VIEW_PARAMS, Cache, Requirements, open_cache
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
+from kdcache.tools.verify_kinds import TargetFidelity, Tolerance, compare, kind_label
 from kdcache.views import ViewTransform
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A target passes when every element satisfies ``|cached - live| <= atol + rtol * |live|`` and every pair's
-    cosine similarity is at least ``min_cosine`` (live = the teacher's output stored the way the cache stores it)."""
-
-    atol: float = 1e-3
-    rtol: float = 1e-2
-    min_cosine: float = 0.999
-
-
-@dataclass
-class TargetFidelity:
-    """How one cached target compares with the live teacher over the checked pairs."""
-
-    target: str
-    max_abs_error: float = 0.0
-    encoding_error: float = 0.0
-    min_cosine: float = 1.0
-    cosine_sum: float = 0.0
-    exact: int = 0
-    pairs: int = 0
-    within_tolerance: bool = True
-
-    @property
-    def mean_cosine(self) -> float:
-        return self.cosine_sum / max(self.pairs, 1)
-
-    def passed(self, tolerance: Tolerance) -> bool:
-        return self.within_tolerance and self.min_cosine >= tolerance.min_cosine
+DEFAULT_TOLERANCE = Tolerance()
 
 
 @dataclass
@@ -98,10 +73,12 @@ def recompute_check(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    targets: Sequence[str] | None = None,
     progress: bool = True,
 ) -> FidelityReport:
-    """Re-run ``teacher`` on ``pairs`` random (sample, view) pairs of ``cache`` and compare every cached target.
+    """Re-run ``teacher`` on ``pairs`` random (sample, view) pairs of ``cache`` and compare every cached target, or
+    only those named in ``targets``.
 
     >>> report = recompute_check(open_cache(url), teacher, train, views, teacher_name="cnn64", pairs=256)  # doctest: +SKIP
     >>> report.passed, report.targets["logits"].max_abs_error
@@ -110,12 +87,13 @@ def recompute_check(
     cache.require(Requirements(teachers=(teacher_name,), views=views.spec()))
     dataset = as_sample_dataset(dataset)
     record = cache.teacher(teacher_name)
-    targets = {name: build_target(t.kind, t.params) for name, t in record.targets.items()}
+    chosen = select_targets(cache, teacher_name, targets)
     readers = {
         name: {
-            rel: cache.array_reader(a, owner_of_teacher(teacher_name), in_memory=False) for rel, a in t.arrays.items()
+            rel: cache.array_reader(a, owner_of_teacher(teacher_name), in_memory=False)
+            for rel, a in record.targets[name].arrays.items()
         }
-        for name, t in record.targets.items()
+        for name in chosen
     }
     params_record = cache.manifest.samples.arrays.get(VIEW_PARAMS)
     params_reader = None if params_record is None else cache.array_reader(params_record, SAMPLES_OWNER, in_memory=False)
@@ -123,8 +101,8 @@ def recompute_check(
     index = cache.sample_index()
     matches = None if fingerprint is None else fingerprint.get("digest") == record.fingerprint.get("digest")
     report = FidelityReport(cache.url, teacher_name, len(rows), tolerance, matches, 0 if params_reader else None)
-    report.targets = {name: TargetFidelity(name) for name in targets}
-    with TargetExtractor(teacher, list(targets.values()), device) as extract:
+    report.targets = {name: TargetFidelity(name, kind_label(target)) for name, target in chosen.items()}
+    with TargetExtractor(teacher, list(chosen.values()), device) as extract:
         for b in tqdm(range(0, len(rows), batch_size), desc="verify", unit="batch", disable=not progress):
             r, v = rows[b : b + batch_size], view_ids[b : b + batch_size]
             made = views.batch(dataset, index[r], v)
@@ -133,33 +111,24 @@ def recompute_check(
                 drawn = made.params
                 report.params_mismatches += int((drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())
             _, live = extract(made.inputs)
-            for name, target in targets.items():
-                cached = target.decode({rel: torch.from_numpy(rd.read_rows(r, v)) for rel, rd in readers[name].items()})
-                _compare(report.targets[name], target, cached, live[name].cpu(), tolerance)
+            for name, target in chosen.items():
+                cached = {rel: rd.read_rows(r, v) for rel, rd in readers[name].items()}
+                compare(report.targets[name], target, cached, live[name], index[r], v, tolerance)
     return report
 
 
-def _compare(
-    out: TargetFidelity, target: Target, cached: torch.Tensor, live: torch.Tensor, tolerance: Tolerance
-) -> None:
-    """Fold one batch of (cached, live) values of a target into ``out``."""
-    if not isinstance(cached, torch.Tensor):  # top-k or sampled encodings: no elementwise comparison to make
+def select_targets(cache: Cache, teacher_name: str, names: Sequence[str] | None = None) -> dict[str, Target]:
+    """The targets of ``teacher_name`` to check, by name: every one when ``names`` is None, else those named,
+    refusing a name the teacher does not store with the list of those it does."""
+    stored = cache.teacher(teacher_name).targets
+    wanted = list(stored) if names is None else list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in stored]
+    if unknown or not wanted:
         raise ConfigError(
-            f"verify --recompute compares targets stored as one dense array; {target.name!r} is stored as "
-            f"{type(cached).__name__}. Check its files with `kdcache verify STORE` (sizes and SHA-256) instead"
+            f"verify --recompute: teacher {teacher_name!r} of {cache.url} stores no target named {unknown or '(none given)'}; "
+            f"its targets are {sorted(stored)}. Name some of those with --targets a,b (targets=[...])"
         )
-    stored_live = target.decode({k: torch.from_numpy(v) for k, v in target.encode(live).items()}).float()
-    cached = cached.float()
-    a, b = cached.reshape(len(cached), -1), stored_live.reshape(len(cached), -1)
-    diff = (a - b).abs()
-    cosine = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)
-    out.max_abs_error = max(out.max_abs_error, float(diff.max()))
-    out.encoding_error = max(out.encoding_error, float((a - live.reshape(len(live), -1).float()).abs().max()))
-    out.min_cosine = min(out.min_cosine, float(cosine.min()))
-    out.cosine_sum += float(cosine.sum())
-    out.exact += int((diff == 0).all(dim=1).sum())
-    out.pairs += len(a)
-    out.within_tolerance &= bool((diff <= tolerance.atol + tolerance.rtol * b.abs()).all())
+    return {name: build_target(stored[name].kind, stored[name].params) for name in wanted}
 
 
 def recompute_pipeline_store(
@@ -168,15 +137,16 @@ def recompute_pipeline_store(
     *,
     pairs: int,
     seed: int = 0,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    targets: Sequence[str] | None = None,
     progress: bool = True,
 ) -> FidelityReport:
     """:func:`recompute_check` of ``store`` with the teacher (loaded from its checkpoint, never trained), train split
-    and views of pipeline ``cfg``."""
+    and views of pipeline ``cfg``; ``targets`` as for :func:`recompute_check`."""
     cache = open_cache(store)
     teacher = load_teacher(cfg)
-    targets = [build_target(t.kind, t.params) for t in cache.teacher(cfg.teacher.name).targets.values()]
-    layers = sorted({layer for t in targets for layer in t.teacher_layers()})
+    stored = [build_target(t.kind, t.params) for t in cache.teacher(cfg.teacher.name).targets.values()]
+    layers = sorted({layer for t in stored for layer in t.teacher_layers()})  # the fingerprint covers every target
     fingerprint = teacher_fingerprint(teacher, spec=model_spec(cfg, "teacher"), layers=layers)
     return recompute_check(
         cache,
@@ -190,5 +160,6 @@ def recompute_pipeline_store(
         batch_size=cfg.cache.batch_size,
         device=device_of(cfg),
         tolerance=tolerance,
+        targets=targets,
         progress=progress,
     )

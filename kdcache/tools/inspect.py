@@ -117,6 +117,10 @@ def print_fidelity(report: FidelityReport, console: Console | None = None) -> No
             f"view parameters: {report.pairs - report.params_mismatches}/{report.pairs} identical to views/params"
         )
     console.print(
+        f"view inputs: {report.pairs - report.input_mismatches}/{report.pairs} equal to the inputs stage one gave the "
+        "teacher (samples/view_digest)"
+    )
+    console.print(
         f"tolerance: |cached - live| <= {tol.atol:g} + {tol.rtol:g}·|live| + one storage rounding per value, "
         f"cosine >= {tol.min_cosine:g} per dense pair, top-k ids in the live top k up to ties, sampled positions "
         f"differing <= {tol.sampled_mismatch:g}: {'PASSED' if report.passed else 'FAILED'}",

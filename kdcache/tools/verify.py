@@ -27,11 +27,12 @@ from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import PipelineConfig
 from kdcache.pipeline.build import device_of, load_split, load_teacher, model_spec, view_transform
-from kdcache.store import SAMPLES_OWNER, VIEW_PARAMS, Cache, Requirements, open_cache
+from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, Cache, Requirements, open_cache
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
 from kdcache.tools.verify_kinds import TargetFidelity, Tolerance, compare, kind_label
 from kdcache.views import ViewTransform
+from kdcache.views.digest import view_digests
 
 DEFAULT_TOLERANCE = Tolerance()
 
@@ -46,12 +47,13 @@ class FidelityReport:
     tolerance: Tolerance
     fingerprint_matches: bool | None
     params_mismatches: int | None = None
+    input_mismatches: int = 0
     targets: dict[str, TargetFidelity] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         params_ok = self.params_mismatches in (None, 0)
-        return params_ok and all(t.passed(self.tolerance) for t in self.targets.values())
+        return params_ok and self.input_mismatches == 0 and all(t.passed(self.tolerance) for t in self.targets.values())
 
 
 def sample_pairs(num_rows: int, views: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +97,7 @@ def recompute_check(
         }
         for name in chosen
     }
+    inputs_reader = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=False)
     params_record = cache.manifest.samples.arrays.get(VIEW_PARAMS)
     params_reader = None if params_record is None else cache.array_reader(params_record, SAMPLES_OWNER, in_memory=False)
     rows, view_ids = sample_pairs(cache.num_samples, views.count, pairs, seed)
@@ -110,6 +113,8 @@ def recompute_check(
                 stored = params_reader.read_rows(r, v)
                 drawn = made.params
                 report.params_mismatches += int((drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())
+            stored_inputs = inputs_reader.read_rows(r, v)
+            report.input_mismatches += int((view_digests(made.inputs) != stored_inputs).any(axis=1).sum())
             _, live = extract(made.inputs)
             for name, target in chosen.items():
                 cached = {rel: rd.read_rows(r, v) for rel, rd in readers[name].items()}

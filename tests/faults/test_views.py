@@ -263,3 +263,20 @@ def test_every_ddp_rank_proves_its_views(factor, tmp_path, _trained_teacher, dig
         else:
             outcome.detected = found["type"] == ViewMismatchError.__name__ and "per-view digest" in found["message"]
         assert record(outcome).passed, (outcome, found)
+
+
+def test_verify_recompute_reports_views_that_replay_differently(tmp_path, digits_small, monkeypatch):
+    from kdcache.tools.verify import recompute_check
+
+    monkeypatch.setenv(FACTOR_VARIABLE, "0.5")
+    store = echo_store(tmp_path / "store.zarr", digits_small, env_scaled)
+    exact = recompute_check(open_cache(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
+                            pairs=64, progress=False)  # fmt: skip
+    monkeypatch.setenv(FACTOR_VARIABLE, "0.9")
+    drifted = recompute_check(open_cache(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
+                              pairs=64, progress=False)  # fmt: skip
+    assert exact.passed and exact.input_mismatches == 0
+    outcome = Outcome("views", "verify-recompute-hidden-setting")
+    unchanged = drifted.targets["logits"].exact  # view 0 (the eval view) does not run the pipeline
+    outcome.detected = not drifted.passed and drifted.input_mismatches == 64 - unchanged > 0
+    assert record(outcome).passed, drifted

@@ -138,7 +138,7 @@ def run_shard(recipe: WorkerRecipe, work: ShardWork) -> int:
     """A dask task: compute and commit one shard range; returns the teacher samples it wrote (for progress)."""
     state = _worker_state(recipe)
     with state.lock:  # one shard at a time per worker: the teacher's layer capture is not thread-safe
-        for rows in state.run.compute(work):
+        for rows in state.run.compute(work, state.builder):
             state.builder.commit(*rows)
     return work.stop - work.start if state.run.owner in work.owners else 0
 

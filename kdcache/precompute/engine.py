@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from kdcache.datasets.fingerprint import dataset_fingerprint
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, ViewMismatchError
 from kdcache.metrics import Accuracy
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import SampleFacts, pairs, read_facts, sample_arrays, sample_rows
 from kdcache.store import (
     SAMPLES_OWNER,
+    VIEW_DIGEST,
     ArraySpec,
     StoreBuilder,
     StoreLocation,
@@ -154,13 +155,21 @@ class TeacherRun:
             sample_arrays=self.sample_arrays,
         )
 
-    def compute(self, work: ShardWork, progress: Callable[[int], object] | None = None) -> list[ShardRows]:
+    def compute(
+        self, work: ShardWork, builder: StoreBuilder, progress: Callable[[int], object] | None = None
+    ) -> list[ShardRows]:
         """The rows to commit for one shard range, for each owner in ``work.owners``: the per-shard step of stage
-        one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done."""
+        one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done.
+
+        A teacher joining a store whose sample arrays are committed already (another teacher's run) must have been
+        given the inputs those arrays record: its view digests are compared with the store's before its rows are
+        returned, so two teachers of one store are proven to have seen the same inputs."""
         rows: list[ShardRows] = []
         facts = None
         if self.owner in work.owners:
             data, stats, facts = self._fill_shard(work.start, work.stop, progress)
+            if SAMPLES_OWNER not in work.owners:
+                self._require_store_inputs(facts, builder.committed_rows(VIEW_DIGEST, work.index), work, builder)
             rows.append((self.owner, work.index, data, stats))
         if SAMPLES_OWNER in work.owners:
             if facts is None:  # the teacher's shard is committed already: read the samples once more
@@ -168,6 +177,19 @@ class TeacherRun:
             sample = sample_rows(self.dataset, self.sample_arrays, work.start, work.stop, facts)
             rows.append((SAMPLES_OWNER, work.index, sample, {}))
         return rows
+
+    def _require_store_inputs(
+        self, facts: SampleFacts, stored: np.ndarray, work: ShardWork, builder: StoreBuilder
+    ) -> None:
+        bad = np.argwhere((facts.inputs != stored).any(axis=2))
+        if len(bad):
+            pairs = [(int(work.start + i), int(v)) for i, v in bad[:8]]
+            raise ViewMismatchError(
+                f"store {builder.location.url!r}: teacher {self.name!r} was given other inputs than the store's other "
+                f"teacher(s) for (sample, view) {pairs} ({len(bad)} in shard {work.index}; samples/view_digest): "
+                "its views replay differently here (another machine's CPU kernels, other library versions, or a "
+                "step with its own random source). Run it where the store was built, or build a new store"
+            )
 
     def _trace_layouts(self) -> dict[str, TargetLayout]:
         """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""

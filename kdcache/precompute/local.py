@@ -90,7 +90,7 @@ def _write(run: TeacherRun, builder: StoreBuilder, work: list[ShardWork], todo: 
     bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
     try:
         for item in work:
-            for rows in run.compute(item, bar.update):
+            for rows in run.compute(item, builder, bar.update):
                 writer.submit(rows)
     finally:
         bar.close()

@@ -211,6 +211,13 @@ class StoreBuilder:
             self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
         return self._arrays[path]
 
+    def committed_rows(self, path: str, index: int) -> np.ndarray:
+        """The rows of shard ``index`` of array ``path`` as committed (what a teacher joining the store compares its
+        own facts of those samples with)."""
+        start, stop = shard_ranges(self.manifest.num_samples, self.manifest.shard_samples)[index]
+        with io_errors(self.location, f"reading shard {index} of {path}"):
+            return np.asarray(self.array(path)[start:stop])
+
     def remove_temporaries(self) -> None:
         """Delete temp files a killed writer left behind (ours and zarr's ``*.partial``); nothing reads them."""
         for key in self.location.list(""):

@@ -280,3 +280,20 @@ def test_verify_recompute_reports_views_that_replay_differently(tmp_path, digits
     unchanged = drifted.targets["logits"].exact  # view 0 (the eval view) does not run the pipeline
     outcome.detected = not drifted.passed and drifted.input_mismatches == 64 - unchanged > 0
     assert record(outcome).passed, drifted
+
+
+def test_a_second_teacher_given_other_inputs_is_refused_and_the_first_kept(tmp_path, digits_small, monkeypatch):
+    monkeypatch.setenv(FACTOR_VARIABLE, "0.5")
+    store = echo_store(tmp_path / "store.zarr", digits_small, env_scaled)
+    before = open_cache(store).teacher("echo").model_dump()
+    monkeypatch.setenv(FACTOR_VARIABLE, "0.9")  # the second teacher's machine replays other pixels
+    outcome = Outcome("views", "second-teacher-other-inputs")
+    try:
+        precompute(nn.Flatten(), digits_small, store, targets=[build_target("logits", {"dtype": "float32"})],
+                   views=views_of(env_scaled), teacher_name="echo2", progress=False)  # fmt: skip
+    except ViewMismatchError as exc:
+        outcome.detected = clear_error(exc, store, "'echo2'", "samples/view_digest")
+    cache = open_cache(store)
+    outcome.bytes_lost = cache.teacher("echo").model_dump() != before
+    outcome.silent_wrong = "echo2" in cache.teachers and cache.manifest.teachers["echo2"].status == "complete"
+    assert record(outcome).passed, outcome

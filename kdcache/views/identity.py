@@ -71,6 +71,8 @@ class _Describer:
         if isinstance(value, types.ModuleType):
             return {"module": value.__name__}
         if id(value) in self.path:
+            if isinstance(value, types.FunctionType):  # recursion: the function is being described already
+                return {"function": f"{value.__module__}:{value.__qualname__}", "recursive": True}
             raise _unidentifiable(where, value, "it refers back to itself (a cycle)")
         self.path.add(id(value))
         try:

@@ -229,7 +229,7 @@ def top_log_probs(
     for start in range(0, max(1, len(rows)), block):
         wide_rows = wide(rows[start : start + block])
         log_z = torch.logsumexp(wide_rows, dim=-1, keepdim=True)
-        log_p.append(wide(top_rows[start : start + block]) - log_z.to(top_rows.device))
+        log_p.append(wide(top_rows[start : start + block]) - log_z)
         lse.append(log_sum_exp_float32(wide_rows - log_z, temperatures, dim=-1))
     return torch.cat(log_p).view(top_values.shape), np.concatenate(lse).reshape(*logits.shape[:-1], -1)
 

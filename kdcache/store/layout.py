@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,20 +65,38 @@ class ArraySpec:
         return head + self.sample_shape
 
     def chunk_samples(self, shard_samples: int) -> int:
-        """Samples per inner chunk: ~512 KB, a power of two that divides the shard."""
-        return min(shard_samples, _pow2_ceil(max(1, TARGET_CHUNK_BYTES // max(1, self.bytes_per_sample))))
+        """Samples per inner chunk: ~512 KB, a power of two that divides the shard, or the whole shard when that is
+        smaller (a one-shard store's shard need not be a power of two: see :func:`plan_shard_samples`)."""
+        target = _chunk_target(self.bytes_per_sample)
+        return shard_samples if target >= shard_samples else math.gcd(shard_samples, target)
 
 
 def plan_shard_samples(bytes_per_sample: list[int], num_samples: int) -> int:
-    """Samples per shard for a store: ~32 MB of the widest array, a power of two, no larger than the data needs."""
+    """Samples per shard for a new store: ~32 MB of the widest array, a power of two between 64 and 65,536.
+
+    A store that fits in one such shard gets one shard no larger than its data instead: the sample count rounded up
+    to the widest array's inner chunk, or to a multiple of 64 where that chunk would hold the whole store (a
+    620-sample store of fp16 logits is one 640-sample shard, not 1,024). Every array's inner chunks still divide it
+    (:meth:`ArraySpec.chunk_samples`), and a store keeps its recorded shard size for every later writer.
+    """
     widest = max(bytes_per_sample, default=1)
     by_bytes = _pow2_floor(max(1, TARGET_SHARD_BYTES // max(1, widest)))
-    return max(MIN_SHARD_SAMPLES, min(by_bytes, MAX_SHARD_SAMPLES, _pow2_ceil(num_samples)))
+    by_bytes = max(MIN_SHARD_SAMPLES, min(by_bytes, MAX_SHARD_SAMPLES))
+    if num_samples >= by_bytes:
+        return by_bytes
+    chunk = _chunk_target(widest)
+    step = chunk if chunk < num_samples else MIN_SHARD_SAMPLES
+    return max(MIN_SHARD_SAMPLES, -(-num_samples // step) * step)
 
 
 def shard_ranges(num_samples: int, shard_samples: int) -> list[tuple[int, int]]:
     """Sample ranges ``[start, stop)`` of every shard, in order."""
     return [(lo, min(lo + shard_samples, num_samples)) for lo in range(0, num_samples, shard_samples)]
+
+
+def _chunk_target(bytes_per_sample: int) -> int:
+    """Samples per ~512 KB inner chunk of an array of ``bytes_per_sample``: a power of two."""
+    return _pow2_ceil(max(1, TARGET_CHUNK_BYTES // max(1, bytes_per_sample)))
 
 
 def _pow2_ceil(x: int) -> int:

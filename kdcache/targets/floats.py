@@ -12,6 +12,7 @@ from kdcache.names import Compressor
 from kdcache.targets.base import StoredArray, Target, TargetParams
 
 FloatDtype = Literal["float16", "bfloat16", "float32"]
+LSE_GRID = 2.0**-40  # stored log-sum-exps are multiples of this (1e-12): finer than float32 wherever |lse| > 2^-17
 
 
 def to_storage(value: torch.Tensor, dtype: FloatDtype) -> np.ndarray:
@@ -19,6 +20,26 @@ def to_storage(value: torch.Tensor, dtype: FloatDtype) -> np.ndarray:
     if dtype == "bfloat16":
         return value.detach().to(torch.bfloat16).cpu().view(torch.uint16).numpy()
     return value.detach().to(getattr(torch, dtype)).cpu().numpy()
+
+
+def wide(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in float64 on its own device (on the CPU for Apple's MPS, which has no float64): where every
+    stored number that goes through exp or log is computed, so its float32 (or float16) rounding does not depend
+    on the CPU's vectorised kernels (docs/store-format.md, "Where byte identity holds")."""
+    return value.detach().cpu().double() if value.device.type == "mps" else value.detach().double()
+
+
+def log_sum_exp_float32(value: torch.Tensor, temperatures: list[float], dim: int) -> np.ndarray:
+    """log Σ exp(value / T) along ``dim`` at every temperature T, stacked on a new last axis, as stored: computed in
+    float64, rounded to a multiple of :data:`LSE_GRID` and then to float32.
+
+    float64 keeps the exp/log kernels' and the summation order's error (~1e-16 relative to the summands) far below
+    float32's rounding, so the bytes are the same whatever kernels the CPU (ATen's default, AVX2 or AVX-512 code) or
+    GPU runs, but for a result within that error of a rounding boundary. The grid does the same for results near 0
+    (log-probs at T = 1 sum to exactly 1), which would otherwise store that error itself."""
+    wide_value = wide(value)
+    lse = torch.stack([torch.logsumexp(wide_value / t, dim=dim) for t in temperatures], dim=-1)
+    return (torch.round(lse / LSE_GRID) * LSE_GRID).cpu().numpy().astype(np.float32)
 
 
 def from_storage(array: torch.Tensor, dtype: FloatDtype) -> torch.Tensor:

@@ -4,7 +4,8 @@ Logits are stored raw: temperature is a stage-two choice, so one store serves ev
 
 * ``dense``: every class in float16, bfloat16 (its 16 raw bits as uint16: Zarr v3 has no bfloat16 type) or float32.
 * ``topk``: the k largest logits with their class indices, plus log-sum-exp(z/T) of the *full* logits at every
-  declared temperature T, so the probability mass outside the top k is known exactly at those temperatures.
+  declared temperature T, so the probability mass outside the top k is known exactly at those temperatures. The
+  log-sum-exp is computed in float64 and rounded once to float32: its bytes do not depend on the CPU's kernels.
 * ``int8``: per-row affine quantisation, ``z ≈ offset + scale · (q + 128)`` with ``scale = (max - min) / 255``.
 """
 
@@ -21,7 +22,7 @@ from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
 from kdcache.names import Compressor
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams
-from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
+from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage
 
 INT8_MEANING = "logits quantised per row: logit = offset + scale * (q + 128)"
 LSE_MEANING = (
@@ -144,12 +145,11 @@ class LogitsTarget(Target):
         # its probabilities sum to 1 and k = C is exactly dense KD on the stored values
         kept = from_storage(torch.from_numpy(stored), p.dtype).to(value.device)
         full = value.float().scatter(1, top.indices, kept)
-        lse = torch.stack([torch.logsumexp(full / t, dim=1) for t in p.temperatures], dim=1)
         index_dtype = np.int16 if value.shape[1] <= np.iinfo(np.int16).max else np.int32
         return {
             f"{name}/values": stored,
             f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype),
-            f"{name}/lse": lse.cpu().numpy().astype(np.float32),
+            f"{name}/lse": log_sum_exp_float32(full, p.temperatures, dim=1),
         }
 
     def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor | TopKLogits:

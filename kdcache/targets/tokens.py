@@ -7,7 +7,8 @@ the teacher's distribution (Sparse Logit Sampling). Classes are the last dimensi
   kept tokens, p_T(i) = exp(log p_i / T − lse_T), and the tail mass outside them is 1 − Σ_i p_T(i). Log-probs are
   logits shifted by a constant, so softmax at any T is unchanged, and fp16 is most precise where probability is
   high (log p near 0). Bytes per token: k · (2 + index bytes) + 4 · |T| (4 + 4k for fp16 values, a vocabulary of at
-  most 65,536 and one temperature).
+  most 65,536 and one temperature). Both are computed in float64 and rounded once to their storage dtype, so the
+  stored bytes do not depend on the CPU's exp/log kernels (docs/store-format.md, "Where byte identity holds").
 * ``sampled``: ``samples`` draws per position from softmax(z/T) (Anshumann et al., ACL 2025, "Sparse Logit Sampling:
   Accelerating Knowledge Distillation in LLMs"), stored as the distinct token ids drawn with their counts. The
   weights counts/n are an unbiased estimate of the teacher distribution, so the cross-entropy to them is an unbiased
@@ -34,12 +35,12 @@ from pydantic import Field, model_validator
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams
-from kdcache.targets.floats import FloatDtype, from_storage, storage_dtype, to_storage
+from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage, wide
 from kdcache.targets.logits import TopKLogits
 from kdcache.views.rng import KeyedRandom
 
 SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
-_CHUNK_ELEMENTS = 1 << 22  # positions × vocabulary held in float64 at once while sampling
+_CHUNK_ELEMENTS = 1 << 22  # positions × vocabulary held in float64 at once (top-k log-probs, sampling)
 
 
 def index_dtype(vocab_size: int) -> str:
@@ -178,13 +179,12 @@ class TokenLogitsTarget(Target):
                 "encode_at(value, samples, views), as stage one does"
             )
         p, name = self.params, self.name
-        log_p = torch.log_softmax(value.float(), dim=-1)
-        top = log_p.topk(p.k, dim=-1)
-        lse = torch.stack([torch.logsumexp(log_p / t, dim=-1) for t in p.temperatures], dim=-1)
+        top = value.topk(p.k, dim=-1)  # log-probs are the logits shifted by a constant per position: same order
+        log_p, lse = top_log_probs(value, top.values, p.temperatures)
         return {
-            f"{name}/values": to_storage(top.values.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype),
+            f"{name}/values": to_storage(log_p.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype),
             f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype(value.shape[-1])),
-            f"{name}/lse": lse.cpu().numpy().astype(np.float32),
+            f"{name}/lse": lse,
         }
 
     def encode_at(self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray]:
@@ -213,6 +213,25 @@ class TokenLogitsTarget(Target):
             lse=arrays[f"{name}/lse"],
             temperatures=p.temperatures,
         )
+
+
+def top_log_probs(
+    logits: torch.Tensor, top_values: torch.Tensor, temperatures: list[float]
+) -> tuple[torch.Tensor, np.ndarray]:
+    """For ``logits`` ``(..., V)`` and the k largest of them ``top_values`` ``(..., k)``: their log-probabilities
+    log p_i = z_i − log Σ_v exp(z_v) (float64) and lse_T = log Σ_v exp(log p_v / T) at every temperature (float32,
+    ``(..., len(temperatures))``). Computed in float64 a block of positions at a time (bounded memory), so the
+    stored roundings do not depend on the CPU's exp/log kernels (:func:`kdcache.targets.floats.wide`)."""
+    vocab, k = logits.shape[-1], top_values.shape[-1]
+    rows, top_rows = logits.reshape(-1, vocab), top_values.reshape(-1, k)
+    block = max(1, _CHUNK_ELEMENTS // vocab)
+    log_p, lse = [], []
+    for start in range(0, max(1, len(rows)), block):
+        wide_rows = wide(rows[start : start + block])
+        log_z = torch.logsumexp(wide_rows, dim=-1, keepdim=True)
+        log_p.append(wide(top_rows[start : start + block]) - log_z)
+        lse.append(log_sum_exp_float32(wide_rows - log_z, temperatures, dim=-1))
+    return torch.cat(log_p).view(top_values.shape), np.concatenate(lse).reshape(*logits.shape[:-1], -1)
 
 
 def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:

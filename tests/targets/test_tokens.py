@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
-from kdcache.targets import SampledTokens, TokenTopK, build_target
-from kdcache.targets.tokens import distinct_counts, draw_tokens, index_dtype
+from kdcache.targets import SampledTokens, TokenTopK, build_target, tokens
+from kdcache.targets.floats import LSE_GRID
+from kdcache.targets.tokens import distinct_counts, draw_tokens, index_dtype, top_log_probs
 
 
 def logits(batch: int = 2, positions: int = 5, vocab: int = 40, seed: int = 0) -> torch.Tensor:
@@ -59,6 +60,21 @@ def test_topk_stores_log_probs_and_the_exact_lse_at_every_temperature() -> None:
     p_half = torch.softmax(value.double() / 2, dim=-1).gather(-1, expected.indices)
     assert torch.allclose((top.values / 2 - top.lse[..., 1:]).exp().double(), p_half, atol=1e-6)
     assert torch.allclose(top.lse[..., 0], torch.zeros(2, 5), atol=1e-6)  # log-probs at T = 1 sum to 1
+
+
+def test_log_probs_and_lse_are_float64_rounded_once_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of positions (here 3 of 4, 4 and 2 positions) give the float64 log-probs and the float32-rounded lse of
+    the whole; the lse at T = 1 (log-probs sum to exactly 1) is stored as exactly 0, not as float64 noise."""
+    value = logits(positions=5, vocab=300)
+    whole_p, whole_lse = top_log_probs(value, value.topk(8, dim=-1).values, [1.0, 0.5])
+    monkeypatch.setattr(tokens, "_CHUNK_ELEMENTS", 4 * 300)
+    log_p, lse = top_log_probs(value, value.topk(8, dim=-1).values, [1.0, 0.5])
+    assert log_p.dtype == torch.float64 and torch.equal(log_p, whole_p) and lse.tobytes() == whole_lse.tobytes()
+    reference = torch.log_softmax(value.double(), dim=-1)
+    torch.testing.assert_close(log_p, reference.topk(8, dim=-1).values, rtol=0, atol=1e-12)
+    at_half = torch.logsumexp(reference / 0.5, dim=-1).numpy()
+    assert (np.abs(lse[..., 1] - at_half) <= 0.5 * np.spacing(np.abs(at_half).astype(np.float32)) + LSE_GRID).all()
+    assert lse.shape == (2, 5, 2) and lse.dtype == np.float32 and not lse[..., 0].any()
 
 
 def test_fp16_log_probs_keep_the_head_precise() -> None:

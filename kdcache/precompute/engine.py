@@ -286,10 +286,16 @@ def open_store(declared: StoreDeclaration, location: StoreLocation, shard_sample
         dataset=declared.dataset,
         views=declared.views,
         sample_arrays=declared.sample_arrays,
-        library=library_versions() | {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        library=library_facts(),
     )
     builder.add_teacher(declared.name, declared.fingerprint, declared.layouts)
     return builder
+
+
+def library_facts() -> dict[str, str]:
+    """What a new store records of the software that made it: the library versions, and the torch CPU kernels
+    (``ATEN_CPU_CAPABILITY``) its views were made with, which a view mismatch names in its fix."""
+    return library_versions() | {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 @contextmanager

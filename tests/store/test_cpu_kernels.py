@@ -10,6 +10,7 @@ test and a resume byte-identity test run under the default kernels in a subproce
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,8 +83,19 @@ def test_stores_built_under_default_and_this_machines_kernels_are_byte_identical
     for store, lse_shard in LSE_SHARDS.items():
         default, mine = all_files(tmp_path / "default" / store), all_files(tmp_path / "own" / store)
         assert lse_shard in mine
+        manifests = [without_kernels(files.pop("kdcache.manifest.json")) for files in (default, mine)]
         differ = sorted(k for k in mine if default.get(k) != mine[k])
         assert sorted(default) == sorted(mine) and not differ, f"{store}: {differ} differ ({own} vs DEFAULT)"
+        assert manifests[0] == manifests[1], f"{store}: the manifests differ beyond the kernels they record"
+
+
+def without_kernels(raw: bytes) -> dict:
+    """A manifest without the one fact that must differ (the CPU kernels it records) and the digests covering it."""
+    manifest = json.loads(raw)
+    assert manifest["library"].pop("torch_cpu_capability") in ("DEFAULT", torch.backends.cpu.get_cpu_capability())
+    manifest["sections"].pop("library")
+    manifest.pop("digest")
+    return manifest
 
 
 def test_golden_and_resume_byte_identity_hold_under_the_default_kernels() -> None:

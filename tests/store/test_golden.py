@@ -32,7 +32,8 @@ import zarr
 from torch import nn
 
 from kdcache import TensorDataset, ViewTransform, build_target, build_view_op, precompute
-from kdcache.store import FORMAT_VERSION, library_versions, open_cache
+from kdcache.precompute.engine import library_facts
+from kdcache.store import FORMAT_VERSION, open_cache
 from kdcache.targets.floats import LSE_GRID
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -152,5 +153,5 @@ def test_store_bytes_are_pinned(tmp_path: Path) -> None:
     bound = 0.5 * np.spacing(np.abs(reference).astype(np.float32)) + LSE_GRID / 2
     assert (np.abs(stored - reference) <= bound).all(), np.abs(stored - reference).max()
     recorded = json.loads((store / "kdcache.manifest.json").read_bytes())["library"]
-    assert recorded == library_versions()
+    assert recorded == library_facts()
     assert open_cache(str(store)).manifest.format_version == FORMAT_VERSION  # its own digest verified on open

@@ -234,7 +234,7 @@ class CachedDataset(ViewDataset):
         batch = self.make_batch(indices, view_ids, made)
         if self.params_reader is not None:
             self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
-        batch.targets = {
+        batch.stored = {
             name: {rel: torch.from_numpy(reader.read_rows(rows, view_ids)) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()
         }

@@ -46,7 +46,9 @@ def teacher_record(manifest: Manifest, url: str, name: str | None) -> TeacherRec
     names = sorted(manifest.teachers)
     if name is None:
         if len(names) != 1:
-            raise StoreMismatchError(f"store {url!r} holds teachers {names}; name the one to use (teacher.name)")
+            raise StoreMismatchError(
+                f"store {url!r} holds teachers {names}; name the one to use (teacher= in Python, teacher.name in a pipeline file)"
+            )
         name = names[0]
     if name not in manifest.teachers:
         raise StoreMismatchError(f"store {url!r} has no teacher {name!r}; it holds {names}")
@@ -120,8 +122,9 @@ def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
         log.warning("%s; training from the stored outputs because cache.allow_teacher_mismatch is set", message)
         return
     raise StoreMismatchError(
-        f"{message}. Re-run `kdcache precompute` to cache this teacher (under another teacher.name to keep the old "
-        "one), or set cache.allow_teacher_mismatch: true to train from the stored outputs anyway (logged)"
+        f"{message}. Cache this teacher first (precompute in Python, `kdcache precompute` for a pipeline; under "
+        "another teacher name to keep the old one), or train from the stored outputs anyway (without "
+        "teacher_checkpoint= in Python, with cache.allow_teacher_mismatch: true in a pipeline file, logged)"
     )
 
 

@@ -165,6 +165,6 @@ def test_streamed_s3_targets_reach_forked_dataloader_workers(s3_store, digits_sm
     set_loader_epoch(loader, 1)
     seen = []
     for batch in loader:
-        assert torch.equal(batch.targets["logits"]["logits"], whole[batch.indices])
+        assert torch.equal(batch.stored["logits"]["logits"], whole[batch.indices])
         seen += batch.indices.tolist()
     assert sorted(seen) == list(range(300))

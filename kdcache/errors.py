@@ -46,6 +46,10 @@ class TargetMismatchError(KdcacheError, ValueError):
     """A teacher target does not fit the student it is compared with (shape, channels, classes), cached or live."""
 
 
+class UndecodedBatchError(KdcacheError, RuntimeError):
+    """A batch's teacher targets were read before ``batch.to(device)`` decoded them from the store's encoding."""
+
+
 class SampleMismatchError(StoreMismatchError):
     """A sample's content (input or label) differs from what stage one cached for it: the dataset and the store's
     targets would be paired wrongly."""

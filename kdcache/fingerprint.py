@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -24,12 +25,52 @@ def with_digest(facts: dict[str, Any]) -> dict[str, Any]:
     return {**facts, "digest": canonical_digest(facts)}
 
 
-def describe_difference(expected: dict[str, Any], found: dict[str, Any]) -> str:
-    """Human-readable list of the facts that differ between two fingerprints (``digest`` left out)."""
-    keys = sorted((set(expected) | set(found)) - {"digest"})
-    diffs = [
-        f"{k}: store has {found.get(k)!r}, expected {expected.get(k)!r}"
-        for k in keys
-        if expected.get(k) != found.get(k)
-    ]
-    return "; ".join(diffs) if diffs else "digests differ"
+def describe_difference(now: dict[str, Any], store: dict[str, Any], *, shown: int = 1) -> str:
+    """The first ``shown`` paths at which two fingerprints or specs differ, with both values, and how many more do.
+
+    ``transform.pipeline[1].magnitude: store 9, now 5 (and 2 more differences)``: ``now`` is what the run states,
+    ``store`` what the store recorded. Nested dicts and lists are walked to their leaves (:func:`json_differences`),
+    so a difference deep inside a long spec is named instead of printing both specs; the top-level ``digest`` is
+    left out (it differs whenever anything else does).
+    """
+    diffs = list(json_differences(_without_digest(store), _without_digest(now)))
+    if not diffs:
+        return "digests differ"
+    text = "; ".join(f"{path}: store {json_text(a)}, now {json_text(b)}" for path, a, b in diffs[:shown])
+    more = len(diffs) - shown
+    return text if more <= 0 else f"{text} (and {more} more difference{'s' if more > 1 else ''})"
+
+
+ABSENT = object()
+"""The value :func:`json_differences` reports for a key or list entry one side does not have."""
+
+
+def json_differences(store: Any, now: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every leaf at which two JSON values differ, as ``(path, store's value, now's value)`` in document order.
+
+    Paths read like the access that reaches the value (``transform.pipeline[1].magnitude``); a key or list entry
+    only one side has is reported once, with :data:`ABSENT` on the other side.
+    """
+    if isinstance(store, dict) and isinstance(now, dict):
+        for key in [*store, *(k for k in now if k not in store)]:
+            child = f"{path}.{key}" if path else str(key)
+            yield from json_differences(store.get(key, ABSENT), now.get(key, ABSENT), child)
+    elif isinstance(store, list) and isinstance(now, list):
+        for i in range(max(len(store), len(now))):
+            a = store[i] if i < len(store) else ABSENT
+            b = now[i] if i < len(now) else ABSENT
+            yield from json_differences(a, b, f"{path}[{i}]")
+    elif type(store) is not type(now) or store != now:  # 1 and True are equal in Python, not in a spec
+        yield path or "(value)", store, now
+
+
+def _without_digest(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in facts.items() if k != "digest"}
+
+
+def json_text(value: Any, limit: int = 120) -> str:
+    """``value`` as compact JSON (``absent`` for :data:`ABSENT`), cut at ``limit`` characters."""
+    if value is ABSENT:
+        return "absent"
+    text = json.dumps(value, sort_keys=True, default=repr)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

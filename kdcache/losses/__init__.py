@@ -7,10 +7,19 @@ from kdcache.losses import online as _online  # noqa: F401  (registers rocket_hi
 from kdcache.losses import relation as _relation  # noqa: F401  (registers rkd_distance, rkd_angle)
 from kdcache.losses import response as _response  # noqa: F401  (registers ce, kd)
 from kdcache.losses import tokens as _tokens  # noqa: F401  (registers next_token, token_kd)
-from kdcache.losses.base import LOSSES, LossParams, LossSetup, LossTerm, Objective, StepOutputs
+from kdcache.losses.base import (
+    LOSSES,
+    LossParams,
+    LossSetup,
+    LossTerm,
+    Objective,
+    StepOutputs,
+    check_student_width,
+    check_task_classes,
+)
 from kdcache.losses.online import logit_hint
 from kdcache.losses.relation import rkd_angles, rkd_distances
-from kdcache.losses.response import kd_divergence, topk_kd_divergence
+from kdcache.losses.response import check_teacher_width, kd_divergence, topk_kd_divergence
 from kdcache.losses.tokens import (
     reverse_kd_divergence,
     sampled_kd_cross_entropy,
@@ -39,6 +48,9 @@ __all__ = [
     "Objective",
     "StepOutputs",
     "build_objective",
+    "check_student_width",
+    "check_task_classes",
+    "check_teacher_width",
     "fsp_matrix",
     "kd_divergence",
     "logit_hint",

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from kdcache.errors import ConfigError
 from kdcache.registry import Registry
 
 
@@ -26,6 +27,37 @@ class LossSetup:
     num_classes: int
     ignore_index: int = -100
     task: str = "classification"  # or "segmentation": which metrics evaluation reports (kdcache.metrics)
+
+
+def check_task_classes(logits: torch.Tensor, labels: torch.Tensor, setup: LossSetup) -> None:
+    """Refuse a student whose class dimension is not the task's class count, or labels past that count.
+
+    Cross-entropy would otherwise fail on the first label past the width with ``IndexError: Target 7 is out of
+    bounds`` (a device-side assert on CUDA), naming neither the student nor the setting to change. Classes are the
+    last dimension for a language model, dimension 1 otherwise. Reading the largest label costs one device sync, so
+    the training loop calls this on its first batch (and :class:`~kdcache.losses.response.CrossEntropy` checks the
+    width, which costs nothing, on every call).
+    """
+    check_student_width(logits, setup)
+    valid = labels[labels != setup.ignore_index]
+    if valid.numel() and not valid.is_floating_point() and (top := int(valid.max())) >= setup.num_classes:
+        raise ConfigError(
+            f"the labels reach class {top}, but the task has {setup.num_classes} classes (0..{setup.num_classes - 1}): "
+            "set the class count to the data's (num_classes in Python, data.num_classes in a pipeline file), or keep "
+            "only some classes (data.classes, relabelled 0..k-1)"
+        )
+
+
+def check_student_width(logits: torch.Tensor, setup: LossSetup) -> None:
+    """Refuse student logits whose class dimension is not ``setup.num_classes`` (see :func:`check_task_classes`)."""
+    dim = -1 if setup.task == "language-model" else 1
+    width = logits.shape[dim] if logits.dim() >= 2 else None
+    if width != setup.num_classes:
+        raise ConfigError(
+            f"the student outputs {width} classes (logits of shape {tuple(logits.shape)}), but the task has "
+            f"{setup.num_classes}: build the student with num_classes={setup.num_classes} (a pipeline passes "
+            "data.num_classes to the student's model; do not set another num_classes in student.model.args)"
+        )
 
 
 @dataclass

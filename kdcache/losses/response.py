@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs
+from kdcache.errors import TargetMismatchError
+from kdcache.losses.base import LOSSES, LossParams, LossTerm, StepOutputs, check_student_width
 from kdcache.losses.dense import labelled_positions, resize_to
 from kdcache.metrics import match_spatial
 from kdcache.targets.ensemble import ProbabilityEnsemble, soft_log_probs
@@ -47,6 +48,7 @@ def kd_divergence(
     top-k logits (:class:`TopKLogits`) take the k+1-bin form, :func:`topk_kd_divergence`, so any decoded logits
     target can be passed as it comes.
     """
+    check_teacher_width(student, teacher)
     if isinstance(teacher, TopKLogits):
         return topk_kd_divergence(student, teacher, temperature)
     log_q = F.log_softmax(student.float() / temperature, dim=1)
@@ -58,6 +60,39 @@ def kd_divergence(
             return per_position.sum()
     return per_position.mean() * temperature**2
 
+
+def check_teacher_width(student: torch.Tensor, teacher: torch.Tensor | ProbabilityEnsemble | TopKLogits) -> None:
+    """Refuse a teacher whose class count differs from the student's (classes on dim 1), naming both widths.
+
+    Without it the KL fails with a raw size mismatch (dense), or gathers classes the student does not have (top-k).
+    Top-k targets hold k of the teacher's classes, so only k ≤ the student's width can be checked without a sync.
+    """
+    width = student.shape[1] if student.dim() >= 2 else None
+    if isinstance(teacher, TopKLogits):
+        if width is None or teacher.indices.shape[1] > width:
+            raise TargetMismatchError(
+                f"the teacher's top-k target keeps {teacher.indices.shape[1]} classes per sample, more than the "
+                f"student's {width} (logits of shape {tuple(student.shape)}): {_SAME_CLASSES}"
+            )
+        return
+    logits = teacher.members[0] if isinstance(teacher, ProbabilityEnsemble) else teacher
+    if not isinstance(logits, torch.Tensor):
+        raise TargetMismatchError(
+            f"the teacher target is a {type(teacher).__name__}, not decoded logits: pass decoded targets (a batch's "
+            "targets after batch.to(device), or a live teacher's outputs)"
+        )
+    if logits.dim() != student.dim() or logits.shape[1] != width or logits.shape[0] != student.shape[0]:
+        raise TargetMismatchError(
+            f"the teacher's logits have {logits.shape[1] if logits.dim() >= 2 else None} classes (shape "
+            f"{tuple(logits.shape)}), the student's {width} (shape {tuple(student.shape)}): {_SAME_CLASSES}"
+        )
+
+
+_SAME_CLASSES = (
+    "KD compares the two distributions class by class, so the student needs the teacher's classes. Build the "
+    "student with the teacher's num_classes (a pipeline passes data.num_classes to both models; do not set another "
+    "num_classes in student.model.args)"
+)
 
 _HEAD = "student module whose output is read, e.g. heads.old (default: the model's output)"
 
@@ -92,6 +127,7 @@ class CrossEntropy(StudentLogits):
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         logits = match_spatial(self.logits(out), out.labels)
+        check_student_width(logits, self.setup)
         if out.mix is None:
             return self._ce(logits, out.labels, "mean")
         partner, weight = out.mix  # mixed views: the labels mixed as the images were (Zhang et al. 2018, Eq. 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdcache.errors import ConfigError, RegistryError
 from kdcache.registry import RegisteredEntry
@@ -137,7 +137,14 @@ class ViewsConfig(Section):
 
     @field_validator("pipeline", "eval")
     @classmethod
-    def _known_transforms(cls, spec: list[dict[str, Any]] | str | None) -> list[dict[str, Any]] | str | None:
+    def _known_transforms(
+        cls, spec: list[dict[str, Any]] | str | None, info: ValidationInfo
+    ) -> list[dict[str, Any]] | str | None:
+        if spec == []:  # torchvision's Compose refuses an empty list later, naming neither the key nor the fix
+            raise ValueError(
+                f"views.{info.field_name} is an empty list: list at least one torchvision step (e.g. [{{name: "
+                f"CenterCrop, size: 28}}]) or leave views.{info.field_name} out for no transform"
+            )
         try:
             check_pipeline_names(spec)
         except ConfigError as exc:

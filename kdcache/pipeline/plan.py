@@ -7,7 +7,7 @@ from kdcache.pipeline.build import load_split, untrained_teacher
 from kdcache.pipeline.config import PipelineConfig
 from kdcache.pipeline.distill import stage_one_job
 from kdcache.precompute import TeacherRun
-from kdcache.store import plan_shard_samples
+from kdcache.store import SAMPLES_OWNER, plan_shard_samples
 
 DISTILLKIT_BYTES_PER_TOKEN = 300
 """DistillKit's compressed top-k logits at k = 128, as its authors state it (~300 B/token), for comparison."""
@@ -15,7 +15,8 @@ DISTILLKIT_BYTES_PER_TOKEN = 300
 
 def plan_storage(cfg: PipelineConfig) -> list[dict]:
     """Bytes per sample (and per token, for text) and store size of every array the pipeline would write, before
-    any teacher runs.
+    any teacher runs: each target's arrays, and the ``samples/*`` arrays every store holds once (index, label,
+    16-byte content digest and, with augmented views, the numbers each view was drawn with), as target ``samples``.
 
     Shapes come from one dummy forward pass of an untrained teacher of the configured architecture. Sizes are
     uncompressed (compressed arrays will be smaller on disk).
@@ -23,10 +24,12 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
     train = load_split(cfg, cfg.data.train_split)
     job = stage_one_job(cfg, teacher=untrained_teacher(cfg), dataset=train)
     with TeacherRun(job) as run:
-        layouts = run.layouts
+        layouts, sample_arrays = run.layouts, run.sample_arrays
     specs = [(name, rel, spec) for name, layout in layouts.items() for rel, spec in layout.arrays.items()]
     n = len(train)
+    # stage one sizes shards by the targets' arrays alone (precompute.engine), so the plan does too
     shard = cfg.cache.shard_samples or plan_shard_samples([s.bytes_per_sample for _, _, s in specs], n)
+    specs += [(SAMPLES_OWNER, spec.path, spec) for spec in sample_arrays]
     tokens = tokens_per_sample(train.describe())
     return [
         {

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.errors import CorruptShardError, StoreFormatError
+from kdcache.fingerprint import json_differences, json_text
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
@@ -112,17 +113,12 @@ def metadata_problems(location: StoreLocation, manifest: Manifest) -> list[str]:
     return problems
 
 
-def differences(expected: Any, found: Any, where: str = "") -> list[str]:
+def differences(expected: Any, found: Any) -> list[str]:
     """The fields in which two JSON documents differ, as ``path: store has X, manifest pinned Y``."""
-    if isinstance(expected, dict) and isinstance(found, dict):
-        keys = sorted(expected.keys() | found.keys())
-        return [d for k in keys for d in differences(expected.get(k, "<absent>"), found.get(k, "<absent>"),
-                                                         f"{where}.{k}" if where else k)]  # fmt: skip
-    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
-        return [
-            d for i, (a, b) in enumerate(zip(expected, found, strict=True)) for d in differences(a, b, f"{where}[{i}]")
-        ]
-    return [] if expected == found else [f"{where or 'document'}: store has {found!r}, manifest pinned {expected!r}"]
+    return [
+        f"{path}: store has {json_text(store)}, manifest pinned {json_text(pinned)}"
+        for path, store, pinned in json_differences(found, expected)
+    ]
 
 
 def read_document(location: StoreLocation, key: str) -> Any:

@@ -17,6 +17,8 @@ from kdcache.store.manifest import Manifest, TeacherRecord
 
 log = logging.getLogger(__name__)
 
+_STORE_ARGUMENT = "the cache= argument in Python, cache.store in a pipeline file"
+
 
 @dataclass(frozen=True)
 class Requirements:
@@ -44,7 +46,9 @@ def teacher_record(manifest: Manifest, url: str, name: str | None) -> TeacherRec
     names = sorted(manifest.teachers)
     if name is None:
         if len(names) != 1:
-            raise StoreMismatchError(f"store {url!r} holds teachers {names}; name the one to use (teacher.name)")
+            raise StoreMismatchError(
+                f"store {url!r} holds teachers {names}; name the one to use (teacher= in Python, teacher.name in a pipeline file)"
+            )
         name = names[0]
     if name not in manifest.teachers:
         raise StoreMismatchError(f"store {url!r} has no teacher {name!r}; it holds {names}")
@@ -105,7 +109,7 @@ def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
     found = teacher_record(manifest, url, name).fingerprint
     problems = []
     if req.teacher_spec is not None and found.get("spec") != req.teacher_spec:
-        problems.append(f"architecture: the store's is {found.get('spec')}, the pipeline's {req.teacher_spec}")
+        problems.append(f"architecture {describe_difference(req.teacher_spec, found.get('spec') or {})}")
     if req.teacher_state is not None and req.teacher_state != found.get("state_sha256"):
         problems.append(
             f"weights: the checkpoint hashes to {req.teacher_state[:12]}…, the store's teacher to "
@@ -113,13 +117,14 @@ def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
         )
     if not problems:
         return
-    message = f"store {url!r}: teacher {name!r} was not made by this pipeline's teacher (" + "; ".join(problems) + ")"
+    message = f"store {url!r}: teacher {name!r} was not made by this run's teacher (" + "; ".join(problems) + ")"
     if req.allow_teacher_mismatch:
         log.warning("%s; training from the stored outputs because cache.allow_teacher_mismatch is set", message)
         return
     raise StoreMismatchError(
-        f"{message}. Re-run `kdcache precompute` to cache this teacher (under another teacher.name to keep the old "
-        "one), or set cache.allow_teacher_mismatch: true to train from the stored outputs anyway (logged)"
+        f"{message}. Cache this teacher first (precompute in Python, `kdcache precompute` for a pipeline; under "
+        "another teacher name to keep the old one), or train from the stored outputs anyway (without "
+        "teacher_checkpoint= in Python, with cache.allow_teacher_mismatch: true in a pipeline file, logged)"
     )
 
 
@@ -129,13 +134,13 @@ def require_dataset(manifest: Manifest, url: str, fingerprint: dict[str, Any]) -
     if found.get("length") != fingerprint.get("length"):
         raise StoreMismatchError(
             f"store {url!r} holds {found.get('length')} samples but the training set has "
-            f"{fingerprint.get('length')}. Rebuild the store for this dataset (kdcache precompute) or point "
-            "cache.store at the store made from it"
+            f"{fingerprint.get('length')}. Rebuild the store for this dataset (kdcache precompute) or use the "
+            f"store made from it ({_STORE_ARGUMENT})"
         )
     if found != fingerprint:  # every fact, not only the digest: a fact edited beside a stale digest is a difference
         raise StoreMismatchError(
             f"store {url!r} was built from a different dataset: {describe_difference(fingerprint, found)}. "
-            "Rebuild the store for this dataset or point cache.store at the right one"
+            f"Rebuild the store for this dataset or use the store made from it ({_STORE_ARGUMENT})"
         )
 
 
@@ -143,6 +148,7 @@ def require_views(manifest: Manifest, url: str, views: dict[str, Any]) -> None:
     found = manifest.views
     if found != views:
         raise StoreMismatchError(
-            f"store {url!r} was cached with other views: {describe_difference(views, found)}. Use the "
-            "store's view spec in the pipeline (views:) or rebuild the store with this one"
+            f"store {url!r} was cached with other views: {describe_difference(views, found)}. Pass the views the "
+            "store was cached with (views= in Python, the views: section of a pipeline file) or rebuild the store "
+            "with these"
         )

@@ -171,7 +171,7 @@ class StoreBuilder:
                 raise StoreMismatchError(
                     f"store {self.location.url!r} already holds teacher {name!r} made from a different teacher "
                     f"({describe_difference(fingerprint, existing.fingerprint)}). Give this teacher another name "
-                    "(teacher.name) or write to a new store; the cached teacher is left untouched"
+                    "(teacher_name= in Python, teacher.name in a pipeline file) or write to a new store; the cached teacher is left untouched"
                 )
             if existing.targets != records:
                 raise StoreMismatchError(

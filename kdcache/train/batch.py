@@ -1,16 +1,20 @@
 """A training batch as stage two hands it to the loop: inputs, labels, sample indices and views, teacher targets.
 
 Targets travel as their stored dtype (float16, int8, ...) through CPU memory (pinned when the device is CUDA) and
-are decoded on the training device by :meth:`Batch.to`.
+are decoded on the training device by :meth:`Batch.to`. Until then :attr:`Batch.targets` refuses to be read
+(:class:`~kdcache.errors.UndecodedBatchError`): the stored arrays are not the targets (int8 codes, top-k pairs,
+bfloat16 bits), and decoding them lazily where they are would put the decode on the CPU and the targets on another
+device than inputs moved by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import torch
 
+from kdcache.errors import UndecodedBatchError
 from kdcache.targets import EnsembleDecoder, Target
 
 
@@ -19,19 +23,34 @@ class Batch:
     """A training batch: model inputs, labels, the sample indices and views they came from, and teacher targets.
 
     ``params`` holds the numbers each view's augmentation was drawn with, ``(B, P)`` float32 (columns named by
-    ``ViewTransform.param_names``; it stays on the CPU). ``targets`` holds stored arrays (by target, then array name)
-    until :meth:`to` decodes them on the device. For mixed views (MixUp/CutMix) ``mix`` is ``(partner labels, weight
-    of labels)``: the label of each input is ``weight · labels + (1 - weight) · partner labels``.
+    ``ViewTransform.param_names``; it stays on the CPU). ``stored`` holds the targets' stored arrays (by target,
+    then array name) until :meth:`to` decodes them on the device into :attr:`targets`. For mixed views
+    (MixUp/CutMix) ``mix`` is ``(partner labels, weight of labels)``: the label of each input is
+    ``weight · labels + (1 - weight) · partner labels``.
     """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     views: torch.Tensor
-    targets: dict[str, Any] = field(default_factory=dict)
+    stored: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     decoders: dict[str, Target | EnsembleDecoder] = field(default_factory=dict, repr=False)
     params: torch.Tensor | None = None
     mix: tuple[torch.Tensor, torch.Tensor] | None = None
+    decoded: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def targets(self) -> dict[str, Any]:
+        """The teacher targets by name, decoded (``{}`` for a batch without cached targets); set by :meth:`to`."""
+        if self.decoded is not None:
+            return self.decoded
+        if self.stored:
+            raise UndecodedBatchError(
+                f"this batch's targets {sorted(self.stored)} are still the store's encoded arrays; call "
+                "batch = batch.to(device) first: it moves the batch and decodes them there (e.g. "
+                "`batch = train.as_batch(items).to(device)`)"
+            )
+        return {}
 
     def item(self, slot: int) -> dict[str, Any]:
         """Sample ``slot`` as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
@@ -45,8 +64,8 @@ class Batch:
         }
         if self.params is not None:
             item["params"] = self.params[slot]
-        if self.targets:
-            item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.targets.items()}
+        if self.stored:
+            item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.stored.items()}
         if self.mix is not None:
             item["mix"] = {"labels": self.mix[0][slot], "weights": self.mix[1][slot]}
         return item
@@ -61,7 +80,7 @@ class Batch:
             labels=collated["labels"],
             indices=collated["index"],
             views=collated["view"],
-            targets=collated.get("targets", {}),
+            stored=collated.get("targets", {}),
             decoders=decoders,
             params=collated.get("params"),
             mix=None if mix is None else (mix["labels"], mix["weights"]),
@@ -69,22 +88,37 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
-        pinned = {name: {k: v.pin_memory() for k, v in arrays.items()} for name, arrays in self.targets.items()}
+        pinned = {name: {k: v.pin_memory() for k, v in arrays.items()} for name, arrays in self.stored.items()}
         mix = None if self.mix is None else (self.mix[0].pin_memory(), self.mix[1].pin_memory())
-        return replace(self, inputs=self.inputs.pin_memory(), labels=self.labels.pin_memory(), targets=pinned, mix=mix)
+        return replace(self, inputs=self.inputs.pin_memory(), labels=self.labels.pin_memory(), stored=pinned, mix=mix)
 
     def to(self, device: torch.device | str) -> Batch:
-        """Move to ``device`` (non-blocking from pinned memory) and decode every target there."""
+        """Move to ``device`` (non-blocking from pinned memory) and decode every target there (a batch that is
+        decoded already keeps its targets and only moves)."""
         device = torch.device(device)
-        decoded = {
-            name: self.decoders[name].decode({k: v.to(device, non_blocking=True) for k, v in arrays.items()})
-            for name, arrays in self.targets.items()
-        }
+        if self.decoded is not None:
+            decoded = {name: _moved(value, device) for name, value in self.decoded.items()}
+        else:
+            decoded = {
+                name: self.decoders[name].decode({k: v.to(device, non_blocking=True) for k, v in arrays.items()})
+                for name, arrays in self.stored.items()
+            }
         return replace(
             self,
             inputs=self.inputs.to(device, non_blocking=True),
             labels=self.labels.to(device, non_blocking=True),
-            targets=decoded,
+            stored={},
+            decoded=decoded,
             decoders={},
             mix=None if self.mix is None else tuple(t.to(device, non_blocking=True) for t in self.mix),
         )
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """A decoded target on ``device``: a tensor, or a dataclass of tensors (top-k logits, sampled tokens, the members
+    of an ensemble); other fields (temperatures) stay as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if is_dataclass(value) and not isinstance(value, type):
+        return replace(value, **{f.name: _moved(getattr(value, f.name), device) for f in fields(value) if f.init})
+    return value

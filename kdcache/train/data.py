@@ -243,7 +243,7 @@ class CachedDataset(ViewDataset):
         if self.params_reader is not None:  # first: drifted numbers name the numbers, the digest only the pairs
             self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
         self.check_views(indices, view_ids, rows, made.inputs)
-        batch.targets = {
+        batch.stored = {
             name: {rel: torch.from_numpy(reader.read_rows(rows, view_ids)) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()
         }

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kdcache.capture import LayerCapture, forward_with_capture
-from kdcache.losses import LossSetup, StepOutputs, build_objective
+from kdcache.losses import LossSetup, StepOutputs, build_objective, check_task_classes
 from kdcache.metrics import task_metric
 from kdcache.train.checkpointing import Checkpointing, LossSums, restore, resume_state, stage_plan
 from kdcache.train.data import ViewDataset
@@ -193,7 +193,7 @@ class _Trainer:
         objective = build_objective([(l.name, l.weight, l.params) for l in stage.losses], setup).to(self.device)
         frozen = freeze(self.student, stage.freeze)
         with LayerCapture(self.student, objective.student_layers()) as capture:
-            self.preflight(objective, capture, bar.iterable[0])  # bar iterates this stage's remaining epochs
+            self.preflight(objective, capture, bar.iterable[0], setup)  # bar iterates this stage's remaining epochs
             params = [p for p in [*self.student.parameters(), *objective.parameters()] if p.requires_grad]
             optimizer = build_optimizer(params, stage.optimizer)
             schedule = build_schedule(optimizer, stage.optimizer, stage.epochs * len(self.loader))
@@ -224,17 +224,19 @@ class _Trainer:
         freeze(self.student, [])
 
     @torch.no_grad()
-    def preflight(self, objective: nn.Module, capture: LayerCapture, epoch: int) -> None:
+    def preflight(self, objective: nn.Module, capture: LayerCapture, epoch: int, setup: LossSetup) -> None:
         """Evaluate the objective on one batch before any parameter moves (student in eval mode, no gradients).
 
         Terms build their data-shaped parameters here (a hint regressor) before the optimiser and DDP see the
-        parameters, and a target that does not fit the student (shape, channels, classes) fails now, with the
-        loss's own message, instead of after a partial epoch.
+        parameters, and a student or a target that does not fit the task (the student's class count against
+        ``setup.num_classes`` and the labels, a target's shape, channels or classes) fails now, with a message that
+        names both sides, instead of after a partial epoch.
         """
         set_loader_epoch(self.loader, epoch)
         batch = next(iter(self.loader)).to(self.device)
         self.student.eval()
         outputs = forward_with_capture(self.student, batch.inputs, capture)
+        check_task_classes(outputs.logits, batch.labels, setup)
         step = StepOutputs(outputs.logits, batch.labels, outputs.features, self.targets(batch), batch.mix)
         objective.prepare(step)
         objective(step)

@@ -91,6 +91,11 @@ def build_pipeline(spec: list[dict[str, Any]] | str | None, args: dict[str, Any]
         return None
     if isinstance(spec, str):
         return _call(import_callable(spec, what="view pipeline"), args or {}, spec)
+    if not spec:
+        raise ConfigError(
+            "a view pipeline is an empty list; give at least one step, or None for no pipeline (in a pipeline file: "
+            "list a step under views.pipeline / views.eval, or leave the key out)"
+        )
     steps = []
     for entry in spec:
         options = dict(entry)

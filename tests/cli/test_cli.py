@@ -51,3 +51,24 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path):
     assert result.returncode == 2
     assert "kdcache: error: store" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["student.model.arch=kdcache.models.digits:DigitsCNN", "student.model.args={width: 2, num_classes: 5}"],
+            "the student outputs 5 classes (logits of shape (32, 5)), but the task has 10: build the student with "
+            "num_classes=10",
+        ),
+        (["data.num_classes=5"], "the labels reach class 9, but the task has 5 classes (0..4)"),
+    ],
+    ids=["student-num-classes", "data-num-classes"],
+)
+def test_a_student_with_too_few_classes_is_refused_before_training(tmp_path: Path, sets: list[str], message: str):
+    """Cross-entropy used to end this run with ``IndexError: Target 7 is out of bounds`` and a traceback."""
+    small = ["data.max_train_samples=64", "data.max_test_samples=32", "student.train.batch_size=32",
+             "student.train.stages.0.epochs=1", f"output_dir={tmp_path}"]  # fmt: skip
+    result = kdcache("train", "pipelines/digits_kd.yaml", "--variant", "scratch", "--quiet", *with_sets(small + sets))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -24,8 +24,28 @@ def test_canonical_digest_ignores_key_order_and_pins_its_algorithm() -> None:
 
 def test_differences_are_named_fact_by_fact() -> None:
     expected, found = with_digest({"length": 10, "split": "train"}), with_digest({"length": 12, "split": "train"})
-    assert describe_difference(expected, found) == "length: store has 12, expected 10"
+    assert describe_difference(expected, found) == "length: store 12, now 10"
     assert describe_difference(expected, expected) == "digests differ"
+
+
+def test_differences_walk_nested_specs_to_the_first_differing_leaf() -> None:
+    """A view spec whose pipeline entries are nested dicts (class path + arguments): the message names the leaf,
+    both values and how many other leaves differ, never the two whole specs."""
+    step = {"class": "torchvision.transforms.v2:RandAugment", "args": {"num_ops": 2, "magnitude": 9}}
+    store = with_digest({"count": 4, "transform": {"pipeline": [{"class": "v2:ToImage", "args": {}}, step]}})
+    changed = copy.deepcopy(store)
+    changed["transform"]["pipeline"][1]["args"].update(magnitude=5, num_ops=3)
+    changed["transform"]["pipeline"].append({"class": "v2:RandomErasing", "args": {"p": 0.5}})
+    changed["seed"] = 1
+    assert describe_difference(changed, store) == (
+        "transform.pipeline[1].args.num_ops: store 2, now 3 (and 3 more differences)"
+    )
+    assert describe_difference(changed, store, shown=4).split("; ")[1:] == [
+        "transform.pipeline[1].args.magnitude: store 9, now 5",
+        'transform.pipeline[2]: store absent, now {"args": {"p": 0.5}, "class": "v2:RandomErasing"}',
+        "seed: store absent, now 1",
+    ]
+    assert describe_difference({"a": 1.0, "b": True}, {"a": 1, "b": 1}) == "a: store 1, now 1.0 (and 1 more difference)"
 
 
 def _dataset(images: torch.Tensor) -> TensorDataset:

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from kdcache.capture import LayerCapture, forward_with_capture
+from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.losses import (
     LossSetup,
     StepOutputs,
     build_objective,
+    check_task_classes,
     kd_divergence,
     rkd_angles,
     rkd_distances,
@@ -20,6 +22,8 @@ from kdcache.losses import (
 )
 from kdcache.models import DigitsCNN
 from kdcache.targets import build_target
+from kdcache.targets.ensemble import ProbabilityEnsemble
+from kdcache.targets.logits import TopKLogits
 from kdcache.train import LiveTeacher, ViewDataset
 from tests.conftest import cache_digits, cached_dataset
 
@@ -58,6 +62,41 @@ def test_objective_mixes_ce_and_kd_by_weight():
     assert parts["ce"] == pytest.approx(0.1 * ce, rel=1e-6)
     assert parts["kd"] == pytest.approx(0.9 * 1.280627, rel=1e-4)
     assert float(total) == pytest.approx(0.1 * ce + 0.9 * 1.280627, rel=1e-4)
+
+
+def test_kd_refuses_a_teacher_of_another_width_naming_both():
+    """Widths 5 and 10 gave a raw size-mismatch RuntimeError; now both widths and the fix are named."""
+    student, teacher = torch.zeros(4, 5), torch.zeros(4, 10)
+    with pytest.raises(TargetMismatchError, match=r"teacher's logits have 10 classes \(shape \(4, 10\)\), the "
+                       r"student's 5 \(shape \(4, 5\)\).*num_classes in student\.model\.args"):  # fmt: skip
+        kd_divergence(student, teacher, 4.0)
+    with pytest.raises(TargetMismatchError, match=r"have 10 classes"):
+        kd_divergence(student, ProbabilityEnsemble(torch.zeros(2, 4, 10)), 4.0)
+    topk = TopKLogits(torch.zeros(4, 6), torch.zeros(4, 6, dtype=torch.long), torch.zeros(4, 1), (1.0,))
+    with pytest.raises(TargetMismatchError, match=r"keeps 6 classes per sample, more than the student's 5"):
+        kd_divergence(student, topk, 1.0)
+    with pytest.raises(TargetMismatchError, match=r"is a dict, not decoded logits"):
+        kd_divergence(student, {"logits": torch.zeros(4, 5)}, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "message"),
+    [
+        (torch.zeros(3, 5), torch.tensor([0, 1, 2]), r"the student outputs 5 classes .* build the student with "
+         r"num_classes=10 \(a pipeline passes data.num_classes"),
+        (torch.zeros(3, 10), torch.tensor([0, -100, 12]), r"the labels reach class 12, but the task has 10 classes"),
+    ],
+    ids=["student-width", "label-past-classes"],
+)  # fmt: skip
+def test_a_student_or_labels_that_do_not_fit_the_class_count_are_refused(logits, labels, message):
+    setup = LossSetup(num_classes=10)
+    with pytest.raises(ConfigError, match=message):
+        check_task_classes(logits, labels, setup)
+    if logits.shape[1] != 10:  # the ce term checks the width itself: cross-entropy raised IndexError here
+        with pytest.raises(ConfigError, match=message):
+            build_objective([("ce", 1.0, {})], setup)(StepOutputs(logits=logits, labels=labels))
+    check_task_classes(torch.zeros(3, 10), torch.tensor([9, -100, 0]), setup)  # fits: ignore_index is no class
+    check_task_classes(torch.zeros(2, 7, 10), torch.tensor([[9] * 7] * 2), LossSetup(10, task="language-model"))
 
 
 def test_kd_ignores_masked_pixels_for_dense_outputs():

@@ -30,8 +30,13 @@ def test_every_shipped_pipeline_validates():
         ({"data__dataset": "mnist"}, r"unknown dataset 'mnist'.*Valid choices: digits, .*hdf5"),
         ({"cache__shard_samples": 100}, r"shard_samples must be a power of two"),
         ({"data__num_classes": 1}, r"data\.num_classes: Input should be greater than 1"),
+        ({"views": {"eval": []}}, r"views\.eval: views\.eval is an empty list: list at least one torchvision step"),
+        ({"views": {"pipeline": []}}, r"views\.pipeline: views\.pipeline is an empty list"),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-model", "typo-model", "unknown-dataset", "shard-not-pow2", "one-class"],
+    ids=[
+        *("unknown-key", "wrong-type", "unknown-model", "typo-model", "unknown-dataset", "shard-not-pow2"),
+        *("one-class", "empty-eval", "empty-pipeline"),
+    ],
 )
 def test_invalid_values_are_explained(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):

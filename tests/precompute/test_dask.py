@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -133,3 +134,30 @@ def test_a_local_cluster_gives_back_the_thread_settings_its_nannies_set(monkeypa
     with dask_client(workers=1):
         assert os.environ["OMP_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in os.environ and "MKL_NUM_THREADS" not in os.environ
+
+
+def _exit_slowly(seconds: float) -> None:
+    """Run on a worker: make its interpreter's exit take ``seconds``, as torch's teardown does on a loaded machine."""
+    import atexit
+    import time
+
+    atexit.register(time.sleep, seconds)
+
+
+def test_closing_a_local_cluster_prints_no_nanny_warnings():
+    """An idle worker slower to exit than the nanny's 4 s grace used to print ``distributed.nanny - WARNING - Worker
+    process still alive after 4.0 seconds, killing`` at the end of every run on a loaded machine."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.addHandler(handler)
+    try:
+        with dask_client(workers=1) as client:
+            client.run(_exit_slowly, 6.0)
+            address = next(iter(client.scheduler_info()["workers"]))
+        assert nanny.getEffectiveLevel() <= logging.WARNING  # quiet during the close only
+    finally:
+        nanny.removeHandler(handler)
+    assert address.startswith("tcp://")
+    assert [r.getMessage() for r in records] == []

@@ -132,7 +132,7 @@ def test_credentials_in_storage_options_are_used_but_never_pickled(s3_store, dig
     copy = pickle.loads(blobs[1])  # a DataLoader worker's copy reads with its own (environment) credentials
     kept = copy.readers["logits"]["logits"].location.storage_options
     assert kept == {"use_listings_cache": False, **S3_DEFAULTS}  # the defaults, without the credentials
-    assert np.array_equal(copy[order].targets["logits"]["logits"], data[order].targets["logits"]["logits"])
+    assert np.array_equal(copy[order].stored["logits"]["logits"], data[order].stored["logits"]["logits"])
 
 
 def test_dask_tasks_carry_no_credentials(s3_store, tmp_path):
@@ -160,11 +160,11 @@ def test_streamed_s3_targets_reach_forked_dataloader_workers(s3_store, digits_sm
         digits_small, open_cache(s3_store), teacher="t4", targets=["logits"], views=views_module, ram_budget_bytes=0
     )
     assert not data.readers["logits"]["logits"].in_memory
-    whole = data[np.arange(300)].targets["logits"]["logits"]
+    whole = data[np.arange(300)].stored["logits"]["logits"]
     loader = batch_loader(data, batch_size=64, seed=0, num_workers=2)
     set_loader_epoch(loader, 1)
     seen = []
     for batch in loader:
-        assert torch.equal(batch.targets["logits"]["logits"], whole[batch.indices])
+        assert torch.equal(batch.stored["logits"]["logits"], whole[batch.indices])
         seen += batch.indices.tolist()
     assert sorted(seen) == list(range(300))

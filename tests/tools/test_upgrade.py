@@ -52,7 +52,7 @@ def test_the_upgraded_store_equals_a_fresh_one_except_the_old_log_sum_exp(v1, tm
             if name != "teachers/golden/logits_topk/lse":  # format 1 took it over the float32 logits
                 np.testing.assert_array_equal(mine[name][:], array[:])
     data = CachedDataset(golden_dataset(), upgraded, teacher="golden", targets=["logits"], views=golden_views())
-    assert data[np.arange(40)].targets["logits"]["logits"].shape == (40, 5)
+    assert data[np.arange(40)].stored["logits"]["logits"].shape == (40, 5)
 
 
 def test_an_upgrade_refuses_another_dataset_and_leaves_the_store_as_it_was(v1):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kdcache.errors import PerformanceWarning
+from kdcache.errors import PerformanceWarning, UndecodedBatchError
+from kdcache.losses import kd_divergence
 from kdcache.store import open_cache
 from kdcache.targets import build_target
 from kdcache.train import BlockShuffleSampler, CachedDataset
@@ -45,6 +46,25 @@ def test_default_collation_equals_the_batch_path(store, digits_small, views, wor
         assert batch.labels.tolist() == reference.labels.tolist()
         seen.append(batch.indices.numpy())
     assert sorted(np.concatenate(seen).tolist()) == list(range(len(digits_small)))
+
+
+def test_targets_read_before_to_device_are_refused_with_the_fix(store, digits_small, views, teacher):
+    """A new user's loop that forgets ``.to(device)``: the targets are int8 codes, so reading them is refused with
+    what to call, instead of ``AttributeError: 'dict' object has no attribute 'float'`` inside the loss."""
+    train = CachedDataset(digits_small, open_cache(store), views=views)
+    items = next(iter(DataLoader(train, batch_size=16, sampler=BlockShuffleSampler(train, seed=0))))
+    batch = train.as_batch(items)
+    assert batch.stored["logits_int8"]["logits_int8/q"].dtype == torch.int8  # what the store holds, still encoded
+    with pytest.raises(UndecodedBatchError, match=r"\['logits_int8'\] are still the store's encoded arrays; call "
+                       r"batch = batch.to\(device\) first"):  # fmt: skip
+        kd_divergence(teacher(batch.inputs), batch.targets["logits_int8"], 4.0)
+    moved = batch.to("cpu")
+    assert moved.targets["logits_int8"].shape == (16, 10) and moved.targets["logits_int8"].dtype == torch.float32
+    again = moved.to("cpu")  # moving a decoded batch keeps its targets
+    torch.testing.assert_close(again.targets, moved.targets, rtol=0, atol=0)
+    with torch.no_grad():
+        loss = float(kd_divergence(teacher(moved.inputs), moved.targets["logits_int8"], 4.0))
+    assert 0 <= loss < 1e-3  # the teacher against its own int8-cached logits of the same views
 
 
 def test_streamed_per_sample_reads_warn_unless_block_sampled(store, digits_small, views):

@@ -116,8 +116,9 @@ def test_a_cache_refuses_fresh_views_other_view_specs_and_drifted_parameters(ech
     cache = open_cache(echo_store)
     with pytest.raises(ConfigError, match=r"policy 'fresh' draws views a cache does not hold"):
         CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=4), policy="fresh")
-    with pytest.raises(StoreMismatchError, match=r"cached with other views: count: store has 4, expected 8"):
+    with pytest.raises(StoreMismatchError, match=r"cached with other views: count: store 4, now 8\. Pass") as raised:
         CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=8))
+    assert "views= in Python" in str(raised.value)  # a Python caller is told the parameter, not only the YAML key
 
     class Drifted(type(transform())):
         """Same spec, but one number drawn differently: what another RNG or transform code would do."""

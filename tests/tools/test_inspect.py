@@ -22,7 +22,7 @@ def test_breakdown_attributes_every_byte_and_plots(tmp_path, teacher, digits_sma
     assert list(rows["t8"]) == ["logits", "logits_topk/indices", "logits_topk/lse", "logits_topk/values"]
     assert rows["t8"]["logits"] * n == cache.array_bytes("teachers/t8/logits")
     assert (
-        set(rows[SHARED]) == {"samples/index", "samples/label", "samples/digest", OVERHEAD}
+        set(rows[SHARED]) == {"samples/index", "samples/label", "samples/digest", "samples/view_digest", OVERHEAD}
         and rows[SHARED][OVERHEAD] > 0
     )
     total = sum(size for row in rows.values() for size in row.values())

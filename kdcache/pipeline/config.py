@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kdcache.errors import ConfigError, RegistryError
+from kdcache.errors import ConfigError, RegistryError, UnsafeNameError
+from kdcache.names import check_name
 from kdcache.registry import RegisteredEntry
 from kdcache.targets import TARGETS, build_target
 from kdcache.train import LossConfig, StageConfig
@@ -169,7 +170,15 @@ class EnsembleConfig(Section):
     def _distinct(cls, members: list[str]) -> list[str]:
         if len(set(members)) != len(members):
             raise ValueError(f"ensemble members must be distinct teacher names, got {members}")
-        return members
+        return [_teacher_name(m) for m in members]
+
+
+def _teacher_name(name: str) -> str:
+    """A teacher name is one plain level of the store (refused at load, before any store is touched)."""
+    try:
+        return check_name(name, what="teacher", levels=False)
+    except UnsafeNameError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class TeacherConfig(Section):
@@ -178,6 +187,11 @@ class TeacherConfig(Section):
     checkpoint: Path | None = None
     train: TrainConfig | None = None
     ensemble: EnsembleConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _teacher_name(name)
 
 
 class CheckpointConfig(Section):
@@ -237,6 +251,7 @@ class VariantConfig(Section):
 
 
 SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
+SEED_LIMIT = 2**32  # the range every generator a run seeds accepts (numpy's legacy one is the narrowest)
 
 
 class RunSettings(Section):
@@ -244,7 +259,7 @@ class RunSettings(Section):
 
     name: str
     method: str = "distill"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
     device: str = "cpu"
     output_dir: Path | None = None
     data: DataConfig

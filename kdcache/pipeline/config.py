@@ -259,12 +259,22 @@ class RunSettings(Section):
 
     name: str
     method: str = "distill"
-    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    seed: int = 0
     device: str = "cpu"
     output_dir: Path | None = None
     data: DataConfig
     views: ViewsConfig = ViewsConfig()
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, seed: Any) -> Any:
+        """Refused here rather than by ``torch.manual_seed`` or numpy later, with a ValueError traceback."""
+        if isinstance(seed, int | float) and not 0 <= seed < SEED_LIMIT:
+            raise ValueError(
+                f"seed {seed!r} is outside 0..{SEED_LIMIT - 1}, the range every generator a run seeds accepts"
+            )
+        return seed
 
     @property
     def out(self) -> Path:

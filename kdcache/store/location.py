@@ -100,8 +100,15 @@ class StoreLocation:
         path = self._path(key)
         if self.is_local:
             data = _read_regular_file(path, limit, lambda why: self._refusal(key, why))
-        else:
-            data = bytes(self.fs.cat_file(path) if limit is None else self.fs.cat_file(path, start=0, end=limit + 1))
+        elif limit is None:
+            data = bytes(self.fs.cat_file(path))
+        else:  # the stated size first (one HEAD, as an unranged read makes too), then at most limit + 1 bytes
+            size = int(self.fs.size(path))
+            if size > limit:
+                raise self._refusal(
+                    key, f"is {size:,} bytes, over the {limit:,}-byte limit kdcache reads for this file"
+                )
+            data = bytes(self.fs.cat_file(path, start=0, end=limit + 1))
         if limit is not None and len(data) > limit:
             raise self._refusal(key, f"holds more than {limit:,} bytes, the most kdcache reads for this file")
         return data

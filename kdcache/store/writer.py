@@ -273,7 +273,8 @@ class StoreBuilder:
     # ---------------------------------------------------------------- publishing
     def publish(self) -> None:
         """Write the group attributes that let plain zarr users see what the store is, then the manifest, sealed,
-        with every ``zarr.json`` document pinned in it."""
+        with every ``zarr.json`` document pinned in it and another writer's published records merged in
+        (:mod:`kdcache.store.merge`)."""
         with io_errors(self.location, "publishing the manifest"):
             self.manifest = merge_published(self.location, self.manifest)
             self._write_group_attributes()

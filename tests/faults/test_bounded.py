@@ -203,3 +203,22 @@ def test_a_pipeline_path_that_is_not_a_small_regular_file_is_refused(tmp_path, k
     else:
         path.write_text(path.read_text() + "#" * (1 << 20))
     check(f"pipeline-file-{kind}", lambda: load_pipeline(path), str(path))
+
+
+S3_FAULTS = {
+    f"s3-zarr.json-{name}": (ZARR_JSON, damage, phrase)
+    for name, (damage, phrase) in ZARR_JSON_FAULTS.items()
+    if name in ("over-1-MiB", "100000-nested-arrays")
+} | {"s3-manifest-more-records-than-shards": (MANIFEST, *MANIFEST_FAULTS["more-records-than-shards"])}
+
+
+@pytest.mark.parametrize("case", sorted(S3_FAULTS))
+def test_an_untrusted_store_on_s3_is_read_within_bounds(s3_env, store_copy, case):
+    """The same limits on an object store (moto), where a size is what the server states for the object."""
+    import s3fs
+
+    key, damage, phrase = S3_FAULTS[case]
+    damage(store_copy / key)
+    url = f"s3://bucket/{case}/store.zarr"
+    s3fs.S3FileSystem().put(str(store_copy), url.removeprefix("s3://"), recursive=True)
+    check(case, lambda: open_cache(url), url, key, phrase)

@@ -90,17 +90,29 @@ def process_start(pid: int) -> int | None:
     """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if unknown.
     A pid reused by another process after the owner died has another start time."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
-        return int(fields[19])
+        return int(_proc_stat(pid)[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); ``OSError`` without procfs."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet: ``kill(pid, 0)`` still succeeds, but it writes nothing."""
+    try:
+        return _proc_stat(pid)[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def owner_alive(holder: dict[str, Any]) -> bool:
     """The lock's owner is provably alive: on this host, in this boot, its pid running with its start time (locks
     of older kdcache versions, which record neither: its pid running)."""
-    if holder.get("host") != socket.gethostname() or not _alive(holder.get("pid")):
+    if holder.get("host") != socket.gethostname() or not _alive(holder.get("pid")) or _zombie(holder["pid"]):
         return False
     recorded = holder.get("boot_id")
     if recorded is not None and recorded != boot_id():

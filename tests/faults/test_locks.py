@@ -133,3 +133,24 @@ def test_two_writers_with_break_lock_in_between_lose_nothing(tmp_path, teacher_f
 def run_reference(path: Path, weights: Path) -> Path:
     run(str(path), str(weights), slow=False, break_lock=False)
     return path
+
+
+def test_the_lock_of_a_killed_writer_not_yet_reaped_is_stale(tmp_path):
+    """A SIGKILLed owner its parent has not waited for is a zombie: ``kill(pid, 0)`` succeeds, yet it writes nothing."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        plant_lock(tmp_path, pid=child.pid, started=process_start(child.pid))
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        outcome = Outcome("locks", "stale-lock-of-an-unreaped-killed-writer")
+        holder = take(tmp_path)
+        outcome.recovered = holder["pid"] == os.getpid() and holder["token"] != "planted"
+    finally:
+        child.wait()
+    assert record(outcome).passed, (outcome, holder)

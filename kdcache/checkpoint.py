@@ -3,9 +3,11 @@ the digest of a state dict that fingerprints a teacher without building it."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,18 +17,44 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from kdcache.errors import CheckpointError
+from kdcache.errors import CheckpointError, StoreIOError
 
 
 def save_model(model: nn.Module, path: str | Path, *, spec: dict[str, Any]) -> Path:
     """Write the model's state dict and its architecture ``spec`` (JSON metadata) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return write_safetensors(path, tensors, {"kdcache.spec": json.dumps(spec, sort_keys=True)})
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: into a temp file next to ``path``, then ``os.replace``. A failure (a full
+    disk) leaves the previous file intact, removes the temp file and is a :class:`StoreIOError` naming the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file(tensors, tmp, metadata={"kdcache.spec": json.dumps(spec, sort_keys=True)})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreIOError(_describe_write_error(path, exc)) from None
     return path
+
+
+def _describe_write_error(path: Path, exc: BaseException) -> str:
+    """What failed while writing ``path``, and that the previous file (if any) is untouched."""
+    found = re.search(r"os error (\d+)", str(exc))
+    code = getattr(exc, "errno", None) or (int(found.group(1)) if found else None)
+    why = (
+        "no space is left on the device (or quota)"
+        if code in (errno.ENOSPC, errno.EDQUOT)
+        else f"{type(exc).__name__}: {exc}"
+    )
+    kept = "the previous file there is intact" if path.exists() else "nothing was written there"
+    return (
+        f"writing {str(path)!r} failed: {why}; {kept}. Free space (or fix the directory's permissions), then re-run; "
+        "training checkpoints resume with --resume from the previous one"
+    )
 
 
 def read_spec(path: str | Path) -> dict[str, Any]:

@@ -8,7 +8,23 @@ from __future__ import annotations
 
 
 class KdcacheError(Exception):
-    """Base class of every error kdcache raises on purpose."""
+    """Base class of every error kdcache raises on purpose.
+
+    An error raised in a DataLoader worker reaches the main process re-created by torch as ``type(msg)``, with the
+    worker's whole traceback in ``msg``; such an error keeps its own message (the traceback is moved to
+    ``worker_traceback``), so the user sees the one line kdcache wrote, whichever process raised it.
+    """
+
+    worker_traceback: str = ""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith(f"Caught {type(self).__name__} in "):
+            marker = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+            head, found, message = args[0].rpartition(marker)
+            if found:
+                self.worker_traceback = head
+                args = (message.removesuffix("\n"),)
+        super().__init__(*args)
 
 
 class ConfigError(KdcacheError, ValueError):

@@ -17,11 +17,19 @@ Compressor = Literal["none", "lz4", "zstd"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-def check_name(name: str, *, what: str) -> str:
+def check_name(name: str, *, what: str, levels: bool = True) -> str:
     """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
 
     ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.
+    With ``levels=False`` (a teacher: one group of the store) the name is one level: ``cnn64/logits`` would nest
+    inside another teacher's arrays.
     """
+    if not levels and "/" in name:
+        raise UnsafeNameError(
+            f"{what} name {name!r} is not allowed: it is one level of the store, so it may not contain '/' (it would "
+            "nest inside another name's arrays); use letters, digits, '_', '.', '-', e.g. "
+            f"{name.replace('/', '-')!r}"
+        )
     segments = name.split("/")
     if not name or name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
         raise UnsafeNameError(

@@ -151,7 +151,7 @@ class RegisteredEntry(BaseModel):
     """A config entry that names a registered kind (``{name: kd, temperature: 4}``); its other keys are validated
     by that kind's ``Params`` model, so a misspelt key is an error that lists the valid ones."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)  # finite weights only
     _registry: ClassVar[Registry[Any]]
     _key: ClassVar[str] = "name"
 

@@ -17,7 +17,7 @@ from kdcache.registry import Registry
 class LossParams(BaseModel):
     """Base of every loss's parameters: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # a NaN temperature trains NaNs
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kdcache.errors import ConfigError, RegistryError
+from kdcache.errors import ConfigError, RegistryError, UnsafeNameError
+from kdcache.names import check_name
 from kdcache.registry import RegisteredEntry
 from kdcache.targets import TARGETS, build_target
 from kdcache.train import LossConfig, StageConfig
@@ -176,7 +177,15 @@ class EnsembleConfig(Section):
     def _distinct(cls, members: list[str]) -> list[str]:
         if len(set(members)) != len(members):
             raise ValueError(f"ensemble members must be distinct teacher names, got {members}")
-        return members
+        return [_teacher_name(m) for m in members]
+
+
+def _teacher_name(name: str) -> str:
+    """A teacher name is one plain level of the store (refused at load, before any store is touched)."""
+    try:
+        return check_name(name, what="teacher", levels=False)
+    except UnsafeNameError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class TeacherConfig(Section):
@@ -185,6 +194,11 @@ class TeacherConfig(Section):
     checkpoint: Path | None = None
     train: TrainConfig | None = None
     ensemble: EnsembleConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _teacher_name(name)
 
 
 class CheckpointConfig(Section):
@@ -244,6 +258,7 @@ class VariantConfig(Section):
 
 
 SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
+SEED_LIMIT = 2**32  # the range every generator a run seeds accepts (numpy's legacy one is the narrowest)
 
 
 class RunSettings(Section):
@@ -257,6 +272,16 @@ class RunSettings(Section):
     data: DataConfig
     views: ViewsConfig = ViewsConfig()
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, seed: Any) -> Any:
+        """Refused here rather than by ``torch.manual_seed`` or numpy later, with a ValueError traceback."""
+        if isinstance(seed, int | float) and not 0 <= seed < SEED_LIMIT:
+            raise ValueError(
+                f"seed {seed!r} is outside 0..{SEED_LIMIT - 1}, the range every generator a run seeds accepts"
+            )
+        return seed
 
     @property
     def out(self) -> Path:

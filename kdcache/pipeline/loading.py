@@ -6,23 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from kdcache.errors import ConfigError
 from kdcache.pipeline.config import PipelineConfig, RunSettings
 from kdcache.pipeline.methods import METHODS
+from kdcache.pipeline.yamlsafe import load_yaml, read_yaml_file
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
     """Read and validate a pipeline YAML; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (name, data, teacher, student, ...)")
     for item in overrides or []:
@@ -64,9 +59,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
     last = keys[-1]
     if isinstance(node, list):
-        node[int(last)] = yaml.safe_load(value)
+        node[int(last)] = load_yaml(value, f"override {item!r}")
     else:
-        node[last] = yaml.safe_load(value)
+        node[last] = load_yaml(value, f"override {item!r}")
 
 
 def _describe(exc: ValidationError, root: type[BaseModel]) -> str:

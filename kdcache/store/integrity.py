@@ -9,13 +9,13 @@ the shard, the samples it holds and the fix.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import numpy as np
 
 from kdcache.errors import CorruptShardError, StoreFormatError
 from kdcache.fingerprint import json_differences, json_text
+from kdcache.store.bounded import ZARR_JSON_MAX_BYTES, load_json
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
@@ -36,9 +36,13 @@ def corrupt_shard(
 def check_digest(location: StoreLocation, path: str, index: int, start: int, stop: int, digest: FileDigest) -> None:
     """Read one committed shard file and compare its size and SHA-256 with its record."""
     try:
-        raw = location.read_bytes(digest.key)
+        raw = location.read_bytes(digest.key, limit=digest.nbytes)
     except FileNotFoundError:
         raise corrupt_shard(location.url, path, index, start, stop, digest, None) from None
+    except StoreFormatError:  # not a regular file, or more bytes than recorded: refused before it is read
+        size = location.size(digest.key)
+        raise corrupt_shard(location.url, path, index, start, stop, digest, size, ", not read (not a regular file "
+                            "or larger than recorded)") from None  # fmt: skip
     if len(raw) != digest.nbytes:
         raise corrupt_shard(location.url, path, index, start, stop, digest, len(raw))
     actual = hashlib.sha256(raw).hexdigest()
@@ -122,8 +126,11 @@ def differences(expected: Any, found: Any) -> list[str]:
 
 
 def read_document(location: StoreLocation, key: str) -> Any:
+    """A ``zarr.json`` document, read within :data:`ZARR_JSON_MAX_BYTES` and parsed with bounded nesting."""
     try:
-        return json.loads(location.read_bytes(key))
+        return load_json(location.read_bytes(key, limit=ZARR_JSON_MAX_BYTES), f"store {location.url!r}: {key}")
+    except StoreFormatError:
+        raise
     except (FileNotFoundError, ValueError) as exc:
         raise StoreFormatError(f"store {location.url!r}: {key} is missing or unreadable ({exc})") from None
 

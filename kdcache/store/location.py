@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import errno
 import os
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 from zarr.abc.store import Store
 
-from kdcache.errors import ConfigError, KdcacheError, StoreIOError
+from kdcache.errors import ConfigError, KdcacheError, StoreFormatError, StoreIOError
 
 CREDENTIAL_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"})
 TEMP_SUFFIX = ".partial"
@@ -90,9 +91,33 @@ class StoreLocation:
     def exists(self, key: str = "") -> bool:
         return bool(self.fs.exists(self._path(key) if key else self.root))
 
-    def read_bytes(self, key: str) -> bytes:
-        """The object's bytes; ``FileNotFoundError`` if it does not exist."""
-        return bytes(self.fs.cat_file(self._path(key)))
+    def read_bytes(self, key: str, *, limit: int | None = None) -> bytes:
+        """The object's bytes; ``FileNotFoundError`` if it does not exist.
+
+        A store's files come from anyone, so a local key must be a regular file (not a FIFO, a device or a symlink
+        to one: reading those blocks or never ends), and with ``limit`` no more than ``limit`` bytes are read: a
+        larger object is a :class:`StoreFormatError` naming the key and the limit, raised before it is read."""
+        path = self._path(key)
+        if self.is_local:
+            data = _read_regular_file(path, limit, lambda why: self._refusal(key, why))
+        elif limit is None:
+            data = bytes(self.fs.cat_file(path))
+        else:  # the stated size first (one HEAD, as an unranged read makes too), then at most limit + 1 bytes
+            size = int(self.fs.size(path))
+            if size > limit:
+                raise self._refusal(
+                    key, f"is {size:,} bytes, over the {limit:,}-byte limit kdcache reads for this file"
+                )
+            data = bytes(self.fs.cat_file(path, start=0, end=limit + 1))
+        if limit is not None and len(data) > limit:
+            raise self._refusal(key, f"holds more than {limit:,} bytes, the most kdcache reads for this file")
+        return data
+
+    def _refusal(self, key: str, why: str) -> StoreFormatError:
+        return StoreFormatError(
+            f"store {self.url!r}: {key} {why}. Real stores stay far below kdcache's limits, so the file is damaged "
+            "or was planted: restore it from a copy of the store or rebuild the store with `kdcache precompute`"
+        )
 
     def size(self, key: str) -> int | None:
         """Size in bytes, or ``None`` when the object does not exist."""
@@ -206,6 +231,21 @@ def describe_io_error(location: StoreLocation, action: str, exc: BaseException) 
         why = f"{type(exc).__name__}: {exc}"
         fix = "check the path or endpoint and the network; transient errors were already retried. Committed shards are kept"
     return f"{action} failed for store {location.url!r}: {why}. To fix: {fix}"
+
+
+def _read_regular_file(path: str, limit: int | None, refuse: Callable[[str], Exception]) -> bytes:
+    """Read a local file that must be regular and (with ``limit``) at most ``limit`` bytes: opened without blocking
+    (a FIFO would wait for a writer) and checked on the open descriptor, so a swap after the check changes nothing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse(
+                f"is not a regular file (mode {stat.filemode(info.st_mode)}); a store holds only regular files"
+            )
+        if limit is not None and info.st_size > limit:
+            raise refuse(f"is {info.st_size:,} bytes, over the {limit:,}-byte limit kdcache reads for this file")
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 def _without_credentials(url: str) -> str:

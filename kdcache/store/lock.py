@@ -2,8 +2,10 @@
 
 zarr rewrites a whole shard on any write, so two stage-one runs on one store could silently lose each other's
 shards. The lock is created with an exclusive create (``O_EXCL`` on local disk, a conditional PUT on object stores)
-and names its owner. A lock whose owner died (SIGKILL, power loss) stays until it is broken explicitly with
-``--break-lock``: kdcache says when the owner is provably gone, but never takes over a store on a guess.
+and names its owner: host, boot id, pid and the process's start time. A lock whose owner died (SIGKILL, power loss)
+stays until it is broken explicitly with ``--break-lock``: kdcache says when the owner is provably gone, but never
+takes over a store on a guess, and never from a writer alive on this host (same boot, same pid, same start time: a
+reused pid is not the owner).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uuid
 from typing import Any
 
 from kdcache.errors import StoreLockedError
+from kdcache.store.bounded import LOCK_MAX_BYTES
 from kdcache.store.location import StoreLocation
 
 LOCK_KEY = ".kdcache/lock"
@@ -35,7 +38,9 @@ class StoreLock:
         self.break_lock = break_lock
         self.owner = {
             "host": socket.gethostname(),
+            "boot_id": boot_id(),
             "pid": os.getpid(),
+            "started": process_start(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "token": uuid.uuid4().hex,
         }
@@ -47,6 +52,13 @@ class StoreLock:
         holder = self.holder()
         if not self.break_lock:
             raise StoreLockedError(describe_holder(self.location, holder))
+        if owner_alive(holder):
+            raise StoreLockedError(
+                f"store {self.location.url!r} is being written by {_who(holder)}, which is alive on this host: "
+                f"--break-lock takes over only the lock of a writer that is gone, since both would publish the "
+                f"manifest and one would lose the other's records. Wait for pid {holder.get('pid')} to finish, or "
+                f"stop it (kill {holder.get('pid')}) and re-run with --break-lock. Committed shards are kept"
+            )
         log.warning("breaking the lock of %s held by %s", self.location.url, _who(holder))
         self.location.delete(LOCK_KEY)
         if not self.location.create_exclusive(LOCK_KEY, body):
@@ -60,14 +72,58 @@ class StoreLock:
     def holder(self) -> dict[str, Any]:
         """The current lock's owner record (empty if there is no lock or it is unreadable)."""
         try:
-            return json.loads(self.location.read_bytes(LOCK_KEY))
+            return json.loads(self.location.read_bytes(LOCK_KEY, limit=LOCK_MAX_BYTES))
         except (FileNotFoundError, ValueError):
             return {}
 
 
+def boot_id() -> str:
+    """This boot's id (Linux); empty where the system has none. A pid names a process only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if unknown.
+    A pid reused by another process after the owner died has another start time."""
+    try:
+        return int(_proc_stat(pid)[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); ``OSError`` without procfs."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet: ``kill(pid, 0)`` still succeeds, but it writes nothing."""
+    try:
+        return _proc_stat(pid)[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def owner_alive(holder: dict[str, Any]) -> bool:
+    """The lock's owner is provably alive: on this host, in this boot, its pid running with its start time (locks
+    of older kdcache versions, which record neither: its pid running)."""
+    if holder.get("host") != socket.gethostname() or not _alive(holder.get("pid")) or _zombie(holder["pid"]):
+        return False
+    recorded = holder.get("boot_id")
+    if recorded is not None and recorded != boot_id():
+        return False
+    started = holder.get("started")
+    return started is None or started == process_start(holder["pid"])
+
+
 def describe_holder(location: StoreLocation, holder: dict[str, Any]) -> str:
     """Who holds the lock, whether it is provably dead, and what to do."""
-    dead = holder.get("host") == socket.gethostname() and not _alive(holder.get("pid"))
+    dead = holder.get("host") == socket.gethostname() and not owner_alive(holder)
     state = (
         "that process is no longer running on this host, so the lock is stale"
         if dead
@@ -87,7 +143,7 @@ def _who(holder: dict[str, Any]) -> str:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # 0 and -1 would signal groups, not a process
         return False
     try:
         os.kill(pid, 0)

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kdcache.errors import StoreFormatError, StoreNotFoundError
 from kdcache.fingerprint import canonical_digest
+from kdcache.store.bounded import (
+    COMMIT_MAX_BYTES,
+    MANIFEST_MAX_BYTES,
+    MAX_COMMIT_RECORDS,
+    commit_records,
+    load_json,
+    manifest_limit,
+)
 from kdcache.store.layout import COMMITS_PREFIX, FORMAT_VERSION, MANIFEST_KEY
 from kdcache.store.location import StoreLocation
 
@@ -110,7 +118,7 @@ def read_manifest(location: StoreLocation, *, upgrading: bool = False) -> Manife
     """Load and validate the manifest; the error says whether the store is missing, foreign or too new (a format-1
     manifest is read only when ``upgrading``)."""
     try:
-        raw = location.read_bytes(MANIFEST_KEY)
+        raw = location.read_bytes(MANIFEST_KEY, limit=MANIFEST_MAX_BYTES)
     except FileNotFoundError:
         what = "holds no kdcache manifest" if location.exists() else "does not exist"
         raise StoreNotFoundError(
@@ -126,10 +134,15 @@ def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool =
 
     A manifest of format 2 or later must hash to its own ``digest``; an edit names the records it changed. A store of
     an older format is refused with the way to upgrade it, unless ``upgrading`` (what ``kdcache upgrade`` reads)."""
+    if len(raw) > MANIFEST_MAX_BYTES:
+        _refuse(key, f"is {len(raw):,} bytes, over the {MANIFEST_MAX_BYTES:,}-byte limit for a manifest")
+    if (records := commit_records(raw)) > MAX_COMMIT_RECORDS:
+        _refuse(key, f"holds {records:,} commit records, over the limit of {MAX_COMMIT_RECORDS:,}")
     try:
-        data = json.loads(raw)
+        data = load_json(raw, key)
     except json.JSONDecodeError as exc:
         raise StoreFormatError(f"{key} is not valid JSON ({exc}); the store is damaged") from None
+    _check_bounds(data, len(raw), key)
     version = data.get("format_version") if isinstance(data, dict) else None
     if version == 1 and not upgrading:
         raise StoreFormatError(
@@ -155,6 +168,41 @@ def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool =
     if version != 1:
         _check_digest(manifest, key)
     return manifest
+
+
+def _check_bounds(data: Any, size: int, key: str) -> None:
+    """Before pydantic builds a record: the shard count is in range, no owner lists more commit records than there
+    are shards, and the manifest weighs no more than its shard count allows (:mod:`kdcache.store.bounded`)."""
+    if not isinstance(data, dict):
+        return  # the schema check names it
+    num, shard = data.get("num_samples"), data.get("shard_samples")
+    if not (isinstance(num, int) and isinstance(shard, int) and num >= 0 and shard > 0):
+        return
+    shards = -(-num // shard)
+    teachers = data.get("teachers") if isinstance(data.get("teachers"), dict) else {}
+    owners = {"samples": data.get("samples"), **{f"teachers/{n}": t for n, t in teachers.items()}}
+    counts = {
+        o: len(r["shards"]) for o, r in owners.items() if isinstance(r, dict) and isinstance(r.get("shards"), list)
+    }
+    limit = manifest_limit(shards, len(owners))
+    layout = f"num_samples {num:,} in shards of shard_samples {shard:,}"
+    if shards > MAX_COMMIT_RECORDS:
+        _refuse(key, f"declares {shards:,} shards ({layout}), over the limit of {MAX_COMMIT_RECORDS:,}")
+    for owner, count in counts.items():
+        if count > shards:
+            _refuse(key, f"lists {count:,} commit records for {owner}, which has {shards:,} shards ({layout})")
+    if size > limit:
+        _refuse(
+            key,
+            f"is {size:,} bytes, over the {limit:,} a manifest of {shards:,} shards and {len(owners)} owners may weigh",
+        )
+
+
+def _refuse(key: str, problem: str) -> NoReturn:
+    raise StoreFormatError(
+        f"{key} {problem}: the manifest is damaged or was planted, and nothing of it was used. Restore it from a "
+        "copy of the store or rebuild the store with `kdcache precompute`"
+    )
 
 
 def _check_digest(manifest: Manifest, key: str) -> None:
@@ -217,7 +265,7 @@ def read_commits(location: StoreLocation, owner: str) -> dict[int, ShardCommit]:
         if not key.endswith(".json"):
             continue
         try:
-            commit = ShardCommit.model_validate_json(location.read_bytes(key))
+            commit = ShardCommit.model_validate_json(location.read_bytes(key, limit=COMMIT_MAX_BYTES))
         except (ValidationError, ValueError):
             continue
         if commit.owner == owner and key == commit_key(owner, commit.index):  # a record in another's file is ignored

@@ -22,6 +22,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from kdcache.errors import StoreMismatchError
 from kdcache.fingerprint import describe_difference
+from kdcache.store.integrity import read_document
 from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
 from kdcache.store.location import TEMP_SUFFIX, StoreLocation, io_errors
 from kdcache.store.manifest import (
@@ -37,6 +38,7 @@ from kdcache.store.manifest import (
     write_commit,
     write_manifest,
 )
+from kdcache.store.merge import merge_published
 
 log = logging.getLogger(__name__)
 
@@ -278,10 +280,12 @@ class StoreBuilder:
     # ---------------------------------------------------------------- publishing
     def publish(self) -> None:
         """Write the group attributes that let plain zarr users see what the store is, then the manifest, sealed,
-        with every ``zarr.json`` document pinned in it."""
+        with every ``zarr.json`` document pinned in it and another writer's published records merged in
+        (:mod:`kdcache.store.merge`)."""
         with io_errors(self.location, "publishing the manifest"):
+            self.manifest = merge_published(self.location, self.manifest)
             self._write_group_attributes()
-            pinned = {key: json.loads(self.location.read_bytes(key)) for key in self.metadata_keys()}
+            pinned = {key: read_document(self.location, key) for key in self.metadata_keys()}
             self.manifest = write_manifest(self.location, self.manifest.model_copy(update={"metadata": pinned}))
 
     def metadata_keys(self) -> list[str]:

@@ -19,9 +19,9 @@ from kdcache.registry import RegisteredEntry
 
 
 class Section(BaseModel):
-    """A frozen config section that refuses unknown keys."""
+    """A frozen config section that refuses unknown keys and NaN or infinite numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `.nan` would train NaNs
 
 
 class OptimizerConfig(Section):

@@ -4,14 +4,14 @@ safetensors file, tensors in the body and everything else as JSON in its header.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
+from kdcache.checkpoint import write_safetensors
 from kdcache.errors import CheckpointError
 
 STATE_FORMAT = 1
@@ -28,14 +28,9 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
 
     >>> save_state("run/state.safetensors", {"optimizer": opt.state_dict(), "epoch": 3})  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {"format": STATE_FORMAT, "state": _encode(state, "", tensors)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file(tensors, tmp, metadata={_STATE_KEY: json.dumps(skeleton)})
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(Path(path), tensors, {_STATE_KEY: json.dumps(skeleton)})
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

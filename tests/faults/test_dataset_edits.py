@@ -130,20 +130,25 @@ def flip_sample_37(f) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "2-dataloader-workers"])
 @pytest.mark.parametrize("edit", [pixel_of_sample_37, flip_sample_37], ids=["one-pixel", "flipped-one"])
-def test_an_edited_data_file_is_refused_by_the_cli_without_a_traceback(tmp_path, built, edit):
+def test_an_edited_data_file_is_refused_by_the_cli_without_a_traceback(tmp_path, built, edit, workers):
+    """From a DataLoader worker too: the error line is kdcache's own message, not torch's re-raise with the worker's
+    traceback inside it."""
     path = edited_digits(tmp_path, edit)
     sets = [f"output_dir={built['output_dir']}", f"data.args.path={path}", "student.train.stages.0.epochs=1",
-            "data.max_train_samples=240", "data.max_test_samples=120", "cache.shard_samples=128"]  # fmt: skip
+            "data.max_train_samples=240", "data.max_test_samples=120", "cache.shard_samples=128",
+            f"student.train.num_workers={workers}"]  # fmt: skip
     config = tmp_path / "pipeline.yaml"
     import yaml
 
     config.write_text(yaml.safe_dump(with_changes(built)))
     result = kdcache("train", str(config), "--quiet", *with_sets(sets))
-    outcome = Outcome("dataset", f"cli-{edit.__name__}")
+    outcome = Outcome("dataset", f"cli-{edit.__name__}-{workers}w")
     outcome.detected = (
         result.returncode == 2 and "kdcache: error:" in result.stderr and "Traceback" not in result.stderr
     )
+    outcome.detected &= "DataLoader worker" not in result.stderr and 'File "' not in result.stderr
     outcome.detected &= f"sample(s) {OUTSIDE_PROBES}" in result.stderr and "no row of the store" in result.stderr
     assert record(outcome).passed, (outcome, result.returncode, result.stdout[-500:], result.stderr[-2000:])
 

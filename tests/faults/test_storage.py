@@ -126,3 +126,39 @@ def test_a_hung_s3_endpoint_fails_within_a_deadline(s3_env, monkeypatch, teacher
     outcome = Outcome("storage", f"s3-hung-endpoint-{operation}", note=f"gave up after {seconds:.1f} s")
     outcome.detected = clear_error(raised.value, url, "transient errors were already retried") and seconds < 60
     assert record(outcome).passed, (outcome, str(raised.value))
+
+
+@pytest.mark.parametrize("writer", ["training-state", "model"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, writer):
+    """A training checkpoint (or a model file) that does not fit is a StoreIOError naming the file; the previous
+    checkpoint is intact and loads, and no temp file is left behind."""
+    import torch
+
+    from kdcache.checkpoint import load_state_dict, save_model
+    from kdcache.train.statefile import load_state, save_state
+
+    def save(path: Path, values: int) -> None:
+        if writer == "model":
+            save_model(torch.nn.Linear(values, 1, bias=False), path, spec={})
+        else:
+            save_state(path, {"student": {"weight": torch.arange(values, dtype=torch.float32)}, "epoch": values})
+
+    def load(path: Path) -> torch.Tensor:  # a copy: a tensor mapped from the file would keep the disk busy
+        state = load_state_dict(path) if writer == "model" else load_state(path)["student"]
+        return state["weight"].flatten().clone()
+
+    mount = tmp_path / "small-disk"
+    mount_tmpfs(mount, 256 * 1024)
+    path = mount / "run" / "checkpoint.safetensors"
+    outcome = Outcome("storage", f"disk-full-saving-a-{writer}-checkpoint")
+    try:
+        save(path, 1000)  # 4 KB: fits
+        before, values = path.read_bytes(), load(path)
+        with pytest.raises(StoreIOError) as raised:
+            save(path, 1_000_000)  # 4 MB: does not
+        outcome.detected = clear_error(raised.value, str(path), "no space is left", "previous file there is intact")
+        outcome.bytes_lost = path.read_bytes() != before or not torch.equal(load(path), values)
+        outcome.bytes_lost |= [p.name for p in path.parent.iterdir()] != [path.name]  # no temp file left
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    assert record(outcome).passed, (outcome, str(raised.value))

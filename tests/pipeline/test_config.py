@@ -111,3 +111,45 @@ def test_a_variant_without_a_teacher_cannot_read_targets(tmp_path):
         match=r"variant 'oops', stage 0 \(main\), loss 'kd' reads teacher targets \['logits'\] but the source is none",
     ):
         parse_pipeline(pipeline_dict(tmp_path, compare=bad))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("student.train.stages.0.losses.1.weight=.nan", r"losses\.1\.weight: Input should be a finite number"),
+        ("student.train.stages.0.losses.0.weight=-.inf", r"losses\.0\.weight: Input should be a finite number"),
+        ("student.train.stages.0.losses.1.temperature=.nan", r"kd: temperature: Input should be a finite number"),
+        ("student.train.stages.0.losses.1.temperature=.inf", r"kd: temperature: Input should be a finite number"),
+        ("student.train.stages.0.optimizer.lr=.nan", r"optimizer\.lr: Input should be a finite number"),
+        ("seed=-1", r"seed: seed -1 is outside 0\.\.4294967295, the range every generator a run seeds accepts"),
+        ("seed=1.0e+23", r"seed: seed 1e\+23 is outside 0\.\.4294967295"),
+        ("teacher.name=cnn64/logits", r"teacher name 'cnn64/logits' is not allowed: .* may not contain '/'.*'cnn64-logits'"),
+        ("teacher.name=../x", r"teacher name '\.\./x' is not allowed"),
+        ("teacher.name=a b", r"teacher name 'a b' is not allowed: use letters, digits"),
+    ],
+    ids=["nan-weight", "inf-weight", "nan-temperature", "inf-temperature", "nan-lr", "negative-seed", "huge-seed",
+         "nested-teacher-name", "escaping-teacher-name", "space-in-teacher-name"],
+)  # fmt: skip
+def test_values_the_run_cannot_use_are_refused_at_load(tmp_path, override, message):
+    """``.nan`` in YAML would train a NaN student and exit 0; a seed out of range or a teacher name that nests in
+    another's arrays would fail later with a raw ValueError: all are ConfigErrors naming the file and the key."""
+    import yaml
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline_dict(tmp_path)))
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_pipeline(path, [override])
+    assert str(path) in str(raised.value)
+
+
+def test_the_largest_seed_and_finite_values_load(tmp_path):
+    cfg = parse_pipeline(pipeline_dict(tmp_path, seed=2**32 - 1, teacher__name="cnn16.v2-final"))
+    assert (cfg.seed, cfg.teacher.name) == (4294967295, "cnn16.v2-final")
+
+
+def test_ensemble_member_names_are_one_level(tmp_path):
+    raw = pipeline_dict(tmp_path)
+    raw["teacher"]["ensemble"] = {"members": ["a", "b/logits"]}
+    raw["compare"] = ["scratch", "cached"]
+    with pytest.raises(ConfigError, match=r"teacher\.ensemble\.members.*teacher name 'b/logits' is not allowed"):
+        parse_pipeline(raw)

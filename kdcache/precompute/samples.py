@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.digest import DIGEST_BYTES, sample_digests
+from kdcache.datasets.digest import DIGEST_BYTES, DIGEST_HASH, sample_digests
 from kdcache.store import SAMPLE_DIGEST, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
 from kdcache.views import ViewBatch, ViewTransform
 from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
@@ -32,7 +32,7 @@ def sample_arrays(dataset: SampleDataset, view_count: int, param_names: list[str
     specs = [ArraySpec(INDEX, (), "int64", attributes=_described(INDEX, ["sample"], "dataset index of each row"))]
     if dataset.all_labels().ndim == 1:
         specs.append(ArraySpec(LABEL, (), "int64", attributes=_described(LABEL, ["sample"], "ground-truth class")))
-    digest = "BLAKE2b-128 of each sample's input (before views) and label: dtype, shape and bytes of each"
+    digest = f"{DIGEST_HASH} of each sample's input (before views) and label: dtype, shape and bytes of each"
     specs.append(
         ArraySpec(
             SAMPLE_DIGEST, (DIGEST_BYTES,), "uint8", attributes=_described(SAMPLE_DIGEST, ["sample", "byte"], digest)

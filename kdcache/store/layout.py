@@ -15,7 +15,7 @@ MANIFEST_KEY = "kdcache.manifest.json"
 COMMITS_PREFIX = ".kdcache/commits"
 SAMPLES_OWNER = "samples"
 VIEW_PARAMS = "views/params"  # (N, V, P) float32: the numbers each augmented view was drawn with (samples owner)
-SAMPLE_DIGEST = "samples/digest"  # (N, 16) uint8: BLAKE2b-128 of each sample's source content (format 2)
+SAMPLE_DIGEST = "samples/digest"  # (N, 16) uint8: XXH3-128 of each sample's source content (BLAKE2b-128 in format 2)
 VIEW_DIGEST = "samples/view_digest"  # (N, V, 16) uint8: XXH3-128 of each view's model input (format 3)
 
 # Codecs a kdcache store may use; anything else in an array's metadata is refused when the store is opened.

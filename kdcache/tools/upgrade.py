@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
+from kdcache.datasets.digest import blake2b_sample_digests
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import StoreFormatError, StoreIncompleteError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
@@ -69,6 +70,8 @@ def upgrade_store(
             raise StoreFormatError(f"store {url!r} is already format {FORMAT_VERSION}; there is nothing to upgrade")
         _require_sound(location, manifest)
         _require_dataset(url, manifest, dataset)
+        if manifest.format_version == 2:
+            _require_format_two_digests(location, manifest, dataset, batch_size)
         views = views if views is not None else views_from_spec(manifest.views)
         old_format = manifest.format_version
         builder = StoreBuilder(
@@ -78,6 +81,7 @@ def upgrade_store(
             _describe_arrays(builder, dataset)
         described = {s.path: s for s in sample_arrays(dataset, views.count, views.param_names)}
         builder.add_sample_array(described[VIEW_DIGEST])
+        builder.describe_array(SAMPLE_DIGEST, described[SAMPLE_DIGEST].attributes)  # the digest is XXH3 now
         _write_digests(builder, dataset, views, batch_size, progress, old_format)
         builder.finalize(SAMPLES_OWNER)  # publishes the format-3 manifest, pinning every zarr.json, last
     return open_cache(url)
@@ -200,9 +204,9 @@ def _write_digests(
     """Recommit the sample arrays shard by shard with the digests a format-``old`` store lacks (the other sample
     arrays keep their bytes)."""
     cache = Cache(builder.location, builder.manifest)
-    missing = {VIEW_DIGEST} | ({SAMPLE_DIGEST} if old == 1 else set())
     readers = {path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
-               for path, rec in builder.manifest.samples.arrays.items() if path not in missing}  # fmt: skip
+               for path, rec in builder.manifest.samples.arrays.items()
+               if path != VIEW_DIGEST and (old == 2 or path != SAMPLE_DIGEST)}  # fmt: skip
     ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
     for index, (lo, hi) in enumerate(tqdm(ranges, desc="upgrade", unit="shard", disable=not progress)):
         rows: dict[str, np.ndarray] = {path: reader.read_shard(index) for path, reader in readers.items()}
@@ -213,10 +217,27 @@ def _write_digests(
                 f"samples {lo}..{hi - 1} (another view RNG or op code); the upgrade cannot record their digests. "
                 "Upgrade with the kdcache version that built the store, or rebuild it"
             )
-        rows[VIEW_DIGEST] = facts.inputs
-        if old == 1:
-            rows[SAMPLE_DIGEST] = facts.digests
+        rows[VIEW_DIGEST], rows[SAMPLE_DIGEST] = facts.inputs, facts.digests
         builder.commit(SAMPLES_OWNER, index, rows)
+
+
+def _require_format_two_digests(
+    location: StoreLocation, manifest: Manifest, dataset: SampleDataset, batch: int
+) -> None:
+    """Every sample is the one format 2 recorded (its BLAKE2b digest), before anything is re-digested or written."""
+    record = manifest.samples.arrays[SAMPLE_DIGEST]
+    stored = Cache(location, manifest).array_reader(record, SAMPLES_OWNER, in_memory=True).read_all()
+    url = location.url
+    for start in range(0, manifest.num_samples, batch):
+        indices = np.arange(start, min(start + batch, manifest.num_samples))
+        found = blake2b_sample_digests(*dataset.get_batch(indices))
+        bad = np.flatnonzero((found != stored[indices]).any(axis=1))
+        if len(bad):
+            raise StoreMismatchError(
+                f"store {url!r}: sample(s) {(indices[bad][:10]).tolist()} of the dataset given to the upgrade differ "
+                "from what the store was built from (format-2 digests in samples/digest); the upgrade records new "
+                "digests from this dataset, so it must be the one the store was built from"
+            )
 
 
 def _spec_of(record: ArrayRecord) -> ArraySpec:

@@ -115,3 +115,24 @@ def test_a_format_two_store_of_a_torchvision_pipeline_is_refused_to_be_rebuilt(t
     with pytest.raises(StoreFormatError, match=r"recorded by each step's repr.*Rebuild the store"):
         upgrade_store(str(store), golden_dataset(), views=golden_views(), progress=False)
     assert (store / "kdcache.manifest.json").read_bytes() == before  # nothing written
+
+
+def test_a_format_two_store_is_upgraded_only_from_the_samples_it_was_built_from(tmp_path):
+    """One pixel edited outside the fingerprint's probes: the format-2 (BLAKE2b) digests refuse it."""
+    from kdcache import TensorDataset
+    from kdcache.datasets.fingerprint import CONTENT_PROBES
+
+    store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
+    images, labels = golden_dataset().get_batch(np.arange(40))
+    probes = set(np.linspace(0, 39, num=CONTENT_PROBES).round().astype(int).tolist())
+    edited = next(i for i in range(40) if i not in probes)
+    images = images.clone()
+    images[edited, 0, 1, 1] += 1 / 16
+    dataset = TensorDataset(images, labels, split="train", source={"kind": "golden"})
+    before = (store / "kdcache.manifest.json").read_bytes()
+    with pytest.raises(StoreMismatchError, match=rf"sample\(s\) \[{edited}\] of the dataset given to the upgrade"):
+        upgrade_store(str(store), dataset, views=golden_views(), progress=False)
+    assert (store / "kdcache.manifest.json").read_bytes() == before  # still format 2, nothing published
+    assert (
+        upgrade_store(str(store), golden_dataset(), views=golden_views(), progress=False).manifest.format_version == 3
+    )

@@ -58,7 +58,7 @@ def _steps(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 s["digest_check_share_of_step"],
                 "<=",
                 0.02,
-                "BLAKE2b over every loaded sample's raw bytes; it grows with the input size, not the model's",
+                "XXH3-128 over every loaded sample's raw bytes; it grows with the input size, not the model's",
             )
         )
         rows.append(

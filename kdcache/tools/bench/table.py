@@ -93,7 +93,7 @@ def _steps(steps: dict[str, Any]) -> str:
 
 def _digests(d: dict[str, Any]) -> str:
     return (
-        f"\nContent checks at a real image size ({d['images']}, best of 5): per-sample digest (BLAKE2b of the uint8 "
+        f"\nContent checks at a real image size ({d['images']}, best of 5): per-sample digest (XXH3-128 of the uint8 "
         f"images) {d['sample_digest_ms_per_batch']:.1f} ms a batch, per-view digest (XXH3-128 of the float32 model "
         f"inputs) {d['view_digest_ms_per_batch']:.1f} ms a batch ({d['view_digest_gb_per_s']:.1f} GB/s, one core).\n"
     )

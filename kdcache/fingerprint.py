@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,23 @@ def json_differences(store: Any, now: Any, path: str = "") -> Iterator[tuple[str
             yield from json_differences(a, b, f"{path}[{i}]")
     elif type(store) is not type(now) or store != now:  # 1 and True are equal in Python, not in a spec
         yield path or "(value)", store, now
+
+
+def named_along(value: Any, path: str, keys: tuple[str, ...] = ("class", "function")) -> list[str]:
+    """The names (the values of ``keys``) of the objects a :func:`json_differences` path passes through, outermost
+    first: ``["torchvision.transforms.v2._misc:Lambda", "__main__:<lambda>"]`` for a lambda's changed constant."""
+    names: list[str] = []
+    for token in re.findall(r"\[(\d+)\]|([^.\[\]]+)", path):
+        if isinstance(value, dict):
+            names += [str(value[k]) for k in keys if isinstance(value.get(k), str)]
+        index, key = token
+        if index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        elif key and isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            break
+    return names
 
 
 def _without_digest(facts: dict[str, Any]) -> dict[str, Any]:

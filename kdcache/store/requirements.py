@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdcache.errors import ConfigError, StoreIncompleteError, StoreMismatchError
-from kdcache.fingerprint import describe_difference
+from kdcache.fingerprint import describe_difference, json_differences, named_along
 from kdcache.store.manifest import Manifest, TeacherRecord
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,19 @@ def require_views(manifest: Manifest, url: str, views: dict[str, Any]) -> None:
     found = manifest.views
     if found != views:
         raise StoreMismatchError(
-            f"store {url!r} was cached with other views: {describe_difference(views, found)}. Pass the views the "
-            "store was cached with (views= in Python, the views: section of a pipeline file) or rebuild the store "
-            "with these"
+            f"store {url!r} was cached with other views: {describe_difference(views, found)}{_in_step(found, views)}. "
+            "Pass the views the store was cached with (views= in Python, the views: section of a pipeline file) or "
+            "rebuild the store with these"
         )
+
+
+def _in_step(store: dict[str, Any], now: dict[str, Any]) -> str:
+    """Which step (and function) the first difference lies in, in Python terms, when it lies inside one."""
+    path = next(iter(json_differences(store, now)), ("", None, None))[0]
+    names = named_along(store, path) or named_along(now, path)
+    if not names:
+        return ""
+    leaf = path.rsplit(".", 1)[-1].split("[")[0]
+    code = leaf in ("source", "bytecode", "consts", "names")
+    what = f"the code of function {names[-1]} differs" if code else f"in {' > '.join(names)}"
+    return f" ({what})"

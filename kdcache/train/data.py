@@ -63,7 +63,7 @@ class ViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """The epoch of indices that carry none (kdcache's samplers hand each index its own epoch)."""
         self.epoch = epoch
-        self.guard.set_epoch()
+        self.guard.set_epoch(epoch)
 
     def view_ids(self, indices: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """The view each sample gets in ``epoch`` (default: the dataset's own), by the dataset's policy."""

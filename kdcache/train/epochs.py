@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import get_worker_info
 
 from kdcache.errors import ConfigError
@@ -73,16 +74,20 @@ def view_ids_for(views: object, policy: str, indices: np.ndarray, epoch: int) ->
 
 
 class EpochGuard:
-    """Refuses indices without an epoch where the dataset's own epoch may be stale (see the module docstring)."""
+    """Refuses indices without an epoch where the dataset's own epoch may be stale (see the module docstring).
+
+    Its record lives in shared memory, so every copy of the dataset — DataLoader workers of every epoch, persistent
+    or not — sees what the others served: ``state[0]`` is the epoch the main process set last, ``state[1 + i]`` one
+    more than the epoch sample ``i`` was last served at."""
 
     def __init__(self, num_samples: int, *, varies: bool) -> None:
         self.varies = varies  # whether the epoch decides any sample's view (several views, or fresh ones)
         self.known = False  # set_epoch was called on this copy (or on the dataset it was copied from)
-        self.num_samples = num_samples
-        self._seen: tuple[int, np.ndarray] | None = None
+        self.state = torch.zeros(num_samples + 1 if varies else 1, dtype=torch.int64).share_memory_()
 
-    def set_epoch(self) -> None:
+    def set_epoch(self, epoch: int) -> None:
         self.known = True
+        self.state[0] = epoch
 
     def check(self, indices: np.ndarray, epoch: int, *, per_item: bool) -> None:
         """Refuse ``indices`` (read at the dataset's own ``epoch``) when that epoch cannot be trusted."""
@@ -94,15 +99,17 @@ class EpochGuard:
                 "a DataLoader worker was asked for samples without their epoch, and set_epoch was never called on "
                 "this dataset: every epoch would train on the same view of each sample. " + FIX
             )
-        if self._seen is None or self._seen[0] != epoch:
-            self._seen = (epoch, np.zeros(self.num_samples, dtype=bool))
-        seen = self._seen[1]
-        again = indices[seen[indices]]
+        if self.known and int(self.state[0]) != epoch:
+            raise ConfigError(
+                f"this copy of the dataset reads at epoch {epoch} but set_epoch({int(self.state[0])}) was called "
+                "since: the DataLoader keeps persistent workers, whose copies never see set_epoch, so they would "
+                f"repeat epoch {epoch}'s views. {FIX}"
+            )
+        marks = self.state[1:].numpy()
+        again = indices[marks[indices] == epoch + 1]
         if len(again):
             raise ConfigError(
-                f"sample {int(again[0])} was asked for twice at epoch {epoch}: the epoch did not reach this copy of "
-                "the dataset (persistent_workers=True keeps the workers' copies at the epoch they started with; "
-                "without set_epoch every epoch is epoch 0), so later epochs would repeat epoch "
-                f"{epoch}'s views. {FIX}"
+                f"sample {int(again[0])} was asked for twice at epoch {epoch}: set_epoch was not called between "
+                f"two epochs, so later epochs would repeat epoch {epoch}'s views. {FIX}"
             )
-        seen[indices] = True
+        marks[indices] = epoch + 1

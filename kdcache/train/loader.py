@@ -35,6 +35,7 @@ def batch_loader(
     sampler = EpochBatchSampler(
         len(dataset), batch_size, seed=seed, shuffle=shuffle, block=dataset.read_block(), world=world, with_epoch=True
     )
+    sampler.views_vary = dataset.guard.varies
     return DataLoader(
         dataset,
         sampler=sampler,

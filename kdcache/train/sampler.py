@@ -89,6 +89,8 @@ class EpochBatchSampler(Sampler[np.ndarray]):
     ) -> None:
         self.world = world or World()
         self.with_epoch = with_epoch  # yield EpochBatch (indices + epoch), as batch_loader's DataLoader needs
+        self.views_vary = False  # set by batch_loader when the epoch picks views: a repeated epoch is refused
+        self._fresh = True
         if batch_size % self.world.world_size:
             raise ConfigError(
                 f"batch size {batch_size} is the global batch of all {self.world.world_size} processes and must be "
@@ -108,6 +110,7 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         """Select epoch ``epoch``; iteration starts at global batch ``start_step`` (0: the whole epoch)."""
         self.epoch = epoch
         self.start_step = start_step
+        self._fresh = True
 
     def order(self) -> np.ndarray:
         """The epoch's global sample order (identical on every rank)."""
@@ -127,6 +130,7 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         return int(min(self.batch_size, self.num_samples - step * self.batch_size))
 
     def __iter__(self) -> Iterator[np.ndarray | EpochBatch]:
+        _refuse_repeat(self, "set_loader_epoch(loader, epoch)")
         for step in range(self.start_step, len(self)):
             part = rank_part(self.global_batch(step), self.world, by_index=self.block > 1)
             yield EpochBatch(part, self.epoch) if self.with_epoch else part
@@ -187,14 +191,18 @@ class BlockShuffleSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.views_vary = bool(getattr(getattr(dataset, "guard", None), "varies", False))
+        self._fresh = True
         dataset.block_sampled = True
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s order, and its views in the dataset."""
         self.epoch = epoch
+        self._fresh = True
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
+        _refuse_repeat(self, "sampler.set_epoch(epoch)")
         count = len(self.dataset)
         if not self.shuffle:
             order = np.arange(count)
@@ -204,3 +212,14 @@ class BlockShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+def _refuse_repeat(sampler: EpochBatchSampler | BlockShuffleSampler, call: str) -> None:
+    """A second pass at one epoch of a dataset whose views the epoch picks means the epoch was never advanced: every
+    epoch would repeat the first one's views. Refused; an explicit ``set_epoch`` (even to the same epoch) allows it."""
+    if sampler.views_vary and not sampler._fresh:
+        raise ConfigError(
+            f"the sampler was iterated twice at epoch {sampler.epoch} without set_epoch in between, so every epoch "
+            f"would train on epoch {sampler.epoch}'s views of each sample. Call {call} before each epoch"
+        )
+    sampler._fresh = False

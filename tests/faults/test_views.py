@@ -142,36 +142,45 @@ def expected_views(data: CachedDataset, epochs: int) -> np.ndarray:
     return np.stack([data.view_ids(np.arange(len(data)), epoch) for epoch in range(epochs)])
 
 
-LOADERS: dict[str, tuple[dict[str, Any], bool, bool]] = {
-    # name: (DataLoader arguments, kdcache's sampler, set_epoch called each epoch)
-    "persistent-workers-shuffle": ({"shuffle": True, "num_workers": 2, "persistent_workers": True}, False, True),
-    "persistent-workers-kdcache-sampler": ({"num_workers": 2, "persistent_workers": True}, True, True),
-    "shuffle-without-set-epoch-0w": ({"shuffle": True}, False, False),
-    "shuffle-without-set-epoch-2w": ({"shuffle": True, "num_workers": 2}, False, False),
-    "shuffle-with-set-epoch-0w": ({"shuffle": True}, False, True),
-    "shuffle-with-set-epoch-2w": ({"shuffle": True, "num_workers": 2}, False, True),
+LOADERS: dict[str, tuple[dict[str, Any], bool, str, bool]] = {
+    # name: (DataLoader arguments, kdcache's sampler, what is called each epoch, refused)
+    "persistent-workers-shuffle": (
+        {"shuffle": True, "num_workers": 2, "persistent_workers": True},
+        False,
+        "data",
+        True,
+    ),
+    "persistent-workers-kdcache-sampler": ({"num_workers": 2, "persistent_workers": True}, True, "sampler", False),
+    "kdcache-sampler-without-set-epoch-0w": ({}, True, "nothing", True),
+    "kdcache-sampler-without-set-epoch-2w": ({"num_workers": 2}, True, "nothing", True),
+    "kdcache-sampler-dataset-set-epoch-only": ({"num_workers": 2}, True, "data", True),
+    "shuffle-without-set-epoch-0w": ({"shuffle": True}, False, "nothing", True),
+    "shuffle-without-set-epoch-2w": ({"shuffle": True, "num_workers": 2}, False, "nothing", True),
+    "shuffle-set-epoch-once-2w": ({"shuffle": True, "num_workers": 2}, False, "once", True),
+    "shuffle-with-set-epoch-0w": ({"shuffle": True}, False, "data", False),
+    "shuffle-with-set-epoch-2w": ({"shuffle": True, "num_workers": 2}, False, "data", False),
 }
 
 
 @pytest.mark.parametrize("setup", list(LOADERS))
 def test_every_epoch_reaches_every_worker_or_the_loader_is_refused(setup, cycle_store, digits_small):
-    arguments, own_sampler, set_each_epoch = LOADERS[setup]
+    arguments, own_sampler, calls, refused = LOADERS[setup]
     data = CachedDataset(digits_small, open_cache(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
     sampler = BlockShuffleSampler(data, seed=0) if own_sampler else None
     context = "fork" if arguments.get("num_workers") else None
     loader = DataLoader(data, batch_size=50, sampler=sampler, multiprocessing_context=context, **arguments)
 
     def on_epoch(epoch: int) -> None:
-        if sampler is not None:
+        if calls == "sampler":
             sampler.set_epoch(epoch)
-        elif set_each_epoch:
+        elif calls == "data" or (calls == "once" and epoch == 0):
             data.set_epoch(epoch)
 
     outcome = Outcome("views", f"epochs-{setup}")
     try:
         served = epochs_of(loader, data, VIEWS, on_epoch)
     except ConfigError as exc:
-        outcome.detected = clear_error(exc, "epoch", "BlockShuffleSampler")
+        outcome.detected = clear_error(exc, "epoch", "set_epoch")
         outcome.note = str(exc)[:200]
     else:
         frozen = int((served != expected_views(data, VIEWS)).any(axis=0).sum())
@@ -179,8 +188,20 @@ def test_every_epoch_reaches_every_worker_or_the_loader_is_refused(setup, cycle_
         outcome.silent_wrong = frozen > 0
         outcome.note = f"{frozen} samples served another epoch's view"
     assert record(outcome).passed, outcome
-    expected_refusal = not own_sampler and (not set_each_epoch or arguments.get("persistent_workers", False))
-    assert outcome.detected == expected_refusal, outcome
+    assert outcome.detected == refused, outcome
+
+
+def test_batch_loader_without_set_loader_epoch_is_refused(cycle_store, digits_small):
+    data = CachedDataset(digits_small, open_cache(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
+    loader = batch_loader(data, batch_size=64, seed=0, num_workers=2, multiprocessing_context="fork")
+    outcome = Outcome("views", "epochs-batch-loader-without-set-loader-epoch")
+    try:
+        for _ in range(2):
+            for _ in loader:
+                pass
+    except ConfigError as exc:
+        outcome.detected = clear_error(exc, "set_loader_epoch(loader, epoch)")
+    assert record(outcome).passed, outcome
 
 
 # ------------------------------------------------------------------------------------------------ CLI

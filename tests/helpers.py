@@ -1,8 +1,10 @@
-"""Helpers shared by test modules: the CLI in a subprocess, store file listings, a dataset that interrupts."""
+"""Helpers shared by test modules: the CLI in a subprocess, store file listings, a dataset that interrupts, a
+checkpoint snapshot taken mid-run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
+from kdcache.train import Batch
 from tests.conftest import ROOT
 
 
@@ -73,3 +76,20 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 8, seed
             pixels = rng.normal(60 + 60 * c, 40, size=(height, width, 3)).clip(0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / f"class_{c}" / f"{k:03d}.png")
     return root
+
+
+class SnapshotAt:
+    """A target source (the batch's own cached targets, ``{}`` without a store) that copies the checkpoint when
+    training step ``at`` begins: what a crash during that step would leave behind, while the run itself goes on to
+    be the uninterrupted reference."""
+
+    def __init__(self, checkpoint: Path, copy: Path, at: int) -> None:
+        self.checkpoint, self.copy, self.at, self.calls = checkpoint, copy, at, 0
+
+    def __call__(self, batch: Batch) -> dict:
+        if not torch.is_grad_enabled():  # the trainer's preflight of each stage, not a training step
+            return batch.targets
+        self.calls += 1
+        if self.calls == self.at:
+            shutil.copy(self.checkpoint, self.copy)
+        return batch.targets

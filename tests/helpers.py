@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.train import Batch
+from kdcache.train import Batch, TargetSource, cached_targets
 from tests.conftest import ROOT
 
 
@@ -79,17 +79,20 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 8, seed
 
 
 class SnapshotAt:
-    """A target source (the batch's own cached targets, ``{}`` without a store) that copies the checkpoint when
-    training step ``at`` begins: what a crash during that step would leave behind, while the run itself goes on to
-    be the uninterrupted reference."""
+    """A target source (``source``: by default the batch's own cached targets, ``{}`` without a store) that copies
+    the checkpoint when training step ``at`` begins: what a crash during that step would leave behind, while the run
+    itself goes on to be the uninterrupted reference."""
 
-    def __init__(self, checkpoint: Path, copy: Path, at: int) -> None:
-        self.checkpoint, self.copy, self.at, self.calls = checkpoint, copy, at, 0
+    def __init__(self, checkpoint: Path, copy: Path, at: int, source: TargetSource = cached_targets) -> None:
+        self.checkpoint, self.copy, self.at, self.calls, self.source = checkpoint, copy, at, 0, source
 
     def __call__(self, batch: Batch) -> dict:
-        if not torch.is_grad_enabled():  # the trainer's preflight of each stage, not a training step
-            return batch.targets
-        self.calls += 1
-        if self.calls == self.at:
-            shutil.copy(self.checkpoint, self.copy)
-        return batch.targets
+        if torch.is_grad_enabled():  # not the trainer's preflight of a stage: a training step
+            self.calls += 1
+            if self.calls == self.at:
+                shutil.copy(self.checkpoint, self.copy)
+        return self.source(batch)
+
+    def resume_record(self) -> dict:
+        """The wrapped source's pinned settings (a live teacher's), so the checkpoints pin the run they belong to."""
+        return getattr(self.source, "resume_record", dict)()

@@ -209,10 +209,8 @@ class CachedDataset(ViewDataset):
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
         inputs = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=True)
-        built_on = cache.manifest.library.get("torch_cpu_capability")
-        self.check_views = ViewCheck(
-            cache.url, self.dataset, views, inputs, built_on=built_on, allow_mismatch=allow_sample_mismatch
-        )
+        self.check_views = ViewCheck(cache.url, self.dataset, views, inputs, allow_mismatch=allow_sample_mismatch,
+                                     built_on=cache.manifest.library.get("torch_cpu_capability"))  # fmt: skip
         self.source = source_record(cache, teacher, targets)
 
     def resume_record(self) -> dict[str, Any]:

@@ -64,8 +64,8 @@ _NAMES: dict[str, tuple[str, str]] = {
 }
 _TEACHER_NAMES: dict[str, tuple[str, str]] = {
     "name": ("CachedDataset(teacher=)", "teacher.name / teacher.ensemble.members"),
-    "fingerprint": ("the cached teacher's fingerprint", "teacher.model / teacher.checkpoint (the cached teacher)"),
-    "targets": ("CachedDataset(targets=) / the store's targets", "cache.targets"),
+    "fingerprint": ("the teacher's fingerprint in train_data's store", "teacher.model / teacher.checkpoint"),
+    "targets": ("CachedDataset(targets=)", "cache.targets"),
 }
 
 
@@ -126,10 +126,11 @@ def source_record(cache: Cache, teacher: str | Ensemble, targets: list[str]) -> 
     fingerprint digest and its targets' kinds and parameters, and the ensemble mode."""
     members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
     others = [m for m in cache.manifest.teachers if m not in members]
+    summaries = ("records", "metadata.zarr.json")  # the list of records, the root group's list of teachers
     read = {
         key: digest
         for key, digest in cache.manifest.sections.items()
-        if key != "records" and not any(_of_teacher(key, m) for m in others)
+        if key not in summaries and not any(_of_teacher(key, m) for m in others)
     }
     teachers = []
     for member in members:
@@ -137,7 +138,7 @@ def source_record(cache: Cache, teacher: str | Ensemble, targets: list[str]) -> 
         found = {name: {"kind": record.targets[name].kind, "params": record.targets[name].params} for name in targets}
         teachers.append({"name": member, "fingerprint": record.fingerprint.get("digest"), "targets": found})
     mode = teacher.mode if isinstance(teacher, Ensemble) else None
-    return {"store": canonical_digest(read), "teachers": teachers, "ensemble": mode}
+    return {"teachers": teachers, "ensemble": mode, "store": canonical_digest(read)}
 
 
 def _of_teacher(section: str, teacher: str) -> bool:
@@ -180,7 +181,7 @@ def field_name(field: str, speaks: Speaker) -> str:
         return f"{'stages' if speaks == 'python' else 'student.train.stages'}{rest}"
     if head == "teachers":  # teachers[0].fingerprint, teachers[0].targets.logits.params.k, teachers[1]
         index, key, target = re.match(r"\[(\d+)\]\.?([a-z_]*)\.?([^.]*)", rest).groups()  # type: ignore[union-attr]
-        where = f"teacher #{int(index) + 1}" + (f", target {target}" if target else "")
+        where = f"cached teacher #{int(index) + 1}" + (f", target {target}" if target else "")
         return f"{_TEACHER_NAMES[key or 'name'][speaks == 'pipeline']} ({where})"
     known = _NAMES.get(field) or _NAMES.get(head)
     return known[speaks == "pipeline"] if known else field

@@ -89,7 +89,7 @@ class Base:
 def base_run(run: Run, tmp: Path) -> Base:
     """5 steps per epoch, a checkpoint every 2: step 8 begins with the one taken after epoch 1, step 2."""
     path, snapshot = tmp / "run.safetensors", tmp / "snapshot.safetensors"
-    student = run.fit(Checkpointing(path, every_steps=2), targets=SnapshotAt(path, snapshot, at=8))
+    student = run.fit(Checkpointing(path, every_steps=2), targets=SnapshotAt(path, snapshot, at=8, source=run.targets))
     return Base(run, snapshot, {k: v.clone() for k, v in student.state_dict().items()})
 
 
@@ -141,11 +141,11 @@ CACHED_CASES = {
     "loss-weight": (lambda b, f: replace(b.run, stages=stage(losses=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.5, "temperature": 4}])), "stages[0].losses[1].weight: checkpoint 0.9, now 0.5"),
     "temperature": (lambda b, f: replace(b.run, stages=stage(losses=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 2}])), "stages[0].losses[1].temperature: checkpoint 4.0, now 2.0"),
     "loss-removed": (lambda b, f: replace(b.run, stages=stage(losses=[{"name": "ce", "weight": 0.1}])), 'stages[0].losses[1]: checkpoint {"name": "kd"'),
-    "freeze": (lambda b, f: replace(b.run, stages=stage(freeze=["layer1"])), 'stages[0].freeze: checkpoint [], now ["layer1"]'),
+    "freeze": (lambda b, f: replace(b.run, stages=stage(freeze=["layer1"])), 'stages[0].freeze[0]: checkpoint absent, now "layer1"'),
     "policy": (lambda b, f: replace(b.run, data=CachedDataset(b.run.data.dataset, open_cache(str(f["store"])), teacher="t8", targets=["logits"], views=VIEWS, policy="random")), 'train_data\'s policy: checkpoint "cycle", now "random"'),
-    "teacher-name": (lambda b, f: with_data(b, f["store"], teacher="u8"), 'CachedDataset(teacher=) (teacher #1): checkpoint "t8", now "u8"'),
-    "teacher-weights": (lambda b, f: with_data(b, f["other_store"]), "the cached teacher's fingerprint (teacher #1): checkpoint"),
-    "targets": (lambda b, f: with_data(b, f["store"], names=("logits", "features")), "(teacher #1, target features): checkpoint absent, now {"),
+    "teacher-name": (lambda b, f: with_data(b, f["store"], teacher="u8"), 'CachedDataset(teacher=) (cached teacher #1): checkpoint "t8", now "u8"'),
+    "teacher-weights": (lambda b, f: with_data(b, f["other_store"]), "the teacher's fingerprint in train_data's store (cached teacher #1): checkpoint"),
+    "targets": (lambda b, f: with_data(b, f["store"], names=("logits", "features/layer2")), "(cached teacher #1, target features/layer2): checkpoint absent, now {"),
     "ensemble": (lambda b, f: with_data(b, f["store"], teacher=Ensemble(("t8", "u8"))), 'CachedDataset(teacher=Ensemble(mode=)): checkpoint null, now "logits"'),
     "store-rebuilt": (lambda b, f: with_data(b, f["rebuilt"]), "train_data's store (the manifest records it reads): checkpoint"),
 }  # fmt: skip
@@ -312,7 +312,7 @@ def test_the_cli_refuses_another_store_and_teacher(cli_run):
     sets = [f"cache.store={other.store_url}", "teacher.name=cnn8", "teacher.model.args.width=8",
             f"teacher.checkpoint={other.teacher_checkpoint}"]  # fmt: skip
     outcome = cli_refused("cli/store-and-teacher", cli_run, sets, "cache.store: checkpoint",
-                          'teacher.name / teacher.ensemble.members (teacher #1): checkpoint "cnn16", now "cnn8"')  # fmt: skip
+                          'teacher.name / teacher.ensemble.members (cached teacher #1): checkpoint "cnn16", now "cnn8"')  # fmt: skip
     assert outcome.passed, outcome
 
 

@@ -17,9 +17,10 @@ the sampler still refuses a RAM budget that changes its block order (:mod:`kdcac
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from torch import nn
 
@@ -28,7 +29,17 @@ from kdcache.fingerprint import ABSENT, canonical_digest, json_differences, json
 from kdcache.losses import LOSSES, LossSetup
 from kdcache.store import Cache
 from kdcache.targets import Ensemble
+from kdcache.train.live import TargetSource
 from kdcache.train.stages import StageConfig
+
+
+class PinnedData(Protocol):
+    """Training data as the record sees it (a :class:`~kdcache.train.ViewDataset`, which imports this module)."""
+
+    def __len__(self) -> int: ...
+
+    def resume_record(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +89,16 @@ def check_overrides(allowed: tuple[str, ...]) -> None:
 
 def run_record(
     student: nn.Module,
-    train_data: Any,
+    train_data: PinnedData,
     *,
     stages: list[StageConfig],
     setup: LossSetup,
     batch_size: int,
     seed: int,
-    targets: Any,
+    targets: TargetSource,
 ) -> dict[str, Any]:
-    """Every setting of a :func:`~kdcache.train.fit` call that decides its steps (JSON-able)."""
+    """Every setting of a :func:`~kdcache.train.fit` call that decides its steps, as it reads back from JSON (so a
+    fresh record compares equal to the one a checkpoint stored)."""
     record: dict[str, Any] = {
         "seed": seed,
         "batch_size": batch_size,
@@ -99,7 +111,7 @@ def run_record(
     resume_record = getattr(targets, "resume_record", None)  # a LiveTeacher: online KD
     if resume_record is not None:
         record |= resume_record()
-    return record
+    return json.loads(json.dumps(record))
 
 
 def architecture_digest(model: nn.Module) -> str:

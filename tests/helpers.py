@@ -1,8 +1,10 @@
-"""Helpers shared by test modules: the CLI in a subprocess, store file listings, a dataset that interrupts."""
+"""Helpers shared by test modules: the CLI in a subprocess, store file listings, a dataset that interrupts, a
+checkpoint snapshot taken mid-run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
+from kdcache.train import Batch, TargetSource, cached_targets
 from tests.conftest import ROOT
 
 
@@ -73,3 +76,23 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 8, seed
             pixels = rng.normal(60 + 60 * c, 40, size=(height, width, 3)).clip(0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / f"class_{c}" / f"{k:03d}.png")
     return root
+
+
+class SnapshotAt:
+    """A target source (``source``: by default the batch's own cached targets, ``{}`` without a store) that copies
+    the checkpoint when training step ``at`` begins: what a crash during that step would leave behind, while the run
+    itself goes on to be the uninterrupted reference."""
+
+    def __init__(self, checkpoint: Path, copy: Path, at: int, source: TargetSource = cached_targets) -> None:
+        self.checkpoint, self.copy, self.at, self.calls, self.source = checkpoint, copy, at, 0, source
+
+    def __call__(self, batch: Batch) -> dict:
+        if torch.is_grad_enabled():  # not the trainer's preflight of a stage: a training step
+            self.calls += 1
+            if self.calls == self.at:
+                shutil.copy(self.checkpoint, self.copy)
+        return self.source(batch)
+
+    def resume_record(self) -> dict:
+        """The wrapped source's pinned settings (a live teacher's), so the checkpoints pin the run they belong to."""
+        return getattr(self.source, "resume_record", dict)()

@@ -12,6 +12,7 @@ from kdcache.pipeline.compare import rate_text
 from kdcache.pipeline.plan import token_budget
 from kdcache.tables import render_table
 from kdcache.train import World
+from kdcache.train.pinning import OVERRIDES
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -42,7 +43,8 @@ def precompute(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
-    run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume)
+    run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume,
+                        resume_allow=tuple(args.resume_allow))  # fmt: skip
     if world.is_main:
         metrics = ", ".join(f"{k} {metric_text(k, v)}" for k, v in run.metrics.items())
         print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
@@ -95,7 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a variant of the pipeline's compare list, or scratch / online / cached (the target source)")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start "
-                        "if absent)")  # fmt: skip
+                        "if absent); refused when the pipeline changed a setting that decides the remaining steps")  # fmt: skip
+    p.add_argument("--resume-allow", action="append", default=[], choices=sorted(OVERRIDES), metavar="CHANGE",
+                   help="with --resume, accept this kind of change (logged; repeat for several): "
+                        + "; ".join(f"{k}: {v}" for k, v in OVERRIDES.items()))  # fmt: skip
     _pipeline_parser(sub, "plan", plan, "bytes per sample and store size of each target, before any teacher runs")
     _pipeline_parser(sub, "run", run,
                      "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)")  # fmt: skip

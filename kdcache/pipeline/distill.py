@@ -147,13 +147,16 @@ def train_student(
     progress: bool = True,
     world: World | None = None,
     resume: bool = False,
+    resume_allow: tuple[str, ...] = (),
 ) -> StudentRun:
     """Train the pipeline's student as one variant: a name from ``compare`` or a shorthand (``cached``: targets from
     the store, ``online``: a live teacher, ``scratch``: none), with the variant's ``set`` overrides applied and on
     views picked by ``views.policy``.
 
     With ``world`` of several processes (``torchrun``) this joins the process group and trains under DDP; rank 0
-    writes the checkpoints and the student. ``resume`` continues from ``checkpoint_path(cfg, variant)``.
+    writes the checkpoints and the student. ``resume`` continues from ``checkpoint_path(cfg, variant)``, refusing a
+    pipeline that differs from the one that wrote it in a setting that decides the remaining steps, except the kinds
+    of change ``resume_allow`` names (``--resume-allow``; :data:`kdcache.train.pinning.OVERRIDES`, each logged).
     """
     world = world or World()
     progress = progress and world.is_main
@@ -178,7 +181,13 @@ def train_student(
             progress=progress,
             desc=variant,
             world=world,
-            checkpoint=Checkpointing(checkpoint_path(cfg, variant), every_steps=ckpt.every_steps, resume=resume),
+            checkpoint=Checkpointing(
+                checkpoint_path(cfg, variant),
+                every_steps=ckpt.every_steps,
+                resume=resume,
+                allow_changes=tuple(resume_allow),
+                speaks="pipeline",
+            ),
             sample_log=cfg.out / "samples" / f"student-{variant}" if ckpt.log_samples else None,
             stop_after_steps=ckpt.stop_after_steps,
             **kwargs,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdcache.errors import CheckpointError
+from kdcache.train.pinning import Speaker, check_overrides, check_record
 from kdcache.train.sampler import EpochBatchSampler
 from kdcache.train.stages import StageConfig
 from kdcache.train.statefile import load_state
@@ -32,12 +33,20 @@ class Checkpointing:
 
     The state is saved at the end of every epoch and, with ``every_steps``, after every ``every_steps`` optimiser
     steps (global batches) of an epoch. With ``resume`` an existing file is continued from; when there is none the
-    run starts from the beginning.
+    run starts from the beginning. A run that differs from the one that wrote the file in a setting that decides the
+    remaining steps is refused (:mod:`kdcache.train.pinning`), unless ``allow_changes`` names that kind of change
+    (``"lr"``, ``"weight_decay"``, ``"store"``, ``"unpinned"``; each logged). ``speaks`` picks how refusals name the
+    settings: as ``fit``'s parameters (``"python"``) or as pipeline-file keys and CLI flags (``"pipeline"``).
     """
 
     path: Path
     every_steps: int = 0
     resume: bool = False
+    allow_changes: tuple[str, ...] = ()
+    speaks: Speaker = "python"
+
+    def __post_init__(self) -> None:
+        check_overrides(tuple(self.allow_changes))
 
 
 class LossSums:
@@ -67,16 +76,22 @@ def stage_plan(stages: list[StageConfig]) -> list[list[Any]]:
 
 
 def resume_state(
-    checkpoint: Checkpointing | None, stages: list[StageConfig], student: nn.Module, sampler: EpochBatchSampler
+    checkpoint: Checkpointing | None,
+    stages: list[StageConfig],
+    student: nn.Module,
+    sampler: EpochBatchSampler,
+    record: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """The checkpoint to continue from, checked against this run and already loaded into ``student`` and
-    ``sampler``; None for a run from the beginning."""
+    """The checkpoint to continue from, checked against this run (its pinned ``record`` first) and already loaded
+    into ``student`` and ``sampler``; None for a run from the beginning."""
     if checkpoint is None or not checkpoint.resume:
         return None
     if not Path(checkpoint.path).is_file():
         log.warning("no training checkpoint at %s: training from the beginning", checkpoint.path)
         return None
     state = load_state(checkpoint.path)
+    allowed = tuple(checkpoint.allow_changes)
+    check_record(state.get("pinned"), record, path=str(checkpoint.path), allowed=allowed, speaks=checkpoint.speaks)
     if state["stages"] != stage_plan(stages):
         raise CheckpointError(
             f"cannot resume from {str(checkpoint.path)!r}: it was written for stages (name, epochs) "

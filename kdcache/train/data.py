@@ -28,6 +28,7 @@ from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch
 from kdcache.train.decoding import checked_target
 from kdcache.train.epochs import POLICIES, EpochBatch, EpochGuard, view_ids_for
+from kdcache.train.pinning import source_record
 from kdcache.train.samplecheck import SampleCheck
 from kdcache.train.viewcheck import ViewCheck
 from kdcache.views import ViewBatch, ViewTransform, views_from_spec
@@ -59,6 +60,10 @@ class ViewDataset(Dataset):
     def read_block(self) -> int:
         """Samples the sampler should keep together when it shuffles (1: any order is as cheap as another)."""
         return 1
+
+    def resume_record(self) -> dict[str, Any]:
+        """What of this data a resumed run must find unchanged (:mod:`kdcache.train.pinning`): views and policy."""
+        return {"views": self.views.spec()["digest"], "policy": self.policy}
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch of indices that carry none (kdcache's samplers hand each index its own epoch)."""
@@ -204,10 +209,13 @@ class CachedDataset(ViewDataset):
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
         inputs = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=True)
-        built_on = cache.manifest.library.get("torch_cpu_capability")
-        self.check_views = ViewCheck(
-            cache.url, self.dataset, views, inputs, built_on=built_on, allow_mismatch=allow_sample_mismatch
-        )
+        self.check_views = ViewCheck(cache.url, self.dataset, views, inputs, allow_mismatch=allow_sample_mismatch,
+                                     built_on=cache.manifest.library.get("torch_cpu_capability"))  # fmt: skip
+        self.source = source_record(cache, teacher, targets)
+
+    def resume_record(self) -> dict[str, Any]:
+        """Views and policy, and the store as this dataset reads it: records, teacher fingerprints, targets."""
+        return super().resume_record() | self.source
 
     def read_block(self) -> int:
         """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""

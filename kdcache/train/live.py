@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from kdcache.checkpoint import state_digest
+from kdcache.fingerprint import canonical_digest
 from kdcache.targets import Target, TargetExtractor
 from kdcache.train.batch import Batch
 
@@ -33,6 +35,12 @@ class LiveTeacher:
     @property
     def teacher(self) -> nn.Module:
         return self.extract.model
+
+    def resume_record(self) -> dict[str, Any]:
+        """What a resumed online-KD run must find unchanged (:mod:`kdcache.train.pinning`): a digest of the teacher's
+        weights and of the targets it computes."""
+        found = [[t.kind, t.name, t.params.model_dump(mode="json")] for t in self.extract.targets]
+        return {"live_teacher": canonical_digest({"state": state_digest(self.teacher.state_dict()), "targets": found})}
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         _, values = self.extract(batch.inputs)

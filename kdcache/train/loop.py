@@ -37,9 +37,10 @@ from kdcache.train.data import ViewDataset
 from kdcache.train.evaluate import EpochLog, TrainResult, evaluate
 from kdcache.train.live import TargetSource, cached_targets
 from kdcache.train.loader import batch_loader, set_loader_epoch
+from kdcache.train.pinning import run_record
 from kdcache.train.samplelog import SampleLog
 from kdcache.train.sampler import EpochBatchSampler
-from kdcache.train.stages import StageConfig, build_optimizer, build_schedule, freeze
+from kdcache.train.stages import StageConfig, build_optimizer, build_schedule, freeze, retune
 from kdcache.train.statefile import save_state
 from kdcache.train.world import World, check_group
 
@@ -69,7 +70,8 @@ def fit(
 
     ``batch_size`` is the global batch. With ``world`` of several processes (inside
     :func:`kdcache.train.process_group`) every rank calls ``fit`` with the same arguments and trains on its part of
-    each batch under DDP. ``checkpoint`` saves (and with ``resume`` restores) the training state; ``sample_log``
+    each batch under DDP. ``checkpoint`` saves (and with ``resume`` restores) the training state, refusing to resume
+    into a run that differs in a setting that decides the remaining steps (:mod:`kdcache.train.pinning`); ``sample_log``
     names a directory where each rank logs the sample indices of every step (:mod:`kdcache.train.samplelog`);
     ``stop_after_steps`` kills the process with SIGKILL after that many steps of this call, like a crash, to drill
     recovery.
@@ -86,10 +88,13 @@ def fit(
         pin_memory=device.type == "cuda",
         world=world,
     )
-    state = resume_state(checkpoint, stages, student, loader.sampler)
+    record = run_record(student, train_data, stages=stages, setup=setup, batch_size=batch_size, seed=seed,
+                        targets=targets)  # fmt: skip
+    state = resume_state(checkpoint, stages, student, loader.sampler, record)
     trainer = _Trainer(student, loader, world=world, device=device, targets=targets, seed=seed,
                        plan=stage_plan(stages), state=state, checkpoint=checkpoint,
                        stop_after_steps=stop_after_steps)  # fmt: skip
+    trainer.pinned = record
     if sample_log is not None:
         epoch, step = trainer.position
         trainer.sample_log = SampleLog(sample_log, world, fresh=state is None, epoch=epoch, step=step)
@@ -154,6 +159,7 @@ class _Trainer:
         history = [EpochLog(**h) for h in state["history"]] if state else []
         self.result = TrainResult(history, state["seconds"] if state else 0.0)
         self.sample_log: SampleLog | None = None
+        self.pinned: dict[str, Any] = {}  # the run's settings that a resume must find unchanged (train.pinning)
         self.steps_run = 0
         self.started = time.perf_counter()
 
@@ -199,6 +205,7 @@ class _Trainer:
             schedule = build_schedule(optimizer, stage.optimizer, stage.epochs * len(self.loader))
             if self.state is not None and self.state["stage"] == index:
                 restore(self.state, objective=objective, optimizer=optimizer, scheduler=schedule)
+                retune(optimizer, schedule, stage.optimizer)  # an allowed lr / weight-decay change takes effect
             step = _Step(self.student, objective, capture)
             module = DistributedDataParallel(step) if self.world.distributed else step
             current = _Stage(index, objective, optimizer, schedule, frozen, module)
@@ -290,6 +297,7 @@ class _Trainer:
             "scheduler": st.schedule.state_dict(),
             "stage": st.index,
             "stages": self.plan,
+            "pinned": self.pinned,
             "sampler": self.sampler.state(step),
             "epoch_sums": sums,
             "history": [asdict(h) for h in self.result.history],

@@ -67,13 +67,24 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.o
 
 def build_schedule(
     optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Cosine decay to 0 over ``steps`` optimiser steps, or a constant rate."""
     if cfg.schedule == "cosine" and steps > 0:
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def retune(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, cfg: OptimizerConfig) -> None:
+    """Give a restored optimiser and schedule the stage's configured base rate and weight decay. Unchanged values
+    are left as restored; a change a resume was allowed to make (:mod:`kdcache.train.pinning`) applies from the next
+    step, at the schedule's current position."""
+    for i, group in enumerate(optimizer.param_groups):
+        if group["initial_lr"] != cfg.lr:
+            schedule.base_lrs[i] = group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * schedule.lr_lambdas[i](schedule.last_epoch)
+        group["weight_decay"] = cfg.weight_decay
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> list[nn.Module]:

@@ -3,8 +3,7 @@ one does, to the bit, in one process."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import math
 
 import numpy as np
 import pytest
@@ -17,9 +16,11 @@ from kdcache.datasets import Subset
 from kdcache.errors import CheckpointError
 from kdcache.losses import LOSSES, LossSetup, LossTerm, StepOutputs
 from kdcache.models import DigitsCNN
-from kdcache.train import Batch, StageConfig, ViewDataset, fit
+from kdcache.train import OptimizerConfig, StageConfig, ViewDataset, fit
 from kdcache.train.checkpointing import Checkpointing
+from kdcache.train.stages import build_optimizer, build_schedule, retune
 from kdcache.train.statefile import load_state, save_state
+from tests.helpers import SnapshotAt
 
 
 @LOSSES.register("test-learned-temperature")
@@ -85,22 +86,6 @@ STAGES = [
 ]
 
 
-class SnapshotAt:
-    """A target source (these losses need no teacher) that copies the checkpoint when step ``at`` begins: what a
-    crash during that step would leave behind."""
-
-    def __init__(self, checkpoint: Path, copy: Path, at: int) -> None:
-        self.checkpoint, self.copy, self.at, self.calls = checkpoint, copy, at, 0
-
-    def __call__(self, batch: Batch) -> dict:
-        if not torch.is_grad_enabled():  # the trainer's preflight of each stage, not a training step
-            return {}
-        self.calls += 1
-        if self.calls == self.at:
-            shutil.copy(self.checkpoint, self.copy)
-        return {}
-
-
 def train(data: ViewDataset, test: ViewDataset, checkpoint: Checkpointing, **kw) -> tuple[nn.Module, list]:
     torch.manual_seed(0)
     student = DigitsCNN(10, width=2, dropout=0.5)  # BatchNorm and dropout: both must replay exactly
@@ -146,11 +131,8 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_bit_identical(tmp_path, digits_
 @pytest.mark.parametrize(
     ("change", "text"),
     [
-        (
-            {"stages": STAGES},
-            r"written for stages \(name, epochs\) \[\['warm', 1\], \['head', 1\]\], this run has \[\['warm', 2\]",
-        ),
-        ({"batch_size": 32}, "batch_size: checkpoint 64, now 32"),
+        ({"stages": STAGES}, r"in stages\[0\]\.epochs: checkpoint 1, now 2\. .*new Checkpointing path"),
+        ({"batch_size": 32}, r"fit\(batch_size=\): checkpoint 64, now 32"),
     ],
     ids=["stages", "batch-size"],
 )
@@ -167,7 +149,7 @@ def test_resume_refuses_another_student(tmp_path, digits_views):
     data, _ = digits_views
     path = tmp_path / "run.safetensors"
     train(data, None, Checkpointing(path), stages=STAGES[1:])
-    with pytest.raises(CheckpointError, match="checkpoint's student does not fit this run"):
+    with pytest.raises(CheckpointError, match="the student module's layers and shapes: checkpoint [0-9a-f]{12}, now"):
         fit(
             DigitsCNN(10, width=4),
             data,
@@ -179,3 +161,28 @@ def test_resume_refuses_another_student(tmp_path, digits_views):
             checkpoint=Checkpointing(path, resume=True),
             progress=False,
         )
+
+
+def test_retune_gives_a_restored_schedule_the_new_base_rate_at_its_position():
+    """An allowed lr change on resume: the step after the restore runs at new lr x the schedule's factor there, as if
+    the run had had that rate from the start; the unchanged rate is left exactly as restored."""
+    cfg = OptimizerConfig(lr=0.01, weight_decay=0.0)
+    model = nn.Linear(3, 2)
+    optimizer = build_optimizer(list(model.parameters()), cfg)
+    schedule = build_schedule(optimizer, cfg, steps=10)
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+    saved = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict()}
+    for new, expected in ((cfg, optimizer.param_groups[0]["lr"]), (cfg.model_copy(update={"lr": 0.05}), None)):
+        again = build_optimizer(list(model.parameters()), new)
+        resumed = build_schedule(again, new, steps=10)
+        again.load_state_dict(saved["optimizer"])
+        resumed.load_state_dict(saved["scheduler"])
+        retune(again, resumed, new.model_copy(update={"weight_decay": 1e-3}))
+        factor = 0.5 * (1 + math.cos(math.pi * 4 / 10))
+        assert again.param_groups[0]["lr"] == (expected if expected is not None else pytest.approx(0.05 * factor))
+        assert again.param_groups[0]["weight_decay"] == 1e-3
+        again.step()
+        resumed.step()
+        assert again.param_groups[0]["lr"] == pytest.approx(new.lr * 0.5 * (1 + math.cos(math.pi * 5 / 10)))

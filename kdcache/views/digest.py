@@ -24,4 +24,4 @@ VIEW_DIGEST_HASH = "xxh3-128 of '<dtype><shape>|' + the C-order bytes of each vi
 def view_digests(inputs: torch.Tensor) -> np.ndarray:
     """``(B, 16)`` uint8: the digest of every view of a batch of model inputs ``(B, ...)``."""
     array = inputs.detach().cpu().contiguous().numpy()
-    return content_digests(list(array), [f"{array.dtype.str}{array.shape[1:]}|".encode()] * len(array))
+    return content_digests(array, [f"{array.dtype.str}{array.shape[1:]}|".encode()] * len(array))

@@ -108,7 +108,12 @@ def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
     (name,) = req.teachers or (None,)
     found = teacher_record(manifest, url, name).fingerprint
     problems = []
-    if req.teacher_spec is not None and found.get("spec") != req.teacher_spec:
+    same_weights = req.teacher_state is not None and req.teacher_state == found.get("state_sha256")
+    # the weights' digest covers every tensor's name, shape, dtype and bytes: when it matches, an architecture
+    # description of the other form (a Python run records the class, a pipeline the arch and args) is no evidence
+    # against it; two pipeline descriptions that differ still are
+    other_form = set(found.get("spec") or {}) != set(req.teacher_spec or {})
+    if req.teacher_spec is not None and found.get("spec") != req.teacher_spec and not (same_weights and other_form):
         problems.append(f"architecture {describe_difference(req.teacher_spec, found.get('spec') or {})}")
     if req.teacher_state is not None and req.teacher_state != found.get("state_sha256"):
         problems.append(

@@ -102,7 +102,7 @@ def recompute_check(
     params_reader = None if params_record is None else cache.array_reader(params_record, SAMPLES_OWNER, in_memory=False)
     rows, view_ids = sample_pairs(cache.num_samples, views.count, pairs, seed)
     index = cache.sample_index()
-    matches = None if fingerprint is None else fingerprint.get("digest") == record.fingerprint.get("digest")
+    matches = None if fingerprint is None else same_teacher(fingerprint, record.fingerprint)
     report = FidelityReport(cache.url, teacher_name, len(rows), tolerance, matches, 0 if params_reader else None)
     report.targets = {name: TargetFidelity(name, kind_label(target)) for name, target in chosen.items()}
     with TargetExtractor(teacher, list(chosen.values()), device) as extract:
@@ -120,6 +120,13 @@ def recompute_check(
                 cached = {rel: rd.read_rows(r, v) for rel, rd in readers[name].items()}
                 compare(report.targets[name], target, cached, live[name], index[r], v, tolerance)
     return report
+
+
+def same_teacher(live: dict, stored: dict) -> bool:
+    """The same weights (every tensor's name, shape, dtype and bytes), captured layers and dtypes: content, not the
+    architecture's description, which a Python run and a pipeline run write differently."""
+    keys = ("state_sha256", "layers", "dtypes")
+    return all(live.get(k) == stored.get(k) for k in keys)
 
 
 def select_targets(cache: Cache, teacher_name: str, names: Sequence[str] | None = None) -> dict[str, Target]:

@@ -142,3 +142,27 @@ def test_ensemble_needs_the_cached_variant_and_known_members(two_teachers):
         train_student(cfg, "cached", progress=False)
     with pytest.raises(ConfigError, match=r"members must be distinct"):
         parse_pipeline(with_changes(raw, teacher__ensemble={"members": ["cnn16", "cnn16"]}))
+
+
+def test_a_store_made_in_python_fits_a_pipeline_run_of_the_same_weights(tmp_path, digits_small):
+    """The weights decide (every tensor's name, shape, dtype and bytes), not how the architecture was written down:
+    a Python run records the class, a pipeline its arch and args."""
+    from kdcache import ViewTransform, build_target, precompute
+    from kdcache.checkpoint import state_digest
+    from kdcache.errors import StoreMismatchError
+    from kdcache.models import DigitsCNN
+    from kdcache.store import Requirements, open_cache
+
+    torch.manual_seed(0)
+    teacher = DigitsCNN(10, width=2).eval()
+    store = str(tmp_path / "store.zarr")
+    precompute(teacher, digits_small, store, targets=[build_target("logits", {})],
+               views=ViewTransform(count=1, seed=0), teacher_name="t2", progress=False)  # fmt: skip
+    cache = open_cache(store)
+    spec = {"arch": "digits-cnn", "args": {"width": 2}, "num_classes": 10}
+    weights = state_digest(teacher.state_dict())
+    cache.require(Requirements(teachers=("t2",), teacher_spec=spec, teacher_state=weights))  # accepted
+    with pytest.raises(StoreMismatchError, match="weights: the checkpoint hashes to"):
+        cache.require(Requirements(teachers=("t2",), teacher_spec=spec, teacher_state="0" * 64))
+    with pytest.raises(StoreMismatchError, match="architecture"):  # no weights to prove it: the description decides
+        cache.require(Requirements(teachers=("t2",), teacher_spec=spec))

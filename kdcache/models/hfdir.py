@@ -45,8 +45,9 @@ def file_sha256(path: Path) -> str:
 def directory_source(directory: str | Path, *, files: bool = True) -> dict[str, Any]:
     """What a store records of a model directory: its path, every fingerprinted file's SHA-256 (unless ``files`` is
     False) and, when it ships a ``tokenizer.json``, the tokenizer's identity and its chat template's SHA-256
-    (recorded apart: it matters for chat data only)."""
-    directory = Path(directory).resolve()
+    (recorded apart: it matters for chat data only). The path is recorded as given, so a directory at the same
+    path on every machine of a cluster gives one fingerprint."""
+    directory = Path(directory)
     tokenizer = load_tokenizer(directory) if (directory / TOKENIZER_FILE).is_file() else None
     source: dict[str, Any] = {"kind": SOURCE_KIND, "path": str(directory)}
     if files:

@@ -85,7 +85,7 @@ class CausalLM(nn.Module):
         )
         self.source = None if path is None else directory_source(path)  # the files, as they were loaded
         if dtype is not None:
-            self.model.to(getattr(torch, dtype))
+            self.model.to(_torch_dtype(dtype))
         self.register_state_dict_post_hook(_untie)
 
     @property
@@ -141,6 +141,12 @@ def _from_dir(num_classes: int, path: str | None) -> nn.Module:
             f"{num_classes} were asked for (data.num_classes); set num_classes to the model's vocabulary size"
         )
     return model
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"causal-lm dtype {name!r} is not one of float32, bfloat16, float16")
+    return getattr(torch, name)
 
 
 def _untie(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, local_metadata: Any) -> None:

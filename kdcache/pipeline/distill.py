@@ -113,13 +113,15 @@ def run_precompute(
 def cached_data(cfg: PipelineConfig, train: SampleDataset, targets: list[str]) -> CachedDataset:
     """The training split joined with the store's ``targets``, refused unless the store fits this pipeline: complete,
     made from this data, views and class count and — for one teacher — by the pipeline's teacher: its architecture,
-    and its weights when the checkpoint is still on disk (hashed; the model is never built).
+    and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
+    transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
     cache = open_cache(cfg.store_url)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
                                 tokenizer=student_tokenizer(cfg))  # fmt: skip
-    if (directory := teacher_directory(cfg)) is not None:  # the teacher is its directory's files: still the same?
+    directory = teacher_directory(cfg)
+    if directory is not None and directory.is_dir():  # the teacher is its files (when still on disk): unchanged?
         require_fresh_teacher(cache, cfg.teacher.name, directory)
     teachers = tuple(cfg.teacher_names)
     cache.require(Requirements(teachers=teachers, num_classes=cfg.data.num_classes))

@@ -53,6 +53,8 @@ def test_a_sharded_directory_loads_as_it_is_and_records_every_file(tmp_path, lm_
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert half(tokens).dtype == torch.bfloat16
     assert (half(tokens).float() - model(tokens)).abs().max() < 0.1  # bf16 rounding of the same weights
+    with pytest.raises(ConfigError, match="dtype 'bf16' is not one of float32, bfloat16, float16"):
+        CausalLM(300, path=str(directory), dtype="bf16")
 
 
 def test_tied_embeddings_round_trip_through_safetensors(tmp_path) -> None:

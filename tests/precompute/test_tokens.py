@@ -73,6 +73,7 @@ def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm
     from transformers import AutoModelForCausalLM
 
     directory = save_teacher_dir(lm_teacher, tmp_path / "teacher", lm_tokenizer)
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")  # unused
     raw = AutoModelForCausalLM.from_pretrained(directory)
     assert type(raw).__name__ == "GPT2LMHeadModel"
     topk_store(raw, lm_train, tmp_path / "raw.zarr")
@@ -82,8 +83,9 @@ def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm
         path = f"teachers/teacher/token_logits_topk/{array}"
         assert np.array_equal(group["raw"][path][:], group["adapter"][path][:])
     record = read_manifest(StoreLocation(tmp_path / "raw.zarr")).teachers["teacher"].fingerprint
-    assert record["spec"] == {"class": "GPT2LMHeadModel"} and record["source"]["path"] == str(directory.resolve())
+    assert record["spec"] == {"class": "GPT2LMHeadModel"} and record["source"]["path"] == str(directory)
     assert record["source"]["tokenizer"] == lm_train.describe()["tokenizer"] and "files" not in record["source"]
+    assert record["source"]["chat_template_sha256"] is not None  # recorded apart: plain text uses no template
     data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / "raw.zarr")), teacher="teacher",
                               targets=["token_logits_topk"])  # fmt: skip
     batch = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdcache.errors import LayerNotFoundError
+from kdcache.errors import LayerNotFoundError, TargetMismatchError
 
 
 @dataclass
@@ -64,9 +64,24 @@ class LayerCapture:
 
 
 def forward_with_capture(model: nn.Module, inputs: torch.Tensor, capture: LayerCapture | None) -> ModelOutputs:
-    """Run ``model`` and collect its logits with the layers ``capture`` watches."""
+    """Run ``model`` and collect its logits with the layers ``capture`` watches.
+
+    A model may return its logits or an output object that holds them as ``.logits`` (a ``transformers`` model as
+    its users have it: ``CausalLMOutputWithPast``), so a raw Hugging Face model works as a teacher without an adapter.
+    """
     if capture is not None:
         capture.outputs.clear()
-    logits = model(inputs)
+    logits = model_logits(model(inputs), model)
     features = dict(capture.outputs) if capture is not None else {}
     return ModelOutputs(logits=logits, features=features)
+
+
+def model_logits(output: object, model: nn.Module) -> torch.Tensor:
+    """The logits of a forward pass: the output itself, or its ``.logits`` field."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise TargetMismatchError(
+            f"{type(model).__name__} returned a {type(output).__name__}, which is neither a logits tensor nor an "
+            "output with a .logits tensor; make its forward return the logits"
+        )
+    return logits

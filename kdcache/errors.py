@@ -117,3 +117,8 @@ class PerformanceWarning(UserWarning):
 class ViewMismatchError(StoreMismatchError):
     """A view's model input differs from the input stage one gave the teacher for it: the view's cached targets
     would be trained on with another input."""
+
+
+class StaleTeacherError(StoreMismatchError):
+    """The teacher's files changed since its targets were cached (a model directory retrained or edited in place):
+    the store's targets belong to the teacher as it was."""

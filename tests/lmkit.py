@@ -97,6 +97,18 @@ def trained_lm(dataset: TextDataset, vocab_size: int, *, seed: int = 0, steps: i
     return model.eval()
 
 
+def save_teacher_dir(model: CausalLM, directory: Path, tokenizer: Path, *, shard: str = "50KB") -> Path:
+    """``model`` as its users have it: ``save_pretrained(directory, max_shard_size=shard)`` (sharded safetensors with
+    their index and ``config.json``) and the tokenizer re-saved there by ``transformers`` (``tokenizer.json``,
+    ``tokenizer_config.json``), the layout ``from_pretrained`` reads."""
+    from transformers import PreTrainedTokenizerFast
+
+    model.model.save_pretrained(directory, max_shard_size=shard)
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer), eos_token=SPECIALS[0], pad_token=SPECIALS[1])
+    fast.save_pretrained(directory)
+    return directory
+
+
 def lm_teacher_factory(corpus: str, tokenizer: str, vocab_size: int, steps: int = 30) -> CausalLM:
     """The trained tiny teacher rebuilt from paths: what a dask worker or torchrun rank imports."""
     files = sorted(Path(corpus).glob("doc*.txt"))

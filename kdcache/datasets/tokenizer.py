@@ -2,8 +2,15 @@
 
 A tokenizer is a Hugging Face ``tokenizer.json`` (the format of the ``tokenizers`` library, which every "fast"
 tokenizer of ``transformers`` saves), given as the file or as a model directory that holds it. A directory may also
-hold ``tokenizer_config.json``, whose ``chat_template`` becomes part of the fingerprint: the same vocabulary under
-another chat template tokenizes conversations differently.
+hold ``tokenizer_config.json`` with a ``chat_template``.
+
+The fingerprint is the tokenizer's identity: what changes the token ids of a text as kdcache encodes it (without
+the tokenizer's own special tokens) — the model section (vocabulary, merges, unknown token, byte fallback, ...),
+the normaliser, the pre-tokeniser, the added tokens and any truncation or padding. What does not change an id is
+left out, so a re-save by ``save_pretrained`` (which adds a post-processor and a ``tokenizer_config.json``) keeps
+the fingerprint: the post-processor (special tokens kdcache never adds), the decoder and the format version. The
+chat template is hashed apart (:attr:`LocalTokenizer.chat_template_sha256`): it changes the ids of chat data only, and kdcache's
+text datasets apply none, so a tokenizer that differs only in an unused template tokenizes the same.
 
 Nothing is downloaded: the path must exist locally. ``tokenizers`` is imported only here, when a text dataset is
 built (``pip install kdcache[lm]``).
@@ -22,6 +29,9 @@ from kdcache.fingerprint import canonical_digest, with_digest
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+IDENTITY_PARTS = ("model", "normalizer", "pre_tokenizer", "added_tokens", "truncation", "padding")
+"""The sections of a ``tokenizer.json`` that decide the token ids of an encoding without special tokens."""
 
 
 def require_tokenizers() -> Any:
@@ -64,7 +74,13 @@ class LocalTokenizer:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def fingerprint(self) -> dict[str, Any]:
-        return tokenizer_fingerprint(self.tokenizer, self.chat_template)
+        """The tokenizer's identity (:func:`tokenizer_fingerprint`); the chat template is not part of it."""
+        return tokenizer_fingerprint(self.tokenizer)
+
+    @property
+    def chat_template_sha256(self) -> str | None:
+        """SHA-256 of the chat template (None without one): it matters for chat data only."""
+        return None if self.chat_template is None else _sha256(self.chat_template)
 
 
 def load_tokenizer(path: str | Path) -> LocalTokenizer:
@@ -82,7 +98,7 @@ def load_tokenizer(path: str | Path) -> LocalTokenizer:
         tokenizer = tokenizers.Tokenizer.from_file(str(file))
     except Exception as exc:  # the Rust side raises plain Exceptions for malformed files
         raise ConfigError(f"{str(file)!r} is not a tokenizers JSON file: {exc}") from None
-    template = _chat_template(file.parent / CONFIG_FILE) if path.is_dir() else None
+    template = _chat_template(file.parent) if path.is_dir() else None
     return LocalTokenizer(tokenizer, file, template)
 
 
@@ -92,36 +108,40 @@ def special_tokens(tokenizer: Any) -> list[tuple[int, str]]:
     return sorted((int(i), t.content) for i, t in decoder.items() if t.special)
 
 
-def tokenizer_fingerprint(tokenizer: Any, chat_template: str | None = None) -> dict[str, Any]:
-    """What makes two tokenizers tokenize alike: vocabulary, special tokens, chat template, and the whole JSON
-    (normaliser, pre-tokeniser, merges), each hashed, plus ``digest`` over all of it.
-
-    The separate facts are what an error names when two tokenizers differ; ``tokenizer_sha256`` catches the rest.
-    """
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """What makes two tokenizers give the same ids: the vocabulary and special tokens (hashed and listed, what an
+    error names when two differ) and ``tokenizer_sha256`` over every section of :data:`IDENTITY_PARTS` (merges,
+    normaliser, pre-tokeniser, ...), plus ``digest`` over all of it. Two tokenizers with one digest encode every text
+    to the same ids."""
     vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
     canonical = json.loads(tokenizer.to_str())
+    identity = {part: canonical.get(part) for part in IDENTITY_PARTS}
+    identity["added_tokens"] = sorted(identity["added_tokens"] or [], key=lambda token: token["id"])
     return with_digest(
         {
             "vocab_size": len(vocab),
             "vocab_sha256": canonical_digest({"vocab": vocab}),
             "special_tokens": [[i, t] for i, t in special_tokens(tokenizer)],
-            "chat_template_sha256": None if chat_template is None else _sha256(chat_template),
-            "tokenizer_sha256": canonical_digest(canonical),
+            "tokenizer_sha256": canonical_digest(identity),
         }
     )
 
 
 def describe_tokenizer(fingerprint: dict[str, Any]) -> str:
     """A tokenizer fingerprint in a few words, for error messages."""
-    template = fingerprint.get("chat_template_sha256")
     return (
         f"vocabulary {fingerprint.get('vocab_size')} (sha256 {str(fingerprint.get('vocab_sha256'))[:12]}…), "
         f"special tokens {[t for _, t in fingerprint.get('special_tokens', [])]}, "
-        f"chat template {'none' if template is None else str(template)[:12] + '…'}"
+        f"rules (merges, normaliser, pre-tokeniser) sha256 {str(fingerprint.get('tokenizer_sha256'))[:12]}…"
     )
 
 
-def _chat_template(config: Path) -> str | None:
+def _chat_template(directory: Path) -> str | None:
+    """The chat template of a model directory: ``chat_template.jinja`` (transformers 5 writes it there) or the
+    ``chat_template`` of ``tokenizer_config.json``."""
+    if (directory / TEMPLATE_FILE).is_file():
+        return (directory / TEMPLATE_FILE).read_text()
+    config = directory / CONFIG_FILE
     if not config.is_file():
         return None
     template = json.loads(config.read_text()).get("chat_template")

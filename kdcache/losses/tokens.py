@@ -193,6 +193,8 @@ def token_kd_divergence(
 
     ``teacher`` is a batch's decoded target (:class:`~kdcache.targets.TokenTopK` or
     :class:`~kdcache.targets.SampledTokens`) or live teacher logits ``(B, L, V)``; ``target`` names it in errors.
+    A decoded target knows the teacher's vocabulary (recorded by stage one), and student logits of another width,
+    wider or narrower, are refused: the cached tail and log-sum-exp are over the teacher's vocabulary only.
 
     >>> kd = token_kd_divergence(student(batch.inputs), batch.labels, batch.targets["token_logits_topk"])  # doctest: +SKIP
     """
@@ -200,6 +202,8 @@ def token_kd_divergence(
     if not bool(labelled.any()):  # no labelled position: no signal, rather than the NaN of an empty mean
         return logits.sum() * 0
     student, reverse = logits.flatten(0, 1), direction == "reverse"
+    if isinstance(teacher, TokenTopK | SampledTokens):
+        _check_width(teacher.vocab_size, student.shape[1], target)
     if isinstance(teacher, TokenTopK):
         _check_ids(teacher.indices, student.shape[1], target)
         rows = topk_rows(student, teacher.flat(), temperature, reverse=reverse)
@@ -219,6 +223,15 @@ def token_kd_divergence(
             f"{tuple(logits.shape)}: teacher and student must share the tokenizer and the vocabulary"
         )
     return rows[labelled].mean() * temperature**2
+
+
+def _check_width(teacher_vocab: int | None, vocab: int, target: str) -> None:
+    if teacher_vocab is not None and teacher_vocab != vocab:
+        raise TargetMismatchError(
+            f"target {target!r} was cached from a teacher with a vocabulary of {teacher_vocab} tokens, but the "
+            f"student's logits are {vocab} wide: teacher and student must share the tokenizer and the vocabulary "
+            f"(build the student with {teacher_vocab} tokens)"
+        )
 
 
 def _check_ids(ids: torch.Tensor, vocab: int, target: str) -> None:

@@ -3,21 +3,27 @@
 kdcache's teachers and students are ``nn.Module`` s whose forward takes the model input and returns logits; a
 ``transformers`` model takes keyword arguments and returns an output object. :class:`CausalLM` is the thin adapter,
 built from a config (random weights, seeded by the caller's ``torch.manual_seed``) or from a local directory written
-by ``save_pretrained`` — never downloaded. ``transformers`` is imported only when one is built
-(``pip install kdcache[lm]``), so the vision path never loads it.
+by ``save_pretrained`` (sharded or not) — never downloaded. A model loaded from a directory records the directory's
+files (:func:`~kdcache.models.hfdir.directory_source`) as its ``source``, which stage one writes into the teacher's
+fingerprint. ``transformers`` is imported only when one is built (``pip install kdcache[lm]``), so the vision path
+never loads it.
 
-Any other ``nn.Module`` returning ``(batch, positions, vocab)`` logits works as a teacher or student too.
+Any other ``nn.Module`` returning ``(batch, positions, vocab)`` logits works as a teacher or student too, and so does
+a raw ``transformers`` model (its output's ``.logits`` are read, :func:`kdcache.capture.forward_with_capture`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from kdcache.errors import ConfigError
+from kdcache.models.hfdir import directory_source
+
+ModelDtype = Literal["float32", "bfloat16", "float16"]
 
 
 def require_transformers() -> Any:
@@ -40,8 +46,11 @@ class CausalLM(nn.Module):
     * ``config``: the keyword arguments of ``transformers.AutoConfig.for_model``, ``model_type`` included
       (``{model_type: gpt2, n_layer: 4, n_embd: 128, n_head: 4, n_positions: 128}``); the vocabulary size is
       ``num_classes``;
-    * ``path``: a local directory holding a model saved with ``save_pretrained``; its vocabulary must be
-      ``num_classes`` wide.
+    * ``path``: a local directory holding a model saved with ``save_pretrained`` (one weights file or shards with
+      their index); its vocabulary must be ``num_classes`` wide. Its files are fingerprinted (:attr:`source`).
+
+    ``dtype`` (``bfloat16``, ``float16``) loads the weights in that precision: a teacher for stage one at half the
+    memory and, on a GPU, faster; targets are computed from its logits in float32 either way.
 
     With ``pad_token_id`` the attention mask is ``input_ids != pad_token_id`` (pick a pad token that never occurs in
     text); without it every position is attended. Packed text is padded at the end only, and causal attention never
@@ -62,6 +71,7 @@ class CausalLM(nn.Module):
         config: dict[str, Any] | None = None,
         path: str | None = None,
         pad_token_id: int | None = None,
+        dtype: ModelDtype | None = None,
     ) -> None:
         super().__init__()
         if (config is None) == (path is None):
@@ -73,11 +83,18 @@ class CausalLM(nn.Module):
         self.model = (
             _from_config(num_classes, config, pad_token_id) if config is not None else _from_dir(num_classes, path)
         )
+        self.source = None if path is None else directory_source(path)  # the files, as they were loaded
+        if dtype is not None:
+            self.model.to(_torch_dtype(dtype))
         self.register_state_dict_post_hook(_untie)
 
     @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (its rows are the token ids the model takes), as ``transformers`` models name it."""
+        return self.model.get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.is_floating_point():
@@ -124,6 +141,12 @@ def _from_dir(num_classes: int, path: str | None) -> nn.Module:
             f"{num_classes} were asked for (data.num_classes); set num_classes to the model's vocabulary size"
         )
     return model
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"causal-lm dtype {name!r} is not one of float32, bfloat16, float16")
+    return getattr(torch, name)
 
 
 def _untie(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, local_metadata: Any) -> None:

@@ -93,10 +93,24 @@ def untrained_teacher(cfg: PipelineConfig) -> nn.Module:
     return build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
 
 
+def teacher_directory(cfg: PipelineConfig) -> Path | None:
+    """The local ``transformers`` directory the teacher is used from as it is: a ``causal-lm`` teacher with
+    ``args.path`` and neither ``teacher.checkpoint`` nor ``teacher.train`` (whose weights would come from elsewhere).
+    Its files are the teacher: the store fingerprints them, and stage two refuses the store once they change."""
+    model, teacher = cfg.teacher.model, cfg.teacher
+    if model.arch != "causal-lm" or model.args.get("path") is None or teacher.checkpoint or teacher.train:
+        return None
+    return Path(model.args["path"])
+
+
 def load_teacher(cfg: PipelineConfig) -> nn.Module:
-    """The teacher from its checkpoint (never trained here: dask workers load, they do not train)."""
+    """The teacher from its checkpoint, or from its ``transformers`` directory as it is (:func:`teacher_directory`);
+    never trained here: dask workers load, they do not train."""
+    if teacher_directory(cfg) is not None:
+        return untrained_teacher(cfg).eval()  # built from the directory: its weights are the teacher's
     path = cfg.teacher_checkpoint
     spec = model_spec(cfg, "teacher")
+    _refuse_directory_weights(path)
     if not path.exists():
         raise CheckpointError(
             f"teacher checkpoint {str(path)!r} does not exist; run `kdcache precompute` without --workers/--scheduler "
@@ -109,6 +123,18 @@ def load_teacher(cfg: PipelineConfig) -> nn.Module:
             "Point teacher.checkpoint at the right file or delete it to retrain"
         )
     return load_model(untrained_teacher(cfg), path).eval()
+
+
+def _refuse_directory_weights(path: Path) -> None:
+    """A ``transformers`` directory's own weights are not a kdcache checkpoint (other key names, maybe sharded)."""
+    directory = path if path.is_dir() else path.parent
+    weights = path.is_dir() or path.name.startswith(("model.", "model-", "pytorch_model"))
+    if weights and (directory / "config.json").is_file():
+        raise CheckpointError(
+            f"teacher.checkpoint {str(path)!r} is in a transformers model directory ({str(directory)!r}), whose weights "
+            "are not a kdcache checkpoint. Use the directory as it is: remove teacher.checkpoint (and teacher.train) "
+            f"and set teacher.model to {{arch: causal-lm, args: {{path: {directory}}}}}"
+        )
 
 
 def output_path(cfg: RunSettings, name: str) -> Path:

@@ -223,6 +223,7 @@ class CacheConfig(Section):
     batch_size: int = Field(default=256, gt=0)
     ram_budget_mb: float = Field(default=2048, ge=0)
     allow_teacher_mismatch: bool = False
+    allow_tokenizer_mismatch: bool = False  # stage one: a teacher shipping another tokenizer than the data's, logged
 
     @property
     def produced(self) -> list[str]:

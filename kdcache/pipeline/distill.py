@@ -24,6 +24,7 @@ from kdcache.pipeline.build import (
     loss_setup,
     model_spec,
     pipeline_factories,
+    teacher_directory,
     view_transform,
 )
 from kdcache.pipeline.config import PipelineConfig, VariantConfig
@@ -44,6 +45,7 @@ from kdcache.train import (
     World,
     fit,
     process_group,
+    require_fresh_teacher,
     require_token_alignment,
     teacher_targets,
 )
@@ -77,6 +79,7 @@ def stage_one_job(
         batch_size=cfg.cache.batch_size,
         device=str(device_of(cfg)),
         ignore_index=cfg.data.ignore_index,
+        allow_tokenizer_mismatch=cfg.cache.allow_tokenizer_mismatch,
     )
 
 
@@ -99,8 +102,8 @@ def run_precompute(
         job = stage_one_job(cfg, teacher=teacher, dataset=load_split(cfg, cfg.data.train_split))
         return run_local(job, cfg.store_url, **options)
     check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
-    if not cfg.teacher_checkpoint.exists():  # trained here once; with a checkpoint, only the workers build it
-        ensure_teacher(cfg, progress=progress)
+    if teacher_directory(cfg) is None and not cfg.teacher_checkpoint.exists():  # trained here once; then only the
+        ensure_teacher(cfg, progress=progress)  # workers build it (from its checkpoint or its directory)
     teacher_factory, dataset_factory = pipeline_factories(cfg)
     job = stage_one_job(cfg, teacher=teacher_factory, dataset=dataset_factory)
     return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, **options)
@@ -110,12 +113,16 @@ def run_precompute(
 def cached_data(cfg: PipelineConfig, train: SampleDataset, targets: list[str]) -> CachedDataset:
     """The training split joined with the store's ``targets``, refused unless the store fits this pipeline: complete,
     made from this data, views and class count and — for one teacher — by the pipeline's teacher: its architecture,
-    and its weights when the checkpoint is still on disk (hashed; the model is never built).
+    and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
+    transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
     cache = open_cache(cfg.store_url)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
                                 tokenizer=student_tokenizer(cfg))  # fmt: skip
+    directory = teacher_directory(cfg)
+    if directory is not None and directory.is_dir():  # the teacher is its files (when still on disk): unchanged?
+        require_fresh_teacher(cache, cfg.teacher.name, directory)
     teachers = tuple(cfg.teacher_names)
     cache.require(Requirements(teachers=teachers, num_classes=cfg.data.num_classes))
     if cfg.teacher.ensemble is None:

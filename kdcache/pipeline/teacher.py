@@ -1,4 +1,5 @@
-"""The pipeline's teacher: loaded from its checkpoint, or trained and saved first when there is none.
+"""The pipeline's teacher: loaded from its checkpoint or its ``transformers`` directory as it is, or trained and
+saved first when there is neither.
 
 Training the teacher is the pipeline's job, not stage one's: the stage-one engine only ever receives a trained
 teacher (an object, or a factory that loads one).
@@ -21,6 +22,7 @@ from kdcache.pipeline.build import (
     load_teacher,
     loss_setup,
     model_spec,
+    teacher_directory,
     untrained_teacher,
     view_transform,
 )
@@ -31,12 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
-    """The teacher from its checkpoint, training and saving it first when the checkpoint does not exist."""
+    """The teacher from its checkpoint or its directory (:func:`~kdcache.pipeline.build.teacher_directory`),
+    training and saving it first when the checkpoint does not exist."""
     path = cfg.teacher_checkpoint
-    if path.exists():
+    if teacher_directory(cfg) is not None or path.exists():
         return load_teacher(cfg)
     if cfg.teacher.train is None:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train")
+        raise CheckpointError(
+            f"teacher checkpoint {str(path)!r} does not exist and the pipeline has no teacher.train: point "
+            "teacher.checkpoint at a kdcache checkpoint, add teacher.train to train one, or use a transformers "
+            "directory as it is (teacher.model: {arch: causal-lm, args: {path: DIR}}, no teacher.checkpoint)"
+        )
     torch.manual_seed(cfg.seed)
     teacher = untrained_teacher(cfg)
     log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)

@@ -22,6 +22,7 @@ from kdcache.metrics import Accuracy
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import SampleFacts, pairs, read_facts, sample_arrays, sample_rows
+from kdcache.precompute.tokens import check_teacher_tokens
 from kdcache.store import (
     SAMPLES_OWNER,
     VIEW_DIGEST,
@@ -121,6 +122,7 @@ class TeacherRun:
             teacher_path(job.teacher_name, target.name)  # refuses unsafe names before anything runs or is written
         teacher = job.build_teacher()
         self.dataset = job.build_dataset()
+        check_teacher_tokens(teacher, self.dataset, self.name, allow_tokenizer_mismatch=job.allow_tokenizer_mismatch)
         self.targets = list(job.targets)
         self.views = job.views
         if self.views.seeded_code:

@@ -31,7 +31,9 @@ class StageOneJob:
     * ``teacher_spec``: the JSON-able architecture description recorded in the teacher fingerprint (default: the
       factory's description, else the module's class name);
     * ``num_classes``: the class count recorded with the dataset; it must be the teacher's output width, and is
-      read from the teacher when left out.
+      read from the teacher when left out;
+    * ``allow_tokenizer_mismatch``: cache a language-model teacher whose own tokenizer differs from the data's
+      anyway, with a warning (:func:`kdcache.precompute.tokens.check_teacher_tokens`).
     """
 
     teacher: nn.Module | Factory
@@ -44,6 +46,7 @@ class StageOneJob:
     batch_size: int = 256
     device: str = "cpu"
     ignore_index: int = -100
+    allow_tokenizer_mismatch: bool = False
 
     def build_teacher(self) -> nn.Module:
         teacher = self.teacher.build() if isinstance(self.teacher, Factory) else self.teacher

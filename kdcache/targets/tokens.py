@@ -53,12 +53,15 @@ def index_dtype(vocab_size: int) -> str:
 
 @dataclass
 class TokenTopK:
-    """Decoded top-k: ``values`` (log-probs) and ``indices`` ``(B, L, k)``, ``lse`` ``(B, L, len(temperatures))``."""
+    """Decoded top-k: ``values`` (log-probs) and ``indices`` ``(B, L, k)``, ``lse`` ``(B, L, len(temperatures))``;
+    ``vocab_size``, the teacher's vocabulary the store recorded (None when unknown): a student's logits must be
+    exactly that wide, since the tail bin and the log-sum-exp are over the teacher's whole vocabulary."""
 
     values: torch.Tensor
     indices: torch.Tensor
     lse: torch.Tensor
     temperatures: tuple[float, ...]
+    vocab_size: int | None = None
 
     def flat(self) -> TopKLogits:
         """Every position as one row, ``(B·L, k)`` (views, no copy): what the top-k losses take."""
@@ -69,16 +72,19 @@ class TokenTopK:
 @dataclass
 class SampledTokens:
     """Decoded draws: distinct token ``ids`` and their ``counts`` ``(..., slots)`` out of ``samples`` draws per
-    position from softmax(z / ``temperature``); unused slots have count 0."""
+    position from softmax(z / ``temperature``); unused slots have count 0; ``vocab_size`` as for
+    :class:`TokenTopK`."""
 
     ids: torch.Tensor
     counts: torch.Tensor
     samples: int
     temperature: float
+    vocab_size: int | None = None
 
     def flat(self) -> SampledTokens:
         """Every position as one row, ``(B·L, slots)``."""
-        return SampledTokens(self.ids.flatten(0, -2), self.counts.flatten(0, -2), self.samples, self.temperature)
+        return SampledTokens(self.ids.flatten(0, -2), self.counts.flatten(0, -2), self.samples, self.temperature,
+                             self.vocab_size)  # fmt: skip
 
     @property
     def weights(self) -> torch.Tensor:
@@ -206,12 +212,13 @@ class TokenLogitsTarget(Target):
         p, name = self.params, self.name
         if p.encoding == "sampled":
             ids, counts = arrays[f"{name}/ids"], arrays[f"{name}/counts"]
-            return SampledTokens(ids.long(), counts.float(), p.samples, p.sample_temperature)
+            return SampledTokens(ids.long(), counts.float(), p.samples, p.sample_temperature, self.vocab_size)
         return TokenTopK(
             values=from_storage(arrays[f"{name}/values"], p.dtype),
             indices=arrays[f"{name}/indices"].long(),
             lse=arrays[f"{name}/lse"],
             temperatures=p.temperatures,
+            vocab_size=self.vocab_size,
         )
 
 

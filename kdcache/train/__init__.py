@@ -18,7 +18,7 @@ from kdcache.train.samplelog import consumed_samples
 from kdcache.train.sampler import BlockShuffleSampler
 from kdcache.train.stages import LossConfig, OptimizerConfig, StageConfig, teacher_targets
 from kdcache.train.statefile import load_state, save_state
-from kdcache.train.tokens import CachedTokenDataset, require_token_alignment
+from kdcache.train.tokens import CachedTokenDataset, require_fresh_teacher, require_token_alignment
 from kdcache.train.world import World, process_group
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "fit",
     "load_state",
     "process_group",
+    "require_fresh_teacher",
     "require_token_alignment",
     "save_state",
     "set_loader_epoch",

@@ -9,17 +9,19 @@ generic dataset fingerprint check of :meth:`~kdcache.store.Cache.require` would 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.tokenizer import describe_tokenizer
-from kdcache.errors import TokenAlignmentError
+from kdcache.errors import StaleTeacherError, TokenAlignmentError
+from kdcache.models.hfdir import SOURCE_KIND, changed_files, directory_source
 from kdcache.store import Cache
 from kdcache.targets import Ensemble
 from kdcache.train.data import CachedDataset
 from kdcache.views import TokenViews
 
-TOKENIZER_FACTS = ("vocab_size", "vocab_sha256", "special_tokens", "chat_template_sha256", "tokenizer_sha256")
+TOKENIZER_FACTS = ("vocab_size", "vocab_sha256", "special_tokens", "tokenizer_sha256")
 
 
 def require_token_alignment(
@@ -65,7 +67,8 @@ class CachedTokenDataset(CachedDataset):
 
     Refuses a store made for other text or another vocabulary (:func:`require_token_alignment`) before the generic
     checks (complete, same dataset, targets present). ``vocab_size`` is the student's logits width; ``tokenizer`` the
-    fingerprint of a student's own tokenizer, when it has one.
+    fingerprint of a student's own tokenizer, when it has one; ``teacher_dir`` the ``transformers`` directory the
+    teacher was cached from, refused when its files changed since (:func:`require_fresh_teacher`).
 
     >>> data = CachedTokenDataset(train, open_cache(url), teacher="lm", targets=["token_logits_topk"], vocab_size=1024)
     ... # doctest: +SKIP
@@ -83,9 +86,12 @@ class CachedTokenDataset(CachedDataset):
         targets: list[str],
         vocab_size: int | None = None,
         tokenizer: dict[str, Any] | None = None,
+        teacher_dir: str | Path | None = None,
         ram_budget_bytes: float = 2 * 1024**3,
     ) -> None:
         require_token_alignment(cache, dataset, teacher=teacher, vocab_size=vocab_size, tokenizer=tokenizer)
+        if teacher_dir is not None:
+            require_fresh_teacher(cache, teacher if isinstance(teacher, str) else None, teacher_dir)
         super().__init__(
             dataset, cache, teacher=teacher, targets=targets, views=TokenViews(), ram_budget_bytes=ram_budget_bytes
         )
@@ -115,3 +121,23 @@ def _same_vocabulary(cache: Cache, teacher: str | Ensemble | None, vocab_size: i
                 "data.num_classes). Teacher and student must share the vocabulary; build the student with "
                 f"{', '.join(map(str, sorted(widths)))} tokens"
             )
+
+
+def require_fresh_teacher(cache: Cache, teacher: str | None, directory: str | Path) -> None:
+    """Refuse ``cache`` unless teacher ``teacher`` was cached from the ``transformers`` model ``directory`` with
+    every file as it is now (config, weights shards, tokenizer: :func:`~kdcache.models.hfdir.directory_source`). A
+    directory retrained or edited in place would otherwise leave its old targets in use, silently."""
+    record = cache.teacher(teacher)
+    recorded = record.fingerprint.get("source") or {}
+    name = teacher or cache.teachers[0]
+    if recorded.get("kind") != SOURCE_KIND or "files" not in recorded:
+        raise StaleTeacherError(
+            f"store {cache.url!r}: teacher {name!r} was not cached from a model directory, so it cannot be proven to "
+            f"be the one in {str(directory)!r}. Cache it from there (kdcache precompute) under this name"
+        )
+    if changes := changed_files(recorded, directory_source(directory)):
+        raise StaleTeacherError(
+            f"store {cache.url!r}: teacher {name!r} was cached from {recorded['path']!r}, whose files changed since: "
+            f"{'; '.join(changes)}. Its targets are stale: cache the directory as it is now (delete the store, or "
+            "`kdcache precompute` under another teacher.name), or restore the files it was cached from"
+        )

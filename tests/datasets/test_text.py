@@ -14,7 +14,7 @@ from kdcache.datasets import DATASETS, TextDataset
 from kdcache.datasets.text import pack, tokens_per_sample
 from kdcache.datasets.tokenizer import load_tokenizer, tokenizer_fingerprint
 from kdcache.errors import ConfigError
-from tests.lmkit import SEQ_LEN, text_split, train_wordlevel
+from tests.lmkit import SEQ_LEN, save_teacher_dir, text_split, tiny_lm, train_wordlevel
 
 
 def test_pack_cuts_the_stream_and_labels_the_next_token() -> None:
@@ -77,19 +77,27 @@ def test_description_fingerprints_files_tokenizer_and_packing(lm_corpus, lm_toke
     assert tokens_per_sample(source) == SEQ_LEN and tokens_per_sample({"kind": "hdf5"}) is None
 
 
-def test_tokenizer_fingerprint_tells_vocabulary_specials_and_chat_template_apart(lm_corpus, lm_tokenizer, tmp_path):
+def test_tokenizer_identity_is_what_changes_token_ids(lm_corpus, lm_tokenizer, tmp_path):
+    """Another vocabulary or other rules (a lowercasing normaliser) are another tokenizer; a chat template is hashed
+    apart (it changes no id of plain text), and a re-save by transformers' save_pretrained, which adds a
+    post-processor and a tokenizer_config.json, encodes the same ids and keeps the fingerprint."""
+    from tokenizers import Tokenizer, normalizers
+
     base = load_tokenizer(lm_tokenizer).fingerprint()
     words = load_tokenizer(train_wordlevel(lm_corpus, tmp_path / "words.json")).fingerprint()
     assert words["vocab_size"] != base["vocab_size"] and words["digest"] != base["digest"]
-    directory = tmp_path / "model"
-    directory.mkdir()
-    (directory / "tokenizer.json").write_text(lm_tokenizer.read_text())
-    assert load_tokenizer(directory).fingerprint() == base  # no tokenizer_config.json: no chat template
-    (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
-    templated = load_tokenizer(directory).fingerprint()
-    assert templated["vocab_sha256"] == base["vocab_sha256"] and templated["chat_template_sha256"] is not None
-    assert templated["digest"] != base["digest"]
-    assert tokenizer_fingerprint(load_tokenizer(lm_tokenizer).tokenizer) == base
+    lowered = Tokenizer.from_file(str(lm_tokenizer))
+    lowered.normalizer = normalizers.Lowercase()
+    ruled = tokenizer_fingerprint(lowered)
+    assert ruled["vocab_sha256"] == base["vocab_sha256"] and ruled["tokenizer_sha256"] != base["tokenizer_sha256"]
+    resaved = save_teacher_dir(tiny_lm(300), tmp_path / "model", lm_tokenizer)
+    assert json.loads((resaved / "tokenizer.json").read_text()) != json.loads(lm_tokenizer.read_text())
+    (resaved / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    again = load_tokenizer(resaved)
+    assert again.fingerprint() == base and again.chat_template_sha256 is not None
+    text = [doc.read_text() for doc in lm_corpus]
+    assert again.encode(text) == load_tokenizer(lm_tokenizer).encode(text)
+    assert load_tokenizer(lm_tokenizer).chat_template_sha256 is None
 
 
 def test_sysconfig_root_and_pinned_digests(tmp_path) -> None:

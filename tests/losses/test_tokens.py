@@ -3,6 +3,7 @@ k = V equal to dense), the sampled-token estimator; padding positions cost nothi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
-from kdcache.losses.tokens import TAIL_FLOOR
+from kdcache.losses.tokens import TAIL_FLOOR, token_kd_divergence
 from kdcache.targets import SampledTokens, TokenTopK, build_target
 
 SETUP = LossSetup(num_classes=6, task="language-model")
@@ -141,7 +142,29 @@ def test_mismatched_vocabularies_are_refused() -> None:
     with pytest.raises(TargetMismatchError, match="must share the tokenizer and the vocabulary"):
         term("token_kd")(StepOutputs(torch.randn(1, 2, 6), labels, teacher={"token_logits_topk": torch.randn(1, 2, 8)}))
     top = topk_of(torch.randn(1, 2, 8), 8)
+    unknown = dataclasses.replace(top, vocab_size=None)  # a target decoded without the teacher's vocabulary
     with pytest.raises(TargetMismatchError, match="beyond the student's vocabulary of 6 tokens"):
-        term("token_kd")(StepOutputs(torch.randn(1, 2, 6), labels, teacher={"token_logits_topk": top}))
+        term("token_kd")(StepOutputs(torch.randn(1, 2, 6), labels, teacher={"token_logits_topk": unknown}))
     with pytest.raises(TargetMismatchError, match="Use ce and kd for classifiers"):
         term("next_token")(StepOutputs(torch.randn(4, 6), torch.zeros(4, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("width", [6, 10], ids=["narrower", "wider"])
+def test_student_logits_of_another_width_than_the_cached_vocabulary_are_refused(width) -> None:
+    """The decoded target knows the teacher's vocabulary (8): the tail bin and log-sum-exp are over it, so a student
+    of 10 tokens (ids all in range) would be compared with the wrong tail, silently; 6 loses tokens. Both refused."""
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    teacher = torch.randn(1, 2, 8)
+    top, drawn = topk_of(teacher, 3), sampled_of(teacher, 4)
+    assert (top.vocab_size, drawn.vocab_size) == (8, 8)
+    for target in (top, drawn):
+        with pytest.raises(TargetMismatchError, match=f"vocabulary of 8 tokens, but the student's logits are {width}"):
+            token_kd_divergence(torch.randn(1, 2, width), labels, target)
+    assert token_kd_divergence(torch.randn(1, 2, 8), labels, top).item() > 0
+
+
+def sampled_of(teacher: torch.Tensor, samples: int) -> SampledTokens:
+    target = build_target("token_logits", {"encoding": "sampled", "samples": samples})
+    target.layout(tuple(teacher.shape[1:]))
+    arrays = target.encode_at(teacher, np.arange(len(teacher)), np.zeros(len(teacher), dtype=np.int64))
+    return target.decode({name: torch.from_numpy(a) for name, a in arrays.items()})

@@ -3,6 +3,8 @@ checkpoints that safetensors can write (tied embeddings) and refusals that name 
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from kdcache.checkpoint import load_model, save_model
 from kdcache.errors import ConfigError
 from kdcache.models import build_model
 from kdcache.models.lm import CausalLM
-from tests.lmkit import tiny_lm
+from tests.lmkit import save_teacher_dir, tiny_lm
 
 
 def test_built_from_a_config_it_returns_logits_per_position() -> None:
@@ -30,6 +32,29 @@ def test_a_model_saved_with_save_pretrained_loads_from_its_directory(tmp_path) -
         build_model("causal-lm", 512, {"path": str(tmp_path / "lm")})
     with pytest.raises(ConfigError, match="not a local model directory"):
         build_model("causal-lm", 300, {"path": str(tmp_path / "nowhere")})
+
+
+def test_a_sharded_directory_loads_as_it_is_and_records_every_file(tmp_path, lm_tokenizer) -> None:
+    """save_pretrained's sharded layout (model-0000x-of-0000y.safetensors + index) with its tokenizer: loaded as it
+    is, every file that decides logits or ids hashed (generation_config.json does not), bfloat16 on request."""
+    model = tiny_lm(300, layers=2).eval()
+    directory = save_teacher_dir(model, tmp_path / "lm", lm_tokenizer)
+    shards = sorted(p.name for p in directory.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and (directory / "model.safetensors.index.json").is_file()
+    loaded = CausalLM(300, path=str(directory)).eval()
+    tokens = torch.randint(0, 300, (2, 12))
+    assert torch.equal(loaded(tokens), model(tokens))
+    files = loaded.source["files"]
+    assert sorted(files) == sorted(["config.json", "model.safetensors.index.json", "tokenizer.json",
+                                    "tokenizer_config.json", *shards])  # fmt: skip
+    assert files["config.json"] == hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    assert loaded.source["tokenizer"]["vocab_size"] == 300 and loaded.get_input_embeddings().num_embeddings == 300
+    half = CausalLM(300, path=str(directory), dtype="bfloat16").eval()
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half(tokens).dtype == torch.bfloat16
+    assert (half(tokens).float() - model(tokens)).abs().max() < 0.1  # bf16 rounding of the same weights
+    with pytest.raises(ConfigError, match="dtype 'bf16' is not one of float32, bfloat16, float16"):
+        CausalLM(300, path=str(directory), dtype="bf16")
 
 
 def test_tied_embeddings_round_trip_through_safetensors(tmp_path) -> None:

@@ -4,6 +4,7 @@ top-k and sampled), refusals before any teacher runs, and the shipped stdlib_lm 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from kdcache.pipeline import load_pipeline, parse_pipeline, run_pipeline
 from kdcache.pipeline.plan import plan_storage, token_budget
 from tests.conftest import ROOT
 from tests.helpers import kdcache
-from tests.lmkit import SEQ_LEN, lm_pipeline_dict
+from tests.lmkit import SEQ_LEN, lm_pipeline_dict, save_teacher_dir, tiny_lm, train_bpe, write_corpus
 
 
 @pytest.fixture
@@ -100,3 +101,67 @@ def test_stdlib_lm_runs_on_a_subset(tmp_path):
     assert 4 + 4 * 32 <= per_token <= 4 + 6 * 32  # 132 B of fp16 log-probs, uint16 ids and one lse, plus padding
     for result in summary["students"].values():
         assert result["test"]["perplexity"] < 1024
+
+
+@pytest.fixture
+def hf_teacher_raw(lm_raw, tmp_path, lm_teacher, lm_tokenizer) -> dict:
+    """The test pipeline with a save_pretrained directory (sharded, its own config and tokenizer) as the teacher,
+    as it is: no teacher.train, no teacher.checkpoint."""
+    directory = save_teacher_dir(lm_teacher, tmp_path / "hf-teacher", lm_tokenizer)
+    lm_raw["teacher"] = {"name": "hf-gpt2", "model": {"arch": "causal-lm", "args": {"path": str(directory),
+                                                                                   "pad_token_id": 1}}}  # fmt: skip
+    lm_raw["student"]["train"]["stages"][0]["epochs"] = 1
+    lm_raw["cache"]["store"] = str(tmp_path / "train.zarr")
+    return lm_raw
+
+
+def test_a_transformers_directory_is_the_teacher_as_it_is_through_the_cli(hf_teacher_raw, tmp_path, lm_teacher):
+    """precompute and a 1-epoch cached student from the directory alone; retrained in place, it is refused stale."""
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(hf_teacher_raw))
+    done = kdcache("precompute", str(path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "2 shard(s) written" in done.stdout and not (tmp_path / "run" / "teacher.safetensors").exists()
+    trained = kdcache("train", str(path), "--variant", "cached", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert "student (cached): " in trained.stdout and "perplexity" in trained.stdout
+    assert (tmp_path / "run" / "student-cached.safetensors").is_file()
+    tiny_lm(300, seed=5, layers=2).model.save_pretrained(tmp_path / "hf-teacher", max_shard_size="50KB")
+    refused = kdcache("train", str(path), "--variant", "cached", "--quiet")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "teacher 'hf-gpt2' was cached from" in refused.stderr
+    assert re.search(
+        r"files changed since: model-00001-of-0000\d\.safetensors \(sha256 \w{12}… when cached", refused.stderr
+    )
+    assert "Its targets are stale" in refused.stderr
+
+
+def test_a_directory_teacher_needs_no_checkpoint_and_its_own_weights_are_not_one(hf_teacher_raw, tmp_path):
+    from kdcache.errors import CheckpointError
+    from kdcache.pipeline.build import load_teacher
+    from kdcache.pipeline.teacher import ensure_teacher
+
+    teacher = ensure_teacher(parse_pipeline(hf_teacher_raw), progress=False)
+    assert teacher.source["path"] == str(tmp_path / "hf-teacher")
+    for weights in (tmp_path / "hf-teacher" / "model-00001-of-00004.safetensors", tmp_path / "hf-teacher"):
+        raw = json.loads(json.dumps(hf_teacher_raw))
+        raw["teacher"]["checkpoint"] = str(weights)
+        with pytest.raises(CheckpointError, match=r"is in a transformers model directory .* Use the directory as it "
+                           r"is: remove teacher.checkpoint"):  # fmt: skip
+            load_teacher(parse_pipeline(raw))
+    hf_teacher_raw["teacher"]["model"]["args"] = {"pad_token_id": 1, "config": {"model_type": "gpt2", "n_layer": 1}}
+    with pytest.raises(CheckpointError, match=r"no teacher.train: point teacher.checkpoint at a kdcache checkpoint, "
+                       r"add teacher.train .* or use a transformers directory as it is"):  # fmt: skip
+        ensure_teacher(parse_pipeline(hf_teacher_raw), progress=False)
+
+
+def test_a_directory_teacher_with_another_tokenizer_is_refused_unless_allowed(hf_teacher_raw, tmp_path, lm_corpus):
+    from kdcache.errors import TokenAlignmentError
+    from kdcache.pipeline.distill import run_precompute
+
+    directory = tmp_path / "hf-teacher"
+    train_bpe(write_corpus(tmp_path / "other", seed=3), directory / "tokenizer.json")  # the same width, other merges
+    with pytest.raises(TokenAlignmentError, match=r"teacher 'hf-gpt2' ships another tokenizer than the data's"):
+        run_precompute(parse_pipeline(hf_teacher_raw), progress=False)
+    hf_teacher_raw["cache"]["allow_tokenizer_mismatch"] = True
+    assert run_precompute(parse_pipeline(hf_teacher_raw), progress=False).complete

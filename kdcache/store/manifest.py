@@ -122,7 +122,8 @@ def read_manifest(location: StoreLocation, *, upgrading: bool = False) -> Manife
     except FileNotFoundError:
         what = "holds no kdcache manifest" if location.exists() else "does not exist"
         raise StoreNotFoundError(
-            f"store {location.url!r} {what}; run `kdcache precompute` to build it, or check the path"
+            f"store {location.url!r} {what}; build it first (kdcache.precompute(...) in Python, `kdcache precompute` "
+            "for a pipeline), or check the path"
         ) from None
     return parse_manifest(
         raw, source=f"store {location.url!r}", key=f"{location.url}/{MANIFEST_KEY}", upgrading=upgrading

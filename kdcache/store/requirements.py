@@ -51,7 +51,10 @@ def teacher_record(manifest: Manifest, url: str, name: str | None) -> TeacherRec
             )
         name = names[0]
     if name not in manifest.teachers:
-        raise StoreMismatchError(f"store {url!r} has no teacher {name!r}; it holds {names}")
+        raise StoreMismatchError(
+            f"store {url!r} has no teacher {name!r}; it holds {names}. Name one of them (teacher= in Python, "
+            "teacher.name in a pipeline file or --set teacher.name=NAME), or cache this teacher first"
+        )
     return manifest.teachers[name]
 
 

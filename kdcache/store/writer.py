@@ -342,11 +342,14 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+_OTHER = {"dataset": "another dataset", "views": "other views"}
+
+
 def _require_same(location: StoreLocation, what: str, found: dict[str, Any], expected: dict[str, Any]) -> None:
     if found.get("digest") != expected.get("digest"):
         raise StoreMismatchError(
-            f"store {location.url!r} was built for a different {what} ({describe_difference(expected, found)}). "
-            "Write to a new store, or point this run at the data the store was built from"
+            f"store {location.url!r} was built with {_OTHER[what]} ({describe_difference(expected, found)}). Write "
+            f"to a new store, or run with the {what} the store was built with"
         )
 
 

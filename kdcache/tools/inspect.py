@@ -22,6 +22,11 @@ def print_store(cache: Cache, console: Console | None = None) -> None:
         f"samples: {m.num_samples:,} in {m.num_shards()} shard(s) of {m.shard_samples}  views: {m.views.get('count')} "
         f"(seed {m.views.get('seed')}, digest {m.views['digest'][:12]})"
     )
+    for key in ("pipeline", "eval"):
+        steps = m.views.get("transform", {}).get(key) or []
+        if steps:
+            names = " → ".join(str(step.get("class") or step.get("function") or step) for step in steps)
+            console.print(f"{key} ({'views ≥ 1' if key == 'pipeline' else 'view 0'}): {names}")
     augment = m.views.get("transform", {}).get("augment")
     if augment:
         ops = " → ".join(f"{op['op']}({', '.join(f'{k}={v}' for k, v in op.items() if k != 'op')})" for op in augment)

@@ -8,8 +8,8 @@ what decides its output instead:
 * a torchvision transform, ``nn.Module`` or any other object: its class path and the description of every attribute
   (nested transforms, tensors by digest, enums, dtypes), never its address;
 * a function or lambda: its qualified name, a digest of its source (or, without source, of its bytecode, with the
-  Python version), the constants and names its code uses, its defaults, the values its closure holds and the plain
-  values of the module globals it reads;
+  Python version), the constants and names its code uses, its defaults, the values its closure holds and the module
+  globals it reads that are plain data (numbers, strings, lists, tuples and dicts of them) or user functions;
 * an object may describe itself with a ``kdcache_identity()`` method returning JSON-able data.
 
 A step that cannot be described (an extension object with no attributes, a cycle, nesting deeper than
@@ -121,11 +121,22 @@ class _Describer:
             cells = [cell.cell_contents for cell in function.__closure__]
             described["closure"] = self.describe(cells, depth + 1, f"{where} (closure)")
         read = {name: function.__globals__[name] for name in _names(code) if name in function.__globals__}
-        plain = {name: v for name, v in read.items() if isinstance(v, (*_SCALARS, tuple))}
+        plain = {name: v for name, v in read.items() if isinstance(v, (*_SCALARS, tuple, list, dict)) and _data(v)}
         user = {name: v for name, v in read.items() if isinstance(v, types.FunctionType) and not _library(v)}
         if plain or user:
             described["globals"] = self.describe(plain | user, depth + 1, f"{where} (globals)")
         return described
+
+
+def _data(value: Any, depth: int = 0) -> bool:
+    """Plain data (numbers, strings, and lists, tuples and dicts of them): what a function may read as settings."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_data(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _data(v, depth + 1) for k, v in value.items())
+    return isinstance(value, _SCALARS)
 
 
 def _code_identity(code: types.CodeType) -> dict[str, Any]:

@@ -90,3 +90,16 @@ def test_recursive_functions_are_described_and_unreadable_objects_refused_with_t
     with pytest.raises(ConfigError, match=r"Opaque\) cannot be identified.*kdcache_identity\(\)"):
         ViewTransform(count=2, seed=0, pipeline=v2.Compose([Opaque()]))  # refused when the views are made
     assert describe_step(SelfDescribing())["identity"] == {"strength": 0.25}
+
+
+SETTINGS = {"threshold": 0.5, "levels": [1, 2]}
+
+
+def configured(image: torch.Tensor) -> torch.Tensor:
+    return (image > SETTINGS["threshold"]).float()
+
+
+def test_a_settings_dict_a_function_reads_is_part_of_its_identity(monkeypatch):
+    before = describe_step(configured)
+    monkeypatch.setitem(SETTINGS, "threshold", 0.7)
+    assert describe_step(configured) != before

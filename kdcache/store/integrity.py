@@ -18,6 +18,7 @@ from kdcache.errors import CorruptShardError, StoreFormatError
 from kdcache.fingerprint import json_differences, json_text
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
+from kdcache.store.records import record_problems
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
 
 
@@ -153,10 +154,10 @@ def check_array_metadata(location: StoreLocation, record: ArrayRecord) -> None:
 
 
 def scrub_problems(location: StoreLocation, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> list[str]:
-    """Every problem of a store, one line each: every pinned ``zarr.json``, every commit record's place, every
-    array's layout, shard counts of complete owners, and the size and SHA-256 of every committed shard file. Unlike
-    opening a store it does not stop at the first one."""
-    problems = metadata_problems(location, manifest)
+    """Every problem of a store, one line each: every pinned ``zarr.json``, every record's binding to what it
+    names, every commit record's place, every array's layout, shard counts of complete owners, and the size and
+    SHA-256 of every committed shard file. Unlike opening a store it does not stop at the first one."""
+    problems = metadata_problems(location, manifest) + record_problems(location.url, manifest)
     for check in [lambda: check_commits(location.url, manifest, owners),
                   *(lambda r=r: check_array_metadata(location, r) for rs in owners.values() for r in rs.values())]:  # fmt: skip
         try:

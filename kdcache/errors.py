@@ -101,3 +101,8 @@ class PerformanceWarning(UserWarning):
 class ViewMismatchError(StoreMismatchError):
     """A view's model input differs from the input stage one gave the teacher for it: the view's cached targets
     would be trained on with another input."""
+
+
+class ForeignItemsError(KdcacheError, ValueError):
+    """Per-sample items made by another dataset (another store, other targets) handed to this one's ``as_batch``:
+    its decoders would read their stored arrays as other numbers."""

@@ -18,8 +18,8 @@ from kdcache.errors import CorruptShardError, StoreFormatError
 from kdcache.fingerprint import json_differences, json_text
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
-from kdcache.store.records import record_problems
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
+from kdcache.store.records import record_problems
 
 
 def corrupt_shard(

@@ -60,7 +60,9 @@ def _sample_problems(manifest: Manifest) -> list[tuple[str, str]]:
         if key == VIEW_PARAMS and attrs.get("params") != manifest.views.get("transform", {}).get("params"):
             problems.append(("views", f"names view parameters {attrs.get('params')} the view spec does not"))
     problems += [
-        (SAMPLES_OWNER, f"lists shard {c.index} of {c.owner}") for c in manifest.samples.shards if c.owner != SAMPLES_OWNER
+        (SAMPLES_OWNER, f"lists shard {c.index} of {c.owner}")
+        for c in manifest.samples.shards
+        if c.owner != SAMPLES_OWNER
     ]
     return problems
 

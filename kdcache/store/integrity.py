@@ -34,8 +34,8 @@ def corrupt_shard(
     )
 
 
-def check_digest(location: StoreLocation, path: str, index: int, start: int, stop: int, digest: FileDigest) -> None:
-    """Read one committed shard file and compare its size and SHA-256 with its record."""
+def check_digest(location: StoreLocation, path: str, index: int, start: int, stop: int, digest: FileDigest) -> bytes:
+    """Read one committed shard file and compare its size and SHA-256 with its record; its verified bytes."""
     try:
         raw = location.read_bytes(digest.key)
     except FileNotFoundError:
@@ -45,6 +45,7 @@ def check_digest(location: StoreLocation, path: str, index: int, start: int, sto
     actual = hashlib.sha256(raw).hexdigest()
     if actual != digest.sha256:
         raise corrupt_shard(location.url, path, index, start, stop, digest, len(raw), f" with sha256 {actual[:12]}…")
+    return raw
 
 
 def check_shard_sizes(location: StoreLocation, manifest: Manifest) -> None:

@@ -77,7 +77,8 @@ class Cache:
 
     def array_reader(self, record: ArrayRecord, owner: str, *, in_memory: bool) -> ArrayReader:
         files = {c.index: c.files[record.path] for c in self.commits_of(owner) if record.path in c.files}
-        return ArrayReader(self.location, record, files, in_memory=in_memory)
+        meta = self.manifest.metadata.get(f"{record.path}/zarr.json")
+        return ArrayReader(self.location, record, files, in_memory=in_memory, meta=meta)
 
     def owner_arrays(self) -> dict[str, dict[str, ArrayRecord]]:
         """Every array of the store by owner (``samples``, ``teachers/<name>``), then by path."""

@@ -155,6 +155,10 @@ class LogitsTarget(Target):
             f"{name}/lse": log_sum_exp_float32(full, p.temperatures, dim=1),
         }
 
+    def checked_arrays(self) -> tuple[str, ...]:
+        checked = {"topk": ("values", "lse"), "int8": ("scale", "offset")}.get(self.params.encoding, ())
+        return tuple(f"{self.name}/{array}" for array in checked)
+
     def stored_problem(self, arrays: dict[str, np.ndarray], value_shape: tuple[int, ...]) -> str:
         """Top-k: the stored mass at every declared temperature is in [k/C, 1] and T·lse_T rises as it must; int8:
         scales positive and finite (:mod:`kdcache.targets.invariants`)."""

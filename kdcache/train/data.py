@@ -198,16 +198,7 @@ class CachedDataset(ViewDataset):
         self.value_checks = value_checks(cache, self.decoders, teacher if isinstance(teacher, str) else "")
         arrays = {name: {key: rec.dtype for key, rec in arrays.items()} for name, arrays in _by_target(records).items()}
         self.source = source_identity(cache.url, cache.manifest.digest, arrays)
-        budget = ram_budget_bytes
-        self.readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
-        for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
-            size = _nbytes(rec.shape, rec.dtype)
-            fits = size <= budget
-            budget -= size if fits else 0
-            reader = cache.array_reader(rec, owner, in_memory=fits)
-            if fits:
-                reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
-            self.readers[name][key] = reader
+        self.readers, budget = _open_readers(cache, targets, records, ram_budget_bytes)
         self.params_reader = self._params_reader(cache, budget)
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
@@ -302,6 +293,23 @@ def _target_sources(
             for rel, rec in found[m][name].arrays.items()
         ]
     return decoders, records
+
+
+def _open_readers(
+    cache: Cache, targets: list[str], records: list[tuple[str, str, str, ArrayRecord]], budget: float
+) -> tuple[dict[str, dict[str, ArrayReader]], float]:
+    """A reader for every array, smallest first: in RAM (loaded and verified once, before DataLoader workers fork
+    and share it) while they fit ``budget``, streamed after that. Returns them and the budget left."""
+    readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
+    for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
+        size = _nbytes(rec.shape, rec.dtype)
+        fits = size <= budget
+        budget -= size if fits else 0
+        reader = cache.array_reader(rec, owner, in_memory=fits)
+        if fits:
+            reader.read_all()
+        readers[name][key] = reader
+    return readers, budget
 
 
 def _by_target(records: list[tuple[str, str, str, ArrayRecord]]) -> dict[str, dict[str, ArrayRecord]]:

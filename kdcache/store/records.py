@@ -7,7 +7,7 @@ facts stored elsewhere, which such a tool would have to rewrite consistently too
 * a teacher's target and array records name only arrays under its own path (``teachers/<name>/...``), and its shard
   commits are its own (``owner``); the sample arrays live under ``samples/`` and ``views/``;
 * each array's pinned ``zarr.json`` attributes (``attributes.kdcache``) name the same owner, target, kind,
-  parameters and array as the manifest's record, and the dtype they say the values decode to is the array's data
+  parameters and array as the manifest's record (format 3; an older store's are rewritten by its upgrade), and the dtype they say the values decode to is the array's data
   type (or ``bfloat16`` for the ``uint16`` bits of a bfloat16 target);
 * a top-k target's temperatures are distinct; the names of the view parameters are the view spec's.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.store.layout import SAMPLES_OWNER, VIEW_PARAMS
+from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, VIEW_PARAMS
 from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord
 
 SAMPLE_PREFIXES = ("samples/", "views/")
@@ -54,6 +54,8 @@ def _sample_problems(manifest: Manifest) -> list[tuple[str, str]]:
         if record.path != key or not key.startswith(SAMPLE_PREFIXES):
             problems.append((SAMPLES_OWNER, f"of {key} names array {record.path}, not a sample array of its own"))
             continue
+        if manifest.format_version < FORMAT_VERSION:
+            continue
         attrs = _attributes(manifest, record)
         if attrs.get("array") != key:
             problems.append((SAMPLES_OWNER, f"of {key} is pinned with attributes of array {attrs.get('array')!r}"))
@@ -79,10 +81,12 @@ def target_problems(manifest: Manifest, teacher: str, target: str, record: Targe
         if array.path != own:
             problems.append(f"lists array {array.path} as its {rel!r}; its own array is {own}")
             continue
+        if manifest.format_version < FORMAT_VERSION:  # an older store's attributes are rewritten by its upgrade
+            continue
         attrs = _attributes(manifest, array)
         expected = {"teacher": teacher, "target": target, "kind": record.kind, "params": record.params, "array": rel}
         for fact in _BOUND_FACTS:
-            if attrs.get(fact) != expected[fact]:
+            if _differs(attrs.get(fact), expected[fact]):
                 problems.append(
                     f"says {fact} {_text(expected[fact])} for {array.path}, whose pinned attributes say "
                     f"{_text(attrs.get(fact))}"
@@ -101,6 +105,14 @@ def _decoded_dtype_problem(array: ArrayRecord, decodes_to: Any, target_dtype: An
         f"of {array.path} holds {array.dtype} data for a {target_dtype} target, but its pinned attributes say the "
         f"values decode to {_text(decodes_to)}: a plain zarr reader would decode other numbers"
     )
+
+
+def _differs(found: Any, expected: Any) -> bool:
+    """Whether an attribute contradicts the record. A parameter the attributes leave ``None`` was resolved only
+    after the arrays were created (a token target's vocabulary size, from the first batch): not a contradiction."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return any(found.get(k) is not None and found.get(k) != expected.get(k) for k in found.keys() | expected.keys())
+    return found != expected
 
 
 def _attributes(manifest: Manifest, array: ArrayRecord) -> dict[str, Any]:

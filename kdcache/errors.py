@@ -122,3 +122,8 @@ class ViewMismatchError(StoreMismatchError):
 class StaleTeacherError(StoreMismatchError):
     """The teacher's files changed since its targets were cached (a model directory retrained or edited in place):
     the store's targets belong to the teacher as it was."""
+
+
+class ForeignItemsError(KdcacheError, ValueError):
+    """Per-sample items made by another dataset (another store, other targets) handed to this one's ``as_batch``:
+    its decoders would read their stored arrays as other numbers."""

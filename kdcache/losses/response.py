@@ -26,6 +26,8 @@ def topk_kd_divergence(student: torch.Tensor, teacher: TopKLogits, temperature: 
     log_p_top = teacher.values / temperature - teacher.lse_at(temperature)[:, None]
     per_sample = (log_p_top.exp() * (log_p_top - log_q.gather(1, teacher.indices))).sum(dim=1)
     if teacher.indices.shape[1] < student.shape[1]:
+        # a stored mass above 1 is refused when the rows are read (kdcache.targets.invariants); what is clamped
+        # here is the float32 rounding of a tail that is exactly 0, nothing more
         p_tail = (1 - log_p_top.exp().sum(dim=1)).clamp_min(0)
         log_q_tail = torch.logsumexp(log_q.scatter(1, teacher.indices, float("-inf")), dim=1)
         tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0)

@@ -1,12 +1,15 @@
 """Rows of one array of a store, read a batch at a time: whole-array in RAM, or streamed whole chunks at a time.
 
-Only committed shards are read, each checked against its size and SHA-256 the first time it is touched. Streamed
+Only committed shards are read, each checked against its size and SHA-256 the first time it is touched, and every
+value is decoded from verified bytes: the shard's own, or an inner chunk read again after the chunk cache evicted
+it, checked against the digest its bytes had when the shard was verified (:mod:`kdcache.store.shardbytes`). Streamed
 reads go through a small LRU of decoded inner chunks (never one sample per zarr call, which is 100-500x slower:
 PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter, OrderedDict
 from typing import Any
@@ -18,6 +21,7 @@ from kdcache.errors import CorruptShardError
 from kdcache.store.integrity import check_digest
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, FileDigest
+from kdcache.store.shardbytes import ChunkDecoder, ChunkSpan, chunk_digest, chunk_spans
 
 DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -31,7 +35,13 @@ class ArrayReader:
     """Rows of one array, read in batches; whole-array in RAM or chunk-streamed. Picklable for DataLoader workers."""
 
     def __init__(
-        self, location: StoreLocation, record: ArrayRecord, files: dict[int, FileDigest], *, in_memory: bool
+        self,
+        location: StoreLocation,
+        record: ArrayRecord,
+        files: dict[int, FileDigest],
+        *,
+        in_memory: bool,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.location = location
         self.record = record
@@ -42,7 +52,9 @@ class ArrayReader:
         self._array: zarr.Array | None = None
         self._array_pid = os.getpid()
         self._data: np.ndarray | None = None
-        self._verified: set[int] = set()
+        self._spans: dict[int, list[ChunkSpan]] = {}  # verified shards: each inner chunk's span and digest
+        self._meta = meta  # the manifest's pinned zarr.json: what the shards are decoded with
+        self._decoder: ChunkDecoder | None = None
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         #: how many times each inner chunk was read from the store (streamed reads; a whole-array load is not counted)
         self.chunks_read: Counter[int] = Counter()
@@ -50,7 +62,7 @@ class ArrayReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_array=None, _chunks=OrderedDict())  # zarr handles are reopened in each process
+        state.update(_array=None, _chunks=OrderedDict(), _decoder=None)  # zarr handles are reopened in each process
         return state
 
     def _chunk_nbytes(self) -> int:
@@ -62,20 +74,29 @@ class ArrayReader:
             self._array_pid = os.getpid()
         return self._array
 
-    def verify_shard(self, index: int) -> None:
-        """Check shard ``index`` against its size and digest once per reader."""
-        if index in self._verified:
-            return
+    def verify_shard(self, index: int) -> bytes | None:
+        """Check shard ``index`` against its size and SHA-256 once per reader, keeping each inner chunk's span and
+        digest in the verified bytes (:func:`~kdcache.store.shardbytes.chunk_spans`). Returns the verified bytes
+        on the first call, ``None`` once the shard is verified already."""
+        if index in self._spans:
+            return None
         digest = self.files.get(index)
-        start = index * self.shard
-        stop = min(start + self.shard, self.record.shape[0])
+        start, stop = self.shard_range(index)
         if digest is None:
             raise CorruptShardError(
                 f"store {self.location.url!r}, array {self.record.path}: shard {index} (samples {start}..{stop - 1}) "
                 "is not committed in the manifest, so it cannot be read. Finish the store with `kdcache precompute`"
             )
-        check_digest(self.location, self.record.path, index, start, stop, digest)
-        self._verified.add(index)
+        raw = check_digest(self.location, self.record.path, index, start, stop, digest)
+        self._spans[index] = chunk_spans(self.meta(), raw, self.shard // self.chunk)
+        return raw
+
+    def meta(self) -> dict[str, Any]:
+        """The array's ``zarr.json``: the manifest's pinned copy, or the file (checked against it when the store was
+        opened)."""
+        if self._meta is None:
+            self._meta = json.loads(self.location.read_bytes(f"{self.record.path}/zarr.json"))
+        return self._meta
 
     @property
     def num_shards(self) -> int:
@@ -85,11 +106,12 @@ class ArrayReader:
         return index * self.shard, min((index + 1) * self.shard, self.record.shape[0])
 
     def read_shard(self, index: int) -> np.ndarray:
-        """The rows of shard ``index``, verified against the manifest before they are decoded."""
+        """The rows of shard ``index``, decoded from the bytes whose SHA-256 was checked."""
         lo, hi = self.shard_range(index)
         with io_errors(self.location, f"reading {self.record.path} shard {index}"):
-            self.verify_shard(index)
-            return np.asarray(self.array()[lo:hi])
+            raw = self.verify_shard(index)
+            blocks = [self._decoded(index, local, raw) for local in range(-(-(hi - lo) // self.chunk))]
+        return np.concatenate(blocks)[: hi - lo]
 
     def read_all(self) -> np.ndarray:
         """The whole array, shard by shard, each shard verified before use."""
@@ -123,11 +145,36 @@ class ArrayReader:
             self._chunks.move_to_end(cid)
             return self._chunks[cid]
         lo, hi = cid * self.chunk, min((cid + 1) * self.chunk, self.record.shape[0])
+        index, local = divmod(cid, self.shard // self.chunk)
         with io_errors(self.location, f"reading {self.record.path} samples {lo}..{hi - 1}"):
-            self.verify_shard(cid * self.chunk // self.shard)
-            block = np.asarray(self.array()[lo:hi])
+            block = self._decoded(index, local, self.verify_shard(index))[: hi - lo]
         self.chunks_read[cid] += 1
         self._chunks[cid] = block
         if len(self._chunks) > self._chunk_budget:
             self._chunks.popitem(last=False)
         return block
+
+    def _decoded(self, index: int, local: int, raw: bytes | None) -> np.ndarray:
+        """Inner chunk ``local`` of shard ``index``: cut from ``raw`` (the shard's bytes, just verified) or read
+        again as one range and checked against the digest its bytes had when the shard was verified."""
+        span = self._spans[index][local]
+        if self._decoder is None:
+            self._decoder = ChunkDecoder(self.meta(), self.record.dtype)
+        if span.empty:
+            return self._decoder.decode(None)
+        if raw is not None:
+            return self._decoder.decode(raw[span.offset : span.offset + span.nbytes])
+        key = self.files[index].key
+        try:
+            data = self.location.read_range(key, span.offset, span.offset + span.nbytes)
+        except FileNotFoundError:
+            data = b""
+        if chunk_digest(data) != span.digest:
+            lo, hi = self.shard_range(index)
+            raise CorruptShardError(
+                f"store {self.location.url!r}, array {self.record.path}, shard {index} (samples {lo}..{hi - 1}, file "
+                f"{key}): inner chunk {local} read again differs from the bytes whose sha256 was checked when the "
+                "shard was first read; the file changed while it was being trained on. Run `kdcache verify`, then "
+                "restore the store or rebuild it with `kdcache precompute`"
+            )
+        return self._decoder.decode(data)

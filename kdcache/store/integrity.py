@@ -19,6 +19,7 @@ from kdcache.store.bounded import ZARR_JSON_MAX_BYTES, load_json
 from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
+from kdcache.store.records import record_problems
 
 
 def corrupt_shard(
@@ -33,8 +34,8 @@ def corrupt_shard(
     )
 
 
-def check_digest(location: StoreLocation, path: str, index: int, start: int, stop: int, digest: FileDigest) -> None:
-    """Read one committed shard file and compare its size and SHA-256 with its record."""
+def check_digest(location: StoreLocation, path: str, index: int, start: int, stop: int, digest: FileDigest) -> bytes:
+    """Read one committed shard file and compare its size and SHA-256 with its record; its verified bytes."""
     try:
         raw = location.read_bytes(digest.key, limit=digest.nbytes)
     except FileNotFoundError:
@@ -48,6 +49,7 @@ def check_digest(location: StoreLocation, path: str, index: int, start: int, sto
     actual = hashlib.sha256(raw).hexdigest()
     if actual != digest.sha256:
         raise corrupt_shard(location.url, path, index, start, stop, digest, len(raw), f" with sha256 {actual[:12]}…")
+    return raw
 
 
 def check_shard_sizes(location: StoreLocation, manifest: Manifest) -> None:
@@ -160,10 +162,10 @@ def check_array_metadata(location: StoreLocation, record: ArrayRecord) -> None:
 
 
 def scrub_problems(location: StoreLocation, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> list[str]:
-    """Every problem of a store, one line each: every pinned ``zarr.json``, every commit record's place, every
-    array's layout, shard counts of complete owners, and the size and SHA-256 of every committed shard file. Unlike
-    opening a store it does not stop at the first one."""
-    problems = metadata_problems(location, manifest)
+    """Every problem of a store, one line each: every pinned ``zarr.json``, every record's binding to what it
+    names, every commit record's place, every array's layout, shard counts of complete owners, and the size and
+    SHA-256 of every committed shard file. Unlike opening a store it does not stop at the first one."""
+    problems = metadata_problems(location, manifest) + record_problems(location.url, manifest)
     for check in [lambda: check_commits(location.url, manifest, owners),
                   *(lambda r=r: check_array_metadata(location, r) for rs in owners.values() for r in rs.values())]:  # fmt: skip
         try:

@@ -119,6 +119,10 @@ class StoreLocation:
             "or was planted: restore it from a copy of the store or rebuild the store with `kdcache precompute`"
         )
 
+    def read_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the object; ``FileNotFoundError`` if it does not exist."""
+        return bytes(self.fs.cat_file(self._path(key), start=start, end=stop))
+
     def size(self, key: str) -> int | None:
         """Size in bytes, or ``None`` when the object does not exist."""
         try:

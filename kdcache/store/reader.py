@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from kdcache.errors import CorruptShardError
+from kdcache.errors import CorruptShardError, StoreFormatError
 from kdcache.store.arrays import ArrayReader, open_zarr_array
 from kdcache.store.integrity import (
     check_array_metadata,
@@ -26,6 +26,7 @@ from kdcache.store.integrity import (
 from kdcache.store.layout import SAMPLES_OWNER
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, Manifest, ShardCommit, TeacherRecord, read_manifest
+from kdcache.store.records import record_problems
 from kdcache.store.requirements import Requirements, check, teacher_record
 
 
@@ -76,7 +77,8 @@ class Cache:
 
     def array_reader(self, record: ArrayRecord, owner: str, *, in_memory: bool) -> ArrayReader:
         files = {c.index: c.files[record.path] for c in self.commits_of(owner) if record.path in c.files}
-        return ArrayReader(self.location, record, files, in_memory=in_memory)
+        meta = self.manifest.metadata.get(f"{record.path}/zarr.json")
+        return ArrayReader(self.location, record, files, in_memory=in_memory, meta=meta)
 
     def owner_arrays(self) -> dict[str, dict[str, ArrayRecord]]:
         """Every array of the store by owner (``samples``, ``teachers/<name>``), then by path."""
@@ -100,9 +102,12 @@ class Cache:
 
     # ---------------------------------------------------------------- validation
     def check_layout(self) -> None:
-        """Every ``zarr.json`` is the document the manifest pinned; every commit record is in its place; every array
-        is Zarr v3, uses only allowed codecs and matches its record; every committed shard exists with its size."""
+        """Every ``zarr.json`` is the document the manifest pinned; every record describes what it names
+        (:mod:`~kdcache.store.records`); every commit record is in its place; every array is Zarr v3, uses only
+        allowed codecs and matches its record; every committed shard exists with its size."""
         check_pinned_metadata(self.location, self.manifest)
+        if problems := record_problems(self.url, self.manifest):
+            raise StoreFormatError(problems[0])
         check_commits(self.url, self.manifest, self.owner_arrays())
         for records in self.owner_arrays().values():
             for record in records.values():

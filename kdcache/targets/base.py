@@ -96,6 +96,16 @@ class Target(ABC):
     def decode(self, arrays: dict[str, torch.Tensor]) -> Any:
         """What losses consume, from stored arrays already on the training device."""
 
+    def checked_arrays(self) -> tuple[str, ...]:
+        """The arrays :meth:`stored_problem` reads (none by default: no invariant ties the values to the params)."""
+        return ()
+
+    def stored_problem(self, arrays: dict[str, np.ndarray], value_shape: tuple[int, ...]) -> str:
+        """How stored rows (by array name, as read) break an invariant of this target's parameters, or ``""``:
+        checked before they are decoded, so parameters that lie about the values are refused (none by default)."""
+        del arrays, value_shape
+        return ""
+
     def value_dtype(self) -> str | None:
         """The float dtype values are stored in (checked for overflow), or None when the encoding cannot overflow."""
         return getattr(self.params, "dtype", None)

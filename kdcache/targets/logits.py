@@ -23,6 +23,7 @@ from kdcache.errors import ConfigError
 from kdcache.names import Compressor
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage
+from kdcache.targets.invariants import int8_problem, topk_problem
 
 INT8_MEANING = "logits quantised per row: logit = offset + scale * (q + 128)"
 LSE_MEANING = (
@@ -69,6 +70,8 @@ class LogitsParams(TargetParams):
             raise ValueError(f"compressor applies to encoding dense only, not {self.encoding}")
         if any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be positive, got {list(self.temperatures)}")
+        if len(set(self.temperatures)) != len(self.temperatures):
+            raise ValueError(f"temperatures must be distinct, got {list(self.temperatures)}")
         return self
 
 
@@ -151,6 +154,21 @@ class LogitsTarget(Target):
             f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype),
             f"{name}/lse": log_sum_exp_float32(full, p.temperatures, dim=1),
         }
+
+    def checked_arrays(self) -> tuple[str, ...]:
+        checked = {"topk": ("values", "lse"), "int8": ("scale", "offset")}.get(self.params.encoding, ())
+        return tuple(f"{self.name}/{array}" for array in checked)
+
+    def stored_problem(self, arrays: dict[str, np.ndarray], value_shape: tuple[int, ...]) -> str:
+        """Top-k: the stored mass at every declared temperature is in [k/C, 1] and T·lse_T rises as it must; int8:
+        scales positive and finite (:mod:`kdcache.targets.invariants`)."""
+        p, name = self.params, self.name
+        if p.encoding == "topk":
+            values, lse = arrays[f"{name}/values"], arrays[f"{name}/lse"]
+            return topk_problem(values, lse, p.temperatures, value_shape[0], p.dtype)
+        if p.encoding == "int8":
+            return int8_problem(arrays[f"{name}/scale"], arrays[f"{name}/offset"])
+        return ""
 
     def decode(self, arrays: dict[str, torch.Tensor]) -> torch.Tensor | TopKLogits:
         p, name = self.params, self.name

@@ -6,10 +6,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kdcache.store import Cache, read_manifest, scrub
+from kdcache.store import Cache, read_manifest
 from kdcache.store.layout import VIEW_PARAMS
 from kdcache.store.location import StoreLocation
 from kdcache.tables import console as default_console
+from kdcache.tools.values import verify_problems
 from kdcache.tools.verify import FidelityReport
 
 
@@ -77,15 +78,18 @@ def _targets_table(cache: Cache) -> Table:
 
 
 def print_scrub(url: str, console: Console | None = None) -> bool:
-    """Run the full scrub (:func:`kdcache.store.scrub`: metadata, size and SHA-256 of every committed shard file)
-    and print every finding; True when nothing is wrong."""
+    """Run the full scrub (:func:`kdcache.store.scrub`: metadata, records, size and SHA-256 of every committed shard
+    file) and the check of stored values against their targets' parameters (:mod:`kdcache.tools.values`), and print
+    every finding; True when nothing is wrong."""
     console = console or default_console()
-    problems = scrub(url)
+    problems = verify_problems(url)
     files = sum(len(c.files) for c in read_manifest(StoreLocation(url)).all_commits())
     for problem in problems:
         console.print(f"[red]damaged[/red] {problem}", soft_wrap=True)
     verdict = "no problems" if not problems else f"{len(problems)} problem(s)"
-    console.print(f"{url}: {files} committed shard file(s) checked (metadata, size and SHA-256): {verdict}")
+    console.print(
+        f"{url}: {files} committed shard file(s) checked (metadata, records, size, SHA-256 and stored values): {verdict}"
+    )
     return not problems
 
 

@@ -9,12 +9,15 @@ device than inputs moved by hand.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
-from kdcache.errors import UndecodedBatchError
+from kdcache.errors import ForeignItemsError, UndecodedBatchError
 from kdcache.targets import EnsembleDecoder, Target
 
 
@@ -38,6 +41,7 @@ class Batch:
     params: torch.Tensor | None = None
     mix: tuple[torch.Tensor, torch.Tensor] | None = None
     decoded: dict[str, Any] | None = field(default=None, repr=False)
+    source: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def targets(self) -> dict[str, Any]:
@@ -68,12 +72,23 @@ class Batch:
             item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.stored.items()}
         if self.mix is not None:
             item["mix"] = {"labels": self.mix[0][slot], "weights": self.mix[1][slot]}
+        if self.source is not None:
+            item["source"] = self.source
         return item
 
     @classmethod
-    def from_items(cls, collated: dict[str, Any], decoders: dict[str, Target | EnsembleDecoder]) -> Batch:
+    def from_items(
+        cls,
+        collated: dict[str, Any],
+        decoders: dict[str, Target | EnsembleDecoder],
+        source: torch.Tensor | None = None,
+        *,
+        dataset: str = "this dataset",
+    ) -> Batch:
         """The batch of a ``DataLoader``'s default collation of :meth:`item` dicts; ``decoders`` (the dataset's)
-        turn its stored targets into training targets in :meth:`to`."""
+        turn its stored targets into training targets in :meth:`to`. Items whose ``source`` is not ``source`` (the
+        dataset's identity) were made by another dataset and are refused (:class:`ForeignItemsError`)."""
+        check_source(collated, source, dataset)
         mix = collated.get("mix")
         return cls(
             inputs=collated["inputs"],
@@ -84,6 +99,7 @@ class Batch:
             decoders=decoders,
             params=collated.get("params"),
             mix=None if mix is None else (mix["labels"], mix["weights"]),
+            source=source,
         )
 
     def pin_memory(self) -> Batch:
@@ -112,6 +128,30 @@ class Batch:
             decoders={},
             mix=None if self.mix is None else tuple(t.to(device, non_blocking=True) for t in self.mix),
         )
+
+
+def source_identity(url: str, manifest_digest: str, arrays: dict[str, dict[str, str]]) -> torch.Tensor:
+    """The identity of a dataset's stored targets, ``(2,)`` int64: BLAKE2b-128 of the store, its manifest's digest
+    and every target's arrays and dtypes. Small enough to ride along in every per-sample item."""
+    text = json.dumps([url, manifest_digest, arrays], sort_keys=True).encode()
+    return torch.from_numpy(np.frombuffer(hashlib.blake2b(text, digest_size=16).digest(), dtype=np.int64).copy())
+
+
+def check_source(collated: dict[str, Any], source: torch.Tensor | None, dataset: str) -> None:
+    """Refuse collated items that another dataset (or none with stored targets) made: their stored arrays are not
+    what this dataset's decoders read."""
+    found = collated.get("source")
+    if found is None and source is None:
+        return
+    if found is not None and source is not None:
+        rows = found.reshape(-1, source.numel())
+        if bool((rows == source.reshape(1, -1)).all()):
+            return
+    what = "no stored targets" if found is None else "stored targets of another dataset (another store or targets)"
+    raise ForeignItemsError(
+        f"these items carry {what}, not those of {dataset}: its decoders would read them as other numbers. "
+        "Collate the items of one dataset and hand them to that dataset's as_batch (the DataLoader's dataset)"
+    )
 
 
 def _moved(value: Any, device: torch.device) -> Any:

@@ -25,8 +25,8 @@ from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
 from kdcache.targets import Ensemble, EnsembleDecoder, Target
-from kdcache.train.batch import Batch
-from kdcache.train.decoding import checked_target
+from kdcache.train.batch import Batch, source_identity
+from kdcache.train.decoding import check_values, checked_target, value_checks
 from kdcache.train.epochs import POLICIES, EpochBatch, EpochGuard, view_ids_for
 from kdcache.train.pinning import source_record
 from kdcache.train.samplecheck import SampleCheck
@@ -53,6 +53,9 @@ class ViewDataset(Dataset):
         self.guard = EpochGuard(len(self.dataset), varies=views.count > 1 or policy == "fresh")
         self.block_sampled = False  # set by BlockShuffleSampler: per-sample reads come in chunk order
         self._warned = False
+        self.decoders: dict[str, Target | EnsembleDecoder] = {}
+        self.url: str | None = None  # the store a cached dataset reads
+        self.source: torch.Tensor | None = None  # identity of the stored targets its items carry (a cached dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -102,7 +105,8 @@ class ViewDataset(Dataset):
         >>> for items in DataLoader(train, batch_size=64, sampler=BlockShuffleSampler(train)):  # doctest: +SKIP
         ...     batch = train.as_batch(items).to(device)
         """
-        return Batch.from_items(collated, getattr(self, "decoders", {}))
+        store = f" of store {self.url!r}" if self.url else ""
+        return Batch.from_items(collated, self.decoders, self.source, dataset=f"this {type(self).__name__}{store}")
 
     def _warn_per_item(self) -> None:
         """Per-sample reads of streamed targets cost a chunk read each unless the order keeps chunks together."""
@@ -195,16 +199,11 @@ class CachedDataset(ViewDataset):
         self.row_of = np.full(max(len(self.dataset), int(rows.max(initial=-1)) + 1), -1, dtype=np.int64)
         self.row_of[rows] = np.arange(len(rows))
         self.decoders, records = _target_sources(cache, teacher, targets)
-        budget = ram_budget_bytes
-        self.readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
-        for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
-            size = _nbytes(rec.shape, rec.dtype)
-            fits = size <= budget
-            budget -= size if fits else 0
-            reader = cache.array_reader(rec, owner, in_memory=fits)
-            if fits:
-                reader.read_all()  # load (and verify) once, before DataLoader workers fork and share it
-            self.readers[name][key] = reader
+        self.url = cache.url
+        self.value_checks = value_checks(cache, self.decoders, teacher if isinstance(teacher, str) else "")
+        arrays = {name: {key: rec.dtype for key, rec in arrays.items()} for name, arrays in _by_target(records).items()}
+        self.source = source_identity(cache.url, cache.manifest.digest, arrays)
+        self.readers, budget = _open_readers(cache, targets, records, ram_budget_bytes)
         self.params_reader = self._params_reader(cache, budget)
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
@@ -251,11 +250,14 @@ class CachedDataset(ViewDataset):
         if self.params_reader is not None:  # first: drifted numbers name the numbers, the digest only the pairs
             self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
         self.check_views(indices, view_ids, rows, made.inputs)
-        batch.stored = {
-            name: {rel: torch.from_numpy(reader.read_rows(rows, view_ids)) for rel, reader in arrays.items()}
+        stored = {
+            name: {rel: reader.read_rows(rows, view_ids) for rel, reader in arrays.items()}
             for name, arrays in self.readers.items()
         }
+        check_values(self.url, self.value_checks, stored, indices)
+        batch.stored = {name: {k: torch.from_numpy(v) for k, v in arrays.items()} for name, arrays in stored.items()}
         batch.decoders = self.decoders
+        batch.source = self.source
         return batch
 
     def _check_params(self, batch: Batch, stored: np.ndarray) -> None:
@@ -299,6 +301,31 @@ def _target_sources(
             for rel, rec in found[m][name].arrays.items()
         ]
     return decoders, records
+
+
+def _open_readers(
+    cache: Cache, targets: list[str], records: list[tuple[str, str, str, ArrayRecord]], budget: float
+) -> tuple[dict[str, dict[str, ArrayReader]], float]:
+    """A reader for every array, smallest first: in RAM (loaded and verified once, before DataLoader workers fork
+    and share it) while they fit ``budget``, streamed after that. Returns them and the budget left."""
+    readers: dict[str, dict[str, ArrayReader]] = {name: {} for name in targets}
+    for name, key, owner, rec in sorted(records, key=lambda r: _nbytes(r[3].shape, r[3].dtype)):
+        size = _nbytes(rec.shape, rec.dtype)
+        fits = size <= budget
+        budget -= size if fits else 0
+        reader = cache.array_reader(rec, owner, in_memory=fits)
+        if fits:
+            reader.read_all()
+        readers[name][key] = reader
+    return readers, budget
+
+
+def _by_target(records: list[tuple[str, str, str, ArrayRecord]]) -> dict[str, dict[str, ArrayRecord]]:
+    """The records of :func:`_target_sources` by target, then array key."""
+    found: dict[str, dict[str, ArrayRecord]] = {}
+    for name, key, _, rec in records:
+        found.setdefault(name, {})[f"{key}={rec.path}"] = rec
+    return found
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:

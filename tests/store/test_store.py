@@ -121,3 +121,33 @@ def test_plain_zarr_users_decode_every_encoding_from_the_array_attributes(tmp_pa
         300,
         16,
     )
+
+
+def test_a_chunk_read_again_is_checked_against_the_bytes_that_were_verified(
+    store, tmp_path, digits_small, views, logits_target, monkeypatch
+):
+    """Later epochs of a store larger than the chunk cache read chunks again: a shard file replaced after it was
+    verified (here by a valid shard of another store, which crc32c accepts) is refused, not decoded."""
+    from kdcache.errors import CorruptShardError
+    from kdcache.models import DigitsCNN
+    from kdcache.store import arrays
+
+    torch.manual_seed(7)
+    cache_digits(tmp_path / "other.zarr", DigitsCNN(10, width=8).eval(), digits_small, views, [logits_target])
+    monkeypatch.setattr(arrays, "DEFAULT_CHUNK_CACHE_BYTES", 1)  # a cache of one chunk: every re-read is a miss
+    cache = open_cache(str(store))
+    record = cache.teacher("t8").targets["logits"].arrays["logits"]
+    reader = cache.array_reader(record, "teachers/t8", in_memory=False)
+    rows, views_of = np.arange(300), np.zeros(300, dtype=np.int64)
+    expected = cache.array_reader(record, "teachers/t8", in_memory=True).read_rows(rows, views_of)
+    np.testing.assert_array_equal(reader.read_rows(rows, views_of), expected)  # every shard verified, chunk 0 evicted
+    np.testing.assert_array_equal(reader.read_rows(rows[:5], views_of[:5]), expected[:5])  # read again, unchanged
+    key = "teachers/t8/logits/c/0/0/0"
+    other = (tmp_path / "other.zarr" / key).read_bytes()
+    assert len(other) == (store / key).stat().st_size and other != (store / key).read_bytes()
+    (store / key).write_bytes(other)
+    reader.read_rows(rows[200:], views_of[200:])  # chunks 1 and 2: chunk 0 evicted again
+    with pytest.raises(CorruptShardError, match=r"shard 0 \(samples 0\.\.127, file teachers/t8/logits/c/0/0/0\): "
+                       r"inner chunk 0 read again differs from the bytes whose sha256 was checked"):  # fmt: skip
+        reader.read_rows(rows[:5], views_of[:5])
+    assert reader.chunks_read == {0: 2, 1: 2, 2: 2}  # 0, 1, 2; 0; 1, 2 (the refused read is not counted)

@@ -160,7 +160,10 @@ def verify(capsys, *args: str) -> tuple[int, str]:
 def test_cli_verify_exit_codes(built, tmp_path, capsys):
     store, pipeline, raw = built
     status, out = verify(capsys, str(store))
-    assert status == 0 and "committed shard file(s) checked (metadata, size and SHA-256): no problems" in out
+    assert (
+        status == 0
+        and "committed shard file(s) checked (metadata, records, size, SHA-256 and stored values): no problems" in out
+    )
 
     status, out = verify(capsys, str(store), "--recompute", "64", "--pipeline", str(pipeline), "--quiet")
     assert status == 0, out

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kdcache.errors import PerformanceWarning, UndecodedBatchError
+from kdcache.errors import ForeignItemsError, PerformanceWarning, UndecodedBatchError
 from kdcache.losses import kd_divergence
 from kdcache.store import open_cache
 from kdcache.targets import build_target
@@ -89,3 +89,35 @@ def test_views_made_of_kdcache_ops_are_rebuilt_from_the_store(store, digits_smal
         rebuilt.set_epoch(epoch)
         given.set_epoch(epoch)
         torch.testing.assert_close(rebuilt[np.arange(40)].inputs, given[np.arange(40)].inputs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [
+        ({"dtype": "bfloat16"}, {"dtype": "float16"}),  # decoded as float16, -3.078 arrived as 49221
+        ({}, {"encoding": "topk", "k": 3}),  # used to be a bare KeyError: 'logits'
+    ],
+)
+def test_items_of_another_dataset_are_refused(tmp_path, teacher, digits_small, views, theirs, ours):
+    """Items carry the identity of the dataset that read them; another dataset's ``as_batch`` refuses them instead
+    of decoding their stored arrays as other numbers."""
+    stores = {}
+    for name, params in (("theirs", theirs), ("ours", ours)):
+        cache_digits(tmp_path / f"{name}.zarr", teacher, digits_small, views, [build_target("logits", params)])
+        stores[name] = CachedDataset(digits_small, open_cache(tmp_path / f"{name}.zarr"), views=views)
+    items = next(iter(DataLoader(stores["theirs"], batch_size=8, sampler=BlockShuffleSampler(stores["theirs"]))))
+    assert items["source"].shape == (8, 2)
+    with pytest.raises(ForeignItemsError, match=r"carry stored targets of another dataset .* not those of this "
+                       r"CachedDataset of store '.*ours\.zarr'"):  # fmt: skip
+        stores["ours"].as_batch(items)
+    own = stores["theirs"].as_batch(items).to("cpu")  # the dataset that made them takes them
+    reference = stores["theirs"][own.indices.numpy()].to("cpu")
+    torch.testing.assert_close(own.targets, reference.targets, rtol=0, atol=0)
+
+
+def test_items_without_targets_are_refused_by_a_cached_dataset(store, digits_small, views):
+    train = CachedDataset(digits_small, open_cache(store), views=views)
+    items = next(iter(DataLoader(train, batch_size=4, sampler=BlockShuffleSampler(train))))
+    del items["source"], items["targets"]  # what a plain dataset's items look like
+    with pytest.raises(ForeignItemsError, match="these items carry no stored targets"):
+        train.as_batch(items)

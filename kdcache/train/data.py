@@ -210,11 +210,11 @@ class CachedDataset(ViewDataset):
         inputs = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check_views = ViewCheck(cache.url, self.dataset, views, inputs, allow_mismatch=allow_sample_mismatch,
                                      built_on=cache.manifest.library.get("torch_cpu_capability"))  # fmt: skip
-        self.source = source_record(cache, teacher, targets)
+        self.store_record = source_record(cache, teacher, targets)  # what a resumed run must find unchanged
 
     def resume_record(self) -> dict[str, Any]:
         """Views and policy, and the store as this dataset reads it: records, teacher fingerprints, targets."""
-        return super().resume_record() | self.source
+        return super().resume_record() | self.store_record
 
     def read_block(self) -> int:
         """Streamed targets are read chunk by chunk: keep each epoch's reads chunk-sequential (block shuffle)."""

@@ -101,7 +101,7 @@ def test_a_view_the_teacher_never_saw_is_refused_through_the_api(case, workers, 
         data = CachedDataset(digits_small, open_cache(store), views=views_of(trained()), policy="random")
         wrong = wrong_pairs(data, workers)
     except KdcacheError as exc:
-        expected = "view spec" if kind == "spec" else "per-view digest"
+        expected = "other views" if kind == "spec" else "per-view digest"
         replay = case.startswith("unseeded") and "is not replayable" in str(exc)  # stage one's own check caught it
         outcome.detected = (clear_error(exc, expected) and clear_error(exc, str(tmp_path))) or replay
         outcome.note = str(exc)[:300]
@@ -219,7 +219,7 @@ def cli_built(tmp_path_factory) -> dict[str, Any]:
 
 
 CLI_CASES = {  # name: (gamma, environment factor, expected refusal phrase or None for a clean run)
-    "cli-own-transform-args": (2.0, "0.5", "view spec"),
+    "cli-own-transform-args": (2.0, "0.5", "other views"),
     "cli-hidden-setting": (0.5, "0.9", "per-view digest"),
     "cli-same-views-new-process": (0.5, "0.5", None),
 }

@@ -20,9 +20,9 @@ def test_plan_matches_the_arrays_precompute_writes(tmp_path):
     assert plan["fsp/stem__layer1"]["bytes_per_sample"] == 16 * 16 * 2  # (c_a, c_b) = (16, 16) in float16
     assert plan["fsp/layer2__layer3"]["bytes_per_sample"] == 32 * 64 * 2
     assert plan["fsp/layer2__layer3"]["total_bytes"] == 200 * 32 * 64 * 2
-    # every store's per-sample arrays: index and label (int64), the 16-byte BLAKE2b content digest
+    # every store's per-sample arrays: index and label (int64), the 16-byte content digest and one per view
     samples = {a: r["bytes_per_sample"] for a, r in plan.items() if r["target"] == "samples"}
-    assert samples == {"samples/index": 8, "samples/label": 8, "samples/digest": 16}
+    assert samples == {"samples/index": 8, "samples/label": 8, "samples/digest": 16, "samples/view_digest": 16}
     assert not (tmp_path / "teacher.safetensors").exists()  # planning never trains or loads a teacher
     run_precompute(cfg, progress=False)
     cache = open_cache(cfg.store_url)

@@ -96,3 +96,20 @@ class SnapshotAt:
     def resume_record(self) -> dict:
         """The wrapped source's pinned settings (a live teacher's), so the checkpoints pin the run they belong to."""
         return getattr(self.source, "resume_record", dict)()
+
+
+def record_rank_outcome(rank: int, out: str, train: object) -> None:
+    """Run one DDP rank's ``train()`` and write what happened to ``<out>/rank<rank>.json`` (the error's type and
+    message, or "trained") for the parent test to judge; the process group is destroyed either way."""
+    import json
+
+    import torch.distributed as dist
+
+    try:
+        train()  # type: ignore[operator]
+        outcome = {"type": None, "message": "trained"}
+    except Exception as exc:  # noqa: BLE001 - recorded for the parent test to judge
+        outcome = {"type": type(exc).__name__, "message": str(exc)}
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))

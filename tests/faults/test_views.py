@@ -40,7 +40,7 @@ from kdcache.views import ViewTransform
 from tests.conftest import DIGITS, MEAN, STD, pipeline_dict, with_changes
 from tests.faults.ledger import Outcome, clear_error, record
 from tests.faults.viewsteps import FACTOR_VARIABLE, Darken, Rare, env_scaled
-from tests.helpers import kdcache
+from tests.helpers import kdcache, record_rank_outcome
 
 VIEWS = 3
 
@@ -255,16 +255,13 @@ def ddp_worker(rank: int, rendezvous: str, store: str, factor: str, out: str) ->
     digits = Subset(HDF5Dataset(DIGITS, "train"), np.arange(300), tag="first-300")
     views = ViewTransform(count=VIEWS, seed=1, mean=MEAN, std=STD, pipeline=v2.Compose([Darken(0.5), env_scaled]))
     stages = [StageConfig(epochs=1, optimizer={"lr": 0.01}, losses=[{"name": "kd", "temperature": 4}])]
-    try:
+
+    def train() -> None:
         data = CachedDataset(digits, open_cache(store), views=views, policy="random")
         fit(DigitsCNN(10, width=2), data, None, stages=stages, setup=LossSetup(10), batch_size=64, seed=0,
             world=World(rank, 2, rank), progress=False)  # fmt: skip
-        outcome = {"type": None, "message": "trained"}
-    except Exception as exc:  # noqa: BLE001 - recorded for the parent test to judge
-        outcome = {"type": type(exc).__name__, "message": str(exc)}
-    finally:
-        dist.destroy_process_group()
-    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+
+    record_rank_outcome(rank, out, train)
 
 
 @pytest.mark.distributed

@@ -33,6 +33,7 @@ from kdcache.train.statefile import load_state
 from kdcache.train.world import World
 from kdcache.views import ViewTransform
 from tests.conftest import DIGITS, MEAN, ROOT, STD, pipeline_dict
+from tests.helpers import record_rank_outcome
 
 pytestmark = pytest.mark.distributed
 
@@ -239,16 +240,13 @@ def mismatch_worker(rank: int, rendezvous: str, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     views = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
     edited = EditedOutsideProbes(HDF5Dataset(DIGITS, "train"), np.arange(SAMPLES), tag=f"first-{SAMPLES}")
-    try:
+
+    def train() -> None:
         data = CachedDataset(edited, open_cache(store), teacher="t8", targets=["logits"], views=views)
         fit(DigitsMLP(10, hidden=16), data, None, stages=STAGES, setup=LossSetup(10), batch_size=64, seed=0,
             world=World(rank, 2, rank), progress=False)  # fmt: skip
-        outcome = {"type": None, "message": "trained"}
-    except Exception as exc:  # noqa: BLE001 - recorded for the parent test to judge
-        outcome = {"type": type(exc).__name__, "message": str(exc)}
-    finally:
-        dist.destroy_process_group()
-    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+
+    record_rank_outcome(rank, out, train)
 
 
 def test_every_ddp_rank_refuses_samples_whose_content_differs(store, tmp_path):

@@ -222,6 +222,8 @@ class CacheConfig(Section):
     shard_samples: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, gt=0)
     ram_budget_mb: float = Field(default=2048, ge=0)
+    shard_cache: str | None = None  # stage two: a local directory keeping whole shards of a remote store
+    shard_cache_mb: float = Field(default=16384, ge=0)
     allow_teacher_mismatch: bool = False
     allow_tokenizer_mismatch: bool = False  # stage one: a teacher shipping another tokenizer than the data's, logged
 

@@ -116,7 +116,8 @@ def cached_data(cfg: PipelineConfig, train: SampleDataset, targets: list[str]) -
     and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
     transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
-    cache = open_cache(cfg.store_url)
+    cache = open_cache(cfg.store_url, shard_cache=cfg.cache.shard_cache,
+                       shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
                                 tokenizer=student_tokenizer(cfg))  # fmt: skip

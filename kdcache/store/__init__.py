@@ -22,6 +22,7 @@ from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import Manifest, library_versions, read_manifest
 from kdcache.store.reader import Cache, open_cache, scrub
 from kdcache.store.requirements import Requirements
+from kdcache.store.shardcache import ShardCache
 from kdcache.store.writer import StoreBuilder, TargetLayout
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Cache",
     "Manifest",
     "Requirements",
+    "ShardCache",
     "StoreBuilder",
     "StoreLocation",
     "StoreLock",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, OrderedDict
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from kdcache.store.integrity import check_digest
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, FileDigest
 from kdcache.store.shardbytes import ChunkDecoder, ChunkSpan, chunk_digest, chunk_spans
+from kdcache.store.shardcache import ShardCache
 
 DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -42,8 +45,10 @@ class ArrayReader:
         *,
         in_memory: bool,
         meta: dict[str, Any] | None = None,
+        shard_cache: ShardCache | None = None,
     ) -> None:
         self.location = location
+        self.shard_cache = shard_cache  # whole shard files kept on local disk (remote stores), or None
         self.record = record
         self.files = files
         self.in_memory = in_memory
@@ -87,9 +92,19 @@ class ArrayReader:
                 f"store {self.location.url!r}, array {self.record.path}: shard {index} (samples {start}..{stop - 1}) "
                 "is not committed in the manifest, so it cannot be read. Finish the store with `kdcache precompute`"
             )
-        raw = check_digest(self.location, self.record.path, index, start, stop, digest)
+        if self.shard_cache is None:
+            raw = self._fetch(index)()
+        else:
+            raw = self.shard_cache.shard(digest, self._fetch(index))
+            ahead = [i for i in range(index + 1, index + 1 + self.shard_cache.prefetch_depth) if i in self.files]
+            self.shard_cache.prefetch([(self.files[i], self._fetch(i)) for i in ahead])
         self._spans[index] = chunk_spans(self.meta(), raw, self.shard // self.chunk)
         return raw
+
+    def _fetch(self, index: int) -> Callable[[], bytes]:
+        """Reads committed shard ``index`` from the store and checks its size and SHA-256."""
+        start, stop = self.shard_range(index)
+        return partial(check_digest, self.location, self.record.path, index, start, stop, self.files[index])
 
     def meta(self) -> dict[str, Any]:
         """The array's ``zarr.json``: the manifest's pinned copy, or the file (checked against it when the store was
@@ -165,10 +180,7 @@ class ArrayReader:
         if raw is not None:
             return self._decoder.decode(raw[span.offset : span.offset + span.nbytes])
         key = self.files[index].key
-        try:
-            data = self.location.read_range(key, span.offset, span.offset + span.nbytes)
-        except FileNotFoundError:
-            data = b""
+        data = self._reread(index, span)
         if chunk_digest(data) != span.digest:
             lo, hi = self.shard_range(index)
             raise CorruptShardError(
@@ -178,3 +190,20 @@ class ArrayReader:
                 "restore the store or rebuild it with `kdcache precompute`"
             )
         return self._decoder.decode(data)
+
+    def _reread(self, index: int, span: ChunkSpan) -> bytes:
+        """An inner chunk's bytes read again: from the shard cache's file when it still holds the verified bytes (a
+        file that does not is deleted, the shard fetched again and verified), else one range read of the store."""
+        digest, stop = self.files[index], span.offset + span.nbytes
+        cache = self.shard_cache
+        if cache is not None and cache.keeps(digest):
+            data = cache.read_range(digest, span.offset, stop)
+            if data is not None and chunk_digest(data) == span.digest:
+                return data
+            if data is not None:
+                cache.discard(digest, "changed since it was verified")
+            return cache.shard(digest, self._fetch(index))[span.offset : stop]
+        try:
+            return self.location.read_range(digest.key, span.offset, stop)
+        except FileNotFoundError:
+            return b""

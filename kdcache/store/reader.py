@@ -8,6 +8,7 @@ its dataset, views, teachers, targets and classes — is one call, :meth:`Cache.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,16 @@ from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, Manifest, ShardCommit, TeacherRecord, read_manifest
 from kdcache.store.records import record_problems
 from kdcache.store.requirements import Requirements, check, teacher_record
+from kdcache.store.shardcache import DEFAULT_SHARD_CACHE_BYTES, ShardCache
 
 
 class Cache:
     """An opened, validated store. Use :func:`open_cache`."""
 
-    def __init__(self, location: StoreLocation, manifest: Manifest) -> None:
+    def __init__(self, location: StoreLocation, manifest: Manifest, shard_cache: ShardCache | None = None) -> None:
         self.location = location
         self.manifest = manifest
+        self.shard_cache = shard_cache  # streamed and loaded shards go through it (see open_cache)
 
     def __repr__(self) -> str:
         return f"Cache({self.location.url!r}, {self.manifest.num_samples} samples, teachers={self.teachers})"
@@ -78,7 +81,7 @@ class Cache:
     def array_reader(self, record: ArrayRecord, owner: str, *, in_memory: bool) -> ArrayReader:
         files = {c.index: c.files[record.path] for c in self.commits_of(owner) if record.path in c.files}
         meta = self.manifest.metadata.get(f"{record.path}/zarr.json")
-        return ArrayReader(self.location, record, files, in_memory=in_memory, meta=meta)
+        return ArrayReader(self.location, record, files, in_memory=in_memory, meta=meta, shard_cache=self.shard_cache)
 
     def owner_arrays(self) -> dict[str, dict[str, ArrayRecord]]:
         """Every array of the store by owner (``samples``, ``teachers/<name>``), then by path."""
@@ -130,16 +133,27 @@ class Cache:
         return scrub_problems(self.location, self.manifest, self.owner_arrays())
 
 
-def open_cache(url: str, *, storage_options: dict[str, Any] | None = None) -> Cache:
+def open_cache(
+    url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    shard_cache: str | Path | None = None,
+    shard_cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES,
+) -> Cache:
     """Open a kdcache store for reading: manifest, format version, codec allow-list and shard sizes are checked.
+
+    With ``shard_cache`` (a local directory), every shard read is kept there whole, SHA-256 checked, up to
+    ``shard_cache_bytes`` (least recently used shards evicted), so later epochs of a remote store read local disk
+    (:mod:`kdcache.store.shardcache`).
 
     >>> cache = open_cache("runs/digits_kd/cache/train.zarr")  # doctest: +SKIP
     >>> cache.teachers
     ['cnn64']
     """
     location = StoreLocation(url, storage_options)
+    local = None if shard_cache is None else ShardCache(shard_cache, shard_cache_bytes)
     with io_errors(location, "opening"):
-        cache = Cache(location, read_manifest(location))
+        cache = Cache(location, read_manifest(location), local)
         cache.check_layout()
     return cache
 

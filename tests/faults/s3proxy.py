@@ -5,7 +5,8 @@ request to moto unless the mode says otherwise:
 
 * ``flaky``: every ``every``-th request is answered ``503 SlowDown`` (a transient error S3 really returns);
 * ``denied``: every request is answered ``403 AccessDenied`` (a permanent error);
-* ``stall``: requests are accepted and then left unanswered for ``stall`` seconds (a hung endpoint).
+* ``stall``: requests are accepted and then left unanswered for ``stall`` seconds (a hung endpoint);
+* ``pass``: every request is forwarded (to count them: ``log`` holds each request's method and path).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class FaultyS3Proxy:
         self.mode, self.every, self.stall = mode, every, stall
         self.requests = 0
         self.injected = 0
+        self.log: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -46,10 +48,12 @@ class FaultyS3Proxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _fault(self) -> str | None:
+    def _fault(self, method: str, path: str) -> str | None:
         with self._lock:
             self.requests += 1
+            self.log.append((method, path))
             fault = {
+                "pass": None,
                 "flaky": "slowdown" if self.requests % self.every == 0 else None,
                 "denied": "denied",
                 "stall": "stall",
@@ -68,7 +72,7 @@ class FaultyS3Proxy:
 
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fault = proxy._fault()
+                fault = proxy._fault(self.command, self.path)
                 if fault == "stall":
                     time.sleep(proxy.stall)
                     return

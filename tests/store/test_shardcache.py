@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from kdcache.store import Cache, open_cache
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.views import ViewTransform
-from tests.conftest import MEAN, STD
+from tests.conftest import MEAN, ROOT, STD
 from tests.faults.s3proxy import FaultyS3Proxy
 
 URL = "s3://bucket/shardcache/train.zarr"
@@ -94,7 +98,7 @@ def test_second_epoch_reads_no_shard_object_from_s3(stores, proxy, digits_small,
 def test_store_larger_than_the_cache_evicts_and_reads_exact_rows(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
     expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    sizes = sorted(p.stat().st_size for p in local.rglob("c/*") if p.is_file())
+    sizes = sorted(p.stat().st_size for p in local.rglob("*") if p.is_file() and "c" in p.relative_to(local).parts)
     limit = sum(sizes[-3:])  # room for three of the store's shard files, far fewer than it has
     for seed in (1, 2):
         rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc", shard_cache_bytes=limit), seed)
@@ -135,6 +139,37 @@ def test_killed_fetch_leaves_nothing_taken_for_whole(stores, proxy, digits_small
         rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=2)
     assert rows.tobytes() == expected.tobytes()
     assert cached_files(tmp_path / "sc") == files and not partial.exists()
+
+
+FETCH_FOREVER = """
+import sys
+from kdcache.store import open_cache
+url, directory, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+while True:  # fresh readers every pass over a cache too small for the store: shards fetched and written constantly
+    cache = open_cache(url, shard_cache=directory, shard_cache_bytes=limit)
+    for record in cache.owner_arrays()["teachers/t4"].values():
+        cache.array_reader(record, "teachers/t4", in_memory=True).read_all()
+    print("pass", flush=True)
+"""
+
+
+def test_process_killed_mid_fetch_leaves_only_whole_shards(stores, digits_small, views, tmp_path):
+    url, local = stores
+    sizes = sorted(p.stat().st_size for p in (local / "teachers").rglob("*") if p.is_file() and "c" in p.parts)
+    directory = tmp_path / "sc"
+    child = subprocess.Popen([sys.executable, "-c", FETCH_FOREVER, url, str(directory), str(sizes[-1] * 2)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(3):  # several passes done: the kill lands in the middle of fetches and writes
+            assert child.stdout.readline() == "pass\n"
+        time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    files = cached_files(directory)
+    assert files and all(hashlib.sha256(raw).hexdigest() + ".shard" == n for n, raw in files.items())
+    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
+    assert epoch(digits_small, views, open_cache(url, shard_cache=directory), seed=1).tobytes() == expected.tobytes()
 
 
 def test_cache_smaller_than_a_shard_streams_with_one_warning(stores, proxy, digits_small, views, tmp_path):

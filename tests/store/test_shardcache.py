@@ -18,12 +18,15 @@ import pytest
 import s3fs
 
 from kdcache.models import DigitsCNN
+from kdcache.pipeline import parse_pipeline
+from kdcache.pipeline.build import load_split
+from kdcache.pipeline.distill import cached_data, run_precompute
 from kdcache.precompute import precompute
 from kdcache.store import Cache, open_cache
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.views import ViewTransform
-from tests.conftest import MEAN, ROOT, STD
+from tests.conftest import MEAN, ROOT, STD, pipeline_dict
 from tests.faults.s3proxy import FaultyS3Proxy
 
 URL = "s3://bucket/shardcache/train.zarr"
@@ -220,3 +223,21 @@ def test_cached_file_changed_after_verification_is_refetched(stores, proxy, monk
     with pytest.warns(UserWarning, match="changed since it was verified"):
         assert reader.read_rows(rows[2:]).tolist() == expected[rows[2:]].tolist()
     assert shard_gets(proxy, mark) == 1 and path.read_bytes() == raw
+
+
+def test_pipeline_key_puts_the_shard_cache_in_stage_two(tmp_path):
+    """``cache.shard_cache`` / ``cache.shard_cache_mb`` reach the store stage two opens (here a local one)."""
+    raw = pipeline_dict(tmp_path)
+    run_precompute(parse_pipeline(raw), progress=False)
+    raw["cache"] = {
+        **raw.get("cache", {}),
+        "shard_cache": str(tmp_path / "sc"),
+        "shard_cache_mb": 1,
+        "ram_budget_mb": 0,
+    }
+    cfg = parse_pipeline(raw)
+    data = cached_data(cfg, load_split(cfg, cfg.data.train_split), ["logits"])
+    reader = next(iter(data.readers["logits"].values()))
+    assert reader.shard_cache is not None and reader.shard_cache.max_bytes == 1024**2
+    assert len(data[np.arange(240)].stored["logits"]["logits"]) == 240
+    assert cached_files(tmp_path / "sc")  # the streamed shards were kept

@@ -59,9 +59,6 @@ class ShardCache:
         self.directory = Path(directory).resolve()
         self.max_bytes = int(max_bytes)
         self.prefetch_depth = prefetch
-        #: shard files this process fetched from the store (prefetched ones included), and cached files it used
-        self.fetched = 0
-        self.hits = 0
         self._warned: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = os.getpid()
@@ -94,10 +91,8 @@ class ShardCache:
             wait([pending])
         raw = self._cached(digest)
         if raw is not None:
-            self.hits += 1
             return raw
         raw = fetch()
-        self.fetched += 1
         self._keep(digest, raw)
         return raw
 
@@ -132,9 +127,11 @@ class ShardCache:
         for digest, fetch in jobs:
             if len(self._pending) >= self.prefetch_depth:
                 return
-            if digest.sha256 in self._pending or self.file_of(digest).exists() or digest.nbytes > self.max_bytes:
+            if digest.sha256 in self._pending or self.file_of(digest).exists() or not self.keeps(digest):
                 continue
-            self._pending[digest.sha256] = self._pool.submit(self._prefetch_one, digest, fetch)
+            future = self._pool.submit(self._prefetch_one, digest, fetch)
+            self._pending[digest.sha256] = future  # forgotten once done (at once, if it is done already)
+            future.add_done_callback(lambda _, key=digest.sha256: self._pending.pop(key, None))
 
     def wait(self) -> None:
         """Wait until this process's background fetches are done (before measuring, or before exit)."""
@@ -145,13 +142,9 @@ class ShardCache:
     def _prefetch_one(self, digest: FileDigest, fetch: Callable[[], bytes]) -> None:
         try:
             if not self.file_of(digest).exists():
-                raw = fetch()
-                self.fetched += 1
-                self._keep(digest, raw)
+                self._keep(digest, fetch())
         except Exception as exc:  # the foreground read of this shard raises the typed error, if it persists
             LOG.debug("prefetch of %s failed: %s", digest.key, exc)
-        finally:
-            self._pending.pop(digest.sha256, None)
 
     def _cached(self, digest: FileDigest) -> bytes | None:
         """The cached file's bytes if they have the shard's size and SHA-256; a file that has not is deleted."""

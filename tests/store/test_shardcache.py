@@ -28,6 +28,7 @@ from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.views import ViewTransform
 from tests.conftest import MEAN, ROOT, STD, pipeline_dict
 from tests.faults.s3proxy import FaultyS3Proxy
+from tests.faults.test_storage import mount_tmpfs
 
 URL = "s3://bucket/shardcache/train.zarr"
 SHARDS = 5  # 300 samples in shards of 64
@@ -241,3 +242,20 @@ def test_pipeline_key_puts_the_shard_cache_in_stage_two(tmp_path):
     assert reader.shard_cache is not None and reader.shard_cache.max_bytes == 1024**2
     assert len(data[np.arange(240)].stored["logits"]["logits"]) == 240
     assert cached_files(tmp_path / "sc")  # the streamed shards were kept
+
+
+def test_full_disk_streams_with_one_warning(stores, proxy, digits_small, views, tmp_path):
+    """A cache directory on a disk that fills up (a 2-page tmpfs) keeps what fits and streams the rest."""
+    url, local = stores
+    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
+    mount = tmp_path / "small-disk"
+    mount_tmpfs(mount, 2 * 4096)
+    try:
+        with pytest.warns(UserWarning, match="the disk is full.*streamed from the store") as caught:
+            rows = epoch(digits_small, views, open_cache(url, shard_cache=mount), seed=1)
+        assert rows.tobytes() == expected.tobytes() and len(caught) == 1
+        files = cached_files(mount)
+        assert all(hashlib.sha256(raw).hexdigest() + ".shard" == n for n, raw in files.items())
+        assert not [p for p in mount.iterdir() if p.name.endswith(".partial")]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -1,0 +1,120 @@
+"""Train a ``transformers`` student with ``transformers.Trainer`` from a kdcache store (the ``hf`` extra).
+
+A Trainer takes a dataset, a collator and a loss; kdcache gives all three so the Trainer's loop, optimizer,
+schedules, logging, checkpoints and ``accelerate`` devices work unchanged, while the targets come from the store and
+every check of kdcache's own loop still runs: :class:`~kdcache.train.CachedTokenDataset` refuses a store made for
+other text, another tokenizer or another vocabulary, and proves every sample it reads by content; the loss refuses
+student logits of another width than the cached vocabulary (:func:`~kdcache.losses.token_kd_divergence`).
+
+* :class:`KDCollator` turns the dataset's per-sample dicts into ``input_ids`` and ``labels`` plus the
+  :class:`~kdcache.train.Batch` the loss decodes on the model's device.
+* :class:`KDTrainer` is ``transformers.Trainer`` whose loss is a kdcache objective, the same ``(name, weight,
+  params)`` losses as a pipeline's stage (default ``0.5 · next_token + 0.5 · token_kd`` on the first token target),
+  so the number it minimises equals :func:`~kdcache.train.fit`'s on the same batch. It keeps the target columns
+  (``remove_unused_columns`` would drop them) and tells the dataset each epoch (:meth:`CachedDataset.set_epoch`).
+
+Labels are already next tokens (kdcache shifts them when it packs text), so the model is called without
+``labels`` and the next-token loss is kdcache's, not the model's own shifted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate
+
+from kdcache.errors import ConfigError
+from kdcache.losses import LossSetup, Objective, StepOutputs, build_objective
+from kdcache.models.lm import require_transformers
+from kdcache.train.batch import Batch
+from kdcache.train.data import CachedDataset
+
+transformers = require_transformers()
+
+__all__ = ["KDCollator", "KDTrainer", "LossEntry"]
+
+LossEntry = tuple[str, float, dict[str, Any]]
+
+
+class KDCollator:
+    """Collates a cached dataset's per-sample dicts for :class:`KDTrainer`: ``input_ids`` and ``labels`` ``(B, L)``
+    and ``kd_batch``, the :class:`~kdcache.train.Batch` whose targets the loss decodes on the model's device."""
+
+    def __init__(self, dataset: CachedDataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.dataset.as_batch(default_collate(items))
+        return {"input_ids": batch.inputs, "labels": batch.labels, "kd_batch": batch}
+
+
+class _EpochCallback(transformers.TrainerCallback):
+    """Tells the dataset the epoch the Trainer starts, so per-epoch views and the epoch guard stay right."""
+
+    def __init__(self, dataset: CachedDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class KDTrainer(transformers.Trainer):
+    """``transformers.Trainer`` distilling from a kdcache store: ``train_dataset`` is a
+    :class:`~kdcache.train.CachedTokenDataset`, ``losses`` the stage's ``(name, weight, params)`` entries.
+
+    >>> trainer = KDTrainer(model=student, args=TrainingArguments("out", max_steps=100), train_dataset=data)
+    ... # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(self, *args: Any, losses: list[LossEntry] | None = None, **kwargs: Any) -> None:
+        data = kwargs.get("train_dataset")
+        if not isinstance(data, CachedDataset):
+            raise ConfigError(
+                f"KDTrainer trains from a kdcache store: pass train_dataset=CachedTokenDataset(...), got "
+                f"{type(data).__name__}"
+            )
+        kwargs.setdefault("data_collator", KDCollator(data))
+        super().__init__(*args, **kwargs)
+        self.args.remove_unused_columns = False  # the targets are no argument of the model's forward: keep them
+        self.model_accepts_loss_kwargs = False  # the loss is a mean per batch: let the Trainer scale accumulation
+        self.add_callback(_EpochCallback(data))
+        self.objective = _objective(losses or _default_losses(data), _vocabulary(self.model))
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """kdcache's objective on the student's logits and the batch's cached targets (decoded on the device)."""
+        if not isinstance(inputs.get("kd_batch"), Batch):
+            raise ConfigError("KDTrainer's inputs carry no kd_batch: keep its KDCollator (data_collator) as it is")
+        batch = inputs["kd_batch"].to(inputs["input_ids"].device)
+        outputs = model(input_ids=batch.inputs)
+        logits = getattr(outputs, "logits", outputs)
+        loss, _ = self.objective(StepOutputs(logits, batch.labels, teacher=batch.targets))
+        return (loss, outputs) if return_outputs else loss
+
+
+def _default_losses(data: CachedDataset) -> list[LossEntry]:
+    targets = sorted(data.decoders)
+    if not targets:
+        raise ConfigError("the dataset reads no teacher targets: pass CachedTokenDataset(..., targets=[...])")
+    return [("next_token", 0.5, {}), ("token_kd", 0.5, {"target": targets[0]})]
+
+
+def _vocabulary(model: torch.nn.Module) -> int:
+    embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embeddings is None:
+        raise ConfigError(
+            f"the student {type(model).__name__} has no output embeddings (get_output_embeddings): KDTrainer needs "
+            "a causal language model whose logits width it can read"
+        )
+    return int(embeddings.weight.shape[0])
+
+
+def _objective(losses: list[LossEntry], vocab_size: int) -> Objective:
+    return build_objective(losses, LossSetup(num_classes=vocab_size, task="language-model"))

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,19 @@ def test_missing_sources_are_named(lm_corpus, lm_tokenizer, tmp_path):
         build([str(tmp_path / "dict")], lm_tokenizer, tmp_path / "cache")
     with pytest.raises(ConfigError, match="has no column 'body'"):
         build([str(saved_dataset(lm_corpus, tmp_path / "saved"))], lm_tokenizer, tmp_path / "cache", text_field="body")
+
+
+@pytest.mark.parametrize(
+    ("module", "make", "message"),
+    [
+        ("zstandard", lambda c, t: compressed_jsonl(c, t / "docs.jsonl.zst"), "needs `zstandard`"),
+        ("datasets", lambda c, t: saved_dataset(c, t / "saved"), "needs `datasets`"),
+    ],
+    ids=["zstandard", "datasets"],
+)
+def test_a_missing_optional_library_names_the_extra(module, make, message, lm_corpus, lm_tokenizer, tmp_path,
+                                                    monkeypatch):  # fmt: skip
+    path = make(lm_corpus, tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` meets where the library is not installed
+    with pytest.raises(ConfigError, match=rf"{message}; pip install 'kdcache\[lm\]'"):
+        build([str(path)], lm_tokenizer, tmp_path / "cache")

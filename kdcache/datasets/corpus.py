@@ -39,7 +39,7 @@ COMPRESSIONS = (".gz", ".zst")
 DATASETS_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
 """Files that ``datasets``' ``save_to_disk`` writes into a dataset directory."""
 BATCH_DOCUMENTS = 512
-BATCH_CHARS = 8 << 20
+BATCH_CHARS = 1 << 20
 """A tokenizer batch ends at this many documents or characters, whichever comes first: memory stays bounded by a
 batch, and ``encode_batch`` still has enough work to spread over its threads."""
 TOKEN_CHUNK = 1 << 22

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,10 +86,10 @@ def _verified(data: Path, record: Path, key: str, dtype: np.dtype) -> int | None
 def _write(data: Path, record: Path, key: str, dtype: np.dtype, chunks: Iterator[np.ndarray], progress: bool) -> int:
     data.parent.mkdir(parents=True, exist_ok=True)
     digest, length = hashlib.sha256(), 0
-    fd, temporary = tempfile.mkstemp(dir=data.parent, prefix=f".{key[:16]}.", suffix=".partial")
+    temporary = _partial(data)
     try:
         with (
-            os.fdopen(fd, "wb") as out,
+            temporary.open("xb") as out,
             tqdm(desc="tokenize", unit="tok", unit_scale=True, disable=not progress) as bar,
         ):
             for chunk in chunks:
@@ -100,7 +100,7 @@ def _write(data: Path, record: Path, key: str, dtype: np.dtype, chunks: Iterator
                 bar.update(len(chunk))
         os.replace(temporary, data)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     facts = {"key": key, "dtype": dtype.name, "length": length, "sha256": digest.hexdigest()}
     _atomic_text(record, json.dumps(facts, sort_keys=True))
@@ -108,10 +108,16 @@ def _write(data: Path, record: Path, key: str, dtype: np.dtype, chunks: Iterator
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(fd, "w") as out:
+    temporary = _partial(path)
+    with temporary.open("x") as out:
         out.write(text)
     os.replace(temporary, path)
+
+
+def _partial(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` for this writer alone; opened with ``x`` it gets the umask's permissions
+    (``mkstemp``'s 0600 would hide a shared cache from other users)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
 
 
 def _file_sha256(path: Path) -> str:

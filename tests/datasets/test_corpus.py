@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kdcache.datasets import TextDataset
 from kdcache.datasets.text import pack, text_dataset
 from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
+from tests.conftest import ROOT
 from tests.lmkit import SEQ_LEN
 
 
@@ -150,6 +152,28 @@ def test_the_stream_is_tokenized_once_and_a_corrupted_cache_is_rebuilt(lm_corpus
     assert sum(calls) == len(lm_corpus) and same_sequences(rebuilt, plain)
     other = build(files[:2], lm_tokenizer, cache)  # another corpus: another key, its own stream
     assert other.num_tokens < plain.num_tokens and len(list(cache.glob("*.tokens"))) == 2
+
+
+CHILD = """
+import json, sys
+from kdcache.datasets import TextDataset
+from kdcache.datasets.tokenizer import LocalTokenizer
+calls, encode = [], LocalTokenizer.encode
+LocalTokenizer.encode = lambda self, batch: calls.append(len(batch)) or encode(self, batch)
+files, tokenizer, cache = json.loads(sys.argv[1])
+data = TextDataset(files, tokenizer=tokenizer, seq_len=16, pad_token="<|pad|>", cache_dir=cache)
+print(json.dumps([sum(calls), data.inputs.tolist()]))
+"""
+
+
+def test_another_process_maps_the_stream_without_tokenizing(lm_corpus, lm_tokenizer, plain, tmp_path):
+    cache = tmp_path / "cache"
+    build([str(f) for f in lm_corpus], lm_tokenizer, cache)
+    argument = json.dumps([[str(f) for f in lm_corpus], str(lm_tokenizer), str(cache)])
+    done = subprocess.run([sys.executable, "-c", CHILD, argument], cwd=ROOT, capture_output=True, text=True,
+                          check=True, timeout=300)  # fmt: skip
+    calls, inputs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert calls == 0 and inputs == plain.inputs.tolist()
 
 
 def test_a_cache_copied_under_another_key_is_refused(lm_corpus, lm_tokenizer, tmp_path):

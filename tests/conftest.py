@@ -37,6 +37,16 @@ def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tokenized text streams go to the session's temporary directory, not the user's cache (worker processes
+    inherit the variable)."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("token-cache")
+        patch.setenv("KDCACHE_TOKEN_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def digits_train() -> HDF5Dataset:
     return HDF5Dataset(DIGITS, "train")

@@ -1,5 +1,5 @@
 """The language-model extra is optional: importing kdcache, its pipelines and its CLI (the vision path) never
-imports ``transformers`` or ``tokenizers``; they load only when a text dataset or a causal LM is built."""
+imports ``transformers``, ``tokenizers`` or ``datasets``; they load only when a text dataset or a causal LM is built."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import ROOT
 
-LM_LIBRARIES = ("transformers", "tokenizers")
+LM_LIBRARIES = ("transformers", "tokenizers", "datasets")
 
 
 def loaded_after(code: str) -> list[str]:

@@ -1,49 +1,53 @@
-"""Text for causal language models: local files, tokenized with a local tokenizer, packed into fixed-length sequences.
+"""Text for causal language models: local corpora, tokenized once with a local tokenizer, packed into fixed-length
+sequences.
 
-Documents come from plain text files (one document per file), JSON lines (one per line, field ``text_field``) or
-Parquet files (one per row, column ``text_field``). Each document's tokens are followed by the separator (the EOS
-token) and the documents of all files, in the order listed, form one token stream that is cut into sequences of
-``seq_len`` tokens. Sample ``i`` is sequence ``i``: its inputs are stream tokens ``[i·L, (i+1)·L)`` and its labels the
-tokens one step later, so every position has a next-token label, the last one included (it is the first token of the
-next sequence). Only the final sequence can be short: it is padded with the pad token, and padded positions have
-label ``ignore_index`` (and ``attention_mask`` 0), so losses and metrics skip them.
+Documents come from the sources :mod:`kdcache.datasets.corpus` reads (text, JSON lines, Parquet, Arrow and
+``datasets`` directories, ``.gz``/``.zst`` compressed, globs and directories, or pre-tokenized ``.npy`` ids). Each
+document's tokens are followed by the separator (the EOS token) and the documents of all files, in the order listed,
+form one token stream that is cut into sequences of ``seq_len`` tokens. Sample ``i`` is sequence ``i``: its inputs
+are stream tokens ``[i·L, (i+1)·L)`` and its labels the tokens one step later, so every position has a next-token
+label, the last one included (it is the first token of the next sequence). Only the final sequence can be short: it
+is padded with the pad token, and padded positions have label ``ignore_index`` (and ``attention_mask`` 0), so
+losses and metrics skip them.
 
-The dataset's description (what a store's fingerprint records) names every file with its SHA-256, the tokenizer's
-fingerprint and the packing, so a store is refused for text tokenized or packed another way
+The stream is tokenized once into an on-disk cache (:mod:`kdcache.datasets.tokencache`, ``uint16`` ids for
+vocabularies up to 65,536) that later runs and other processes map; batches are cut from the map on demand.
+
+The dataset's description (what a store's fingerprint records) names every concrete file with its SHA-256, the
+tokenizer's fingerprint and the packing, so a store is refused for text tokenized or packed another way
 (:func:`kdcache.train.require_token_alignment`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.tokenizer import load_tokenizer
+from kdcache.datasets.corpus import DocumentFormat, expand_files, format_of, source_sha256, token_chunks
+from kdcache.datasets.tokencache import cached_stream, default_cache_dir
+from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
 
-DocumentFormat = Literal["auto", "text", "jsonl", "parquet"]
 IGNORE_INDEX = -100
 
 
 class TextDataset(SampleDataset):
-    """Token sequences of ``seq_len`` packed from local text files: inputs ``(B, L)`` int64 token ids and labels
+    """Token sequences of ``seq_len`` packed from a local corpus: inputs ``(B, L)`` int64 token ids and labels
     ``(B, L)`` int64 next tokens (``ignore_index`` where there is none).
 
-    ``root`` (optional) is joined to every file name and may name a directory of :func:`sysconfig.get_paths` in
-    braces, e.g. ``"{stdlib}"``; the description records the names as given, so a store built on one machine matches
+    ``files`` may hold globs and directories (expanded in sorted order; the description records the concrete files).
+    ``root`` (optional) is joined to every name and may name a directory of :func:`sysconfig.get_paths` in braces,
+    e.g. ``"{stdlib}"``; the description records the names relative to it, so a store built on one machine matches
     the same files elsewhere. ``sha256`` pins files to their digests: a file whose bytes differ is refused, not
-    silently used.
+    silently used. ``cache_dir`` holds the tokenized streams (default :func:`~kdcache.datasets.tokencache.default_cache_dir`).
 
-    >>> train = TextDataset(["a.txt", "b.txt"], tokenizer="tokenizer.json", seq_len=128, split="train")  # doctest: +SKIP
+    >>> train = TextDataset(["shards/*.jsonl.zst"], tokenizer="tokenizer.json", seq_len=128)  # doctest: +SKIP
     >>> inputs, labels = train.get_batch(np.arange(4))  # (4, 128) token ids and next-token labels
     """
 
@@ -61,6 +65,7 @@ class TextDataset(SampleDataset):
         pad_token: str | None = None,
         sha256: Mapping[str, str] | None = None,
         ignore_index: int = IGNORE_INDEX,
+        cache_dir: str | Path | None = None,
         progress: bool = False,
     ) -> None:
         if seq_len < 2:
@@ -73,19 +78,23 @@ class TextDataset(SampleDataset):
         self.tokenizer = load_tokenizer(tokenizer)
         self.eos_id = self.tokenizer.token_id(eos_token, role="eos")
         self.pad_id = self.eos_id if pad_token is None else self.tokenizer.token_id(pad_token, role="pad")
-        paths = [resolve_file(root, name) for name in files]
-        digests = [file_sha256(p) for p in paths]
-        check_pins(files, digests, sha256 or {})
-        stream = token_stream(tuple(map(str, paths)), tuple(digests), str(self.tokenizer.path), format, text_field,
-                              self.eos_id, progress)  # fmt: skip
-        inputs, labels, lengths = pack(stream, seq_len=self.seq_len, pad_id=self.pad_id, ignore_index=ignore_index)
-        self.inputs, self.labels = torch.from_numpy(inputs), torch.from_numpy(labels)
-        self.lengths = lengths
-        self.num_tokens = len(stream)
+        sources = expand_files(files, root)
+        digests = [source_sha256(path) for _, path in sources]
+        check_pins([name for name, _ in sources], digests, sha256 or {})
+        kinds = [format_of(path, format) for _, path in sources]
+        self.stream = token_stream(
+            [path for _, path in sources], digests, kinds, tokenizer=self.tokenizer, text_field=text_field,
+            eos_id=self.eos_id, seq_len=self.seq_len, cache_dir=Path(cache_dir or default_cache_dir()), progress=progress,
+        )  # fmt: skip
+        self.num_tokens = len(self.stream)
+        if self.num_tokens < 2:
+            raise ConfigError(f"the text holds {self.num_tokens} token(s); a language model needs at least 2")
+        n = -(-(self.num_tokens - 1) // self.seq_len)
+        self.lengths = np.clip(self.num_tokens - np.arange(n) * self.seq_len, 0, self.seq_len).astype(np.int64)
         self._source = {
             "kind": "text",
             "root": root,
-            "files": [[name, digest] for name, digest in zip(files, digests, strict=True)],
+            "files": [[name, digest] for (name, _), digest in zip(sources, digests, strict=True)],
             "format": format,
             "text_field": text_field,
             "tokenizer": self.tokenizer.fingerprint(),
@@ -100,7 +109,7 @@ class TextDataset(SampleDataset):
         }
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.lengths)
 
     @property
     def vocab_size(self) -> int:
@@ -108,8 +117,19 @@ class TextDataset(SampleDataset):
         return self.tokenizer.vocab_size
 
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self.inputs[index], self.labels[index]
+        inputs, labels = sequences(self.stream, np.asarray(indices, dtype=np.int64), seq_len=self.seq_len,
+                                   pad_id=self.pad_id, ignore_index=self.ignore_index)  # fmt: skip
+        return torch.from_numpy(inputs), torch.from_numpy(labels)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """Every sequence's inputs ``(N, L)``, read into memory (for small splits; batches read only their rows)."""
+        return self.get_batch(np.arange(len(self)))[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every sequence's labels ``(N, L)``, read into memory."""
+        return self.get_batch(np.arange(len(self)))[1]
 
     def attention_mask(self, indices: np.ndarray) -> torch.Tensor:
         """``(B, L)`` int64: 1 at real tokens, 0 at padding (what a Hugging Face model takes as ``attention_mask``)."""
@@ -125,40 +145,24 @@ class TextDataset(SampleDataset):
 
 def text_dataset(split: str, *, splits: Mapping[str, Sequence[str]], **options: Any) -> TextDataset:
     """The ``text`` dataset of pipeline files: ``splits`` maps each split name to its files; ``options`` are
-    :class:`TextDataset`'s (``tokenizer``, ``seq_len``, ``root``, ``format``, ``sha256``, ...)."""
+    :class:`TextDataset`'s (``tokenizer``, ``seq_len``, ``root``, ``format``, ``sha256``, ``cache_dir``, ...)."""
     if split not in splits:
         raise ConfigError(f"data.args.splits has no split {split!r}; it lists {sorted(splits)}")
-    listed = {name for files in splits.values() for name in files}
-    if unknown := sorted(set(options.get("sha256") or {}) - listed):
+    listed = [name for files in splits.values() for name in files]
+    if unknown := sorted(p for p in options.get("sha256") or {} if not any(_names(e, p) for e in listed)):
         raise ConfigError(f"data.args.sha256 pins files {unknown} that no split lists; pin only listed files")
     return TextDataset(list(splits[split]), split=split, **options)
+
+
+def _names(entry: str, name: str) -> bool:
+    """Whether a file-list entry (a name, glob or directory) can name file ``name``."""
+    return name == entry or fnmatch(name, entry) or name.startswith(entry.rstrip("/") + "/")
 
 
 def tokens_per_sample(source: Mapping[str, Any]) -> int | None:
     """Tokens per sample of a dataset from its description (a store's ``dataset.source``); None for non-text data."""
     packing = source.get("packing") if source.get("kind") == "text" else None
     return None if packing is None else int(packing["seq_len"])
-
-
-def resolve_file(root: str | None, name: str) -> Path:
-    """``root/name``, with ``{stdlib}``-style names of :func:`sysconfig.get_paths` in ``root`` filled in."""
-    if root is None:
-        path = Path(name)
-    else:
-        try:
-            path = Path(root.format(**sysconfig.get_paths())) / name
-        except KeyError as exc:
-            raise ConfigError(
-                f"data root {root!r} names {exc}, which is not a sysconfig path; valid names: "
-                f"{sorted(sysconfig.get_paths())}"
-            ) from None
-    if not path.is_file():
-        raise ConfigError(f"text file {str(path)!r} does not exist; check data.args (root and the file list)")
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_pins(names: Sequence[str], digests: Sequence[str], pins: Mapping[str, str]) -> None:
@@ -173,57 +177,46 @@ def check_pins(names: Sequence[str], digests: Sequence[str], pins: Mapping[str, 
             )
 
 
-_STREAMS: dict[tuple[Any, ...], np.ndarray] = {}
-_STREAMS_KEPT = 8
-
-
 def token_stream(
-    paths: tuple[str, ...],
-    digests: tuple[str, ...],
-    tokenizer: str,
-    format: DocumentFormat,
+    paths: Sequence[Path],
+    digests: Sequence[str],
+    kinds: Sequence[DocumentFormat],
+    *,
+    tokenizer: LocalTokenizer,
     text_field: str,
     eos_id: int,
+    seq_len: int,
+    cache_dir: Path,
     progress: bool = False,
 ) -> np.ndarray:
-    """Every document's token ids followed by ``eos_id``, in file order, as one int64 array (read-only).
+    """Every document's token ids followed by ``eos_id``, in file order, as one read-only array of the narrowest
+    unsigned dtype: mapped from the token cache, keyed by the sources' digests and the tokenizer's fingerprint."""
+    facts = {
+        "sources": [[d, k] for d, k in zip(digests, kinds, strict=True)],
+        "text_field": text_field if any(k != "tokens" for k in kinds) else None,
+        "tokenizer": tokenizer.fingerprint()["digest"],
+        "eos_id": eos_id,
+        "seq_len": seq_len if "tokens" in kinds else None,  # it only checks the width of packed .npy sequences
+    }
 
-    Kept per process by file digests and tokenizer file (the last few), since a pipeline builds its splits
-    several times; other bytes under the same path are tokenized again.
-    """
-    key = (paths, digests, tokenizer, file_sha256(Path(tokenizer)), format, text_field, eos_id)
-    if key in _STREAMS:
-        return _STREAMS[key]
-    local = load_tokenizer(tokenizer)
-    pieces: list[np.ndarray] = []
-    for path in tqdm(paths, desc="tokenize", unit="file", disable=not progress):
-        for ids in local.encode(read_documents(Path(path), format, text_field)):
-            pieces.append(np.asarray([*ids, eos_id], dtype=np.int64))
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    stream.setflags(write=False)
-    while len(_STREAMS) >= _STREAMS_KEPT:
-        del _STREAMS[next(iter(_STREAMS))]
-    _STREAMS[key] = stream
-    return stream
+    def chunks() -> Iterator[np.ndarray]:
+        for path, kind in zip(paths, kinds, strict=True):
+            yield from token_chunks(path, kind, text_field=text_field, tokenizer=tokenizer, eos_id=eos_id,
+                                    seq_len=seq_len)  # fmt: skip
+
+    return cached_stream(facts, chunks, vocab_size=tokenizer.vocab_size, cache_dir=cache_dir, progress=progress)
 
 
-def read_documents(path: Path, format: DocumentFormat, text_field: str) -> list[str]:
-    """The documents of one file: the whole file (text), one per line (JSON lines), one per row (Parquet)."""
-    kind = _format_of(path) if format == "auto" else format
-    if kind == "text":
-        return [path.read_text(encoding="utf-8")]
-    if kind == "jsonl":
-        return [_field(line, text_field, f"{path}:{n}") for n, line in _lines(path)]
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError(
-            "Parquet text needs pyarrow; install the language-model extra: pip install 'kdcache[lm]'"
-        ) from None
-    table = pq.read_table(path)
-    if text_field not in table.column_names:
-        raise ConfigError(f"{path} has no column {text_field!r}; columns: {table.column_names}. Set text_field")
-    return [str(t) for t in table.column(text_field).to_pylist()]
+def sequences(
+    stream: np.ndarray, indices: np.ndarray, *, seq_len: int, pad_id: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token labels ``(B, L)`` int64 of sequences ``indices`` of ``stream`` packed as :func:`pack`
+    packs it, reading only their tokens (the stream may be a memory map)."""
+    positions = indices[:, None] * seq_len + np.arange(seq_len)[None, :]
+    last = len(stream) - 1
+    inputs = np.where(positions <= last, stream[np.minimum(positions, last)].astype(np.int64), pad_id)
+    labels = np.where(positions < last, stream[np.minimum(positions + 1, last)].astype(np.int64), ignore_index)
+    return inputs, labels
 
 
 def pack(
@@ -234,28 +227,7 @@ def pack(
     if len(stream) < 2:
         raise ConfigError(f"the text holds {len(stream)} token(s); a language model needs at least 2")
     n = -(-(len(stream) - 1) // seq_len)
-    inputs = np.full(n * seq_len, pad_id, dtype=np.int64)
-    inputs[: min(len(stream), n * seq_len)] = stream[: n * seq_len]
-    labels = np.full(n * seq_len, ignore_index, dtype=np.int64)
-    labels[: len(stream) - 1] = stream[1:]
+    inputs, labels = sequences(np.asarray(stream), np.arange(n), seq_len=seq_len, pad_id=pad_id,
+                               ignore_index=ignore_index)  # fmt: skip
     lengths = np.clip(len(stream) - np.arange(n) * seq_len, 0, seq_len).astype(np.int64)
-    return inputs.reshape(n, seq_len), labels.reshape(n, seq_len), lengths
-
-
-def _format_of(path: Path) -> DocumentFormat:
-    return {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(path.suffix, "text")  # type: ignore[return-value]
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    text = path.read_text(encoding="utf-8")
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
-def _field(line: str, field: str, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc}); JSON lines files hold one object per line") from None
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise ConfigError(f"{where}: expected a JSON object with a string field {field!r}. Set text_field")
-    return record[field]
+    return inputs, labels, lengths

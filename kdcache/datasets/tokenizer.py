@@ -70,8 +70,11 @@ class LocalTokenizer:
         return int(found)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, without the tokenizer's own special tokens (packing adds the separator)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        """Token ids of each text, without the tokenizer's own special tokens (packing adds the separator).
+
+        ``encode_batch_fast`` (tokenizers ≥ 0.21) gives the same ids without computing character offsets."""
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def fingerprint(self) -> dict[str, Any]:
         """The tokenizer's identity (:func:`tokenizer_fingerprint`); the chat template is not part of it."""

@@ -1,0 +1,125 @@
+"""An on-disk cache of token streams: a corpus is tokenized once, and every later run or process maps the result.
+
+A stream is stored as raw ids of the narrowest unsigned dtype that holds the vocabulary (``uint16`` up to 65,536
+ids: 2 bytes a token instead of int64's 8), under a key that is a digest of what decides the ids — every source's
+SHA-256 and format, the text field, the tokenizer's fingerprint and the separator. Beside it a JSON record names
+the key, dtype, length and the SHA-256 of the stream's bytes; a stream is used only when its bytes hash to that
+record (the file name is never trusted), otherwise it is tokenized again and rewritten. Writes go to a temporary
+file that is renamed into place, stream first and record last, so a crash or a concurrent writer leaves either
+nothing or a whole, verified pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kdcache.fingerprint import canonical_digest
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$KDCACHE_TOKEN_CACHE`` if set, else ``$XDG_CACHE_HOME/kdcache/tokens`` (``~/.cache/kdcache/tokens`` where
+    that is unset)."""
+    if found := os.environ.get("KDCACHE_TOKEN_CACHE"):
+        return Path(found)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdcache" / "tokens"
+
+
+def stream_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds every id below ``vocab_size``."""
+    for dtype in (np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def cached_stream(
+    key_facts: dict[str, Any],
+    chunks: Callable[[], Iterator[np.ndarray]],
+    *,
+    vocab_size: int,
+    cache_dir: Path,
+    progress: bool = False,
+) -> np.ndarray:
+    """The token stream ``chunks()`` yields, as a read-only memory map: the cached one when its bytes verify, else
+    ``chunks()`` written to the cache first."""
+    key = canonical_digest({"version": CACHE_VERSION, **key_facts})
+    data, record = cache_dir / f"{key}.tokens", cache_dir / f"{key}.json"
+    dtype = stream_dtype(vocab_size)
+    found = _verified(data, record, key, dtype)
+    if found is None:
+        found = _write(data, record, key, dtype, chunks(), progress)
+    return found if found == 0 else np.memmap(data, dtype=dtype, mode="r", shape=(found,))  # type: ignore[return-value]
+
+
+def _verified(data: Path, record: Path, key: str, dtype: np.dtype) -> int | None:
+    """The token count of a cached stream whose record matches and whose bytes hash to it; None if there is none or
+    it does not verify (then it is rebuilt, with a warning)."""
+    if not record.is_file():
+        return None
+    try:
+        facts = json.loads(record.read_text())
+        length = int(facts["length"])
+        expected = (facts["key"], facts["dtype"], facts["sha256"])
+    except (ValueError, KeyError, TypeError):
+        facts, length, expected = {}, -1, ()
+    actual = (key, dtype.name, _file_sha256(data)) if data.is_file() else ()
+    if expected == actual and data.stat().st_size == length * dtype.itemsize:
+        return length
+    warnings.warn(
+        f"token cache {str(data)!r} does not match its record {str(record)!r}; tokenizing again", stacklevel=3
+    )
+    return None
+
+
+def _write(data: Path, record: Path, key: str, dtype: np.dtype, chunks: Iterator[np.ndarray], progress: bool) -> int:
+    data.parent.mkdir(parents=True, exist_ok=True)
+    digest, length = hashlib.sha256(), 0
+    temporary = _partial(data)
+    try:
+        with (
+            temporary.open("xb") as out,
+            tqdm(desc="tokenize", unit="tok", unit_scale=True, disable=not progress) as bar,
+        ):
+            for chunk in chunks:
+                raw = chunk.astype(dtype).tobytes()
+                out.write(raw)
+                digest.update(raw)
+                length += len(chunk)
+                bar.update(len(chunk))
+        os.replace(temporary, data)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    facts = {"key": key, "dtype": dtype.name, "length": length, "sha256": digest.hexdigest()}
+    _atomic_text(record, json.dumps(facts, sort_keys=True))
+    return length
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    temporary = _partial(path)
+    with temporary.open("x") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def _partial(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` for this writer alone; opened with ``x`` it gets the umask's permissions
+    (``mkstemp``'s 0600 would hide a shared cache from other users)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

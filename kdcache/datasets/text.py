@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.tokenizer import load_tokenizer
+from kdcache.datasets.tokenizer import TOKENIZED_KINDS, load_tokenizer
 from kdcache.errors import ConfigError
 
 DocumentFormat = Literal["auto", "text", "jsonl", "parquet"]
@@ -136,7 +136,7 @@ def text_dataset(split: str, *, splits: Mapping[str, Sequence[str]], **options: 
 
 def tokens_per_sample(source: Mapping[str, Any]) -> int | None:
     """Tokens per sample of a dataset from its description (a store's ``dataset.source``); None for non-text data."""
-    packing = source.get("packing") if source.get("kind") == "text" else None
+    packing = source.get("packing") if source.get("kind") in TOKENIZED_KINDS else None
     return None if packing is None else int(packing["seq_len"])
 
 

@@ -6,17 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdcache.datasets.chat import save_chat_tokenizer
+from kdcache.datasets.chat import ROLE_TEMPLATE, save_chat_tokenizer
 from tests.lmkit import train_bpe
 
 CHAT_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-TURN = "{{ '<|' + message['role'] + '|>\n' }}"
-GENERATION_TEMPLATE = (
-    "{% for message in messages %}" + TURN + "{% if message['role'] == 'assistant' %}{% generation %}"
-    "{{ message['content'] + '<|end|>' }}{% endgeneration %}{% else %}{{ message['content'] + '<|end|>' }}"
-    "{% endif %}{{ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-"""Role header, content and ``<|end|>`` per turn; the assistant's content and ``<|end|>`` in a generation block."""
+GENERATION_TEMPLATE = ROLE_TEMPLATE
 PLAIN_TEMPLATE = GENERATION_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 """The same rendering without generation blocks: assistant tokens are found from rendered prefixes."""
 

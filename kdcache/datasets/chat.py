@@ -44,6 +44,14 @@ TrainOn = Literal["assistant", "all"]
 ROLES = ("system", "user", "assistant")
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 Conversation = list[dict[str, str]]
+ROLE_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}{% else %}"
+    "{{ message['content'] + '<|end|>' }}{% endif %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+"""A small chat template: per turn the role token (``<|user|>``, ...), a newline, the content, ``<|end|>`` and a
+newline; the assistant's content and ``<|end|>`` in a generation block (what the loss trains on)."""
 
 
 class ChatDataset(SampleDataset):
@@ -255,7 +263,7 @@ def chat_dataset(split: str, *, splits: Mapping[str, Sequence[str]], **options: 
 
 
 def save_chat_tokenizer(
-    tokenizer_file: str | Path, directory: str | Path, template: str, *, pad_token: str = "<|pad|>"
+    tokenizer_file: str | Path, directory: str | Path, template: str = ROLE_TEMPLATE, *, pad_token: str = "<|pad|>"
 ) -> Path:
     """Save a ``tokenizer.json`` with a chat template as a ``transformers`` tokenizer directory
     (``save_pretrained``: ``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``)."""

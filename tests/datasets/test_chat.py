@@ -166,3 +166,27 @@ def test_a_cached_topk_loss_sees_only_the_assistant_positions(chat_dir, tmp_path
             rows.append(hand_topk_kl(logits[b, t], top.values[b, t], top.indices[b, t], float(top.lse[b, t, 0])))
     assert len(rows) == int((batch.labels != -100).sum()) < int(data.lengths.sum()) // 2
     assert value == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+def test_perplexity_next_token_and_sampled_kd_see_only_the_assistant_positions(chat_dir) -> None:
+    from kdcache.metrics import Perplexity
+    from kdcache.targets.tokens import SampledTokens
+
+    data = chat(chat_dir)
+    inputs, labels = data.get_batch(np.arange(len(data)))
+    torch.manual_seed(0)
+    logits = torch.randn(*inputs.shape, data.vocab_size) * 3
+    labelled = labels != -100
+    nll = -torch.log_softmax(logits.double(), dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+    metric = Perplexity()
+    metric.update(logits, labels)
+    assert metric.summarise(metric.state())["perplexity"] == pytest.approx(math.exp(float(nll[labelled].mean())))
+    setup = LossSetup(num_classes=data.vocab_size, task="language-model")
+    next_token = build_objective([("next_token", 1.0, {})], setup).terms["next_token"]
+    assert next_token(StepOutputs(logits, labels)).item() == pytest.approx(float(nll[labelled].mean()), rel=1e-5)
+    ids = torch.stack([labels.clamp_min(0), torch.zeros_like(labels)], dim=-1)  # both draws the label: CE again
+    counts = torch.tensor([2, 0], dtype=torch.uint8).expand(ids.shape)
+    sampled = SampledTokens(ids, counts, samples=2, temperature=1.0, vocab_size=data.vocab_size)
+    kd = build_objective([("token_kd", 1.0, {"target": "token_logits_sampled"})], setup).terms["token_kd"]
+    value = kd(StepOutputs(logits, labels, teacher={"token_logits_sampled": sampled})).item()
+    assert value == pytest.approx(float(nll[labelled].mean()), rel=1e-5)

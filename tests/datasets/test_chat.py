@@ -190,3 +190,23 @@ def test_perplexity_next_token_and_sampled_kd_see_only_the_assistant_positions(c
     kd = build_objective([("token_kd", 1.0, {"target": "token_logits_sampled"})], setup).terms["token_kd"]
     value = kd(StepOutputs(logits, labels, teacher={"token_logits_sampled": sampled})).item()
     assert value == pytest.approx(float(nll[labelled].mean()), rel=1e-5)
+
+
+def test_a_teacher_directory_caches_chat_data_as_the_same_teacher_in_memory(chat_dir, tmp_path) -> None:
+    """A ``save_pretrained`` teacher whose directory ships the data's tokenizer (without the chat template: the
+    template changes no token id, so it is not part of the tokenizer fingerprint) caches the same targets."""
+    from kdcache.models import CausalLM
+    from tests.lmkit import save_teacher_dir
+
+    data = chat(chat_dir)
+    teacher = trained_lm(data, data.vocab_size, steps=5)
+    directory = save_teacher_dir(teacher, tmp_path / "teacher", chat_dir["generation"] / "tokenizer.json")
+    target = [build_target("token_logits", {"k": 8})]
+    for name, model in (("memory", teacher), ("dir", CausalLM(data.vocab_size, path=str(directory), pad_token_id=1))):
+        precompute(model.eval(), data, str(tmp_path / f"{name}.zarr"), targets=target, views=TokenViews(),
+                   num_classes=data.vocab_size, teacher_name="lm", batch_size=3, progress=False)  # fmt: skip
+    read = [next(iter(batch_loader(CachedTokenDataset(data, open_cache(str(tmp_path / f"{n}.zarr")), teacher="lm",
+                                                      targets=["token_logits_topk"]), batch_size=3, seed=0))).to("cpu")
+            for n in ("memory", "dir")]  # fmt: skip
+    memory, from_dir = (r.targets["token_logits_topk"] for r in read)
+    assert torch.equal(memory.indices, from_dir.indices) and torch.equal(memory.values, from_dir.values)

@@ -2,12 +2,13 @@
 
 Stage one (:func:`precompute`, :func:`precompute_on_dask`) runs a frozen teacher once and writes its targets into a
 sharded Zarr v3 store; stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`,
-:func:`fit`) into student training. Language models: :class:`TextDataset`, :class:`TokenViews`,
+:func:`fit`) into student training. Language models: :class:`TextDataset`, :class:`ChatDataset`, :class:`TokenViews`,
 :class:`CachedTokenDataset`, :func:`token_kd_divergence` (docs/language-models.md). Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
 The layers and what each package owns: docs/design.md.
 """
 
 from kdcache.datasets import (
+    ChatDataset,
     ClassSubset,
     DigitsSegmentation,
     HDF5Dataset,
@@ -57,6 +58,7 @@ __all__ = [
     "Cache",
     "CachedDataset",
     "CachedTokenDataset",
+    "ChatDataset",
     "ClassSubset",
     "DigitsSegmentation",
     "Ensemble",

@@ -1,6 +1,6 @@
 """Datasets: kdcache's batched contract (:class:`SampleDataset`), adapters, and the names pipeline files use.
 
-A pipeline names a registered dataset (``digits``, ``hdf5``, ``digits-seg``, ``voc``; called with the split and its
+A pipeline names a registered dataset (``digits``, ``hdf5``, ``digits-seg``, ``voc``, ``text``, ``chat``; called with the split and its
 arguments) or an import path of any callable returning a map-style ``torch.utils.data.Dataset`` of ``(image, label)``
 items (``torchvision.datasets:ImageFolder``, ``torchvision.datasets:CIFAR10``, a user's own), wrapped in
 :class:`ItemDataset`."""
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcache.datasets.base import SampleDataset, Subset, TensorDataset
+from kdcache.datasets.chat import ChatDataset, chat_dataset
 from kdcache.datasets.classes import ClassSubset
 from kdcache.datasets.digits_seg import DigitsSegmentation
 from kdcache.datasets.hdf5 import DIGITS_FILE, HDF5Dataset
@@ -24,6 +25,7 @@ DATASETS: Registry[Any] = Registry("dataset")
 DATASETS.register("digits-seg")(DigitsSegmentation)
 DATASETS.register("voc")(VOCSegmentation)
 DATASETS.register("text")(text_dataset)
+DATASETS.register("chat")(chat_dataset)
 
 
 @DATASETS.register("hdf5")
@@ -60,6 +62,7 @@ def build_dataset(name: str, split: str, args: dict[str, Any]) -> SampleDataset:
 __all__ = [
     "DATASETS",
     "DIGITS_FILE",
+    "ChatDataset",
     "ClassSubset",
     "DigitsSegmentation",
     "HDF5Dataset",

@@ -31,7 +31,7 @@ import torch
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.corpus import DocumentFormat, expand_files, format_of, source_sha256, token_chunks
 from kdcache.datasets.tokencache import cached_stream, default_cache_dir
-from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
+from kdcache.datasets.tokenizer import TOKENIZED_KINDS, LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -161,7 +161,7 @@ def _names(entry: str, name: str) -> bool:
 
 def tokens_per_sample(source: Mapping[str, Any]) -> int | None:
     """Tokens per sample of a dataset from its description (a store's ``dataset.source``); None for non-text data."""
-    packing = source.get("packing") if source.get("kind") == "text" else None
+    packing = source.get("packing") if source.get("kind") in TOKENIZED_KINDS else None
     return None if packing is None else int(packing["seq_len"])
 
 

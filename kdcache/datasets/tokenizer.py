@@ -30,6 +30,8 @@ from kdcache.fingerprint import canonical_digest, with_digest
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
+TOKENIZED_KINDS = frozenset({"text", "chat"})
+"""Dataset kinds whose descriptions hold a tokenizer fingerprint and a ``packing`` (token targets fit them)."""
 IDENTITY_PARTS = ("model", "normalizer", "pre_tokenizer", "added_tokens", "truncation", "padding")
 """The sections of a ``tokenizer.json`` that decide the token ids of an encoding without special tokens."""
 

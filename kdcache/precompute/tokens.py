@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.tokenizer import describe_tokenizer
+from kdcache.datasets.tokenizer import TOKENIZED_KINDS, describe_tokenizer
 from kdcache.errors import TokenAlignmentError
 from kdcache.models.hfdir import input_vocabulary, model_source
 
@@ -30,7 +30,7 @@ def check_teacher_tokens(
     ships a tokenizer, that tokenizer gives the same ids (:func:`~kdcache.datasets.tokenizer.tokenizer_fingerprint`).
     Data that is not tokenized text is not checked."""
     source = dataset.describe()
-    data = source.get("tokenizer") if source.get("kind") == "text" else None
+    data = source.get("tokenizer") if source.get("kind") in TOKENIZED_KINDS else None
     if data is None:
         return
     width = input_vocabulary(teacher)

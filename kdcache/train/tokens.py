@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.tokenizer import describe_tokenizer
+from kdcache.datasets.tokenizer import TOKENIZED_KINDS, describe_tokenizer
 from kdcache.errors import StaleTeacherError, TokenAlignmentError
 from kdcache.models.hfdir import SOURCE_KIND, changed_files, directory_source
 from kdcache.store import Cache
@@ -40,10 +40,10 @@ def require_token_alignment(
     """
     stored, found = cache.manifest.dataset.get("source", {}), dataset.describe()
     for side, source in (("the store", stored), ("the dataset", found)):
-        if source.get("kind") != "text" or "tokenizer" not in source:
+        if source.get("kind") not in TOKENIZED_KINDS or "tokenizer" not in source:
             raise TokenAlignmentError(
                 f"store {cache.url!r}: {side} is not tokenized text (its source is {source.get('kind')!r}); token "
-                "targets need a text dataset on both sides (kdcache.datasets.TextDataset)"
+                "targets need a text or chat dataset on both sides (kdcache.datasets.TextDataset, ChatDataset)"
             )
     _same_tokenizer(cache.url, stored["tokenizer"], found["tokenizer"], "the dataset")
     if tokenizer is not None:

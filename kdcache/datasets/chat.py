@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.text import IGNORE_INDEX, check_pins, file_sha256, resolve_file
+from kdcache.datasets.corpus import expand_files, source_sha256
+from kdcache.datasets.text import IGNORE_INDEX, check_pins
 from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
 
@@ -93,8 +94,9 @@ class ChatDataset(SampleDataset):
         self.tokenizer = load_tokenizer(tokenizer)
         self.pad_id = self.tokenizer.token_id(pad_token, role="pad")
         self.renderer = ChatRenderer(self.tokenizer)
-        paths = [resolve_file(root, name) for name in files]
-        digests = [file_sha256(p) for p in paths]
+        sources = expand_files(files, root)  # globs and directories too, each file recorded by content
+        files, paths = [name for name, _ in sources], [path for _, path in sources]
+        digests = [source_sha256(p) for p in paths]
         check_pins(files, digests, sha256 or {})
         records = [(f"{name}:{n}", c) for name, p in zip(files, paths, strict=True)
                    for n, c in read_conversations(p, messages_field, tuple(roles), train_on)]  # fmt: skip

@@ -38,15 +38,18 @@ LossEntry = tuple[str, float, dict[str, Any]]
 
 
 class KDCollator:
-    """Collates a cached dataset's per-sample dicts for :class:`KDTrainer`: ``input_ids`` and ``labels`` ``(B, L)``
-    and ``kd_batch``, the :class:`~kdcache.train.Batch` whose targets the loss decodes on the model's device."""
+    """Collates a cached dataset's per-sample dicts for :class:`KDTrainer`: ``input_ids``, ``labels`` and
+    ``attention_mask`` ``(B, L)`` and ``kd_batch``, the :class:`~kdcache.train.Batch` whose targets the loss decodes
+    on the model's device. The mask is the text dataset's own (0 at padding), all ones for a dataset without one."""
 
     def __init__(self, dataset: CachedDataset) -> None:
         self.dataset = dataset
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.dataset.as_batch(default_collate(items))
-        return {"input_ids": batch.inputs, "labels": batch.labels, "kd_batch": batch}
+        masks = getattr(self.dataset.dataset, "attention_mask", None)
+        mask = torch.ones_like(batch.inputs) if masks is None else masks(batch.indices.numpy())
+        return {"input_ids": batch.inputs, "labels": batch.labels, "attention_mask": mask, "kd_batch": batch}
 
 
 class _EpochCallback(transformers.TrainerCallback):
@@ -90,10 +93,13 @@ class KDTrainer(transformers.Trainer):
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """kdcache's objective on the student's logits and the batch's cached targets (decoded on the device)."""
-        if not isinstance(inputs.get("kd_batch"), Batch):
-            raise ConfigError("KDTrainer's inputs carry no kd_batch: keep its KDCollator (data_collator) as it is")
+        if not isinstance(inputs.get("kd_batch"), Batch) or "attention_mask" not in inputs:
+            raise ConfigError(
+                f"KDTrainer's inputs carry {sorted(inputs)}, not kd_batch and attention_mask: keep its KDCollator "
+                "(pass no data_collator, or one that returns KDCollator's dict)"
+            )
         batch = inputs["kd_batch"].to(inputs["input_ids"].device)
-        outputs = model(input_ids=batch.inputs)
+        outputs = model(input_ids=batch.inputs, attention_mask=inputs["attention_mask"])
         logits = getattr(outputs, "logits", outputs)
         loss, _ = self.objective(StepOutputs(logits, batch.labels, teacher=batch.targets))
         return (loss, outputs) if return_outputs else loss

@@ -76,6 +76,17 @@ def test_the_trainer_trains_across_epochs_from_the_store(tmp_path, cached):
     assert np.isfinite(result.training_loss) and np.mean(logged[-3:]) < logged[0]  # it learns from the targets
 
 
+def test_the_trainer_evaluates_on_another_cached_dataset(tmp_path, cached, lm_train):
+    store = open_cache(cached.url)
+    evals = CachedTokenDataset(lm_train, store, teacher="lm", targets=TARGETS[:1], vocab_size=300)  # other source
+    losses = [("next_token", 0.5, {}), ("token_kd", 0.5, {"target": TARGETS[0]})]
+    trainer = KDTrainer(model=tiny_lm(300, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached,
+                        eval_dataset=evals, losses=losses)  # fmt: skip
+    inputs = next(iter(trainer.get_eval_dataloader()))
+    assert sorted(inputs["kd_batch"].targets) == TARGETS[:1]  # collated by the eval dataset, not the train one
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
+
+
 def test_a_student_of_another_vocabulary_is_refused(tmp_path, cached):
     trainer = KDTrainer(model=tiny_lm(320, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached)
     with pytest.raises(TargetMismatchError, match="vocabulary of 300 tokens.*320 wide"):

@@ -11,7 +11,8 @@ student logits of another width than the cached vocabulary (:func:`~kdcache.loss
 * :class:`KDTrainer` is ``transformers.Trainer`` whose loss is a kdcache objective, the same ``(name, weight,
   params)`` losses as a pipeline's stage (default ``0.5 · next_token + 0.5 · token_kd`` on the first token target),
   so the number it minimises equals :func:`~kdcache.train.fit`'s on the same batch. It keeps the target columns
-  (``remove_unused_columns`` would drop them) and tells the dataset each epoch (:meth:`CachedDataset.set_epoch`).
+  (``remove_unused_columns`` would drop them), tells the dataset each epoch (:meth:`CachedDataset.set_epoch`)
+  and collates an ``eval_dataset`` of cached targets by its own dataset, so ``evaluate()`` reports the same loss.
 
 Labels are already next tokens (kdcache shifts them when it packs text), so the model is called without
 ``labels`` and the next-token loss is kdcache's, not the model's own shifted one.
@@ -38,15 +39,27 @@ LossEntry = tuple[str, float, dict[str, Any]]
 
 
 class KDCollator:
-    """Collates a cached dataset's per-sample dicts for :class:`KDTrainer`: ``input_ids`` and ``labels`` ``(B, L)``
-    and ``kd_batch``, the :class:`~kdcache.train.Batch` whose targets the loss decodes on the model's device."""
+    """Collates a cached dataset's per-sample dicts for :class:`KDTrainer`: ``input_ids``, ``labels`` and
+    ``attention_mask`` ``(B, L)`` and ``kd_batch``, the :class:`~kdcache.train.Batch` whose targets the loss decodes
+    on the model's device. The mask is the text dataset's own (0 at padding), all ones for a dataset without one.
 
-    def __init__(self, dataset: CachedDataset) -> None:
-        self.dataset = dataset
+    One collator serves the train and the eval datasets (the Trainer has one): a batch goes to the dataset whose
+    stored targets its items name (their ``source``), the first otherwise, whose check then refuses it."""
+
+    def __init__(self, dataset: CachedDataset, *more: CachedDataset) -> None:
+        self.datasets = (dataset, *more)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.dataset.as_batch(default_collate(items))
-        return {"input_ids": batch.inputs, "labels": batch.labels, "kd_batch": batch}
+        data = self._dataset_of(items[0])
+        batch = data.as_batch(default_collate(items))
+        masks = getattr(data.dataset, "attention_mask", None)
+        mask = torch.ones_like(batch.inputs) if masks is None else masks(batch.indices.numpy())
+        return {"input_ids": batch.inputs, "labels": batch.labels, "attention_mask": mask, "kd_batch": batch}
+
+    def _dataset_of(self, item: dict[str, Any]) -> CachedDataset:
+        source = item.get("source")
+        found = (d for d in self.datasets if source is not None and torch.equal(d.source, source))
+        return next(found, self.datasets[0])
 
 
 class _EpochCallback(transformers.TrainerCallback):
@@ -75,7 +88,7 @@ class KDTrainer(transformers.Trainer):
                 f"KDTrainer trains from a kdcache store: pass train_dataset=CachedTokenDataset(...), got "
                 f"{type(data).__name__}"
             )
-        kwargs.setdefault("data_collator", KDCollator(data))
+        kwargs.setdefault("data_collator", KDCollator(data, *_cached(kwargs.get("eval_dataset"))))
         super().__init__(*args, **kwargs)
         self.args.remove_unused_columns = False  # the targets are no argument of the model's forward: keep them
         self.model_accepts_loss_kwargs = False  # the loss is a mean per batch: let the Trainer scale accumulation
@@ -90,13 +103,22 @@ class KDTrainer(transformers.Trainer):
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """kdcache's objective on the student's logits and the batch's cached targets (decoded on the device)."""
-        if not isinstance(inputs.get("kd_batch"), Batch):
-            raise ConfigError("KDTrainer's inputs carry no kd_batch: keep its KDCollator (data_collator) as it is")
+        if not isinstance(inputs.get("kd_batch"), Batch) or "attention_mask" not in inputs:
+            raise ConfigError(
+                f"KDTrainer's inputs carry {sorted(inputs)}, not kd_batch and attention_mask: keep its KDCollator "
+                "(pass no data_collator, or one that returns KDCollator's dict)"
+            )
         batch = inputs["kd_batch"].to(inputs["input_ids"].device)
-        outputs = model(input_ids=batch.inputs)
+        outputs = model(input_ids=batch.inputs, attention_mask=inputs["attention_mask"])
         logits = getattr(outputs, "logits", outputs)
         loss, _ = self.objective(StepOutputs(logits, batch.labels, teacher=batch.targets))
         return (loss, outputs) if return_outputs else loss
+
+
+def _cached(evals: Any) -> list[CachedDataset]:
+    """The cached datasets among ``eval_dataset`` (one, or a dict of them, as the Trainer takes it)."""
+    found = evals.values() if isinstance(evals, dict) else [evals]
+    return [d for d in found if isinstance(d, CachedDataset)]
 
 
 def _default_losses(data: CachedDataset) -> list[LossEntry]:

@@ -55,10 +55,14 @@ def test_the_trainer_loss_equals_kdcache_own_loss_on_the_same_batch(tmp_path, ca
     trainer = KDTrainer(model=student, args=arguments(tmp_path, 1), train_dataset=cached, losses=losses)
     inputs = next(iter(trainer.get_train_dataloader()))
     from_trainer = trainer.compute_loss(student, inputs)
-    own = cached[inputs["kd_batch"].indices.numpy()].to("cpu")  # kdcache's batch path over the same samples
+    indices = inputs["kd_batch"].indices.numpy()
+    own = cached[indices].to("cpu")  # kdcache's batch path over the same samples
+    mask = cached.dataset.attention_mask(indices)  # 0 at padding, as kdcache's CausalLM masks it
     objective = build_objective(losses, LossSetup(num_classes=300, task="language-model"))
-    by_hand, parts = objective(StepOutputs(student(input_ids=own.inputs).logits, own.labels, teacher=own.targets))
-    assert torch.equal(own.inputs, inputs["input_ids"]) and parts["token_kd"] > 0
+    logits = student(input_ids=own.inputs, attention_mask=mask).logits
+    by_hand, parts = objective(StepOutputs(logits, own.labels, teacher=own.targets))
+    assert torch.equal(own.inputs, inputs["input_ids"]) and torch.equal(mask, inputs["attention_mask"])
+    assert parts["token_kd"] > 0
     assert abs(from_trainer.item() - by_hand.item()) < 1e-6
 
 
@@ -72,6 +76,17 @@ def test_the_trainer_trains_across_epochs_from_the_store(tmp_path, cached):
     assert np.isfinite(result.training_loss) and np.mean(logged[-3:]) < logged[0]  # it learns from the targets
 
 
+def test_the_trainer_evaluates_on_another_cached_dataset(tmp_path, cached, lm_train):
+    store = open_cache(cached.url)
+    evals = CachedTokenDataset(lm_train, store, teacher="lm", targets=TARGETS[:1], vocab_size=300)  # other source
+    losses = [("next_token", 0.5, {}), ("token_kd", 0.5, {"target": TARGETS[0]})]
+    trainer = KDTrainer(model=tiny_lm(300, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached,
+                        eval_dataset=evals, losses=losses)  # fmt: skip
+    inputs = next(iter(trainer.get_eval_dataloader()))
+    assert sorted(inputs["kd_batch"].targets) == TARGETS[:1]  # collated by the eval dataset, not the train one
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
+
+
 def test_a_student_of_another_vocabulary_is_refused(tmp_path, cached):
     trainer = KDTrainer(model=tiny_lm(320, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached)
     with pytest.raises(TargetMismatchError, match="vocabulary of 300 tokens.*320 wide"):
@@ -81,6 +96,33 @@ def test_a_student_of_another_vocabulary_is_refused(tmp_path, cached):
 def test_a_dataset_without_a_store_is_refused(tmp_path, lm_train):
     with pytest.raises(ConfigError, match="CachedTokenDataset"):
         KDTrainer(model=tiny_lm(300).model, args=arguments(tmp_path, 1), train_dataset=lm_train)
+
+
+def test_a_collator_that_drops_the_targets_is_refused(tmp_path, cached):
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = transformers_tokenizer(cached)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # a Trainer user's usual collator: no targets
+    trainer = KDTrainer(model=tiny_lm(300).model, args=arguments(tmp_path, 1), train_dataset=cached,
+                        data_collator=lambda items: collator([{"input_ids": item["inputs"]} for item in items]))  # fmt: skip
+    with pytest.raises(ConfigError, match="not kd_batch and attention_mask: keep its KDCollator"):
+        trainer.train()
+
+
+def test_trl_sft_trainer_refuses_the_cached_dataset(tmp_path, cached):
+    """What docs/language-models.md says of TRL: SFTTrainer takes only a ``datasets`` dataset it prepares itself."""
+    trl = pytest.importorskip("trl")
+    config = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, report_to=[], use_cpu=True)
+    with pytest.raises(TypeError, match="must be a `Dataset` or `IterableDataset`, got `CachedTokenDataset`"):
+        trl.SFTTrainer(model=tiny_lm(300).model, args=config, train_dataset=cached,
+                       processing_class=transformers_tokenizer(cached))  # fmt: skip
+
+
+def transformers_tokenizer(cached: CachedTokenDataset):
+    """The store's tokenizer.json as a ``transformers`` tokenizer (what a collator or TRL takes)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=cached.dataset.tokenizer.tokenizer, pad_token="<|endoftext|>")
 
 
 def test_the_docs_trainer_example_runs(tmp_path, monkeypatch, lm_teacher, lm_train):

@@ -15,6 +15,7 @@ from kdcache.precompute import precompute
 from kdcache.targets import build_target
 from kdcache.targets.packing import pack_fields, packed_width, unpack_fields
 from kdcache.targets.tokens import top_log_probs
+from kdcache.tools.verify import recompute_check
 from kdcache.views import TokenViews
 
 PACKED = {"k": 8, "value_bits": 7, "index_bits": 17}
@@ -119,6 +120,12 @@ def test_a_packed_store_reads_through_the_public_api(tmp_path, lm_teacher, lm_tr
         data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / f"{name}.zarr")), teacher="lm",
                                   targets=["token_logits_topk"])  # fmt: skip
         stores[name] = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")
+    packed_cache = open_cache(str(tmp_path / "packed.zarr"))
+    assert packed_cache.verify() == []  # digests, pinned attributes bound to the records, every row's invariants
+    report = recompute_check(packed_cache, lm_teacher, lm_train, TokenViews(), teacher_name="lm", pairs=8,
+                             progress=False)  # fmt: skip
+    assert report.passed and report.targets["token_logits_topk"].exact == 8  # the live teacher's bytes, every pair
+    assert report.targets["token_logits_topk"].max_abs_error <= 0.0625  # codes within half a step of live log p
     packed, fp16 = (stores[n].targets["token_logits_topk"] for n in ("packed", "fp16"))
     assert torch.equal(packed.indices, fp16.indices) and packed.vocab_size == 300
     assert (packed.values - fp16.values.float()).abs().max() <= 0.0625 + 2e-3

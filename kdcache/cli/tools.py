@@ -10,6 +10,11 @@ from kdcache.tools.fidelity import report_fidelity
 
 
 def fidelity(args: argparse.Namespace) -> int:
+    if args.tokens:  # token targets: a tiny Llama at the full vocabulary, every top-k encoding
+        from kdcache.tools.token_fidelity import report_token_fidelity
+
+        print(report_token_fidelity(args.vocab, args.tokens, args.k, progress=not args.quiet))
+        return 0
     report_fidelity(args.classes, args.out, progress=not args.quiet)
     return 0
 
@@ -33,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=defaults)  # fmt: skip
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="teacher widths to measure")
     p.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="where stores and tables go")
+    p.add_argument("--tokens", type=int, default=0, help="measure top-k token encodings over this many tokens")
+    p.add_argument("--vocab", type=int, default=128_256, help="--tokens: the teacher's vocabulary")
+    p.add_argument("--k", type=int, default=32, help="--tokens: tokens kept per position")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=fidelity)
     p = sub.add_parser("bench", formatter_class=defaults,

@@ -49,7 +49,7 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
 
 
 def token_budget(cfg: PipelineConfig, rows: list[dict]) -> list[str]:
-    """One line per cached top-k token target: its bytes per token against the goal of 4 + 6·k bytes (fp16 values,
+    """One line per cached top-k token target: its bytes per token and in all against the goal of 4 + 6·k bytes (fp16 values,
     k ≤ 64) and DistillKit's ~300 B/token at k = 128."""
     lines = []
     for target in cfg.cache.targets:
@@ -57,8 +57,9 @@ def token_budget(cfg: PipelineConfig, rows: list[dict]) -> list[str]:
             continue
         name, k = target.target_name, int(target.params["k"])
         per_token = sum(r["bytes_per_token"] or 0 for r in rows if r["target"] == name)
+        total = sum(r["total_bytes"] for r in rows if r["target"] == name)
         lines.append(
-            f"{name}: {per_token:,.1f} B/token at k={k} (goal ≤ 4 + 6·k = {4 + 6 * k} B; DistillKit ≈ "
+            f"{name}: {per_token:,.1f} B/token at k={k}, {total / 1e6:,.2f} MB for the dataset's tokens (goal ≤ 4 + 6·k = {4 + 6 * k} B; DistillKit ≈ "
             f"{DISTILLKIT_BYTES_PER_TOKEN} B/token at k=128)"
         )
     return lines

@@ -7,6 +7,8 @@ record that lies about them (a manifest rewritten and resealed) is caught on the
   [k / C, 1] (the k largest of C probabilities hold at least k / C of the mass), and T · lse_T grows with T by at
   most log C per unit of T (its derivative in T is the entropy of softmax(z / T)). Temperatures reordered or
   changed break one of these for every confident teacher;
+* packed token top-k (:mod:`kdcache.targets.packing`): the same mass bounds widened by half a code step, no bits
+  set after the last field, every id below the vocabulary;
 * int8: every row's scale is positive and finite, its offset finite.
 
 Tolerances cover the rounding of the stored values (float16: 2⁻¹¹, bfloat16: 2⁻⁸ relative) and of the float32
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-RELATIVE_ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}
+RELATIVE_ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 0.0}
 LSE_ROUNDING = 2.0**-22  # relative error of a float32 log-sum-exp, with margin
 SLACK = 1e-4  # float64 arithmetic of the check itself, with margin
 
@@ -31,9 +33,12 @@ def stored_floats(array: np.ndarray, dtype: str) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def topk_problem(values: np.ndarray, lse: np.ndarray, temperatures: Sequence[float], classes: int, dtype: str) -> str:
+def topk_problem(
+    values: np.ndarray, lse: np.ndarray, temperatures: Sequence[float], classes: int, dtype: str, absolute: float = 0.0
+) -> str:
     """How stored top-k rows (``values`` ``(..., k)``, ``lse`` ``(..., len(temperatures))``) break the invariants of
-    the declared temperatures, or ``""``."""
+    the declared temperatures, or ``""``. ``absolute``: the largest error of a decoded value (half a quantiser
+    step for packed codes), on top of the dtype's relative rounding."""
     v = stored_floats(values, dtype).reshape(-1, values.shape[-1])
     lse = lse.astype(np.float64).reshape(len(v), len(temperatures))
     if len(v) == 0:
@@ -42,7 +47,7 @@ def topk_problem(values: np.ndarray, lse: np.ndarray, temperatures: Sequence[flo
     peak = np.abs(v).max(axis=1)
     for i, t in enumerate(temperatures):
         log_mass = _logsumexp(v / t - lse[:, i : i + 1])
-        tol = SLACK + np.abs(lse[:, i]) * LSE_ROUNDING
+        tol = SLACK + np.abs(lse[:, i]) * LSE_ROUNDING + absolute / t
         low = np.log(k / classes) - tol - 2 * peak * RELATIVE_ROUNDING[dtype] / t
         bad = (log_mass > tol) | (log_mass < low) | ~np.isfinite(log_mass)
         if bad.any():

@@ -9,6 +9,8 @@ the teacher's distribution (Sparse Logit Sampling). Classes are the last dimensi
   high (log p near 0). Bytes per token: k · (2 + index bytes) + 4 · |T| (4 + 4k for fp16 values, a vocabulary of at
   most 65,536 and one temperature). Both are computed in float64 and rounded once to their storage dtype, so the
   stored bytes do not depend on the CPU's exp/log kernels (docs/store-format.md, "Where byte identity holds").
+  Optional ``value_bits`` / ``index_bits`` pack the log-probs as b-bit codes of a power-of-two step and the ids in
+  b bits (:mod:`kdcache.targets.packing`): 100 B/token at k = 32 and V = 128,256 with 7-bit codes and 17-bit ids.
 * ``sampled``: ``samples`` draws per position from softmax(z/T) (Anshumann et al., ACL 2025, "Sparse Logit Sampling:
   Accelerating Knowledge Distillation in LLMs"), stored as the distinct token ids drawn with their counts. The
   weights counts/n are an unbiased estimate of the teacher distribution, so the cross-entropy to them is an unbiased
@@ -36,7 +38,9 @@ from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage, wide
+from kdcache.targets.invariants import topk_problem
 from kdcache.targets.logits import TopKLogits
+from kdcache.targets.packing import check_step, pack_fields, packed_width, padding_is_zero, quantise, unpack_fields
 from kdcache.views.rng import KeyedRandom
 
 SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
@@ -103,6 +107,9 @@ class TokenLogitsParams(TargetParams):
     vocab_size: int | None = Field(
         None, gt=1, description="the teacher's vocabulary (logits width); stage one records it"
     )
+    value_bits: int | None = Field(None, ge=2, le=8, description="topk: log-probs as packed codes of this many bits")
+    value_step: float = Field(0.125, description="topk with value_bits: nats per code (a power of two)")
+    index_bits: int | None = Field(None, ge=1, le=32, description="topk: token ids packed in this many bits")
 
     @model_validator(mode="after")
     def _consistent(self) -> TokenLogitsParams:
@@ -111,11 +118,15 @@ class TokenLogitsParams(TargetParams):
             raise ValueError("encoding topk needs k (the tokens kept per position)")
         if self.encoding == "sampled" and self.samples is None:
             raise ValueError("encoding sampled needs samples (the draws per position)")
-        other = {"topk": {"samples", "sample_temperature", "seed"}, "sampled": {"k", "dtype", "temperatures"}}
+        packed = {"value_bits", "value_step", "index_bits"}
+        other = {"topk": {"samples", "sample_temperature", "seed"}, "sampled": {"k", "dtype", "temperatures", *packed}}
         if wrong := sorted(given & other[self.encoding]):
             raise ValueError(f"{wrong} do not apply to encoding {self.encoding}")
         if any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be positive, got {list(self.temperatures)}")
+        if "value_step" in given and self.value_bits is None:
+            raise ValueError("value_step applies only with value_bits (the packed log-prob codes)")
+        check_step(self.value_step)
         return self
 
 
@@ -151,6 +162,9 @@ class TokenLogitsTarget(Target):
     def describe(self) -> dict[str, Any]:
         p = self.params
         keep = ["k", "dtype", "temperatures"] if p.encoding == "topk" else ["samples", "sample_temperature", "seed"]
+        # the packed encodings are described only when used, so a store without them describes itself as before
+        keep += [key for key in ("value_bits", "index_bits") if getattr(p, key) is not None]
+        keep += ["value_step"] if p.value_bits is not None else []
         described = {key: value for key, value in super().describe().items() if key in {"encoding", *keep}}
         return {**described, "vocab_size": self.vocab_size}
 
@@ -173,10 +187,30 @@ class TokenLogitsTarget(Target):
         if p.k > vocab:
             raise ConfigError(f"top-k with k={p.k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
         return {
-            f"{self.name}/values": StoredArray((positions, p.k), storage_dtype(p.dtype)),
-            f"{self.name}/indices": StoredArray((positions, p.k), ids),
+            f"{self.name}/values": self._values_array(positions),
+            f"{self.name}/indices": self._indices_array(positions, vocab),
             f"{self.name}/lse": StoredArray((positions, len(p.temperatures)), "float32"),
         }
+
+    def _values_array(self, positions: int) -> StoredArray:
+        p = self.params
+        if p.value_bits is None:
+            return StoredArray((positions, p.k), storage_dtype(p.dtype))
+        meaning = (f"{p.k} codes of {p.value_bits} bits per position, little-endian bit-packed; "
+                   f"log p = -code * {p.value_step}")  # fmt: skip
+        return StoredArray((positions, packed_width(p.k, p.value_bits)), "uint8", meaning=meaning)
+
+    def _indices_array(self, positions: int, vocab: int) -> StoredArray:
+        p = self.params
+        if p.index_bits is None:
+            return StoredArray((positions, p.k), index_dtype(vocab))
+        if vocab > 1 << p.index_bits:
+            raise ConfigError(
+                f"index_bits {p.index_bits} holds ids below {1 << p.index_bits}, but the vocabulary has {vocab} "
+                f"tokens; use index_bits >= {(vocab - 1).bit_length()}"
+            )
+        meaning = f"{p.k} token ids of {p.index_bits} bits per position, little-endian bit-packed"
+        return StoredArray((positions, packed_width(p.k, p.index_bits)), "uint8", meaning=meaning)
 
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
         if self.params.encoding == "sampled":
@@ -187,9 +221,14 @@ class TokenLogitsTarget(Target):
         p, name = self.params, self.name
         top = value.topk(p.k, dim=-1)  # log-probs are the logits shifted by a constant per position: same order
         log_p, lse = top_log_probs(value, top.values, p.temperatures)
+        ids = top.indices.cpu().numpy()
         return {
-            f"{name}/values": to_storage(log_p.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype),
-            f"{name}/indices": top.indices.cpu().numpy().astype(index_dtype(value.shape[-1])),
+            f"{name}/values": to_storage(log_p.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype)
+            if p.value_bits is None
+            else pack_fields(quantise(log_p, p.value_bits, p.value_step), p.value_bits),
+            f"{name}/indices": ids.astype(index_dtype(value.shape[-1]))
+            if p.index_bits is None
+            else pack_fields(ids, p.index_bits),
             f"{name}/lse": lse,
         }
 
@@ -213,13 +252,37 @@ class TokenLogitsTarget(Target):
         if p.encoding == "sampled":
             ids, counts = arrays[f"{name}/ids"], arrays[f"{name}/counts"]
             return SampledTokens(ids.long(), counts.float(), p.samples, p.sample_temperature, self.vocab_size)
-        return TokenTopK(
-            values=from_storage(arrays[f"{name}/values"], p.dtype),
-            indices=arrays[f"{name}/indices"].long(),
-            lse=arrays[f"{name}/lse"],
-            temperatures=p.temperatures,
-            vocab_size=self.vocab_size,
-        )
+        values, lse = arrays[f"{name}/values"], arrays[f"{name}/lse"]
+        if p.value_bits is None:
+            values = from_storage(values, p.dtype)
+        else:
+            values = unpack_fields(values, p.k, p.value_bits).float() * -p.value_step
+            lse = kept_lse(values, lse, p.temperatures)
+        indices = arrays[f"{name}/indices"]
+        indices = indices.long() if p.index_bits is None else unpack_fields(indices, p.k, p.index_bits)
+        return TokenTopK(values, indices, lse, p.temperatures, self.vocab_size)
+
+    def checked_arrays(self) -> tuple[str, ...]:
+        packed = [a for a, bits in (("values", self.params.value_bits), ("indices", self.params.index_bits)) if bits]
+        return tuple(f"{self.name}/{a}" for a in ([*packed, "lse"] if self.params.value_bits else packed))
+
+    def stored_problem(self, arrays: dict[str, np.ndarray], value_shape: tuple[int, ...]) -> str:
+        """Packed top-k: padding bits zero, every id below the vocabulary, and the decoded codes' mass at every
+        temperature in [k/C, 1] up to the quantiser's step (:func:`~kdcache.targets.invariants.topk_problem`)."""
+        p, name = self.params, self.name
+        for array, bits in (("values", p.value_bits), ("indices", p.index_bits)):
+            if bits and not padding_is_zero(arrays[f"{name}/{array}"], p.k, bits):
+                return f"{array} has bits set after its {p.k} fields of {bits} bits: not written by kdcache"
+        if p.index_bits:
+            ids = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/indices"])), p.k, p.index_bits)
+            if ids.numel() and int(ids.max()) >= value_shape[-1]:
+                return f"token id {int(ids.max())} is outside the teacher's vocabulary of {value_shape[-1]}"
+        if not p.value_bits:
+            return ""
+        codes = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/values"])), p.k, p.value_bits)
+        values = (codes.double() * -p.value_step).numpy()
+        return topk_problem(values, arrays[f"{name}/lse"], p.temperatures, value_shape[-1], "float64",
+                            p.value_step / 2)  # fmt: skip
 
 
 def top_log_probs(
@@ -239,6 +302,14 @@ def top_log_probs(
         log_p.append(wide(top_rows[start : start + block]) - log_z)
         lse.append(log_sum_exp_float32(wide_rows - log_z, temperatures, dim=-1))
     return torch.cat(log_p).view(top_values.shape), np.concatenate(lse).reshape(*logits.shape[:-1], -1)
+
+
+def kept_lse(values: torch.Tensor, lse: torch.Tensor, temperatures: tuple[float, ...]) -> torch.Tensor:
+    """lse_T raised where the rounded top-k values hold more than all the mass: quantised codes can sum past 1, and
+    the tail bin 1 − Σ p_T(i) must stay ≥ 0 (a row whose mass is ≤ 1 keeps its exact lse)."""
+    temps = torch.tensor(temperatures, dtype=values.dtype, device=values.device)
+    kept = torch.logsumexp(values[..., None, :] / temps[:, None], dim=-1)
+    return torch.maximum(lse, kept.to(lse.dtype))
 
 
 def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:

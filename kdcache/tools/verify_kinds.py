@@ -116,9 +116,12 @@ def compare(
     elif isinstance(cached, TopKLogits):
         _topk(out, cached, stored, live, target.params.dtype, len(live), tolerance)
     elif isinstance(cached, TokenTopK):
-        dtype = target.params.dtype
-        full = torch.log_softmax(live, dim=-1).clamp_min(-FLOAT_LIMITS[dtype]).flatten(0, -2)
-        _topk(out, cached.flat(), stored.flat(), full, dtype, len(live), tolerance)
+        p, dtype = target.params, target.params.dtype
+        # packed codes (value_bits) are within half a step of the log-prob, clipped at the last code
+        limit = FLOAT_LIMITS[dtype] if p.value_bits is None else ((1 << p.value_bits) - 1) * p.value_step
+        full = torch.log_softmax(live, dim=-1).clamp_min(-limit).flatten(0, -2)
+        quantum = 0.0 if p.value_bits is None else p.value_step / 2
+        _topk(out, cached.flat(), stored.flat(), full, dtype, len(live), tolerance, quantum)
     elif isinstance(cached, SampledTokens):
         _sampled(out, cached.flat(), stored.flat(), live.shape[-1], len(live))
     else:
@@ -172,11 +175,13 @@ def _topk(
     dtype: str,
     pairs: int,
     tolerance: Tolerance,
+    quantum: float = 0.0,
 ) -> None:
-    """Top-k rows (one per sample or per token): values by id, id membership up to ties, and the tail's lse."""
+    """Top-k rows (one per sample or per token): values by id, id membership up to ties, and the tail's lse.
+    ``quantum``: the largest error of a packed code (half its step; 0 for float values)."""
     at = full.gather(1, cached.indices)  # the live float32 value of every kept id
-    rounded = from_storage(torch.from_numpy(to_storage(at, dtype)), dtype)
-    step = rounding_step(rounded, dtype)
+    rounded = at if quantum else from_storage(torch.from_numpy(to_storage(at, dtype)), dtype)
+    step = rounding_step(rounded, dtype) + quantum
     diff = (cached.values - rounded).abs()
     values_ok = diff <= tolerance.atol + tolerance.rtol * rounded.abs() + step
     kth = full.gather(1, stored.indices).amin(dim=1, keepdim=True)  # the live k-th value

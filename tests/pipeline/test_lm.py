@@ -30,8 +30,9 @@ def test_plan_gives_bytes_per_token_before_any_teacher_runs(lm_raw, tmp_path):
     per_token = {a: r["bytes_per_token"] for a, r in rows.items()}
     assert sum(v for a, v in per_token.items() if a.startswith("token_logits_topk")) == 4 + 4 * 8
     assert sum(v for a, v in per_token.items() if a.startswith("token_logits_sampled")) == 8 * (2 + 1)
+    megabytes = rows["token_logits_topk/values"]["shape"][0] * SEQ_LEN * 36 / 1e6  # every token of the split
     assert token_budget(cfg, list(rows.values())) == [
-        "token_logits_topk: 36.0 B/token at k=8 (goal ≤ 4 + 6·k = 52 B; DistillKit ≈ 300 B/token at k=128)"
+        f"token_logits_topk: 36.0 B/token at k=8, {megabytes:,.2f} MB for the dataset's tokens (goal ≤ 4 + 6·k = 52 B; DistillKit ≈ 300 B/token at k=128)"
     ]
     assert not (tmp_path / "run" / "teacher.safetensors").exists()
 

@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.corpus import expand_files, source_sha256
-from kdcache.datasets.text import IGNORE_INDEX, check_pins
+from kdcache.datasets.text import IGNORE_INDEX, TokenSequences, check_pins
 from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
 
@@ -55,7 +54,7 @@ ROLE_TEMPLATE = (
 newline; the assistant's content and ``<|end|>`` in a generation block (what the loss trains on)."""
 
 
-class ChatDataset(SampleDataset):
+class ChatDataset(TokenSequences):
     """Conversations from JSON lines files, one per sample of ``seq_len`` tokens: inputs ``(B, L)`` int64 token ids
     and labels ``(B, L)`` int64 next tokens on the trained positions (``ignore_index`` elsewhere).
 
@@ -133,28 +132,9 @@ class ChatDataset(SampleDataset):
         return sample_arrays(ids, marked if self.train_on == "assistant" else np.ones_like(marked),
                              seq_len=self.seq_len, pad_id=self.pad_id, ignore_index=self.ignore_index)  # fmt: skip
 
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    @property
-    def vocab_size(self) -> int:
-        """Token ids the tokenizer can produce; a model's vocabulary (logits width) must be at least this."""
-        return self.tokenizer.vocab_size
-
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return self.inputs[index], self.labels[index]
-
-    def attention_mask(self, indices: np.ndarray) -> torch.Tensor:
-        """``(B, L)`` int64: 1 at the conversation's tokens, 0 at padding."""
-        lengths = torch.as_tensor(self.lengths[np.asarray(indices, dtype=np.int64)])
-        return (torch.arange(self.seq_len)[None, :] < lengths[:, None]).long()
-
-    def describe(self) -> dict[str, Any]:
-        return {**self._source, "split": self.split}
-
-    def all_labels(self) -> np.ndarray:
-        return self.labels.numpy()
 
 
 class ChatRenderer:

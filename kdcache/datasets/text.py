@@ -37,7 +37,37 @@ from kdcache.errors import ConfigError
 IGNORE_INDEX = -100
 
 
-class TextDataset(SampleDataset):
+class TokenSequences(SampleDataset):
+    """What every dataset of fixed-length token sequences shares (:class:`TextDataset`, the chat dataset): its
+    tokenizer, ``seq_len``, each sequence's real-token count ``lengths`` and the description stores record."""
+
+    tokenizer: LocalTokenizer
+    seq_len: int
+    split: str
+    lengths: np.ndarray
+    _source: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the tokenizer can produce; a model's vocabulary (logits width) must be at least this."""
+        return self.tokenizer.vocab_size
+
+    def attention_mask(self, indices: np.ndarray) -> torch.Tensor:
+        """``(B, L)`` int64: 1 at real tokens, 0 at padding (what a Hugging Face model takes as ``attention_mask``)."""
+        lengths = torch.as_tensor(self.lengths[np.asarray(indices, dtype=np.int64)])
+        return (torch.arange(self.seq_len)[None, :] < lengths[:, None]).long()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self._source, "split": self.split}
+
+    def all_labels(self) -> np.ndarray:
+        return self.get_batch(np.arange(len(self)))[1].numpy()
+
+
+class TextDataset(TokenSequences):
     """Token sequences of ``seq_len`` packed from a local corpus: inputs ``(B, L)`` int64 token ids and labels
     ``(B, L)`` int64 next tokens (``ignore_index`` where there is none).
 
@@ -108,14 +138,6 @@ class TextDataset(SampleDataset):
             },
         }
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def vocab_size(self) -> int:
-        """Token ids the tokenizer can produce; a model's vocabulary (logits width) must be at least this."""
-        return self.tokenizer.vocab_size
-
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = sequences(self.stream, np.asarray(indices, dtype=np.int64), seq_len=self.seq_len,
                                    pad_id=self.pad_id, ignore_index=self.ignore_index)  # fmt: skip
@@ -130,17 +152,6 @@ class TextDataset(SampleDataset):
     def labels(self) -> torch.Tensor:
         """Every sequence's labels ``(N, L)``, read into memory."""
         return self.get_batch(np.arange(len(self)))[1]
-
-    def attention_mask(self, indices: np.ndarray) -> torch.Tensor:
-        """``(B, L)`` int64: 1 at real tokens, 0 at padding (what a Hugging Face model takes as ``attention_mask``)."""
-        lengths = torch.as_tensor(self.lengths[np.asarray(indices, dtype=np.int64)])
-        return (torch.arange(self.seq_len)[None, :] < lengths[:, None]).long()
-
-    def describe(self) -> dict[str, Any]:
-        return {**self._source, "split": self.split}
-
-    def all_labels(self) -> np.ndarray:
-        return self.labels.numpy()
 
 
 def text_dataset(split: str, *, splits: Mapping[str, Sequence[str]], **options: Any) -> TextDataset:

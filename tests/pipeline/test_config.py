@@ -27,7 +27,7 @@ def test_every_shipped_pipeline_validates():
             r"unknown model 'resnet-9000'.*Valid choices: (.*, )?digits-cnn, digits-mlp",
         ),
         ({"student__model": {"arch": "digits-cnm"}}, r"Did you mean 'digits-cnn'\?"),
-        ({"data__dataset": "mnist"}, r"unknown dataset 'mnist'.*Valid choices: digits, .*hdf5"),
+        ({"data__dataset": "mnist"}, r"unknown dataset 'mnist'.*Valid choices: chat, digits, .*hdf5"),
         ({"cache__shard_samples": 100}, r"shard_samples must be a power of two"),
         ({"data__num_classes": 1}, r"data\.num_classes: Input should be greater than 1"),
         ({"views": {"eval": []}}, r"views\.eval: views\.eval is an empty list: list at least one torchvision step"),

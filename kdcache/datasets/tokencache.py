@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdcache.datasets.corpus import source_sha256
 from kdcache.fingerprint import canonical_digest
 
 CACHE_VERSION = 1
@@ -74,7 +75,7 @@ def _verified(data: Path, record: Path, key: str, dtype: np.dtype) -> int | None
         expected = (facts["key"], facts["dtype"], facts["sha256"])
     except (ValueError, KeyError, TypeError):
         facts, length, expected = {}, -1, ()
-    actual = (key, dtype.name, _file_sha256(data)) if data.is_file() else ()
+    actual = (key, dtype.name, source_sha256(data)) if data.is_file() else ()
     if expected == actual and data.stat().st_size == length * dtype.itemsize:
         return length
     warnings.warn(
@@ -118,8 +119,3 @@ def _partial(path: Path) -> Path:
     """A fresh hidden name beside ``path`` for this writer alone; opened with ``x`` it gets the umask's permissions
     (``mkstemp``'s 0600 would hide a shared cache from other users)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

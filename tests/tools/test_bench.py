@@ -129,6 +129,14 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     assert topk["raw_bytes_per_token"] == 4 + 4 * 32 and topk["goal_bytes_per_token"] == 4 + 6 * 32
     assert tokens["kinds"]["token_logits_sampled"]["raw_bytes_per_token"] == 32 * (2 + 1)
 
+    peers = figures["peers"]  # figure 7: the same rows in other formats, B and U order
+    assert set(peers["orders"]) == {"B", "U"}
+    for order in peers["orders"].values():
+        assert order["numpy memmap"]["ratio_to_memmap"]["median"] == 1
+        assert {"safetensors get_slice", "h5py, 512-row chunks", "kdcache, streamed", "kdcache, in RAM"} <= set(order)
+        for variant in order.values():
+            _positive_spread(variant["samples_per_second"])
+
     goals = report["goals"]
     assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6"}
     for goal in goals:
@@ -136,7 +144,7 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         assert goal["met"] or goal["why"]  # a missed goal says why
     markdown = (out / "bench.md").read_text()
     headings = ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling",
-                "6. Token-level stage one")  # fmt: skip
+                "6. Token-level stage one", "7. Target reads against other formats")  # fmt: skip
     for heading in headings:
         assert heading in markdown
     assert "kdcache bench --quick" in markdown

@@ -41,6 +41,7 @@ class BenchSettings:
     read_batch: int = 256
     read_sizes: tuple[int, int] = (32768, 262144)
     read_rounds: int = 3
+    peer_batches: int = 32  # figure 7: batches of each order every format reads
     # figure 4: bytes and memory
     bytes_samples: int = 256
     memory_repeats: int = 2
@@ -69,6 +70,7 @@ class BenchSettings:
             stage_one_rounds=2,
             read_sizes=(4096, 16384),
             read_rounds=2,
+            peer_batches=8,
             bytes_samples=64,
             memory_repeats=1,
             token_sequences=64,

@@ -21,6 +21,7 @@ from kdcache.tables import write_json
 from kdcache.targets import Target, build_target
 from kdcache.tools.bench.goals import judge
 from kdcache.tools.bench.memory import bytes_per_sample, measure_memory
+from kdcache.tools.bench.peers import measure_peers
 from kdcache.tools.bench.reads import measure_scaling
 from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
@@ -106,6 +107,8 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("bytes_and_memory")
     tokens = measure_tokens(work, settings, progress=progress)
     clock.lap("tokens")
+    peers = measure_peers(work, settings, progress=progress)
+    clock.lap("peers")
     return {
         "step_time": steps,
         "digests": digests,
@@ -118,6 +121,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "memory": memory,
         "scaling": scaling,
         "tokens": tokens,
+        "peers": peers,
         "seconds": clock.laps,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdcache.tables import markdown_table
+from kdcache.tools.bench.peers import ASSUMED_GPU_STUDENTS
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -26,6 +27,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
         "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
         "#### 6. Token-level stage one (language models) vs bare teacher inference\n\n" + _tokens(f["tokens"]),
+        "#### 7. Target reads against other formats, block and uniform order\n\n" + _peers(f["peers"]),
     ]
     return "\n\n".join(part.strip() for part in parts) + "\n"
 
@@ -261,3 +263,29 @@ def _scaling(scaling: dict[str, Any]) -> str:
     table = markdown_table(header, rows)
     growth = ", ".join(f"{k} {v:.2f}×" for k, v in scaling["per_sample_cost_growth"].items())
     return table + f"\nPer-sample cost, large / small store ({scaling['size_ratio']:.0f}× the samples): {growth}.\n"
+
+
+def _peers(figure: dict[str, Any]) -> str:
+    """Samples/s and ratio to memmap per format and order, then the read rate against GPU students on paper."""
+    orders = figure["orders"]
+    rows = [
+        [
+            name,
+            f"{orders['B'][name]['samples_per_second']['median']:,.0f}",
+            _r(orders["B"][name]["ratio_to_memmap"]),
+            f"{orders['U'][name]['samples_per_second']['median']:,.0f}",
+            _r(orders["U"][name]["ratio_to_memmap"]),
+        ]
+        for name in orders["B"]
+    ]
+    head = (
+        f"Store: {figure['samples']:,} samples × {figure['bytes_per_sample']:,} B; {figure['batches']} batches of "
+        f"{figure['batch']} per order, warm page cache. B: stage two's block-shuffled order; U: uniform shuffle.\n\n"
+    )
+    table = markdown_table(["format", "B samples/s", "B / memmap", "U samples/s", "U / memmap"], rows)
+    streamed = orders["U"]["kdcache, streamed"]["samples_per_second"]["median"]
+    paper = ", ".join(
+        f"{name}: {rate:,.0f} samples/s ({streamed / rate:.1f}× headroom streamed in U order)"
+        for name, rate in ASSUMED_GPU_STUDENTS.items()
+    )
+    return head + table + f"\nGPU students on paper (no GPU here): {paper}.\n"

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.buffer import cpu
+from zarr.core.sync import sync
 
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
 from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
@@ -39,6 +41,7 @@ from kdcache.store.manifest import (
     write_manifest,
 )
 from kdcache.store.merge import merge_published
+from kdcache.store.shardencode import ShardEncoder
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class StoreBuilder:
         self.manifest = manifest
         self._group: zarr.Group | None = None
         self._arrays: dict[str, zarr.Array] = {}
+        self._encoders: dict[str, ShardEncoder] = {}
 
     # ---------------------------------------------------------------- layout
     @classmethod
@@ -213,6 +217,23 @@ class StoreBuilder:
             self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
         return self._arrays[path]
 
+    def encoder(self, path: str, record: ArrayRecord) -> ShardEncoder:
+        """The maker of array ``path``'s shard files (zarr's bytes for a whole-shard write, made directly), once its
+        ``zarr.json`` is checked to lay the shards out as the encoder writes them."""
+        if path not in self._encoders:
+            spec = ArraySpec(path, tuple(record.shape[1:]), record.dtype, record.compressor)
+            n, shard = self.manifest.num_samples, self.manifest.shard_samples
+            found = json.loads(self.location.read_bytes(f"{path}/zarr.json"))
+            expected = expected_metadata(spec, n, shard)
+            if any(found.get(key) != expected[key] for key in _LAYOUT_KEYS):
+                raise StoreFormatError(
+                    f"store {self.location.url!r}: array {path} is laid out otherwise than kdcache writes it "
+                    f"({', '.join(_LAYOUT_KEYS)} differ from {expected['codecs']}); write to a new store"
+                )
+            self._encoders[path] = ShardEncoder(n, shard, record.chunks[0], np.dtype(record.dtype),
+                                                tuple(record.shape[1:]), record.compressor)  # fmt: skip
+        return self._encoders[path]
+
     def committed_rows(self, path: str, index: int) -> np.ndarray:
         """The rows of shard ``index`` of array ``path`` as committed (what a teacher joining the store compares its
         own facts of those samples with)."""
@@ -269,9 +290,12 @@ class StoreBuilder:
                     f"{path}: shard {index} covers samples [{start}, {stop}) and needs shape {expected}, got "
                     f"{tuple(values.shape)}; writes must be whole shards"
                 )
-            self.array(path)[start:stop] = values
+            raw = self.encoder(path, record).encode(index, np.asarray(values, dtype=record.dtype))
             key = shard_key(path, index, len(record.shape))
-            raw = self.location.read_bytes(key)
+            sync(self.group().store.set(key, cpu.Buffer.from_array_like(np.frombuffer(raw, dtype=np.uint8))))
+            if self.location.size(key) != len(raw):
+                raise StoreFormatError(f"{key}: {self.location.size(key)} bytes stored of the {len(raw)} written; "
+                                       "the storage lost part of the shard. Check it and run precompute again")  # fmt: skip
             files[path] = FileDigest(key=key, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
         commit = ShardCommit(owner=owner, index=index, start=start, stop=stop, files=files, stats=stats or {})
         write_commit(self.location, commit)
@@ -342,6 +366,7 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+_LAYOUT_KEYS = ("shape", "data_type", "chunk_grid", "codecs", "fill_value")
 _OTHER = {"dataset": "another dataset", "views": "other views"}
 
 

@@ -283,9 +283,9 @@ def declared_store(
 
 
 def finalize(builder: StoreBuilder, owner: str) -> bool:
-    """Merge the commit records of the sample arrays and of ``owner`` into the manifest (``complete`` last)."""
-    builder.finalize(SAMPLES_OWNER)
-    return builder.finalize(owner)
+    """Merge the commit records of the sample arrays and of ``owner`` into the manifest in one publish; whether
+    both are complete."""
+    return builder.finalize(SAMPLES_OWNER, owner)
 
 
 def make_report(

@@ -17,40 +17,68 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import google_crc32c
 import numpy as np
 from numcodecs import Blosc
 
 EMPTY = np.uint64(2**64 - 1)  # index entry of an inner chunk that holds no byte
-BLOSC = {"lz4": ("lz4", 5), "zstd": ("zstd", 1)}  # cname, clevel of each compressor (writer.compressors_for)
+LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
+CRC32C = {"name": "crc32c"}
+FILL = {"NaN": np.nan, 0: 0}  # the fill values kdcache's arrays have (floats: NaN, integers: 0)
 
 
 @dataclass(frozen=True)
 class ShardEncoder:
     """How the shards of one array are laid out: samples per shard and per inner chunk, the array's length, the
-    dtype, the shape after axis 0, the compressor and the fill value of rows past the end."""
+    dtype, the shape after axis 0, the Blosc codec's configuration (``None``: uncompressed) and the fill value."""
 
     num_samples: int
     shard_samples: int
     chunk_samples: int
     dtype: np.dtype
     tail: tuple[int, ...]
-    compressor: str
+    blosc: dict[str, Any] | None
+    fill: float | int
 
-    @property
-    def fill(self) -> float | int:
-        return np.nan if np.issubdtype(self.dtype, np.floating) else 0
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> ShardEncoder:
+        """The encoder of the array whose ``zarr.json`` is ``meta``, refused (:class:`ValueError`, saying what
+        differs) unless the array is laid out as kdcache creates them: sharded along axis 0 only, inner codecs
+        ``bytes`` (+ ``blosc``) + ``crc32c``, index ``bytes`` + ``crc32c`` at the end, fill value NaN or 0."""
+        shape, shard = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        (sharding,) = meta["codecs"]
+        config = sharding["configuration"]
+        chunk, inner = config["chunk_shape"], config["codecs"]
+        dtype = np.dtype(meta["data_type"])
+        blosc = inner[1] if len(inner) == 3 and inner[1]["name"] == "blosc" else None
+        layout = [
+            ("sharding", sharding["name"], "sharding_indexed"),
+            ("sharded along axis 0", (shard[1:], chunk[1:]), (shape[1:], shape[1:])),
+            ("inner chunks dividing the shard", shard[0] % chunk[0], 0),
+            ("inner codecs", [inner[0]["name"], inner[-1]], ["bytes", CRC32C]),
+            ("byte order", inner[0].get("configuration", LITTLE["configuration"]), LITTLE["configuration"]),
+            ("compression", len(inner), 3 if blosc else 2),
+            ("blosc block size and shuffle", blosc and (blosc["configuration"]["blocksize"],
+             blosc["configuration"]["shuffle"], blosc["configuration"]["typesize"]), blosc and (0, "shuffle",
+             dtype.itemsize)),
+            ("index codecs", config["index_codecs"], [LITTLE, CRC32C]),
+            ("index location", config["index_location"], "end"),
+            ("fill value", meta["fill_value"], "NaN" if np.issubdtype(dtype, np.floating) else 0),
+        ]  # fmt: skip
+        for what, found, expected in layout:
+            if found != expected:
+                raise ValueError(f"{what}: {found!r}, where kdcache writes {expected!r}")
+        return cls(shape[0], shard[0], chunk[0], dtype, tuple(shape[1:]), blosc and blosc["configuration"],
+                   FILL[meta["fill_value"]])  # fmt: skip
 
     @cached_property
     def _blosc(self) -> Blosc | None:
-        if self.compressor == "none":
+        if self.blosc is None:
             return None
-        cname, clevel = BLOSC[self.compressor]
-        return Blosc.from_config(
-            {"cname": cname, "clevel": clevel, "shuffle": Blosc.SHUFFLE, "blocksize": 0,
-             "typesize": self.dtype.itemsize}
-        )  # fmt: skip
+        keys = ("cname", "clevel", "blocksize", "typesize")
+        return Blosc.from_config({**{k: self.blosc[k] for k in keys}, "shuffle": Blosc.SHUFFLE})
 
     def encode(self, index: int, rows: np.ndarray) -> memoryview:
         """The bytes of shard ``index`` holding ``rows`` (every row of its range, in the array's dtype)."""

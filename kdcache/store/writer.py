@@ -217,21 +217,17 @@ class StoreBuilder:
             self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
         return self._arrays[path]
 
-    def encoder(self, path: str, record: ArrayRecord) -> ShardEncoder:
-        """The maker of array ``path``'s shard files (zarr's bytes for a whole-shard write, made directly), once its
-        ``zarr.json`` is checked to lay the shards out as the encoder writes them."""
+    def encoder(self, path: str) -> ShardEncoder:
+        """The maker of array ``path``'s shard files (zarr's bytes for a whole-shard write, made directly), read
+        from its ``zarr.json``: an array laid out otherwise than kdcache creates them is refused, not written."""
         if path not in self._encoders:
-            spec = ArraySpec(path, tuple(record.shape[1:]), record.dtype, record.compressor)
-            n, shard = self.manifest.num_samples, self.manifest.shard_samples
-            found = json.loads(self.location.read_bytes(f"{path}/zarr.json"))
-            expected = expected_metadata(spec, n, shard)
-            if any(found.get(key) != expected[key] for key in _LAYOUT_KEYS):
+            try:
+                self._encoders[path] = ShardEncoder.from_metadata(read_document(self.location, f"{path}/zarr.json"))
+            except (ValueError, KeyError, TypeError) as exc:
                 raise StoreFormatError(
-                    f"store {self.location.url!r}: array {path} is laid out otherwise than kdcache writes it "
-                    f"({', '.join(_LAYOUT_KEYS)} differ from {expected['codecs']}); write to a new store"
-                )
-            self._encoders[path] = ShardEncoder(n, shard, record.chunks[0], np.dtype(record.dtype),
-                                                tuple(record.shape[1:]), record.compressor)  # fmt: skip
+                    f"store {self.location.url!r}: array {path} is laid out otherwise than kdcache writes its shards "
+                    f"({exc}); write to a new store"
+                ) from exc
         return self._encoders[path]
 
     def committed_rows(self, path: str, index: int) -> np.ndarray:
@@ -290,7 +286,7 @@ class StoreBuilder:
                     f"{path}: shard {index} covers samples [{start}, {stop}) and needs shape {expected}, got "
                     f"{tuple(values.shape)}; writes must be whole shards"
                 )
-            raw = self.encoder(path, record).encode(index, np.asarray(values, dtype=record.dtype))
+            raw = self.encoder(path).encode(index, np.asarray(values, dtype=record.dtype))
             key = shard_key(path, index, len(record.shape))
             sync(self.group().store.set(key, cpu.Buffer.from_array_like(np.frombuffer(raw, dtype=np.uint8))))
             if self.location.size(key) != len(raw):
@@ -323,7 +319,7 @@ class StoreBuilder:
         return [self.owner_arrays(owner) for owner in owners]
 
     def _write_group_attributes(self) -> None:
-        self.group().attrs.update(
+        self.group().update_attributes(  # one write of the root zarr.json (``attrs.update`` writes it per key)
             {
                 "format_version": self.manifest.format_version,
                 "kdcache": {
@@ -335,8 +331,14 @@ class StoreBuilder:
             }
         )
 
-    def finalize(self, owner: str) -> bool:
-        """Merge ``owner``'s commit records into the manifest; mark it complete when every shard is committed."""
+    def finalize(self, *owners: str) -> bool:
+        """Merge each owner's commit records into the manifest, marking it complete when every shard is committed,
+        then publish once; whether every one of them is complete."""
+        done = [self._merge_commits(owner) for owner in owners]
+        self.publish()
+        return all(done)
+
+    def _merge_commits(self, owner: str) -> bool:
         commits = self.valid_commits(owner)
         ordered = [commits[k] for k in sorted(commits)]
         complete = len(ordered) == self.manifest.num_shards()
@@ -352,7 +354,6 @@ class StoreBuilder:
             self.manifest.teachers[name] = teacher.model_copy(
                 update={"shards": ordered, "status": status, "accuracy": accuracy}
             )
-        self.publish()
         return complete
 
 
@@ -366,7 +367,6 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-_LAYOUT_KEYS = ("shape", "data_type", "chunk_grid", "codecs", "fill_value")
 _OTHER = {"dataset": "another dataset", "views": "other views"}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -103,17 +104,34 @@ def run_local(
 
 def _write(run: TeacherRun, builder: StoreBuilder, work: list[ShardWork], todo: int, progress: bool) -> bool:
     """Compute every shard range of ``work`` and commit it from the writer thread; whether the store is complete."""
-    writer = _ShardWriter(builder)
     bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
+    try:
+        return write_batches(run, builder, work, run.batches, bar.update)
+    finally:
+        bar.close()
+
+
+def write_batches(
+    run: TeacherRun,
+    builder: StoreBuilder,
+    work: list[ShardWork],
+    batches: Callable[[ShardWork], Iterable[TeacherBatch]],
+    progress: Callable[[int], object],
+) -> bool:
+    """Hand every batch of every shard range of ``work`` (``batches(item)``, on this thread) to the writer thread,
+    which commits each shard, then publish; whether the store is complete. ``progress`` gets samples done.
+
+    The writer path of stage one: a run's batches are its teacher's forward passes (:meth:`TeacherRun.batches`);
+    ``kdcache.tools.bench.writes`` hands it batches made beforehand, to time everything after the teacher."""
+    writer = _ShardWriter(builder)
     try:
         for item in work:
             fill = ShardFill(run, item, builder)
-            for batch in run.batches(item):
+            for batch in batches(item):
                 writer.submit((fill, batch))
-                bar.update(len(batch.samples) // run.views.count)
+                progress(len(batch.samples) // run.views.count)
             writer.submit((fill, None))
     finally:
-        bar.close()
         try:
             writer.close()
         finally:

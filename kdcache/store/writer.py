@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.core.buffer import cpu
-from zarr.core.sync import sync
 
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
@@ -288,7 +286,7 @@ class StoreBuilder:
                 )
             raw = self.encoder(path).encode(index, np.asarray(values, dtype=record.dtype))
             key = shard_key(path, index, len(record.shape))
-            sync(self.group().store.set(key, cpu.Buffer.from_array_like(np.frombuffer(raw, dtype=np.uint8))))
+            self.location.write_bytes(key, raw, durable=False)
             if self.location.size(key) != len(raw):
                 raise StoreFormatError(f"{key}: {self.location.size(key)} bytes stored of the {len(raw)} written; "
                                        "the storage lost part of the shard. Check it and run precompute again")  # fmt: skip

@@ -12,19 +12,46 @@ shard has been checked: :meth:`ShardFill.rows` hands the rows on only then.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from kdcache.datasets.base import SampleDataset
 from kdcache.errors import ViewMismatchError
 from kdcache.metrics import Accuracy
+from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import SampleFacts, read_facts, sample_rows
-from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, StoreBuilder
-from kdcache.views import ViewBatch
+from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, ArraySpec, StoreBuilder, TargetLayout
+from kdcache.targets import Target
+from kdcache.views import ViewBatch, ViewTransform
 
-if TYPE_CHECKING:
-    from kdcache.precompute.engine import ShardRows, ShardWork, TeacherRun
+ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
+"""``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    """One unit of stage-one work: shard ``index`` (samples ``[start, stop)``) for the owners still missing it."""
+
+    index: int
+    start: int
+    stop: int
+    owners: tuple[str, ...]
+
+
+class FillSource(Protocol):
+    """What a fill reads of its :class:`~kdcache.precompute.engine.TeacherRun`: the teacher's name and owner, its
+    targets and their layouts, the views, the dataset, the sample arrays and the job."""
+
+    name: str
+    owner: str
+    targets: list[Target]
+    layouts: dict[str, TargetLayout]
+    views: ViewTransform
+    dataset: SampleDataset
+    sample_arrays: list[ArraySpec]
+    job: StageOneJob
 
 
 @dataclass(frozen=True)
@@ -43,7 +70,7 @@ class TeacherBatch:
 class ShardFill:
     """The rows of one shard range for the owners ``work`` names, filled a batch at a time by :meth:`add`."""
 
-    def __init__(self, run: TeacherRun, work: ShardWork, builder: StoreBuilder) -> None:
+    def __init__(self, run: FillSource, work: ShardWork, builder: StoreBuilder) -> None:
         self.run, self.work, self.builder = run, work, builder
         n = work.stop - work.start
         self.teacher = run.owner in work.owners

@@ -1,4 +1,4 @@
-"""Writes: the same rows stored by kdcache's stage one, h5py, a numpy memmap, safetensors and plain sharded zarr.
+"""Figure 7, writes: the same rows stored by kdcache's stage one, h5py, a numpy memmap, safetensors and plain sharded zarr.
 
 Every variant starts from the same float32 teacher outputs in RAM (1000-class logits of generated inputs) and stores
 them as float16 rows in a fresh file, timed from the first byte to a closed file (no variant calls fsync of its
@@ -194,7 +194,7 @@ def render_writes(writes: dict[str, Any]) -> str:
     ]  # fmt: skip
     parts = [[name, f"{p['median']:.3f}"] for name, p in writes["kdcache_parts_seconds"].items()]
     return (
-        f"#### Writes: {writes['rows']}, shards of {writes['shard_samples']:,}, stage-one batch {writes['batch_size']}"
+        f"#### 7. Writes: {writes['rows']}, shards of {writes['shard_samples']:,}, stage-one batch {writes['batch_size']}"
         "\n\n" + markdown_table(["writer", "samples/s", "throughput / h5py"], table) + "\n\n"
         "kdcache's parts (seconds, median; the writer's parts overlap the teacher's thread):\n\n"
         + markdown_table(["part", "seconds"], parts)

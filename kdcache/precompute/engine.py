@@ -21,7 +21,7 @@ import torch
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
-from kdcache.precompute.fill import ShardFill, ShardRows, ShardWork, TeacherBatch
+from kdcache.precompute.fill import ShardFill, ShardRows, TeacherBatch
 from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import pairs, sample_arrays
 from kdcache.precompute.tokens import check_teacher_tokens
@@ -62,6 +62,16 @@ class PrecomputeReport:
     def samples_per_second(self) -> float | None:
         """Teacher samples cached per second in this run; None when everything was already committed."""
         return self.samples_written / self.seconds if self.samples_written and self.seconds else None
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    """One unit of stage-one work: shard ``index`` (samples ``[start, stop)``) for the owners still missing it."""
+
+    index: int
+    start: int
+    stop: int
+    owners: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
 """``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
 
 
-@dataclass(frozen=True)
-class ShardWork:
-    """One unit of stage-one work: shard ``index`` (samples ``[start, stop)``) for the owners still missing it."""
+class ShardRange(Protocol):
+    """What a fill reads of its :class:`~kdcache.precompute.engine.ShardWork`: shard ``index``, samples
+    ``[start, stop)``, the owners still missing it."""
 
     index: int
     start: int
@@ -70,7 +70,7 @@ class TeacherBatch:
 class ShardFill:
     """The rows of one shard range for the owners ``work`` names, filled a batch at a time by :meth:`add`."""
 
-    def __init__(self, run: FillSource, work: ShardWork, builder: StoreBuilder) -> None:
+    def __init__(self, run: FillSource, work: ShardRange, builder: StoreBuilder) -> None:
         self.run, self.work, self.builder = run, work, builder
         n = work.stop - work.start
         self.teacher = run.owner in work.owners

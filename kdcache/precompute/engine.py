@@ -1,7 +1,9 @@
 """Stage one's per-shard step: run a frozen teacher over a shard range and return the rows of every array.
 
-Work is planned in whole shards (:class:`ShardWork`). :meth:`TeacherRun.compute` is the one per-shard step, shared
-by the single-process writer (:mod:`kdcache.precompute.local`) and dask tasks (:mod:`kdcache.precompute.dask`).
+Work is planned in whole shards (:class:`ShardWork`). The per-shard step has two halves: the teacher's forward
+passes (:meth:`TeacherRun.batches`) and the checks, encodings and digests of each batch
+(:class:`~kdcache.precompute.fill.ShardFill`). A dask task runs them in turn (:meth:`TeacherRun.compute`); the
+single-process writer runs the second half on its writer thread (:mod:`kdcache.precompute.local`).
 Committed shards are skipped when a run is repeated, so an interrupted run resumes at the first uncommitted shard.
 """
 
@@ -17,15 +19,14 @@ import numpy as np
 import torch
 
 from kdcache.datasets.fingerprint import dataset_fingerprint
-from kdcache.errors import ConfigError, ViewMismatchError
-from kdcache.metrics import Accuracy
+from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
+from kdcache.precompute.fill import ShardFill, ShardRows, TeacherBatch
 from kdcache.precompute.job import StageOneJob
-from kdcache.precompute.samples import SampleFacts, pairs, read_facts, sample_arrays, sample_rows
+from kdcache.precompute.samples import pairs, sample_arrays
 from kdcache.precompute.tokens import check_teacher_tokens
 from kdcache.store import (
     SAMPLES_OWNER,
-    VIEW_DIGEST,
     ArraySpec,
     StoreBuilder,
     StoreLocation,
@@ -42,9 +43,6 @@ from kdcache.targets import Target, TargetExtractor
 from kdcache.views import ViewBatch, check_replayable
 
 log = logging.getLogger(__name__)
-
-ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
-"""``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class TeacherRun:
 
     Computes the stored rows of any shard range. One instance serves a whole single-process run and, on a dask
     worker, every task that worker runs (the teacher is loaded once per worker). Not thread-safe: the layer capture
-    holds the latest batch's activations.
+    holds the latest batch's activations (a :class:`TeacherBatch` it yields holds its own, for another thread).
     """
 
     def __init__(self, job: StageOneJob) -> None:
@@ -160,38 +158,28 @@ class TeacherRun:
     def compute(
         self, work: ShardWork, builder: StoreBuilder, progress: Callable[[int], object] | None = None
     ) -> list[ShardRows]:
-        """The rows to commit for one shard range, for each owner in ``work.owners``: the per-shard step of stage
-        one, shared by the single-process writer and dask tasks. ``progress`` is called with samples done.
+        """The rows to commit for one shard range, for each owner in ``work.owners``: every batch's forward pass,
+        each added to a :class:`ShardFill` in turn (what a dask task runs; the single-process writer runs the same
+        two halves on two threads). ``progress`` is called with samples done."""
+        fill = ShardFill(self, work, builder)
+        for batch in self.batches(work):
+            fill.add(batch)
+            if progress is not None:
+                progress(len(batch.samples) // self.views.count)
+        return fill.rows()
 
-        A teacher joining a store whose sample arrays are committed already (another teacher's run) must have been
-        given the inputs those arrays record: its view digests are compared with the store's before its rows are
-        returned, so two teachers of one store are proven to have seen the same inputs."""
-        rows: list[ShardRows] = []
-        facts = None
-        if self.owner in work.owners:
-            data, stats, facts = self._fill_shard(work.start, work.stop, progress)
-            if SAMPLES_OWNER not in work.owners:
-                self._require_store_inputs(facts, builder.committed_rows(VIEW_DIGEST, work.index), work, builder)
-            rows.append((self.owner, work.index, data, stats))
-        if SAMPLES_OWNER in work.owners:
-            if facts is None:  # the teacher's shard is committed already: read the samples once more
-                facts = read_facts(self.dataset, self.views, work.start, work.stop, self.job.batch_size)
-            sample = sample_rows(self.dataset, self.sample_arrays, work.start, work.stop, facts)
-            rows.append((SAMPLES_OWNER, work.index, sample, {}))
-        return rows
-
-    def _require_store_inputs(
-        self, facts: SampleFacts, stored: np.ndarray, work: ShardWork, builder: StoreBuilder
-    ) -> None:
-        bad = np.argwhere((facts.inputs != stored).any(axis=2))
-        if len(bad):
-            pairs = [(int(work.start + i), int(v)) for i, v in bad[:8]]
-            raise ViewMismatchError(
-                f"store {builder.location.url!r}: teacher {self.name!r} was given other inputs than the store's other "
-                f"teacher(s) for (sample, view) {pairs} ({len(bad)} in shard {work.index}; samples/view_digest): "
-                "its views replay differently here (another machine's CPU kernels, other library versions, or a "
-                "step with its own random source). Run it where the store was built, or build a new store"
-            )
+    def batches(self, work: ShardWork) -> Iterator[TeacherBatch]:
+        """The teacher's forward pass over shard range ``work`` a batch of whole samples at a time (none when the
+        teacher's shard is committed already): the part of stage one that runs where the teacher runs."""
+        if self.owner not in work.owners:
+            return
+        v = self.views.count
+        samples, view_ids = pairs(work.start, work.stop, v)
+        step = max(1, self.job.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
+        for b in range(0, len(samples), step):
+            s, vid = samples[b : b + step], view_ids[b : b + step]
+            made, logits, values = self._forward(s, vid)
+            yield TeacherBatch(b // v, s, vid, made, logits, values)
 
     def _trace_layouts(self) -> dict[str, TargetLayout]:
         """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
@@ -226,37 +214,6 @@ class TeacherRun:
         made = self.views.batch(self.dataset, samples, view_ids)
         logits, values = self.extract(made.inputs)
         return made, logits, values
-
-    def _fill_shard(
-        self, lo: int, hi: int, progress: Callable[[int], object] | None
-    ) -> tuple[dict[str, np.ndarray], dict[str, float], SampleFacts]:
-        """Run the teacher over shard ``[lo, hi)``; every array's rows for it, accuracy counts, and the facts of every
-        sample (content digest, each view's input digest and numbers) from the same reads: the data is read once."""
-        v = self.views.count
-        buffers = {
-            spec.path: np.empty(spec.shape(hi - lo), dtype=spec.dtype)
-            for layout in self.layouts.values()
-            for spec in layout.arrays.values()
-        }
-        facts = SampleFacts.empty(hi - lo, self.views)
-        samples, view_ids = pairs(lo, hi, v)
-        accuracy = Accuracy(self.job.ignore_index)
-        step = max(1, self.job.batch_size // v) * v  # whole samples per batch, so rows of the buffers stay aligned
-        for b in range(0, len(samples), step):
-            s, vid = samples[b : b + step], view_ids[b : b + step]
-            made, logits, values = self._forward(s, vid)
-            accuracy.update(logits, made.labels.to(logits.device))
-            rows = slice(b // v, (b + len(s)) // v)
-            facts.record(b // v, made, vid)
-            for target in self.targets:
-                value = values[target.name]
-                target.check(value, s)
-                for rel, array in target.encode_at(value, s, vid).items():
-                    path = self.layouts[target.name].arrays[rel].path
-                    buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
-            if progress is not None:
-                progress(len(s) // v)
-        return buffers, {"correct": float(accuracy.correct), "count": float(accuracy.count)}, facts
 
 
 def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], views: int) -> TargetLayout:
@@ -323,9 +280,9 @@ def declared_store(
 
 
 def finalize(builder: StoreBuilder, owner: str) -> bool:
-    """Merge the commit records of the sample arrays and of ``owner`` into the manifest (``complete`` last)."""
-    builder.finalize(SAMPLES_OWNER)
-    return builder.finalize(owner)
+    """Merge the commit records of the sample arrays and of ``owner`` into the manifest in one publish; whether
+    both are complete."""
+    return builder.finalize(SAMPLES_OWNER, owner)
 
 
 def make_report(

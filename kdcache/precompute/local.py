@@ -1,7 +1,9 @@
-"""Stage one in this process: compute each pending shard and commit it from a background writer thread.
+"""Stage one in this process: the teacher runs on this thread; a background writer thread checks, encodes and digests
+every batch and commits each shard.
 
-The teacher keeps computing while the previous shard is encoded, written, digested and committed (a bounded queue
-of two shards). Committed shards are skipped when a run is repeated, so an interrupted run resumes at the first
+The teacher keeps computing while earlier batches are encoded and their shard written, digested and committed (a
+bounded queue of :data:`QUEUE_BATCHES` batches): with one compute thread per core but one, the writer has a core of
+its own. Committed shards are skipped when a run is repeated, so an interrupted run resumes at the first
 uncommitted shard. Ctrl-C stops after the shards already handed to the writer are committed.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -18,26 +21,34 @@ from tqdm.auto import tqdm
 from kdcache.datasets.base import SampleDataset
 from kdcache.precompute.engine import (
     PrecomputeReport,
-    ShardRows,
     ShardWork,
     TeacherRun,
     declared_store,
     finalize,
     make_report,
 )
+from kdcache.precompute.fill import ShardFill, TeacherBatch
 from kdcache.precompute.job import StageOneJob
 from kdcache.registry import Factory
 from kdcache.store import StoreBuilder, StoreLocation
 from kdcache.targets import Target
 from kdcache.views import ViewTransform
 
+WriterItem = tuple[ShardFill, TeacherBatch | None]
+"""What the teacher's thread hands the writer: a batch to add to a shard's fill, or ``None``: the shard is done."""
+
+QUEUE_BATCHES = 4
+"""Batches the teacher may run ahead of the writer: enough to cover a shard's commit, few enough that the queued
+float32 values (and, on CUDA, device memory) stay a few batches' worth."""
+
 
 class _ShardWriter:
-    """A background thread that commits finished shards in order; its first error is re-raised in the caller."""
+    """A background thread that checks, encodes and digests each batch the teacher computed and commits every
+    finished shard, in order; its first error is re-raised in the caller (and nothing after it is committed)."""
 
-    def __init__(self, builder: StoreBuilder, depth: int = 2) -> None:
+    def __init__(self, builder: StoreBuilder, depth: int = QUEUE_BATCHES) -> None:
         self.builder = builder
-        self.queue: queue.Queue[ShardRows | None] = queue.Queue(depth)
+        self.queue: queue.Queue[WriterItem | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kdcache-shard-writer", daemon=True)
         self.thread.start()
@@ -46,13 +57,20 @@ class _ShardWriter:
         while (item := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    self.builder.commit(*item)
+                    self._handle(*item)
                 except BaseException as exc:  # re-raised in the main thread by submit/close
                     self.error = exc
 
-    def submit(self, rows: ShardRows) -> None:
+    def _handle(self, fill: ShardFill, batch: TeacherBatch | None) -> None:
+        if batch is not None:
+            fill.add(batch)
+            return
+        for rows in fill.rows():
+            self.builder.commit(*rows)
+
+    def submit(self, item: WriterItem) -> None:
         self._raise()
-        self.queue.put(rows)
+        self.queue.put(item)
 
     def close(self) -> None:
         """Wait until everything submitted is committed (or failed), then surface a failure."""
@@ -86,14 +104,34 @@ def run_local(
 
 def _write(run: TeacherRun, builder: StoreBuilder, work: list[ShardWork], todo: int, progress: bool) -> bool:
     """Compute every shard range of ``work`` and commit it from the writer thread; whether the store is complete."""
-    writer = _ShardWriter(builder)
     bar = tqdm(total=todo, unit="sample", desc=f"precompute {run.name}", disable=not progress)
     try:
-        for item in work:
-            for rows in run.compute(item, builder, bar.update):
-                writer.submit(rows)
+        return write_batches(run, builder, work, run.batches, bar.update)
     finally:
         bar.close()
+
+
+def write_batches(
+    run: TeacherRun,
+    builder: StoreBuilder,
+    work: list[ShardWork],
+    batches: Callable[[ShardWork], Iterable[TeacherBatch]],
+    progress: Callable[[int], object],
+) -> bool:
+    """Hand every batch of every shard range of ``work`` (``batches(item)``, on this thread) to the writer thread,
+    which commits each shard, then publish; whether the store is complete. ``progress`` gets samples done.
+
+    The writer path of stage one: a run's batches are its teacher's forward passes (:meth:`TeacherRun.batches`);
+    ``kdcache.tools.bench.writes`` hands it batches made beforehand, to time everything after the teacher."""
+    writer = _ShardWriter(builder)
+    try:
+        for item in work:
+            fill = ShardFill(run, item, builder)
+            for batch in batches(item):
+                writer.submit((fill, batch))
+                progress(len(batch.samples) // run.views.count)
+            writer.submit((fill, None))
+    finally:
         try:
             writer.close()
         finally:

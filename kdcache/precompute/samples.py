@@ -54,10 +54,14 @@ def _described(path: str, axes: list[str], meaning: str) -> dict[str, Any]:
 
 
 def select(raw: torch.Tensor | list[torch.Tensor], mask: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
-    """The rows of a batch of raw inputs (one stacked tensor or a list) where ``mask`` is set."""
+    """The rows of a batch of raw inputs (one stacked tensor or a list) where ``mask`` is set (``raw`` itself when
+    every row is: one view per sample)."""
+    if mask.all():
+        return raw
+    rows = np.flatnonzero(mask)
     if isinstance(raw, torch.Tensor):
-        return raw[torch.from_numpy(mask)]
-    return [raw[k] for k in np.flatnonzero(mask)]
+        return raw.index_select(0, torch.from_numpy(rows))  # a gather: several times faster than a mask
+    return [raw[k] for k in rows]
 
 
 def read_facts(dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int) -> SampleFacts:

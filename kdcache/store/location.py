@@ -130,11 +130,13 @@ class StoreLocation:
         except FileNotFoundError:
             return None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write an object so that readers see either the old or the new bytes, never a mix."""
+    def write_bytes(self, key: str, data: bytes | memoryview, *, durable: bool = True) -> None:
+        """Write an object so that readers see either the old or the new bytes, never a mix. ``durable=False``
+        skips the local fsync, as zarr's own writes do: for shard files, whose size and SHA-256 the commit record
+        (fsynced) pins, so a shard lost in a crash is found and rewritten (:meth:`StoreBuilder.valid_commits`)."""
         path = self._path(key)
         if not self.is_local:
-            self.fs.pipe_file(path, data)
+            self.fs.pipe_file(path, bytes(data))
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -142,7 +144,8 @@ class StoreLocation:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
 from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
@@ -39,6 +39,7 @@ from kdcache.store.manifest import (
     write_manifest,
 )
 from kdcache.store.merge import merge_published
+from kdcache.store.shardencode import ShardEncoder
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class StoreBuilder:
         self.manifest = manifest
         self._group: zarr.Group | None = None
         self._arrays: dict[str, zarr.Array] = {}
+        self._encoders: dict[str, ShardEncoder] = {}
 
     # ---------------------------------------------------------------- layout
     @classmethod
@@ -213,6 +215,19 @@ class StoreBuilder:
             self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
         return self._arrays[path]
 
+    def encoder(self, path: str) -> ShardEncoder:
+        """The maker of array ``path``'s shard files (zarr's bytes for a whole-shard write, made directly), read
+        from its ``zarr.json``: an array laid out otherwise than kdcache creates them is refused, not written."""
+        if path not in self._encoders:
+            try:
+                self._encoders[path] = ShardEncoder.from_metadata(read_document(self.location, f"{path}/zarr.json"))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreFormatError(
+                    f"store {self.location.url!r}: array {path} is laid out otherwise than kdcache writes its shards "
+                    f"({exc}); write to a new store"
+                ) from exc
+        return self._encoders[path]
+
     def committed_rows(self, path: str, index: int) -> np.ndarray:
         """The rows of shard ``index`` of array ``path`` as committed (what a teacher joining the store compares its
         own facts of those samples with)."""
@@ -269,9 +284,12 @@ class StoreBuilder:
                     f"{path}: shard {index} covers samples [{start}, {stop}) and needs shape {expected}, got "
                     f"{tuple(values.shape)}; writes must be whole shards"
                 )
-            self.array(path)[start:stop] = values
+            raw = self.encoder(path).encode(index, np.asarray(values, dtype=record.dtype))
             key = shard_key(path, index, len(record.shape))
-            raw = self.location.read_bytes(key)
+            self.location.write_bytes(key, raw, durable=False)
+            if self.location.size(key) != len(raw):
+                raise StoreFormatError(f"{key}: {self.location.size(key)} bytes stored of the {len(raw)} written; "
+                                       "the storage lost part of the shard. Check it and run precompute again")  # fmt: skip
             files[path] = FileDigest(key=key, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
         commit = ShardCommit(owner=owner, index=index, start=start, stop=stop, files=files, stats=stats or {})
         write_commit(self.location, commit)
@@ -299,7 +317,7 @@ class StoreBuilder:
         return [self.owner_arrays(owner) for owner in owners]
 
     def _write_group_attributes(self) -> None:
-        self.group().attrs.update(
+        self.group().update_attributes(  # one write of the root zarr.json (``attrs.update`` writes it per key)
             {
                 "format_version": self.manifest.format_version,
                 "kdcache": {
@@ -311,8 +329,14 @@ class StoreBuilder:
             }
         )
 
-    def finalize(self, owner: str) -> bool:
-        """Merge ``owner``'s commit records into the manifest; mark it complete when every shard is committed."""
+    def finalize(self, *owners: str) -> bool:
+        """Merge each owner's commit records into the manifest, marking it complete when every shard is committed,
+        then publish once; whether every one of them is complete."""
+        done = [self._merge_commits(owner) for owner in owners]
+        self.publish()
+        return all(done)
+
+    def _merge_commits(self, owner: str) -> bool:
         commits = self.valid_commits(owner)
         ordered = [commits[k] for k in sorted(commits)]
         complete = len(ordered) == self.manifest.num_shards()
@@ -328,7 +352,6 @@ class StoreBuilder:
             self.manifest.teachers[name] = teacher.model_copy(
                 update={"shards": ordered, "status": status, "accuracy": accuracy}
             )
-        self.publish()
         return complete
 
 

@@ -111,11 +111,16 @@ class Target(ABC):
         return getattr(self.params, "dtype", None)
 
     def check(self, value: torch.Tensor, indices: np.ndarray) -> None:
-        """Refuse a batch that is not finite or does not fit the storage dtype, naming the samples."""
-        check_finite(self.name, value, indices)
+        """Refuse a batch that is not finite or does not fit the storage dtype, naming the samples. One pass over the
+        values serves both checks: each row's largest magnitude, NaN or infinite exactly when the row holds a NaN or
+        an infinity (``amax`` propagates NaN)."""
+        if value.numel() == 0:
+            return
+        peak = value.abs().reshape(len(value), -1).amax(dim=1)
+        check_finite(self.name, peak, indices)
         dtype = self.value_dtype()
         if dtype is not None:
-            check_fits(self.name, value, dtype, indices)
+            check_fits(self.name, peak, dtype, indices)
 
     def describe(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
@@ -132,9 +137,10 @@ class Target(ABC):
 TARGETS: Registry[type[Target]] = Registry("target kind")
 
 
-def check_finite(name: str, value: torch.Tensor, indices: np.ndarray) -> None:
-    """Refuse NaN/Inf teacher outputs, naming the sample indices, before anything of the batch is written."""
-    bad = ~torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+def check_finite(name: str, peak: torch.Tensor, indices: np.ndarray) -> None:
+    """Refuse NaN/Inf teacher outputs, naming the sample indices, before anything of the batch is written; ``peak``:
+    each row's largest magnitude (:meth:`Target.check`)."""
+    bad = ~torch.isfinite(peak)
     if bool(bad.any()):
         where = np.asarray(indices)[bad.cpu().numpy()]
         raise NonFiniteTargetError(
@@ -144,12 +150,12 @@ def check_finite(name: str, value: torch.Tensor, indices: np.ndarray) -> None:
         )
 
 
-def check_fits(name: str, value: torch.Tensor, dtype: str, indices: np.ndarray) -> None:
-    """Refuse values that would overflow the storage dtype (float16 saturates at 65504)."""
+def check_fits(name: str, peak: torch.Tensor, dtype: str, indices: np.ndarray) -> None:
+    """Refuse values that would overflow the storage dtype (float16 saturates at 65504); ``peak``: each row's
+    largest magnitude, all finite."""
     limit = FLOAT_LIMITS.get(dtype)
     if limit is None:
         return
-    peak = value.abs().reshape(len(value), -1).amax(dim=1)
     over = peak > limit
     if bool(over.any()):
         where = np.asarray(indices)[over.cpu().numpy()]

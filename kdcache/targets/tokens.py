@@ -44,7 +44,9 @@ from kdcache.targets.packing import check_step, pack_fields, packed_width, paddi
 from kdcache.views.rng import KeyedRandom
 
 SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
-_CHUNK_ELEMENTS = 1 << 22  # positions × vocabulary held in float64 at once (top-k log-probs, sampling)
+_CHUNK_ELEMENTS = 1 << 18  # positions × vocabulary held in float64 at once (top-k log-probs, sampling): 2 MB, so
+# each block's passes stay in the CPU's cache (2x faster than 32 MB blocks); every result is per position, so the
+# bytes do not depend on the block
 
 
 def index_dtype(vocab_size: int) -> str:
@@ -236,16 +238,17 @@ class TokenLogitsTarget(Target):
         if self.params.encoding == "topk":
             return self.encode(value)
         p, name = self.params, self.name
-        ids = np.empty((*value.shape[:2], p.samples), dtype=index_dtype(value.shape[-1]))
-        counts = np.empty((*value.shape[:2], p.samples), dtype=np.uint8)
-        for row, (sample, view) in enumerate(
-            zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
-        ):
-            rng = KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM)
-            uniforms = torch.from_numpy(rng.uniforms(value.shape[1] * p.samples)).view(value.shape[1], p.samples)
-            drawn = draw_tokens(value[row], uniforms, p.sample_temperature)
-            ids[row], counts[row] = distinct_counts(drawn)
-        return {f"{name}/ids": ids, f"{name}/counts": counts}
+        positions = value.shape[1]
+        uniforms = np.stack([
+            KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM).uniforms(positions * p.samples)
+            for sample, view in zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
+        ]).reshape(-1, p.samples)  # fmt: skip
+        # every position of the batch in one pass (each position's draws depend on its own row only)
+        drawn = draw_tokens(value.flatten(0, 1), torch.from_numpy(uniforms), p.sample_temperature)
+        ids, counts = distinct_counts(drawn)
+        shape = (*value.shape[:2], p.samples)
+        return {f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
+                f"{name}/counts": counts.astype(np.uint8).reshape(shape)}  # fmt: skip
 
     def decode(self, arrays: dict[str, torch.Tensor]) -> TokenTopK | SampledTokens:
         p, name = self.params, self.name

@@ -129,7 +129,17 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     assert topk["raw_bytes_per_token"] == 4 + 4 * 32 and topk["goal_bytes_per_token"] == 4 + 6 * 32
     assert tokens["kinds"]["token_logits_sampled"]["raw_bytes_per_token"] == 32 * (2 + 1)
 
-    peers = figures["peers"]  # figure 7: the same rows in other formats, B and U order
+    writes = figures["writes"]  # figure 7: the same rows through every writer
+    assert (
+        set(writes["samples_per_second"])
+        == set(writes["ratio_to_h5py"])
+        >= {"kdcache writer path", "h5py", "safetensors", "numpy memmap"}
+    )
+    for name, rate in writes["samples_per_second"].items():
+        _positive_spread(rate)
+        _positive_spread(writes["ratio_to_h5py"][name])
+    assert writes["kdcache_parts_seconds"]["shard commits (writer)"]["min"] > 0
+    peers = figures["peers"]  # figure 8: the same rows in other formats, B and U order
     assert set(peers["orders"]) == {"B", "U"}
     for order in peers["orders"].values():
         assert order["numpy memmap"]["ratio_to_memmap"]["median"] == 1
@@ -138,13 +148,13 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
             _positive_spread(variant["samples_per_second"])
 
     goals = report["goals"]
-    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6"}
+    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7"}
     for goal in goals:
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why
     markdown = (out / "bench.md").read_text()
     headings = ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling",
-                "6. Token-level stage one", "7. Target reads against other formats")  # fmt: skip
+                "6. Token-level stage one", "7. Writes", "8. Target reads against other formats")  # fmt: skip
     for heading in headings:
         assert heading in markdown
     assert "kdcache bench --quick" in markdown

@@ -1,4 +1,4 @@
-"""Figure 7: kdcache's target reads against the formats users would otherwise keep teacher outputs in.
+"""Figure 8: kdcache's target reads against the formats users would otherwise keep teacher outputs in.
 
 The same rows (figure 3's store: ``read_classes`` fp16 logits per sample) are saved as a ``.npy`` file, a
 safetensors file and an HDF5 file (512-row chunks, h5py's usual layout for row access), and every format is read in
@@ -153,7 +153,7 @@ def _measure_order(
         "kdcache, streamed": warm(lambda: kdcache_pass(store, batches, in_ram=False)),
         "kdcache, in RAM": warm(lambda: kdcache_pass(store, batches, in_ram=True)),
     }
-    samples = interleave(variants, rounds=settings.read_rounds, warmup=settings.warmup, desc="fig 7", progress=progress)
+    samples = interleave(variants, rounds=settings.read_rounds, warmup=settings.warmup, desc="fig 8", progress=progress)
     count = sum(len(b) for b in batches)
     return {
         name: {

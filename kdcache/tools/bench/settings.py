@@ -41,7 +41,7 @@ class BenchSettings:
     read_batch: int = 256
     read_sizes: tuple[int, int] = (32768, 262144)
     read_rounds: int = 3
-    peer_batches: int = 32  # figure 7: batches of each order every format reads
+    peer_batches: int = 32  # figure 8: batches of each order every format reads
     # figure 4: bytes and memory
     bytes_samples: int = 256
     memory_repeats: int = 2

@@ -2,12 +2,16 @@
 
 ``bare`` runs only what any inference loop must: fetch a batch, apply the views, run the teacher (no grad). Each
 stage-one variant is a complete :func:`kdcache.precompute` into a fresh store with one target kind, so the
-difference is everything caching adds: layer capture, extraction, finiteness/overflow checks, encoding, buffering,
-and the background shard writer (zarr write, read-back, SHA-256, commit record) competing for the same cores.
+difference is everything caching adds: layer capture and extraction on the teacher's thread, and on the background
+writer thread the finiteness/overflow checks, encodings, digests and shard commits (shard bytes, SHA-256, commit
+record), competing for the same cores.
 
 Throughput is the library's own figure (``PrecomputeReport.samples_per_second``: first shard to committed
-manifest); store creation and the teacher fingerprint are reported apart as ``setup``. The last shard's commit
-cannot overlap any compute, so each run is sized to several shards and that tail is reported separately.
+manifest); store creation and the teacher fingerprint are reported apart as ``setup``. Each run also records where
+its time went (:func:`call_spans`): the teacher's thread (views and forward passes), the writer thread (checks,
+encodings and digests of each batch; shard commits) and the manifest. What follows the last forward pass (the last
+batches' encodings, the last shard's commit, the manifest) cannot overlap any compute, so each run is sized to
+several shards and that tail is reported separately.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcache.precompute import PrecomputeReport, precompute
+from kdcache.precompute import PrecomputeReport, TeacherRun, precompute
+from kdcache.precompute.fill import ShardFill
 from kdcache.store import StoreBuilder, open_cache
 from kdcache.targets import Target
 from kdcache.tools.bench.rounds import Samples, interleave, spread
@@ -55,24 +60,47 @@ def write_store(
 
 
 @contextmanager
-def commit_spans() -> Iterator[list[Span]]:
-    """Record ``(owner, start, end)`` of every :meth:`StoreBuilder.commit` while active: the writer thread's busy
-    time. precompute builds its builder internally, so the method is wrapped on the class and restored on exit."""
+def call_spans(methods: dict[str, tuple[type, str]]) -> Iterator[list[Span]]:
+    """Record ``(label, start, end)`` of every call of each ``(class, method name)`` in ``methods`` while active,
+    whichever thread makes it: where a precompute run spends its time. precompute builds its objects internally,
+    so the methods are wrapped on their classes and restored on exit."""
     spans: list[Span] = []
-    original = StoreBuilder.commit
+    originals = {label: getattr(cls, name) for label, (cls, name) in methods.items()}
 
-    def commit(self: StoreBuilder, owner: str, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(self, owner, *args, **kwargs)
-        finally:
-            spans.append((owner, start, time.perf_counter()))
+    def wrapped(label: str) -> Any:
+        original = originals[label]
 
-    StoreBuilder.commit = commit  # type: ignore[method-assign]
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spans.append((label, start, time.perf_counter()))
+
+        return call
+
+    for label, (cls, name) in methods.items():
+        setattr(cls, name, wrapped(label))
     try:
         yield spans
     finally:
-        StoreBuilder.commit = original  # type: ignore[method-assign]
+        for label, (cls, name) in methods.items():
+            setattr(cls, name, originals[label])
+
+
+STAGE_ONE_PARTS = {
+    "views + forward (teacher's thread)": (TeacherRun, "_forward"),
+    "checks + encodings + digests (writer)": (ShardFill, "add"),
+    "shard commits (writer)": (StoreBuilder, "commit"),
+    "manifest": (StoreBuilder, "finalize"),
+}
+"""The parts of a precompute run that :func:`call_spans` times: the teacher's thread's batches, the writer thread's
+per-batch work and shard commits, and the final publish."""
+
+
+def part_seconds(spans: list[Span]) -> dict[str, float]:
+    """Total seconds of each part of :data:`STAGE_ONE_PARTS` in ``spans``."""
+    return {label: sum(e - s for name, s, e in spans if name == label) for label in STAGE_ONE_PARTS}
 
 
 def measure_stage_one(
@@ -114,17 +142,19 @@ def _stage_one_run(
     w: Workload, targets: list[Target], path: Path, *, batch_size: int, shard_samples: int | None, device: torch.device
 ) -> dict[str, float]:
     """One precompute into a fresh store at ``path`` (removed after): its timings, writer activity and bytes."""
-    with commit_spans() as spans:
+    with call_spans(STAGE_ONE_PARTS) as spans:
         start = time.perf_counter()
         report = write_store(w, path, targets, batch_size=batch_size, shard_samples=shard_samples, device=str(device))
         end = time.perf_counter()
     cache = open_cache(str(path))
     arrays = [a.path for t in cache.teacher(TEACHER).targets.values() for a in t.arrays.values()]
-    last = max(s for owner, s, _ in spans if owner.startswith("teachers/"))
+    parts = part_seconds(spans)
+    last = max(e for name, _, e in spans if name == "views + forward (teacher's thread)")
     run = {
         "seconds": report.seconds,
         "setup_seconds": end - start - report.seconds,
-        "writer_busy_seconds": sum(e - s for _, s, e in spans),
+        "writer_busy_seconds": parts["checks + encodings + digests (writer)"] + parts["shard commits (writer)"],
+        "teacher_thread_seconds": parts["views + forward (teacher's thread)"],
         "tail_seconds": end - last,
         "shards": report.shards_written,
         "disk_bytes_per_sample": sum(cache.array_bytes(p) for p in arrays) / len(w.train),
@@ -146,7 +176,7 @@ def _kind_summary(samples: Samples, kind: str, runs: list[dict[str, float]], n: 
         "disk_bytes_per_sample": runs[0]["disk_bytes_per_sample"],
         **{
             key: spread([d[key] for d in runs])
-            for key in ("seconds", "setup_seconds", "writer_busy_seconds", "tail_seconds")
+            for key in ("seconds", "setup_seconds", "writer_busy_seconds", "teacher_thread_seconds", "tail_seconds")
         },
     }
 

@@ -29,6 +29,7 @@ from kdcache.tools.bench.steps import measure_digests_at, measure_steps
 from kdcache.tools.bench.table import render_markdown
 from kdcache.tools.bench.tokens import measure_tokens
 from kdcache.tools.bench.workloads import WORKLOADS, Workload, build_workload, generated_images
+from kdcache.tools.bench.writes import measure_writes, render_writes
 
 #: Targets whose bytes figure 4 lists for the ResNet-50 teacher: every kind and logits encoding.
 ENCODINGS: list[dict[str, Any]] = [
@@ -61,7 +62,7 @@ def run_bench(out: Path, settings: BenchSettings, *, progress: bool = True) -> d
     }
     report["goals"] = judge(figures)
     write_json(out / "bench.json", report)
-    (out / "bench.md").write_text(render_markdown(report))
+    (out / "bench.md").write_text(render_markdown(report) + "\n" + render_writes(figures["writes"]) + "\n")
     return report
 
 
@@ -107,6 +108,8 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("bytes_and_memory")
     tokens = measure_tokens(work, settings, progress=progress)
     clock.lap("tokens")
+    writes = measure_writes(work, settings, progress=progress)
+    clock.lap("writes")
     peers = measure_peers(work, settings, progress=progress)
     clock.lap("peers")
     return {
@@ -121,6 +124,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "memory": memory,
         "scaling": scaling,
         "tokens": tokens,
+        "writes": writes,
         "peers": peers,
         "seconds": clock.laps,
     }

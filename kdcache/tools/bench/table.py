@@ -27,7 +27,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
         "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
         "#### 6. Token-level stage one (language models) vs bare teacher inference\n\n" + _tokens(f["tokens"]),
-        "#### 7. Target reads against other formats, block and uniform order\n\n" + _peers(f["peers"]),
+        "#### 8. Target reads against other formats, block and uniform order\n\n" + _peers(f["peers"]),
     ]
     return "\n\n".join(part.strip() for part in parts) + "\n"
 

@@ -23,7 +23,7 @@ import zarr
 
 from kdcache.errors import CorruptShardError
 from kdcache.store.chunkslab import ChunkSlab
-from kdcache.store.direct import ROW_DIGEST_BYTES, WHOLE_CHUNK_SHARE, DirectLayout, OpenFiles, is_direct
+from kdcache.store.direct import ROW_DIGEST_BYTES, DirectLayout, OpenFiles, chunk_ordered, is_direct
 from kdcache.store.integrity import check_digest
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, FileDigest
@@ -234,13 +234,14 @@ class ArrayReader:
     def _read_whole(self, cids: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Which chunks a call reads whole (through the chunk cache): all of them for a compressed array, one not
         on local disk, or one that fits the chunk cache whole; else those cached, not verified yet, never written,
-        or wanted for at least :data:`~kdcache.store.direct.WHOLE_CHUNK_SHARE` of their rows."""
+        or all of them when the call is chunk-ordered (:func:`~kdcache.store.direct.chunk_ordered`)."""
         local = self.location.is_local or self.shard_cache is not None
-        if not local or len(self._offsets) <= self._chunk_budget or not self.direct:
+        fits = len(self._offsets) <= self._chunk_budget
+        if not local or fits or not self.direct or chunk_ordered(len(counts), int(counts.sum()), self.chunk):
             return np.ones(len(cids), dtype=bool)
-        offsets = self._offsets[cids]
-        cached = np.isin(cids, self._chunk_slab().cached())
-        return cached | (offsets < 0) | (counts >= max(1, round(self.chunk * WHOLE_CHUNK_SHARE)))
+        slab = self._chunk_slab()
+        cached = np.fromiter((c in slab for c in cids.tolist()), dtype=bool, count=len(cids))
+        return cached | (self._offsets[cids] < 0)
 
     def _rows_of(self, index: int, rows: np.ndarray) -> np.ndarray:
         """Rows of verified shard ``index`` read one by one from its local file, each checked against its digest;

@@ -34,9 +34,17 @@ from kdcache.store.shardbytes import ChunkSpan
 CRC_BYTES = 4
 ROW_DIGEST_BYTES = 16
 MAX_OPEN_FILES = 32
-#: a chunk not in the chunk cache is read whole (then cached) when a call wants at least this share of its rows;
-#: fewer are read row by row (one ``pread`` + one XXH3 each, ~0.5 µs, against ~60 µs for a 1 MB chunk)
-WHOLE_CHUNK_SHARE = 1 / 16
+#: a call is chunk-ordered (its chunks are read whole, into the chunk cache) when it wants at least this many rows
+#: per chunk it touches on average, or 1/64 of a chunk if more: a block-shuffled batch wants dozens from each of a
+#: few chunks (and the next batches the rest of them), a uniform one one or two from each of many, read row by row
+MIN_ROWS_PER_CHUNK = 4
+
+
+def chunk_ordered(chunks: int, rows: int, chunk_rows: int) -> bool:
+    """Whether a call wanting ``rows`` rows from ``chunks`` inner chunks of ``chunk_rows`` rows reads them whole:
+    one ``pread`` + XXH3 of a 1 MB chunk costs ~60 µs against ~0.5 µs per row read alone, so a chunk pays when
+    the call and the batches after it use a good part of it."""
+    return rows >= chunks * max(MIN_ROWS_PER_CHUNK, chunk_rows // 64)
 
 
 def is_direct(meta: dict[str, Any]) -> bool:

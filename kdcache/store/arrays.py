@@ -196,14 +196,17 @@ class ArrayReader:
         tail = self.record.shape[1:] if views is None else self.record.shape[2:]
         out = np.empty((len(rows), *tail), dtype=self.record.dtype)
         chunk_ids = rows // self.chunk
-        cids, counts = np.unique(chunk_ids, return_counts=True)
+        cids, inverse, counts = np.unique(chunk_ids, return_inverse=True, return_counts=True)
         whole = self._read_whole(cids, counts)
-        by_row = whole[np.searchsorted(cids, chunk_ids)]
-        if by_row.all():
-            self._gather_whole(rows, None, cids, views, out)
+        local = rows - chunk_ids * self.chunk
+        if whole.all():
+            self._gather_whole(cids, inverse, local, views, out, None)
             return out
+        by_row = whole[inverse]
         if by_row.any():
-            self._gather_whole(rows, np.nonzero(by_row)[0], cids[whole], views, out)
+            sel, kept = np.nonzero(by_row)[0], cids[whole]
+            picked = None if views is None else views[sel]
+            self._gather_whole(kept, np.searchsorted(kept, chunk_ids[sel]), local[sel], picked, out, sel)
         sel = np.nonzero(~by_row)[0]
         shards = chunk_ids[sel] // (self.shard // self.chunk)
         for index in np.unique(shards).tolist():
@@ -212,18 +215,19 @@ class ArrayReader:
             out[part] = got if views is None else got[np.arange(len(part)), views[part]]
         return out
 
-    def _gather_whole(self, rows: np.ndarray, sel: np.ndarray | None, cids: np.ndarray, views: np.ndarray | None,
-                      out: np.ndarray) -> None:  # fmt: skip
-        """``out[sel]`` from the chunks ``cids`` (sorted), loaded into the chunk cache as needed: one gather per
-        cache-full of chunks (one, unless a call wants more chunks than the cache holds)."""
+    def _gather_whole(self, cids: np.ndarray, at: np.ndarray, local: np.ndarray, views: np.ndarray | None,
+                      out: np.ndarray, sel: np.ndarray | None) -> None:  # fmt: skip
+        """``out[sel]`` (all of ``out`` when ``sel`` is None) = row ``local[j]`` of chunk ``cids[at[j]]``, the chunks
+        loaded into the chunk cache as needed; a cache-full of chunks at a time when a call wants more."""
         slab = self._chunk_slab()
-        picked = np.arange(len(rows)) if sel is None else sel
-        for group in np.array_split(cids, -(-len(cids) // slab.capacity)):
-            slots = np.array([slab.slot(c, partial(self._load, c)) for c in group.tolist()], dtype=np.int64)
-            part = picked if len(group) == len(cids) else picked[np.isin(rows[picked] // self.chunk, group)]
-            at = slots[np.searchsorted(group, rows[part] // self.chunk)] * self.chunk + rows[part] % self.chunk
-            whole_out = sel is None and len(group) == len(cids)
-            slab.gather(at, None if views is None else views[part], out, None if whole_out else part)
+        if len(cids) > slab.capacity:
+            for first in range(0, len(cids), slab.capacity):
+                pos = np.nonzero((at >= first) & (at < first + slab.capacity))[0]
+                self._gather_whole(cids[first : first + slab.capacity], at[pos] - first, local[pos],
+                                   None if views is None else views[pos], out, pos if sel is None else sel[pos])  # fmt: skip
+            return
+        slots = np.fromiter((slab.slot(c, self._load) for c in cids.tolist()), dtype=np.int64, count=len(cids))
+        slab.gather(slots[at] * self.chunk + local, views, out, sel)
 
     def _chunk_slab(self) -> ChunkSlab:
         if self._slab is None:
@@ -263,7 +267,7 @@ class ArrayReader:
             self.chunks_read.update(np.unique(cids).tolist())
             return got
         slab = self._chunk_slab()
-        found = [slab.block(slab.slot(c, partial(self._load, c)))[r - c * self.chunk].copy()  # copied before the next
+        found = [slab.block(slab.slot(c, self._load))[r - c * self.chunk].copy()  # copied before the next
                  for c, r in zip(cids.tolist(), rows.tolist(), strict=True)]  # load can reuse the slot  # fmt: skip
         return np.stack(found)
 

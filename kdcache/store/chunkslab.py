@@ -34,8 +34,8 @@ class ChunkSlab:
         """The chunk in ``slot`` (a view: valid until the slot is reused)."""
         return self.data[slot * self.rows : (slot + 1) * self.rows]
 
-    def slot(self, cid: int, load: Callable[[np.ndarray], None]) -> int:
-        """The slot holding chunk ``cid``; a chunk not held is loaded by ``load(view)`` into a free slot, or into
+    def slot(self, cid: int, load: Callable[[int, np.ndarray], None]) -> int:
+        """The slot holding chunk ``cid``; a chunk not held is loaded by ``load(cid, view)`` into a free slot, or into
         the least recently used one's. A ``load`` that raises leaves the slot free."""
         if cid in self._slots:
             self._slots.move_to_end(cid)
@@ -44,7 +44,7 @@ class ChunkSlab:
             self._free.append(self._slots.popitem(last=False)[1])
         slot = self._free.pop()
         try:
-            load(self.block(slot))
+            load(cid, self.block(slot))
         except BaseException:
             self._free.append(slot)
             raise

@@ -1,9 +1,9 @@
 """Reading the one layout kdcache writes uncompressed — ``bytes`` then ``crc32c`` inside ``sharding_indexed`` —
 without a chunk decode: an inner chunk is its C-order values followed by their crc32c, so a row is a slice of it.
 
-Measured (docs/design.md, "Direct reads of uncompressed chunks"): zarr-python takes 2.7 ms to decode a 1 MB chunk
-and tensorstore 1.5 ms, where ``pread`` + crc32c of the same bytes takes 0.11 ms, so no engine reaches a memmap's
-rate; a uniform order that decodes a whole chunk per sample runs 20x slower still. Every other layout (blosc,
+Measured (docs/design.md, "Direct reads of uncompressed chunks"): zarr-python takes 1.4-2.7 ms to read a 1 MB
+chunk and tensorstore 1.0-1.5 ms, where ``pread`` + crc32c of the same bytes takes 0.06-0.11 ms, so no engine
+reaches a memmap's rate; a uniform order that decoded a whole chunk per sample ran at 0.004x the block order. Every other layout (blosc,
 transpose, a big-endian dtype) is decoded by zarr-python (:class:`~kdcache.store.shardbytes.ChunkDecoder`).
 
 What is checked, and why it suffices:

@@ -196,10 +196,12 @@ class ArrayReader:
         tail = self.record.shape[1:] if views is None else self.record.shape[2:]
         out = np.empty((len(rows), *tail), dtype=self.record.dtype)
         chunk_ids = rows // self.chunk
-        cids, inverse, counts = np.unique(chunk_ids, return_inverse=True, return_counts=True)
+        every = np.bincount(chunk_ids)  # chunk ids are small: cheaper than np.unique, which sorts
+        present = every > 0
+        cids, inverse, counts = np.flatnonzero(present), (np.cumsum(present) - 1)[chunk_ids], every[present]
         whole = self._read_whole(cids, counts)
         local = rows - chunk_ids * self.chunk
-        if whole.all():
+        if whole is None:
             self._gather_whole(cids, inverse, local, views, out, None)
             return out
         by_row = whole[inverse]
@@ -235,17 +237,18 @@ class ArrayReader:
             self._slab = ChunkSlab(capacity, tuple(self.record.chunks), np.dtype(self.record.dtype))
         return self._slab
 
-    def _read_whole(self, cids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def _read_whole(self, cids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
         """Which chunks a call reads whole (through the chunk cache): all of them for a compressed array, one not
         on local disk, or one that fits the chunk cache whole; else those cached, not verified yet, never written,
-        or all of them when the call is chunk-ordered (:func:`~kdcache.store.direct.chunk_ordered`)."""
+        or all of them when the call is chunk-ordered (:func:`~kdcache.store.direct.chunk_ordered`). ``None``: all."""
         local = self.location.is_local or self.shard_cache is not None
         fits = len(self._offsets) <= self._chunk_budget
         if not local or fits or not self.direct or chunk_ordered(len(counts), int(counts.sum()), self.chunk):
-            return np.ones(len(cids), dtype=bool)
+            return None
         slab = self._chunk_slab()
         cached = np.fromiter((c in slab for c in cids.tolist()), dtype=bool, count=len(cids))
-        return cached | (self._offsets[cids] < 0)
+        whole = cached | (self._offsets[cids] < 0)
+        return None if whole.all() else whole
 
     def _rows_of(self, index: int, rows: np.ndarray) -> np.ndarray:
         """Rows of verified shard ``index`` read one by one from its local file, each checked against its digest;

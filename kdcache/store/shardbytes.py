@@ -4,7 +4,8 @@ A shard file is checked against its manifest SHA-256 when a reader first touches
 From those verified bytes the reader keeps where each inner chunk lies in the file and an XXH3-128 of its bytes
 (:func:`chunk_spans`); a chunk read again later (after the reader's chunk cache evicted it) is one range read whose
 bytes must hash to what was verified, and it is decoded from exactly those bytes (:class:`ChunkDecoder`: zarr's own
-inner codec pipeline, crc32c included, over an in-memory one-chunk array). So every decoded byte is a verified byte,
+inner codec pipeline, crc32c included, over an in-memory one-chunk array; kdcache's uncompressed layout is read
+without a decode instead, rows included: :mod:`kdcache.store.direct`). So every decoded byte is a verified byte,
 whatever happens to the file between epochs.
 """
 

@@ -218,7 +218,7 @@ def test_cached_file_changed_after_verification_is_refetched(stores, proxy, monk
     path = cache.shard_cache.file_of(reader.files[0])
     raw = path.read_bytes()
     edited = bytearray(raw)
-    edited[reader._spans[0][0].offset] ^= 0xFF  # inside the bytes of shard 0's first inner chunk
+    edited[reader._spans[0][0].offset + 8] ^= 0xFF  # inside the bytes of row 1 (int64) of shard 0's first chunk
     path.write_bytes(bytes(edited))
     mark = len(proxy.log)
     with pytest.warns(UserWarning, match="changed since it was verified"):

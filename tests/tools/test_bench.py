@@ -99,6 +99,8 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
             for which in ("pass 1", "pass 2"):
                 _positive_spread(entry[state]["ratio_to_memmap"][which])
             assert entry[state]["pass_2_chunks_read"] >= entry[state]["chunks"]  # pass 2 reads from the store
+            _positive_spread(entry[state]["ratio_to_memmap"]["uniform"])
+            _positive_spread(entry[state]["uniform_over_block"])
         assert entry["cold"]["resident_fraction_after_evict"] <= 0.01
         assert all(rate > 0 for rate in entry["parts_samples_per_second"].values())
     assert figures["reads"]["store"] == str(report["settings"]["read_sizes"][0])
@@ -124,6 +126,9 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         _positive_spread(kind["ratio_to_bare"])
         _positive_spread(kind["tokens_per_second"])
         assert kind["disk_bytes_per_token"] > 0
+    assert set(tokens["reads"]) == {"token_logits_topk", "token_logits_sampled"}  # figure 6: streamed token reads
+    for reads in tokens["reads"].values():
+        _positive_spread(reads["ratio_to_memmap"])
     topk = tokens["kinds"]["token_logits_topk"]
     assert topk["disk_bytes_per_token"] >= topk["raw_bytes_per_token"]  # fp16 log-probs are stored uncompressed
     assert topk["raw_bytes_per_token"] == 4 + 4 * 32 and topk["goal_bytes_per_token"] == 4 + 6 * 32

@@ -3,13 +3,16 @@
 A store of ``read_classes`` fp16 logits is written by :func:`kdcache.precompute`, and the same bytes are saved as
 a ``.npy`` file. Both are read in the order stage two uses (:func:`kdcache.train.batch_loader`'s block-shuffled
 global batches of ``read_batch`` samples): the store through the streaming :class:`~kdcache.store.ArrayReader`
-(whole inner chunks through zarr-python, a small chunk cache, the SHA-256 of each shard on first touch), the
-``.npy`` through a numpy memmap gather (``np.take`` into a reused buffer). Per round:
+(kdcache's uncompressed layout read directly, :mod:`kdcache.store.direct`: whole chunks by ``pread`` into a 64 MB
+chunk cache, or single rows, each checked against the digest of the bytes whose SHA-256 was checked on first
+touch), the ``.npy`` through a numpy memmap gather (``np.take`` into a reused buffer). Per round:
 
 * **pass 1** — a fresh reader, epoch 0: includes the digest check of every shard;
 * **pass 2** — epoch 1 through a reader whose shards were verified beforehand (untimed) and whose chunk cache is
   empty: what every later epoch costs once the store is larger than the reader's 64 MB chunk cache;
-* **memmap** — the same order as pass 1.
+* **uniform** — like pass 2 in a uniform order (a plain ``DataLoader(shuffle=True)``'s): a few rows of each chunk
+  per batch, read row by row;
+* **memmap** — the same order as pass 1; **memmap, uniform** — the uniform order.
 
 ``cold`` evicts the store and the ``.npy`` from the page cache before every pass (:mod:`kdcache.tools.bench.pagecache`),
 ``warm`` reads them once first. The parts are measured too, to say where the time goes: SHA-256 of every shard,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,8 @@ class ReadStore:
         for epoch in (0, 1):
             set_loader_epoch(loader, epoch)
             self.epochs.append([np.asarray(b.indices) for b in loader.sampler])
+        permuted = np.random.default_rng([settings.seed, 1]).permutation(num_samples)
+        self.uniform = np.array_split(permuted, -(-num_samples // settings.read_batch))
         self.chunk, self.shard = reader.chunk, reader.shard
 
     def streamed(self) -> CachedDataset:
@@ -89,6 +95,13 @@ class ReadStore:
     def reader(self) -> ArrayReader:
         """A fresh streaming reader: nothing verified, nothing cached."""
         return self.streamed().readers["logits"]["logits"]
+
+    def verified_reader(self) -> ArrayReader:
+        """A fresh streaming reader whose every shard is verified (SHA-256 checked, digests kept), nothing cached."""
+        reader = self.reader()
+        for index in range(reader.num_shards):
+            reader.verify_shard(index)
+        return reader
 
     def files(self) -> list[Path]:
         return pagecache.files_under(self.path) + [self.raw]
@@ -135,20 +148,25 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         return reader_pass(reader, store.epochs[0])
 
     def second() -> float:
-        reader = store.reader()
-        for index in range(-(-store.num_samples // store.shard)):
-            reader.verify_shard(index)
+        reader = store.verified_reader()
         prepare()
         seconds = reader_pass(reader, store.epochs[1])
         state["chunks_read"].append(sum(reader.chunks_read.values()))
         return seconds
 
-    def memmap() -> float:
+    def uniform() -> float:
+        reader = store.verified_reader()
         prepare()
-        return memmap_pass(store.raw, store.epochs[0])
+        return reader_pass(reader, store.uniform)
 
+    def memmap(batches: list[np.ndarray]) -> float:
+        prepare()
+        return memmap_pass(store.raw, batches)
+
+    variants = {"library, pass 1": first, "library, pass 2": second, "library, uniform": uniform,
+                "memmap": partial(memmap, store.epochs[0]), "memmap, uniform": partial(memmap, store.uniform)}  # fmt: skip
     samples = interleave(
-        {"library, pass 1": first, "library, pass 2": second, "memmap": memmap},
+        variants,
         rounds=settings.read_rounds,
         warmup=settings.warmup,
         desc=f"fig 3 {store.num_samples} {'cold' if cold else 'warm'}",
@@ -162,7 +180,9 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         "ratio_to_memmap": {
             "pass 1": samples.ratio("memmap", "library, pass 1"),
             "pass 2": samples.ratio("memmap", "library, pass 2"),
+            "uniform": samples.ratio("memmap, uniform", "library, uniform"),
         },
+        "uniform_over_block": samples.ratio("library, pass 2", "library, uniform"),
         "pass_2_chunks_read": state["chunks_read"][-1],
         "chunks": -(-n // store.chunk),
         "resident_fraction_after_evict": max(evicted) if evicted else None,
@@ -171,7 +191,9 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
 
 def measure_parts(store: ReadStore) -> dict[str, float]:
     """Samples/s of the parts of a warm pass, each the best of three: the digest check, zarr reading every whole
-    chunk, memmap copying the same chunks, and the in-RAM gather (the library's path when the array fits)."""
+    chunk, the library reading the same chunks (pread, XXH3 against the verified digest, into its chunk cache) and
+    the same rows one per call (row reads once the array is larger than the chunk cache), memmap copying the same chunks, and the in-RAM gather
+    (the library's path when the array fits)."""
     pagecache.warm(store.files())
     n = store.num_samples
     chunks = [(lo, min(lo + store.chunk, n)) for lo in range(0, n, store.chunk)]
@@ -189,6 +211,8 @@ def measure_parts(store: ReadStore) -> dict[str, float]:
     parts = {
         "digest (SHA-256 of every shard)": digest,
         "zarr, whole chunks": lambda: _seconds(lambda: [np.asarray(array[lo:hi]) for lo, hi in chunks]),
+        "library, whole chunks": lambda: _library_chunks(store, chunks),
+        "library, one row per call": lambda: reader_pass(store.verified_reader(), [np.array([r]) for r in range(n)]),
         "memmap, whole chunks": lambda: _seconds(lambda: [np.array(mapped[lo:hi]) for lo, hi in chunks]),
         "in-RAM gather (array fits the budget)": lambda: reader_pass(in_ram, store.epochs[0]),
     }
@@ -196,6 +220,12 @@ def measure_parts(store: ReadStore) -> dict[str, float]:
     if engine is not None:
         parts["tensorstore, whole chunks (reference engine)"] = engine
     return {name: n / min(part() for _ in range(3)) for name, part in parts.items()}
+
+
+def _library_chunks(store: ReadStore, chunks: list[tuple[int, int]]) -> float:
+    """Seconds for a verified streaming reader to read every chunk whole, once (timed after the verification)."""
+    reader = store.verified_reader()
+    return _seconds(lambda: [reader.read_rows(np.arange(lo, hi)) for lo, hi in chunks])
 
 
 def _tensorstore_chunks(store: ReadStore, chunks: list[tuple[int, int]]) -> Any:
@@ -240,7 +270,7 @@ def measure_scaling(workdir: Path, settings: BenchSettings, *, progress: bool = 
         f"{state}, {which}": _median_rate(small, state, which) / _median_rate(large, state, which)
         for state in ("warm", "cold")
         if state in small
-        for which in ("library, pass 1", "library, pass 2", "memmap")
+        for which in ("library, pass 1", "library, pass 2", "library, uniform", "memmap")
     }
     return {
         "sizes": sizes,

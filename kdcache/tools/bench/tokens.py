@@ -6,6 +6,9 @@ The teacher is ``pipelines/stdlib_lm.yaml``'s (a 4-block GPT-2 built from its co
 matters) with the pipeline's targets, top-k log-probs and sampled tokens, each cached alone. Its data are generated
 token ids of the pipeline's sequence length and vocabulary: timing does not depend on the text, and generated ids
 keep the bench independent of the Python version whose standard library the pipeline trains on.
+
+The same store's targets are then read streamed (no RAM budget) in stage two's block order against a memmap gather
+of the same rows (:func:`measure_token_reads`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from kdcache.models import build_model
 from kdcache.pipeline.build import build_student, cache_targets, loss_setup
 from kdcache.pipeline.loading import parse_pipeline
 from kdcache.pipeline.plan import DISTILLKIT_BYTES_PER_TOKEN
+from kdcache.store import open_cache
+from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target
+from kdcache.tools.bench.reads import memmap_pass, reader_pass
+from kdcache.tools.bench.rounds import interleave
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
 from kdcache.tools.bench.steps import measure_steps
-from kdcache.tools.bench.workloads import Workload
+from kdcache.tools.bench.workloads import TEACHER, Workload
+from kdcache.train.sampler import block_shuffle
 from kdcache.views import TokenViews
 
 GPT2 = {"model_type": "gpt2", "n_positions": 128, "bos_token_id": 0, "eos_token_id": 0}
@@ -127,8 +135,53 @@ def measure_tokens(workdir: Path, settings: BenchSettings, *, progress: bool = T
     store = workdir / "tokens.zarr"
     write_store(workload, store, workload.targets, batch_size=settings.token_batch, shard_samples=settings.token_shard,
                 device=settings.device)  # fmt: skip
+    result["reads"] = measure_token_reads(store, workdir, settings, progress=progress)
     rounds = replace(settings, step_rounds=settings.token_step_rounds)
     result["step_time"] = measure_steps(workload, str(store), rounds, progress=progress)
+    return result
+
+
+def measure_token_reads(
+    store: Path, workdir: Path, settings: BenchSettings, *, progress: bool = True
+) -> dict[str, Any]:
+    """Each token target of ``store`` read streamed (a fresh reader, every shard verified beforehand) in stage two's
+    block order, batches of ``token_batch``, against a memmap gather of the same rows of the same arrays (saved as
+    ``.npy``, view 0), interleaved in rounds with a warm page cache."""
+    cache = open_cache(str(store))
+    return {
+        name: _target_reads(cache, list(target.arrays.values()), workdir / f"tokens-{name}", settings, progress)
+        for name, target in cache.teacher(TEACHER).targets.items()
+    }
+
+
+def _target_reads(cache: Any, records: list, prefix: Path, settings: BenchSettings, progress: bool) -> dict[str, Any]:
+    """:func:`measure_token_reads` of one target's arrays."""
+    owner = owner_of_teacher(TEACHER)
+    raws = [Path(f"{prefix}-{record.path.rsplit('/', 1)[-1]}.npy") for record in records]
+    for record, raw in zip(records, raws, strict=True):
+        np.save(raw, cache.array_reader(record, owner, in_memory=True).read_all()[:, 0])
+    order = block_shuffle(cache.num_samples, seed=settings.seed, epoch=1, block=max(r.chunks[0] for r in records))
+    batches = np.array_split(order, -(-len(order) // settings.token_batch))
+
+    def library() -> float:
+        readers = [cache.array_reader(record, owner, in_memory=False) for record in records]
+        for reader in readers:
+            for index in range(reader.num_shards):
+                reader.verify_shard(index)
+        return sum(reader_pass(reader, batches) for reader in readers)
+
+    def memmap() -> float:
+        return sum(memmap_pass(raw, batches) for raw in raws)
+
+    samples = interleave({"library": library, "memmap": memmap}, rounds=settings.read_rounds, warmup=settings.warmup,
+                         desc=f"fig 6 reads {prefix.name}", progress=progress)  # fmt: skip
+    result = {
+        "ratio_to_memmap": samples.ratio("memmap", "library"),
+        "arrays": {record.path.rsplit("/", 1)[-1]: record.compressor for record in records},
+        "bytes_per_sample": sum(int(np.load(raw, mmap_mode="r")[0].nbytes) for raw in raws),
+    }
+    for raw in raws:
+        raw.unlink()
     return result
 
 

@@ -253,7 +253,7 @@ class TeacherRun:
             for target in self.targets:
                 value = values[target.name]
                 target.check(value, s)
-                for rel, array in target.encode_at(value, s, vid).items():
+                for rel, array in target.encode_at(value, s, vid, labels=made.labels).items():
                     path = self.layouts[target.name].arrays[rel].path
                     buffers[path][rows] = array.reshape(len(s) // v, v, *array.shape[1:])
             if progress is not None:

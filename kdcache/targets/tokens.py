@@ -264,10 +264,15 @@ class TokenLogitsTarget(Target):
 
     def masked(self, value: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``value`` as ``masked: skip`` stores it: the logits of every position whose label is negative (the
-        ignore index: no loss reads it) replaced by :func:`certain_logits`; unchanged with ``masked: keep`` or
-        without ``labels``. ``verify --recompute`` replaces the live values the same way before comparing."""
-        if self.params.masked == "keep" or labels is None:
+        ignore index: no loss reads it) replaced by :func:`certain_logits`; unchanged with ``masked: keep``.
+        ``verify --recompute`` replaces the live values the same way before comparing."""
+        if self.params.masked == "keep":
             return value
+        if labels is None:
+            raise ConfigError(
+                f"{self.name} with masked: skip stores positions without a label as a constant, so it needs each "
+                "position's label: pass labels= to encode_at (stage one and verify --recompute do)"
+            )
         unlabelled = (labels < 0).to(value.device)
         if not bool(unlabelled.any()):
             return value

@@ -112,7 +112,8 @@ def compare(
     live = live.float().cpu()
     if isinstance(target, TokenLogitsTarget):
         live = target.masked(live, labels)
-    mine = {rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in target.encode_at(live, samples, views).items()}
+    encoded = target.encode_at(live, samples, views, labels=labels)
+    mine = {rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in encoded.items()}
     cached = target.decode({rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in arrays.items()})
     stored = target.decode(mine)
     out.pairs += len(live)

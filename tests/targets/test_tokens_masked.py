@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kdcache.datasets import ChatDataset
+from kdcache.errors import ConfigError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.precompute import precompute
 from kdcache.store import open_cache
@@ -60,6 +61,8 @@ def test_unlabelled_positions_hold_the_constant_and_labelled_ones_the_teacher(pa
     else:
         assert masked["token_logits_sampled/counts"][0, 1].tolist() == [12] + [0] * 11  # every draw is token 0
     assert "masked" not in keep.describe() and skip.describe()["masked"] == "skip"
+    with pytest.raises(ConfigError, match="masked: skip stores positions without a label as a constant, so it needs"):
+        skip.encode_at(logits, samples, views)  # a caller that forgot the labels would store the teacher's values
     codecs = {a.compressor for a in skip.layout((6, 40)).values()}
     assert codecs == {"zstd"} and (
         params is SAMPLED or {a.compressor for a in keep.layout((6, 40)).values()} == {"none"}

@@ -226,6 +226,7 @@ class CacheConfig(Section):
     shard_cache_mb: float = Field(default=16384, ge=0)
     allow_teacher_mismatch: bool = False
     allow_tokenizer_mismatch: bool = False  # stage one: a teacher shipping another tokenizer than the data's, logged
+    store_tokens: bool = False  # token data: the store holds the sequences; cached students read them, not the corpus
 
     @property
     def produced(self) -> list[str]:

@@ -30,7 +30,7 @@ from kdcache.pipeline.build import (
 from kdcache.pipeline.config import PipelineConfig, VariantConfig
 from kdcache.pipeline.loading import with_overrides
 from kdcache.pipeline.teacher import ensure_teacher
-from kdcache.pipeline.tokens import student_tokenizer
+from kdcache.pipeline.tokens import check_language_model, student_tokenizer
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
 from kdcache.registry import Factory
 from kdcache.store import Requirements, open_cache
@@ -40,6 +40,7 @@ from kdcache.train import (
     Checkpointing,
     LiveTeacher,
     StageConfig,
+    StoredTokens,
     TrainResult,
     ViewDataset,
     World,
@@ -80,6 +81,7 @@ def stage_one_job(
         device=str(device_of(cfg)),
         ignore_index=cfg.data.ignore_index,
         allow_tokenizer_mismatch=cfg.cache.allow_tokenizer_mismatch,
+        store_tokens=cfg.cache.store_tokens,
     )
 
 
@@ -110,14 +112,18 @@ def run_precompute(
 
 
 # ------------------------------------------------------------------------------------------------ stage two
-def cached_data(cfg: PipelineConfig, train: SampleDataset, targets: list[str]) -> CachedDataset:
-    """The training split joined with the store's ``targets``, refused unless the store fits this pipeline: complete,
+def cached_data(cfg: PipelineConfig, train: SampleDataset | None, targets: list[str]) -> CachedDataset:
+    """The training split (``None``: the sequences the store holds, :class:`~kdcache.train.StoredTokens`) joined
+    with the store's ``targets``, refused unless the store fits this pipeline: complete,
     made from this data, views and class count and — for one teacher — by the pipeline's teacher: its architecture,
     and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
     transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
     cache = open_cache(cfg.store_url, shard_cache=cfg.cache.shard_cache,
                        shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
+    if train is None:
+        train = StoredTokens(cache, ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2)
+        check_language_model(cfg, train)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
                                 tokenizer=student_tokenizer(cfg))  # fmt: skip
@@ -219,10 +225,11 @@ def _student_data(
     cfg: PipelineConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
 ) -> tuple[ViewDataset, LiveTeacher | None]:
     """The training data for a target ``source``, and the live teacher that supplies targets for ``online``."""
-    train = load_split(cfg, cfg.data.train_split)
     needed = teacher_targets(stages)
-    if source == "cached":
+    if source == "cached":  # with cache.store_tokens the sequences come from the store: no corpus is read
+        train = None if cfg.cache.store_tokens else load_split(cfg, cfg.data.train_split)
         return cached_data(cfg, train, needed), None
+    train = load_split(cfg, cfg.data.train_split)
     live = None
     if source == "online":
         if cfg.teacher.ensemble is not None:

@@ -129,7 +129,9 @@ class TeacherRun:
         self.extract = TargetExtractor(teacher, self.targets, job.torch_device)
         self.layouts = self._trace_layouts()
         self.fingerprint = teacher_fingerprint(teacher, spec=job.spec(teacher), layers=self.extract.layers)
-        self.sample_arrays = sample_arrays(self.dataset, self.views.count, self.views.param_names)
+        self.sample_arrays = sample_arrays(
+            self.dataset, self.views.count, self.views.param_names, store_tokens=job.store_tokens
+        )
 
     def close(self) -> None:
         self.extract.close()

@@ -91,7 +91,7 @@ class ShardFill:
         for target in self.run.targets:
             value = batch.values[target.name]
             target.check(value, batch.samples)
-            for rel, array in target.encode_at(value, batch.samples, batch.view_ids).items():
+            for rel, array in target.encode_at(value, batch.samples, batch.view_ids, labels=batch.made.labels).items():
                 path = self.run.layouts[target.name].arrays[rel].path
                 self.buffers[path][rows] = array.reshape(len(batch.samples) // v, v, *array.shape[1:])
         self.facts.record(batch.row, batch.made, batch.view_ids)

@@ -33,7 +33,9 @@ class StageOneJob:
     * ``num_classes``: the class count recorded with the dataset; it must be the teacher's output width, and is
       read from the teacher when left out;
     * ``allow_tokenizer_mismatch``: cache a language-model teacher whose own tokenizer differs from the data's
-      anyway, with a warning (:func:`kdcache.precompute.tokens.check_teacher_tokens`).
+      anyway, with a warning (:func:`kdcache.precompute.tokens.check_teacher_tokens`);
+    * ``store_tokens``: also store a token dataset's packed ids, labels and lengths as sample arrays, so stage two
+      can train from the store alone (:mod:`kdcache.datasets.packed`, :class:`kdcache.train.StoredTokens`).
     """
 
     teacher: nn.Module | Factory
@@ -47,6 +49,7 @@ class StageOneJob:
     device: str = "cpu"
     ignore_index: int = -100
     allow_tokenizer_mismatch: bool = False
+    store_tokens: bool = False
 
     def build_teacher(self) -> nn.Module:
         teacher = self.teacher.build() if isinstance(self.teacher, Factory) else self.teacher

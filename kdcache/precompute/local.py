@@ -156,6 +156,7 @@ def precompute(
     progress: bool = True,
     break_lock: bool = False,
     allow_tokenizer_mismatch: bool = False,
+    store_tokens: bool = False,
 ) -> PrecomputeReport:
     """Cache ``teacher``'s ``targets`` for every sample (and view) of ``dataset`` into ``store``, in this process.
 
@@ -163,10 +164,12 @@ def precompute(
     already holds other teachers gains ``teachers/<teacher_name>``; their shards are not touched. A language-model
     teacher may be a raw ``transformers`` model (its ``.logits`` are read); one whose directory ships a tokenizer
     other than the data's is refused unless ``allow_tokenizer_mismatch`` (:mod:`kdcache.precompute.tokens`).
+    ``store_tokens`` also stores a token dataset's sequences (``samples/tokens``, ``labels``, ``lengths``), so
+    stage two needs neither the corpus nor the tokenizer (:class:`kdcache.train.StoredTokens`).
 
     >>> precompute(teacher, train_set, "runs/x/train.zarr", targets=[build_target("logits", {})],
     ...            views=ViewTransform(count=1, seed=0, mean=(0.3,), std=(0.37,)), num_classes=10)  # doctest: +SKIP
     """
     job = StageOneJob(teacher, dataset, tuple(targets), views, num_classes, teacher_name, teacher_spec, batch_size,
-                      str(device), ignore_index, allow_tokenizer_mismatch)  # fmt: skip
+                      str(device), ignore_index, allow_tokenizer_mismatch, store_tokens)  # fmt: skip
     return run_local(job, store, shard_samples=shard_samples, progress=progress, break_lock=break_lock)

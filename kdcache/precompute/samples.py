@@ -1,6 +1,6 @@
 """The arrays every store holds once for all its teachers (owner ``samples``): each row's dataset index, the label,
-each sample's content digest, each view's input digest and, with augmented views, the numbers each view was drawn
-with."""
+each sample's content digest, each view's input digest, with augmented views the numbers each view was drawn
+with and, with ``store_tokens``, a token dataset's packed ids, labels and lengths (:mod:`kdcache.datasets.packed`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.digest import DIGEST_BYTES, DIGEST_HASH, sample_digests
+from kdcache.datasets.packed import TOKENS, token_array_facts, token_rows
 from kdcache.store import SAMPLE_DIGEST, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
 from kdcache.views import ViewBatch, ViewTransform
 from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
@@ -25,10 +26,13 @@ def pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return samples, views
 
 
-def sample_arrays(dataset: SampleDataset, view_count: int, param_names: list[str]) -> list[ArraySpec]:
-    """Per-sample arrays: the index, the label (classification), the content digest, every view's input digest and,
-    when the store holds augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``),
-    every view's numbers (zstd: small integers and repeats)."""
+def sample_arrays(
+    dataset: SampleDataset, view_count: int, param_names: list[str], *, store_tokens: bool = False
+) -> list[ArraySpec]:
+    """Per-sample arrays: the index, the label (classification), the content digest, every view's input digest,
+    when the store holds augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``)
+    every view's numbers (zstd: small integers and repeats) and, with ``store_tokens`` (token datasets only), the
+    sequences themselves: ``samples/tokens``, ``samples/labels`` and ``samples/lengths``."""
     specs = [ArraySpec(INDEX, (), "int64", attributes=_described(INDEX, ["sample"], "dataset index of each row"))]
     if dataset.all_labels().ndim == 1:
         specs.append(ArraySpec(LABEL, (), "int64", attributes=_described(LABEL, ["sample"], "ground-truth class")))
@@ -46,6 +50,9 @@ def sample_arrays(dataset: SampleDataset, view_count: int, param_names: list[str
         attributes = _described(VIEW_PARAMS, ["sample", "view", "param"], meaning) | {"params": list(param_names)}
         specs.append(ArraySpec(VIEW_PARAMS, (len(param_names),), "float32", "zstd", views=view_count,
                                attributes=attributes))  # fmt: skip
+    if store_tokens:
+        specs += [ArraySpec(path, shape, dtype, codec, attributes=attrs)  # type: ignore[arg-type]
+                  for path, shape, dtype, codec, attrs in token_array_facts(dataset)]  # fmt: skip
     return specs
 
 
@@ -112,4 +119,6 @@ def sample_rows(
         rows[LABEL] = dataset.all_labels()[lo:hi].astype(np.int64)
     if VIEW_PARAMS in paths:
         rows[VIEW_PARAMS] = facts.params
+    if TOKENS in paths:
+        rows |= token_rows(dataset, lo, hi)
     return rows

@@ -83,13 +83,17 @@ class Target(ABC):
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
         """Arrays to store for a batch of extracted values (already checked to be finite)."""
 
-    def encode_at(self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_at(
+        self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray, labels: torch.Tensor | None = None
+    ) -> dict[str, np.ndarray]:
         """Arrays to store for the values of these (sample, view) pairs, in order: what stage one calls.
 
         Encodings that draw random numbers (sampled tokens) key them by pair, so the stored bytes do not depend on
-        how stage one batched the samples (resume, dask); every other encoding is :meth:`encode`.
+        how stage one batched the samples (resume, dask); every other encoding is :meth:`encode`. ``labels`` are
+        the pairs' labels, for encodings that store positions without a label differently (token targets with
+        ``masked: skip``).
         """
-        del samples, views
+        del samples, views, labels
         return self.encode(value)
 
     @abstractmethod

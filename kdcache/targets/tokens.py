@@ -22,12 +22,16 @@ the teacher's distribution (Sparse Logit Sampling). Classes are the last dimensi
 
 Stage one records the teacher's vocabulary (the logits width) as ``vocab_size``, so stage two can refuse a student
 of another vocabulary. Padded positions are stored like any other (only the last sequence of a packed split has
-any) and masked by label in every loss.
+any) and masked by label in every loss. ``masked: skip`` (chat data trained on the assistant's tokens, where most
+labels are −100) stores every position without a label as the encoding of one constant row,
+:func:`certain_logits`, instead of the teacher's, and compresses the top-k arrays with blosc-zstd, so those
+positions cost almost nothing on disk; no loss reads them (they carry no label), and ``verify --recompute`` compares
+them with the same constant, not with the teacher.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +48,7 @@ from kdcache.targets.packing import check_step, pack_fields, packed_width, paddi
 from kdcache.views.rng import KeyedRandom
 
 SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
+CERTAIN_GAP = 1024.0  # nats between consecutive logits of the constant row stored at unlabelled positions
 _CHUNK_ELEMENTS = 1 << 18  # positions × vocabulary held in float64 at once (top-k log-probs, sampling): 2 MB, so
 # each block's passes stay in the CPU's cache (2x faster than 32 MB blocks); every result is per position, so the
 # bytes do not depend on the block
@@ -112,6 +117,9 @@ class TokenLogitsParams(TargetParams):
     value_bits: int | None = Field(None, ge=2, le=8, description="topk: log-probs as packed codes of this many bits")
     value_step: float = Field(0.125, description="topk with value_bits: nats per code (a power of two)")
     index_bits: int | None = Field(None, ge=1, le=32, description="topk: token ids packed in this many bits")
+    masked: Literal["keep", "skip"] = Field(
+        "keep", description="skip: positions without a label store a constant (top-k arrays then blosc-zstd)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TokenLogitsParams:
@@ -167,6 +175,7 @@ class TokenLogitsTarget(Target):
         # the packed encodings are described only when used, so a store without them describes itself as before
         keep += [key for key in ("value_bits", "index_bits") if getattr(p, key) is not None]
         keep += ["value_step"] if p.value_bits is not None else []
+        keep += ["masked"] if p.masked == "skip" else []
         described = {key: value for key, value in super().describe().items() if key in {"encoding", *keep}}
         return {**described, "vocab_size": self.vocab_size}
 
@@ -188,11 +197,14 @@ class TokenLogitsTarget(Target):
                     f"{self.name}/counts": StoredArray((positions, p.samples), "uint8", "zstd")}  # fmt: skip
         if p.k > vocab:
             raise ConfigError(f"top-k with k={p.k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
-        return {
+        arrays = {
             f"{self.name}/values": self._values_array(positions),
             f"{self.name}/indices": self._indices_array(positions, vocab),
             f"{self.name}/lse": StoredArray((positions, len(p.temperatures)), "float32"),
         }
+        if p.masked == "skip":  # the constant rows only shrink a compressed array
+            arrays = {rel: replace(a, compressor="zstd") for rel, a in arrays.items()}
+        return arrays
 
     def _values_array(self, positions: int) -> StoredArray:
         p = self.params
@@ -234,7 +246,10 @@ class TokenLogitsTarget(Target):
             f"{name}/lse": lse,
         }
 
-    def encode_at(self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_at(
+        self, value: torch.Tensor, samples: np.ndarray, views: np.ndarray, labels: torch.Tensor | None = None
+    ) -> dict[str, np.ndarray]:
+        value = self.masked(value, labels)
         if self.params.encoding == "topk":
             return self.encode(value)
         p, name = self.params, self.name
@@ -249,6 +264,22 @@ class TokenLogitsTarget(Target):
         shape = (*value.shape[:2], p.samples)
         return {f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
                 f"{name}/counts": counts.astype(np.uint8).reshape(shape)}  # fmt: skip
+
+    def masked(self, value: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """``value`` as ``masked: skip`` stores it: the logits of every position whose label is negative (the
+        ignore index: no loss reads it) replaced by :func:`certain_logits`; unchanged with ``masked: keep``.
+        ``verify --recompute`` replaces the live values the same way before comparing."""
+        if self.params.masked == "keep":
+            return value
+        if labels is None:
+            raise ConfigError(
+                f"{self.name} with masked: skip stores positions without a label as a constant, so it needs each "
+                "position's label: pass labels= to encode_at (stage one and verify --recompute do)"
+            )
+        unlabelled = (labels < 0).to(value.device)
+        if not bool(unlabelled.any()):
+            return value
+        return torch.where(unlabelled[..., None], certain_logits(value.shape[-1], value.dtype, value.device), value)
 
     def decode(self, arrays: dict[str, torch.Tensor]) -> TokenTopK | SampledTokens:
         p, name = self.params, self.name
@@ -286,6 +317,13 @@ class TokenLogitsTarget(Target):
         values = (codes.double() * -p.value_step).numpy()
         return topk_problem(values, arrays[f"{name}/lse"], p.temperatures, value_shape[-1], "float64",
                             p.value_step / 2)  # fmt: skip
+
+
+def certain_logits(vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The constant row ``masked: skip`` stores at unlabelled positions: logits ``−1024·v`` for token ``v``, a teacher
+    certain of token 0. Its encoding is exact and valid for every check: top-k ids ``0..k−1`` with log-probs
+    ``0, −1024, −2048, …`` and lse 0 (mass 1); every draw is token 0 (ids 0, counts ``samples``) at any sample temperature below 25."""
+    return torch.arange(vocab, dtype=dtype, device=device) * -CERTAIN_GAP
 
 
 def top_log_probs(

@@ -118,7 +118,7 @@ def recompute_check(
             _, live = extract(made.inputs)
             for name, target in chosen.items():
                 cached = {rel: rd.read_rows(r, v) for rel, rd in readers[name].items()}
-                compare(report.targets[name], target, cached, live[name], index[r], v, tolerance)
+                compare(report.targets[name], target, cached, live[name], index[r], v, tolerance, made.labels)
     return report
 
 

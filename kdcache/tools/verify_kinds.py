@@ -29,6 +29,7 @@ from kdcache.errors import TargetMismatchError
 from kdcache.targets import SampledTokens, Target, TokenTopK, TopKLogits
 from kdcache.targets.base import FLOAT_LIMITS
 from kdcache.targets.floats import from_storage, to_storage
+from kdcache.targets.tokens import TokenLogitsTarget
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,16 @@ def compare(
     samples: np.ndarray,
     views: np.ndarray,
     tolerance: Tolerance,
+    labels: torch.Tensor | None = None,
 ) -> None:
     """Fold one batch of ``target`` into ``out``: its cached ``arrays`` against ``live``, the teacher's float32 value
-    for the same (sample, view) pairs."""
+    for the same (sample, view) pairs. Positions a token target stores as a constant (``masked: skip``, by
+    ``labels``) are compared with that constant, not with the teacher: no loss reads them."""
     live = live.float().cpu()
-    mine = {rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in target.encode_at(live, samples, views).items()}
+    if isinstance(target, TokenLogitsTarget):
+        live = target.masked(live, labels)
+    encoded = target.encode_at(live, samples, views, labels=labels)
+    mine = {rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in encoded.items()}
     cached = target.decode({rel: torch.from_numpy(np.ascontiguousarray(a)) for rel, a in arrays.items()})
     stored = target.decode(mine)
     out.pairs += len(live)

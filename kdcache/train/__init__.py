@@ -18,6 +18,7 @@ from kdcache.train.samplelog import consumed_samples
 from kdcache.train.sampler import BlockShuffleSampler
 from kdcache.train.stages import LossConfig, OptimizerConfig, StageConfig, teacher_targets
 from kdcache.train.statefile import load_state, save_state
+from kdcache.train.storedtokens import StoredTokens
 from kdcache.train.tokens import CachedTokenDataset, require_fresh_teacher, require_token_alignment
 from kdcache.train.world import World, process_group
 
@@ -32,6 +33,7 @@ __all__ = [
     "LossConfig",
     "OptimizerConfig",
     "StageConfig",
+    "StoredTokens",
     "TargetSource",
     "TrainResult",
     "ViewDataset",

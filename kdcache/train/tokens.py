@@ -19,6 +19,7 @@ from kdcache.models.hfdir import SOURCE_KIND, changed_files, directory_source
 from kdcache.store import Cache
 from kdcache.targets import Ensemble
 from kdcache.train.data import CachedDataset
+from kdcache.train.storedtokens import StoredTokens
 from kdcache.views import TokenViews
 
 TOKENIZER_FACTS = ("vocab_size", "vocab_sha256", "special_tokens", "tokenizer_sha256")
@@ -95,6 +96,18 @@ class CachedTokenDataset(CachedDataset):
         super().__init__(
             dataset, cache, teacher=teacher, targets=targets, views=TokenViews(), ram_budget_bytes=ram_budget_bytes
         )
+
+    @classmethod
+    def from_store(cls, cache: Cache, **options: Any) -> CachedTokenDataset:
+        """The same dataset with its sequences read from the store itself (:class:`StoredTokens`: a store built
+        with ``store_tokens``), so training needs neither the corpus nor the tokenizer; ``options`` are the
+        constructor's (``teacher``, ``targets``, ``vocab_size``, ...).
+
+        >>> data = CachedTokenDataset.from_store(open_cache(url), teacher="lm", targets=["token_logits_topk"])
+        ... # doctest: +SKIP
+        """
+        budget = options.get("ram_budget_bytes", 2 * 1024**3)
+        return cls(StoredTokens(cache, ram_budget_bytes=budget), cache, **options)
 
 
 def _same_tokenizer(url: str, stored: dict[str, Any], found: dict[str, Any], who: str) -> None:

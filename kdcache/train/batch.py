@@ -19,6 +19,7 @@ import torch
 
 from kdcache.errors import ForeignItemsError, UndecodedBatchError
 from kdcache.targets import EnsembleDecoder, Target
+from kdcache.train.packing import flatten, pack, restore, unpack
 
 
 @dataclass
@@ -56,25 +57,28 @@ class Batch:
             )
         return {}
 
-    def item(self, slot: int) -> dict[str, Any]:
-        """Sample ``slot`` as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
+    def items(self) -> list[dict[str, Any]]:
+        """Every sample as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
         batch (:meth:`from_items`): ``inputs``, ``labels``, ``index``, ``view``, ``params``, the stored ``targets``
-        (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``)."""
-        item: dict[str, Any] = {
-            "inputs": self.inputs[slot],
-            "labels": self.labels[slot],
-            "index": self.indices[slot],
-            "view": self.views[slot],
+        (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``). Each tensor is split once
+        (``unbind``), so the dicts of a whole batch cost one pass, not one slicing per sample and field."""
+        columns: dict[str, Any] = {
+            "inputs": self.inputs.unbind(0),
+            "labels": self.labels.unbind(0),
+            "index": self.indices.unbind(0),
+            "view": self.views.unbind(0),
         }
         if self.params is not None:
-            item["params"] = self.params[slot]
+            columns["params"] = self.params.unbind(0)
         if self.stored:
-            item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.stored.items()}
+            columns["targets"] = _rows(
+                {n: _rows({k: v.unbind(0) for k, v in a.items()}) for n, a in self.stored.items()}
+            )
         if self.mix is not None:
-            item["mix"] = {"labels": self.mix[0][slot], "weights": self.mix[1][slot]}
+            columns["mix"] = _rows({"labels": self.mix[0].unbind(0), "weights": self.mix[1].unbind(0)})
         if self.source is not None:
-            item["source"] = self.source
-        return item
+            columns["source"] = [self.source] * len(self.indices)
+        return _rows(columns)
 
     @classmethod
     def from_items(
@@ -85,7 +89,7 @@ class Batch:
         *,
         dataset: str = "this dataset",
     ) -> Batch:
-        """The batch of a ``DataLoader``'s default collation of :meth:`item` dicts; ``decoders`` (the dataset's)
+        """The batch of a ``DataLoader``'s default collation of :meth:`items` dicts; ``decoders`` (the dataset's)
         turn its stored targets into training targets in :meth:`to`. Items whose ``source`` is not ``source`` (the
         dataset's identity) were made by another dataset and are refused (:class:`ForeignItemsError`)."""
         check_source(collated, source, dataset)
@@ -101,6 +105,17 @@ class Batch:
             mix=None if mix is None else (mix["labels"], mix["weights"]),
             source=source,
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled (out of a DataLoader worker) with its CPU tensors packed in one buffer
+        (:mod:`kdcache.train.packing`): one shared-memory segment per batch instead of one per tensor. Batches
+        with tensors on a device or needing gradients pickle field by field."""
+        found: list[torch.Tensor] = []
+        state = {f.name: flatten(getattr(self, f.name), found) for f in fields(self) if f.name != "decoded"}
+        if any(t.device.type != "cpu" or t.requires_grad for t in found):
+            return (Batch, tuple(getattr(self, f.name) for f in fields(self)))
+        buffer, layout = pack(found)
+        return (_unpacked, (buffer, layout, state, self.decoded))
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
@@ -152,6 +167,17 @@ def check_source(collated: dict[str, Any], source: torch.Tensor | None, dataset:
         f"these items carry {what}, not those of {dataset}: its decoders would read them as other numbers. "
         "Collate the items of one dataset and hand them to that dataset's as_batch (the DataLoader's dataset)"
     )
+
+
+def _unpacked(buffer: torch.Tensor, layout: list[Any], state: dict[str, Any], decoded: Any) -> Batch:
+    """The batch :meth:`Batch.__reduce__` packed: its tensors are views of ``buffer``."""
+    return Batch(**restore(state, unpack(buffer, layout)), decoded=decoded)
+
+
+def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-sample dicts from per-sample columns (``{key: sequence}``), zipped in C rather than built key by key."""
+    keys = list(columns)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _moved(value: Any, device: torch.device) -> Any:

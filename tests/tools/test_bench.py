@@ -129,8 +129,17 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
     assert topk["raw_bytes_per_token"] == 4 + 4 * 32 and topk["goal_bytes_per_token"] == 4 + 6 * 32
     assert tokens["kinds"]["token_logits_sampled"]["raw_bytes_per_token"] == 32 * (2 + 1)
 
+    delivery = figures["delivery"]  # figure 7: in-RAM batch delivery against a memmap gather of the same rows
+    assert delivery["samples"] == report["settings"]["read_sizes"][0] and delivery["params_stored"] is False
+    assert set(delivery["ratio_to_memmap"]) == set(delivery["samples_per_second"]) - {"memmap gather"}
+    for name, rate in delivery["samples_per_second"].items():
+        _positive_spread(rate)
+        if name != "memmap gather":
+            _positive_spread(delivery["ratio_to_memmap"][name])
+    assert all(ms >= 0 for ms in delivery["parts_ms_per_batch"].values())
+
     goals = report["goals"]
-    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6"}
+    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7"}
     for goal in goals:
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why

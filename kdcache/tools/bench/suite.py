@@ -19,6 +19,7 @@ import torch
 from kdcache.store import library_versions
 from kdcache.tables import write_json
 from kdcache.targets import Target, build_target
+from kdcache.tools.bench.delivery import measure_delivery
 from kdcache.tools.bench.goals import judge
 from kdcache.tools.bench.memory import bytes_per_sample, measure_memory
 from kdcache.tools.bench.reads import measure_scaling
@@ -106,6 +107,9 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("bytes_and_memory")
     tokens = measure_tokens(work, settings, progress=progress)
     clock.lap("tokens")
+    # figure 7: in-RAM batch delivery against a memmap gather (kdcache.tools.bench.delivery)
+    delivery = measure_delivery(settings, work, progress=progress)
+    clock.lap("delivery")
     return {
         "step_time": steps,
         "digests": digests,
@@ -118,6 +122,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "memory": memory,
         "scaling": scaling,
         "tokens": tokens,
+        "delivery": delivery,
         "seconds": clock.laps,
     }
 

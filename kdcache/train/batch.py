@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -57,27 +58,33 @@ class Batch:
             )
         return {}
 
-    def items(self) -> list[dict[str, Any]]:
-        """Every sample as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
+    def item(self, slot: int) -> dict[str, Any]:
+        """Sample ``slot`` as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
         batch (:meth:`from_items`): ``inputs``, ``labels``, ``index``, ``view``, ``params``, the stored ``targets``
-        (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``). Each tensor is split once
-        (``unbind``), so the dicts of a whole batch cost one pass, not one slicing per sample and field."""
+        (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``)."""
+        return self._dicts(lambda tensor: (tensor[slot],))[0]
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every sample's :meth:`item`, each tensor split once (``unbind``): one pass for the whole batch, not one
+        slicing per sample and field (what a plain ``DataLoader`` reading a batch per call hands its collate)."""
+        return self._dicts(lambda tensor: tensor.unbind(0))
+
+    def _dicts(self, split: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> list[dict[str, Any]]:
+        """Per-sample dicts of the samples ``split`` takes out of every tensor."""
         columns: dict[str, Any] = {
-            "inputs": self.inputs.unbind(0),
-            "labels": self.labels.unbind(0),
-            "index": self.indices.unbind(0),
-            "view": self.views.unbind(0),
+            "inputs": split(self.inputs),
+            "labels": split(self.labels),
+            "index": split(self.indices),
+            "view": split(self.views),
         }
         if self.params is not None:
-            columns["params"] = self.params.unbind(0)
+            columns["params"] = split(self.params)
         if self.stored:
-            columns["targets"] = _rows(
-                {n: _rows({k: v.unbind(0) for k, v in a.items()}) for n, a in self.stored.items()}
-            )
+            columns["targets"] = _rows({n: _rows({k: split(v) for k, v in a.items()}) for n, a in self.stored.items()})
         if self.mix is not None:
-            columns["mix"] = _rows({"labels": self.mix[0].unbind(0), "weights": self.mix[1].unbind(0)})
+            columns["mix"] = _rows({"labels": split(self.mix[0]), "weights": split(self.mix[1])})
         if self.source is not None:
-            columns["source"] = [self.source] * len(self.indices)
+            columns["source"] = [self.source] * len(columns["index"])
         return _rows(columns)
 
     @classmethod

@@ -69,7 +69,7 @@ _WEYL = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBB67AE8584CAA73B))
 _ROUNDS = 10
 
 
-def _mulhilo(a: np.uint64, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mul_wide(a: np.uint64, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The low and high 64-bit words of ``a * b`` (128-bit product), from 32-bit halves (numpy has no uint128)."""
     a_lo, a_hi = a & _M32, a >> np.uint64(32)
     b_lo, b_hi = b & _M32, b >> np.uint64(32)
@@ -87,8 +87,8 @@ def _philox_block(counter: list[np.ndarray], key: tuple[int, int]) -> list[np.nd
         for r in range(_ROUNDS):
             if r:
                 k0, k1 = k0 + _WEYL[0], k1 + _WEYL[1]
-            lo0, hi0 = _mulhilo(_MULTIPLIERS[0], c0)
-            lo1, hi1 = _mulhilo(_MULTIPLIERS[1], c2)
+            lo0, hi0 = mul_wide(_MULTIPLIERS[0], c0)
+            lo1, hi1 = mul_wide(_MULTIPLIERS[1], c2)
             c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return [c0, c1, c2, c3]
 

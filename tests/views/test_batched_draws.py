@@ -16,6 +16,7 @@ from kdcache.store import open_cache
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
 from kdcache.train.epochs import EpochIndex
+from kdcache.train.seeded import keyed_integers
 from kdcache.views import KeyedRandom, ViewTransform
 from kdcache.views.rng import keyed_words, uniforms_of
 from kdcache.views.transform import EVAL_VIEW
@@ -112,3 +113,15 @@ def test_a_batchs_view_ids_params_and_inputs_are_those_of_each_sample_read_alone
         torch.testing.assert_close(batch.inputs, torch.stack([x["inputs"] for x in items]), rtol=0, atol=0)
         echo = batch.stored["logits"]["logits"].numpy()
         np.testing.assert_array_equal(bits(batch.inputs.flatten(1).numpy()), bits(echo))  # the teacher's inputs
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2**32 + 9, 2**127 + 12345])
+def test_random_policy_view_ids_are_numpys_keyed_generators_for_every_sample(seed):
+    rng = np.random.default_rng(seed % 2**32)
+    for epoch in (0, 5, 2**32 + 1):  # an epoch numpy splits into two words is drawn by numpy itself
+        for count in (2, 3, 8, 100, 2**31 + 11):  # large counts: rows Lemire would redraw go to numpy too
+            samples = rng.integers(0, 2**33, 50)
+            samples[:2] = [0, 2**32 - 1]
+            expected = [np.random.default_rng([seed, epoch, int(i)]).integers(count) for i in samples]
+            found = keyed_integers(seed, epoch, samples, count)
+            assert found.dtype == np.int64 and found.tolist() == [int(x) for x in expected]

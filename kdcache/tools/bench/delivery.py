@@ -17,8 +17,9 @@ logits are saved as ``.npy`` files too. Each round, one epoch of ``read_batch``-
 * **per-item DataLoader**: a plain ``DataLoader(dataset, batch_size, shuffle=True)`` and ``as_batch`` of each
   collated batch (what a user's own loop does).
 
-Then ``batch_of``'s parts are timed one by one, and the view numbers of an augmented transform are drawn for a
-batch (``ViewTransform.params``), where per-sample Python once cost most. ``python -m kdcache.tools.bench.delivery``
+Then ``batch_of``'s parts are timed one by one, the view numbers of an augmented transform are drawn for a batch
+(``ViewTransform.params``) and the ``random`` policy keys a batch's views (``view_ids_for``): the bookkeeping where
+per-sample Python once cost most. ``python -m kdcache.tools.bench.delivery``
 prints the figures (``--quick`` for the small preset, ``--json PATH`` to keep them).
 """
 
@@ -42,6 +43,7 @@ from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.workloads import TEACHER
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.train.decoding import check_values
+from kdcache.train.epochs import view_ids_for
 from kdcache.views import ViewTransform, build_view_op
 
 BASELINE = "memmap gather"
@@ -166,6 +168,15 @@ def params_rate(batch_size: int, batches: int = 32) -> float:
     return batch_size * batches / (time.perf_counter() - start)
 
 
+def view_ids_rate(batch_size: int, batches: int = 32) -> float:
+    """Samples per second for the ``random`` policy to key a batch's views (4 views, by (seed, epoch, sample))."""
+    pairs = [np.arange(k * batch_size, (k + 1) * batch_size) for k in range(batches)]
+    start = time.perf_counter()
+    for indices in pairs:
+        view_ids_for(AUGMENTED, "random", indices, 1)
+    return batch_size * batches / (time.perf_counter() - start)
+
+
 def measure_delivery(settings: BenchSettings, workdir: Path | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Samples/s of every variant (interleaved rounds), their ratios to the memmap gather (paired per round),
     ``batch_of``'s parts in ms per batch, and the vectorised view-number draws."""
@@ -203,6 +214,7 @@ def _measured(store: DeliveryStore, settings: BenchSettings, progress: bool) -> 
         "worker_startup_seconds": spread(startup) if startup else None,
         "parts_ms_per_batch": {p: min(r[p] for r in parts) * 1e3 / len(batches) for p in PARTS},
         "augmented_params_views_per_second": max(params_rate(store.batch_size) for _ in range(3)),
+        "random_view_ids_samples_per_second": max(view_ids_rate(store.batch_size) for _ in range(3)),
     }
 
 
@@ -222,6 +234,7 @@ def render(report: dict[str, Any]) -> str:
     parts = ", ".join(f"{name} {ms:.3f}" for name, ms in report["parts_ms_per_batch"].items())
     lines += ["", f"batch_of parts, ms per batch: {parts}"]
     lines.append(f"augmented view numbers: {report['augmented_params_views_per_second']:,.0f} views/s")
+    lines.append(f"random-policy view ids: {report['random_view_ids_samples_per_second']:,.0f} samples/s")
     if report["worker_startup_seconds"]:
         lines.append(f"worker start-up per epoch: {report['worker_startup_seconds']['median']:.2f} s")
     return "\n".join(lines)

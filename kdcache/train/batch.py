@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from kdcache.errors import ForeignItemsError, UndecodedBatchError
 from kdcache.targets import EnsembleDecoder, Target
+from kdcache.train.packing import flatten, pack, restore, unpack
 
 
 @dataclass
@@ -60,21 +62,30 @@ class Batch:
         """Sample ``slot`` as a dict of tensors, the per-sample form a plain ``DataLoader`` collates back into a
         batch (:meth:`from_items`): ``inputs``, ``labels``, ``index``, ``view``, ``params``, the stored ``targets``
         (by target, then array) and, for mixed views, ``mix`` (``labels``, ``weights``)."""
-        item: dict[str, Any] = {
-            "inputs": self.inputs[slot],
-            "labels": self.labels[slot],
-            "index": self.indices[slot],
-            "view": self.views[slot],
+        return self._dicts(lambda tensor: (tensor[slot],))[0]
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every sample's :meth:`item`, each tensor split once (``unbind``): one pass for the whole batch, not one
+        slicing per sample and field (what a plain ``DataLoader`` reading a batch per call hands its collate)."""
+        return self._dicts(lambda tensor: tensor.unbind(0))
+
+    def _dicts(self, split: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> list[dict[str, Any]]:
+        """Per-sample dicts of the samples ``split`` takes out of every tensor."""
+        columns: dict[str, Any] = {
+            "inputs": split(self.inputs),
+            "labels": split(self.labels),
+            "index": split(self.indices),
+            "view": split(self.views),
         }
         if self.params is not None:
-            item["params"] = self.params[slot]
+            columns["params"] = split(self.params)
         if self.stored:
-            item["targets"] = {name: {k: v[slot] for k, v in arrays.items()} for name, arrays in self.stored.items()}
+            columns["targets"] = _rows({n: _rows({k: split(v) for k, v in a.items()}) for n, a in self.stored.items()})
         if self.mix is not None:
-            item["mix"] = {"labels": self.mix[0][slot], "weights": self.mix[1][slot]}
+            columns["mix"] = _rows({"labels": split(self.mix[0]), "weights": split(self.mix[1])})
         if self.source is not None:
-            item["source"] = self.source
-        return item
+            columns["source"] = [self.source] * len(columns["index"])
+        return _rows(columns)
 
     @classmethod
     def from_items(
@@ -85,7 +96,7 @@ class Batch:
         *,
         dataset: str = "this dataset",
     ) -> Batch:
-        """The batch of a ``DataLoader``'s default collation of :meth:`item` dicts; ``decoders`` (the dataset's)
+        """The batch of a ``DataLoader``'s default collation of :meth:`items` dicts; ``decoders`` (the dataset's)
         turn its stored targets into training targets in :meth:`to`. Items whose ``source`` is not ``source`` (the
         dataset's identity) were made by another dataset and are refused (:class:`ForeignItemsError`)."""
         check_source(collated, source, dataset)
@@ -101,6 +112,17 @@ class Batch:
             mix=None if mix is None else (mix["labels"], mix["weights"]),
             source=source,
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled (out of a DataLoader worker) with its CPU tensors packed in one buffer
+        (:mod:`kdcache.train.packing`): one shared-memory segment per batch instead of one per tensor. Batches
+        with tensors on a device or needing gradients pickle field by field."""
+        found: list[torch.Tensor] = []
+        state = {f.name: flatten(getattr(self, f.name), found) for f in fields(self) if f.name != "decoded"}
+        if any(t.device.type != "cpu" or t.requires_grad for t in found):
+            return (Batch, tuple(getattr(self, f.name) for f in fields(self)))
+        buffer, layout = pack(found)
+        return (_unpacked, (buffer, layout, state, self.decoded))
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-lock every tensor so the copy to the GPU can overlap."""
@@ -152,6 +174,17 @@ def check_source(collated: dict[str, Any], source: torch.Tensor | None, dataset:
         f"these items carry {what}, not those of {dataset}: its decoders would read them as other numbers. "
         "Collate the items of one dataset and hand them to that dataset's as_batch (the DataLoader's dataset)"
     )
+
+
+def _unpacked(buffer: torch.Tensor, layout: list[Any], state: dict[str, Any], decoded: Any) -> Batch:
+    """The batch :meth:`Batch.__reduce__` packed: its tensors are views of ``buffer``."""
+    return Batch(**restore(state, unpack(buffer, layout)), decoded=decoded)
+
+
+def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-sample dicts from per-sample columns (``{key: sequence}``), zipped in C rather than built key by key."""
+    keys = list(columns)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _moved(value: Any, device: torch.device) -> Any:

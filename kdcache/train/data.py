@@ -33,6 +33,8 @@ from kdcache.train.samplecheck import SampleCheck
 from kdcache.train.viewcheck import ViewCheck
 from kdcache.views import ViewBatch, ViewTransform, views_from_spec
 
+SINGLE_READS_WARNED = 1024  # single-index reads after which a dataset warns that batches would be far cheaper
+
 
 class ViewDataset(Dataset):
     """Model inputs and labels for batches of sample indices, with the view chosen per (epoch, sample) by ``policy``:
@@ -53,6 +55,7 @@ class ViewDataset(Dataset):
         self.guard = EpochGuard(len(self.dataset), varies=views.count > 1 or policy == "fresh")
         self.block_sampled = False  # set by BlockShuffleSampler: per-sample reads come in chunk order
         self._warned = False
+        self._single_reads = 0  # samples read one index per call (__getitem__ with an int)
         self.decoders: dict[str, Target | EnsembleDecoder] = {}
         self.url: str | None = None  # the store a cached dataset reads
         self.source: torch.Tensor | None = None  # identity of the stored targets its items carry (a cached dataset)
@@ -85,13 +88,30 @@ class ViewDataset(Dataset):
             return self.batch_of(np.ascontiguousarray(key.indices, dtype=np.int64), epoch=key.epoch)
         if isinstance(key, int | np.integer):
             self._warn_per_item()
-            indices, epoch = np.array([key], dtype=np.int64), getattr(key, "epoch", None)
-            if epoch is None:
-                self.guard.check(indices, self.epoch, per_item=True)
-            return self.batch_of(indices, epoch=epoch).item(0)
+            self._count_single_reads()
+            return self._items([key])[0]
         indices = np.ascontiguousarray(key, dtype=np.int64)
         self.guard.check(indices, self.epoch, per_item=False)
         return self.batch_of(indices)
+
+    def __getitems__(self, keys: list[int]) -> list[dict[str, Any]]:
+        """The per-sample dicts of a plain ``DataLoader``'s batch of indices (``batch_size=B``, any sampler), made
+        by one batch read: torch's fetcher calls this instead of ``__getitem__`` once per index, so per-sample
+        loading costs what :func:`batch_loader` costs plus the split into dicts and their collation."""
+        self._warn_per_item()
+        return self._items(keys)
+
+    def _items(self, keys: list[int]) -> list[dict[str, Any]]:
+        """The dicts of samples ``keys``, read as one batch at their epoch (kdcache's samplers' indices carry it;
+        others are read at :attr:`epoch` under the epoch guard); keys of several epochs are read epoch by epoch."""
+        epochs = {getattr(key, "epoch", None) for key in keys}
+        if len(epochs) > 1:
+            return [item for key in keys for item in self._items([key])]
+        indices = np.fromiter(map(int, keys), dtype=np.int64, count=len(keys))
+        epoch = epochs.pop() if keys else None
+        if epoch is None:
+            self.guard.check(indices, self.epoch, per_item=True)
+        return self.batch_of(indices, epoch=epoch).items()
 
     def batch_of(self, indices: np.ndarray, epoch: int | None = None) -> Batch:
         """The training batch of samples ``indices``, with the views of ``epoch`` (default: the dataset's own)."""
@@ -107,6 +127,21 @@ class ViewDataset(Dataset):
         """
         store = f" of store {self.url!r}" if self.url else ""
         return Batch.from_items(collated, self.decoders, self.source, dataset=f"this {type(self).__name__}{store}")
+
+    def _count_single_reads(self) -> None:
+        """Warn once when samples are read one index per call many times: each call pays a batch's bookkeeping
+        (views, digest checks, target gathers) for one sample, ~20-50x slower per sample than batches in RAM."""
+        self._single_reads += 1
+        if self._single_reads == SINGLE_READS_WARNED and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__} was read one sample per call {SINGLE_READS_WARNED} times: every call pays a "
+                "whole batch's views, digest checks and target reads for one sample. Read batches: "
+                "DataLoader(dataset, batch_size=B, ...) (which fetches each batch in one call, through "
+                "__getitems__) or batch_loader(dataset, batch_size=B)",
+                PerformanceWarning,
+                stacklevel=3,
+            )
 
     def _warn_per_item(self) -> None:
         """Per-sample reads of streamed targets cost a chunk read each unless the order keeps chunks together."""

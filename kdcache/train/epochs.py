@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from kdcache.errors import ConfigError
+from kdcache.train.seeded import keyed_integers
 
 POLICIES = ("cycle", "random", "fresh")
 FIX = (
@@ -69,8 +70,7 @@ def view_ids_for(views: object, policy: str, indices: np.ndarray, epoch: int) ->
     if policy == "cycle":
         return (indices + epoch) % count
     seed = int(getattr(views, "seed"))  # noqa: B009
-    keyed = [np.random.default_rng([seed, epoch, int(i)]).integers(count) for i in indices]
-    return np.asarray(keyed, dtype=np.int64)
+    return keyed_integers(seed, epoch, indices, count)  # default_rng([seed, epoch, i]).integers(count), batched
 
 
 class EpochGuard:

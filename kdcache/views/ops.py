@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,6 +41,9 @@ class ViewOp(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[ViewOpParams]]
     values: ClassVar[tuple[str, ...]]
+    #: uniforms one view's draw takes, when that number is fixed: the op then draws a whole batch at once
+    #: (:meth:`draw_many`); ``None`` when it depends on the draws (a retry loop), and views are drawn one by one
+    draws: ClassVar[int | None] = None
 
     def __init__(self, params: ViewOpParams) -> None:
         self.params = params
@@ -50,6 +54,11 @@ class ViewOp(ABC):
     @abstractmethod
     def draw(self, rng: KeyedRandom, size: Size) -> tuple[float, ...]:
         """The op's numbers for one view of an image of ``size`` (height, width), one per name in ``values``."""
+
+    def draw_many(self, uniforms: np.ndarray) -> np.ndarray:
+        """``(B, len(values))`` float64: the numbers :meth:`draw` gives each row, from each row's first ``draws``
+        uniforms ``(B, draws)`` (:func:`~kdcache.views.rng.uniforms_of`), bit for bit, without a loop over rows."""
+        raise NotImplementedError(f"view op {self.name!r} draws a varying number of uniforms: draw it per view")
 
     @abstractmethod
     def identity(self, size: Size) -> tuple[float, ...]:
@@ -150,8 +159,13 @@ class HorizontalFlip(ViewOp):
     values = ("flip",)
     params: FlipParams
 
+    draws = 1
+
     def draw(self, rng: KeyedRandom, size: Size) -> tuple[float, ...]:
         return (float(rng.uniform() < self.params.p),)
+
+    def draw_many(self, uniforms: np.ndarray) -> np.ndarray:
+        return (uniforms < self.params.p).astype(np.float64)
 
     def identity(self, size: Size) -> tuple[float, ...]:
         return (0.0,)
@@ -176,9 +190,14 @@ class RandomCrop(ViewOp):
     values = ("top", "left")
     params: CropParams
 
+    draws = 2
+
     def draw(self, rng: KeyedRandom, size: Size) -> tuple[float, ...]:
         p = self.params.padding
         return (rng.integer(0, 2 * p), rng.integer(0, 2 * p))
+
+    def draw_many(self, uniforms: np.ndarray) -> np.ndarray:
+        return _integers(uniforms, 0, 2 * self.params.padding)
 
     def identity(self, size: Size) -> tuple[float, ...]:
         return (self.params.padding, self.params.padding)
@@ -210,10 +229,18 @@ class ColorJitter(ViewOp):
     values = ("brightness", "contrast", "saturation", "hue", "order")
     params: JitterParams
 
+    draws = 5
+
     def draw(self, rng: KeyedRandom, size: Size) -> tuple[float, ...]:
         p = self.params
         factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in (p.brightness, p.contrast, p.saturation)]
         return (*factors, rng.uniform(-p.hue, p.hue), rng.integer(0, len(_ORDERS) - 1))
+
+    def draw_many(self, uniforms: np.ndarray) -> np.ndarray:
+        p = self.params
+        ranges = [(max(0.0, 1 - s), 1 + s) for s in (p.brightness, p.contrast, p.saturation)] + [(-p.hue, p.hue)]
+        columns = [low + (high - low) * uniforms[:, k] for k, (low, high) in enumerate(ranges)]
+        return np.column_stack([*columns, _integers(uniforms[:, 4:], 0, len(_ORDERS) - 1)[:, 0]])
 
     def identity(self, size: Size) -> tuple[float, ...]:
         return (*_NEUTRAL, 0)
@@ -223,3 +250,9 @@ class ColorJitter(ViewOp):
             if float(values[k]) != _NEUTRAL[k]:
                 image = _ADJUST[k](image, float(values[k]))
         return image
+
+
+def _integers(uniforms: np.ndarray, low: int, high: int) -> np.ndarray:
+    """:meth:`KeyedRandom.integer` of every uniform, as float64: ``low + min(floor(u · (high - low + 1)), high - low)``
+    (the uniform ``u`` comes out of ``uniform()`` unchanged, and ``int`` of a non-negative float is its floor)."""
+    return low + np.minimum(np.floor(uniforms * (high - low + 1)), high - low)

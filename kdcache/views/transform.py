@@ -33,7 +33,7 @@ from kdcache.errors import ConfigError
 from kdcache.fingerprint import with_digest
 from kdcache.views.ops import Size, ViewOp, build_view_op
 from kdcache.views.pipeline import MIX_PARAMS, PIPELINE_RNG, Mix, Transform, describe_pipeline, one_thread, run_keyed
-from kdcache.views.rng import RNG_NAME, KeyedRandom, check_seed
+from kdcache.views.rng import RNG_NAME, KeyedRandom, check_seed, keyed_words, uniforms_of
 
 EVAL_VIEW = 0
 Images = torch.Tensor | Sequence[torch.Tensor]
@@ -173,23 +173,50 @@ class ViewTransform:
         """The drawn numbers of each (sample, view) pair, ``(B, P)`` float32 (the eval view gets identity numbers).
 
         ``sizes`` is each raw image's (height, width), or one size for all; ``num_samples`` is the dataset's length
-        (mixing draws a partner among them)."""
+        (mixing draws a partner among them). kdcache's ops draw the whole batch at once from its Philox words
+        (:func:`~kdcache.views.rng.keyed_words`): the same numbers, bit for bit, as drawing view by view."""
         indices = np.asarray(indices, dtype=np.int64)
         view_ids = np.asarray(view_ids, dtype=np.int64)
-        per_sample = [sizes] * len(indices) if isinstance(sizes, tuple) else list(sizes)
         out = np.empty((len(indices), len(self.param_names)), dtype=np.float32)
-        for row, (i, v, size) in enumerate(zip(indices.tolist(), view_ids.tolist(), per_sample, strict=True)):
-            values: list[float] = []
-            if v == EVAL_VIEW:
-                values += [x for op in self.augment for x in op.identity(size)]
-            else:
-                rng = KeyedRandom(self.seed, sample=i, view=v)
-                values += [x for op in self.augment for x in op.draw(rng, size)]
-            if self.mix is not None:
-                if num_samples is None:
-                    raise ConfigError("mixed views draw a partner among the dataset's samples: pass num_samples")
-                values += self.mix.draw(self.seed, i, v, num_samples) if v != EVAL_VIEW else (-1.0, 1.0, 0.0, 0.0)
-            out[row] = values
+        if not self.param_names:
+            return out
+        if not isinstance(sizes, tuple) and len(set(sizes)) == 1:  # one size for all: identities broadcast
+            sizes = sizes[0]
+        width = sum(len(op.values) for op in self.augment)
+        out[:, :width] = self._op_params(indices, view_ids, sizes)
+        if self.mix is not None:
+            if num_samples is None:
+                raise ConfigError("mixed views draw a partner among the dataset's samples: pass num_samples")
+            for row, (i, v) in enumerate(zip(indices.tolist(), view_ids.tolist(), strict=True)):
+                out[row, width:] = (
+                    self.mix.draw(self.seed, i, v, num_samples) if v != EVAL_VIEW else (-1.0, 1.0, 0.0, 0.0)
+                )
+        return out
+
+    def _op_params(self, indices: np.ndarray, view_ids: np.ndarray, sizes: Size | Sequence[Size]) -> np.ndarray:
+        """The numbers of kdcache's ops, ``(B, values)`` float64: identities for the eval view, draws for the others
+        (vectorised when every op draws a fixed number of uniforms, view by view otherwise)."""
+        out = np.empty((len(indices), sum(len(op.values) for op in self.augment)), dtype=np.float64)
+        if not self.augment:
+            return out
+        eval_rows, rows = np.flatnonzero(view_ids == EVAL_VIEW), np.flatnonzero(view_ids != EVAL_VIEW)
+        size_of = (lambda _: sizes) if isinstance(sizes, tuple) else sizes.__getitem__
+        if isinstance(sizes, tuple):
+            out[eval_rows] = [x for op in self.augment for x in op.identity(sizes)]
+        else:
+            for row in eval_rows.tolist():
+                out[row] = [x for op in self.augment for x in op.identity(size_of(row))]
+        if all(op.draws is not None for op in self.augment):
+            counts = [int(op.draws or 0) for op in self.augment]
+            uniforms = uniforms_of(keyed_words(self.seed, indices[rows], view_ids[rows], sum(counts)))
+            column = start = 0
+            for op, count in zip(self.augment, counts, strict=True):
+                out[rows, column : column + len(op.values)] = op.draw_many(uniforms[:, start : start + count])
+                column, start = column + len(op.values), start + count
+            return out
+        for row in rows.tolist():
+            rng = KeyedRandom(self.seed, sample=int(indices[row]), view=int(view_ids[row]))
+            out[row] = [x for op in self.augment for x in op.draw(rng, size_of(row))]
         return out
 
     # ---------------------------------------------------------------- pixels
@@ -226,7 +253,7 @@ class ViewTransform:
         indices = np.zeros(len(view_ids), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         view_ids = np.asarray(view_ids, dtype=np.int64)
         if self._plain(inputs, view_ids):
-            return (_as_float(inputs) - self.mean) / self.std
+            return (_as_float(inputs) - self.mean).div_(self.std)  # one new tensor: the same bits as `/`
         return self._normalised(self._images(inputs, indices, view_ids, params), indices, view_ids)
 
     def __call__(self, inputs: Images, indices: np.ndarray | None, view_ids: np.ndarray | None) -> torch.Tensor:
@@ -272,9 +299,11 @@ class ViewTransform:
         return (stacked - self.mean) / self.std
 
 
-def sizes_of(raw: Images) -> list[Size]:
-    """(height, width) of every raw image of a batch."""
-    return [tuple(int(d) for d in image.shape[-2:]) for image in raw]  # type: ignore[misc]
+def sizes_of(raw: Images) -> Size | list[Size]:
+    """(height, width) of a stacked batch's images (one size for all), or of every image of a list."""
+    if isinstance(raw, torch.Tensor):
+        return (int(raw.shape[-2]), int(raw.shape[-1]))
+    return [(int(image.shape[-2]), int(image.shape[-1])) for image in raw]
 
 
 def _as_float(images: Images | torch.Tensor) -> torch.Tensor:

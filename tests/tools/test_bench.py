@@ -151,15 +151,23 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         assert {"safetensors get_slice", "h5py, 512-row chunks", "kdcache, streamed", "kdcache, in RAM"} <= set(order)
         for variant in order.values():
             _positive_spread(variant["samples_per_second"])
+    delivery = figures["delivery"]  # figure 9: in-RAM batch delivery against a memmap gather of the same rows
+    assert delivery["samples"] == report["settings"]["read_sizes"][0] and delivery["params_stored"] is False
+    assert set(delivery["ratio_to_memmap"]) == set(delivery["samples_per_second"]) - {"memmap gather"}
+    for name, rate in delivery["samples_per_second"].items():
+        _positive_spread(rate)
+        if name != "memmap gather":
+            _positive_spread(delivery["ratio_to_memmap"][name])
+    assert all(ms >= 0 for ms in delivery["parts_ms_per_batch"].values())
 
     goals = report["goals"]
-    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7"}
+    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7", "9"}
     for goal in goals:
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why
     markdown = (out / "bench.md").read_text()
     headings = ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling",
-                "6. Token-level stage one", "7. Writes", "8. Target reads against other formats")  # fmt: skip
+                "6. Token-level stage one", "7. Writes", "8. Target reads against other formats", "9. In-RAM")  # fmt: skip
     for heading in headings:
         assert heading in markdown
     assert "kdcache bench --quick" in markdown

@@ -19,6 +19,7 @@ import torch
 from kdcache.store import library_versions
 from kdcache.tables import write_json
 from kdcache.targets import Target, build_target
+from kdcache.tools.bench.delivery import measure_delivery
 from kdcache.tools.bench.goals import judge
 from kdcache.tools.bench.memory import bytes_per_sample, measure_memory
 from kdcache.tools.bench.peers import measure_peers
@@ -29,7 +30,7 @@ from kdcache.tools.bench.steps import measure_digests_at, measure_steps
 from kdcache.tools.bench.table import render_markdown
 from kdcache.tools.bench.tokens import measure_tokens
 from kdcache.tools.bench.workloads import WORKLOADS, Workload, build_workload, generated_images
-from kdcache.tools.bench.writes import measure_writes, render_writes
+from kdcache.tools.bench.writes import measure_writes
 
 #: Targets whose bytes figure 4 lists for the ResNet-50 teacher: every kind and logits encoding.
 ENCODINGS: list[dict[str, Any]] = [
@@ -62,7 +63,7 @@ def run_bench(out: Path, settings: BenchSettings, *, progress: bool = True) -> d
     }
     report["goals"] = judge(figures)
     write_json(out / "bench.json", report)
-    (out / "bench.md").write_text(render_markdown(report) + "\n" + render_writes(figures["writes"]) + "\n")
+    (out / "bench.md").write_text(render_markdown(report))
     return report
 
 
@@ -112,6 +113,8 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("writes")
     peers = measure_peers(work, settings, progress=progress)
     clock.lap("peers")
+    delivery = measure_delivery(settings, work, progress=progress)
+    clock.lap("delivery")
     return {
         "step_time": steps,
         "digests": digests,
@@ -126,6 +129,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "tokens": tokens,
         "writes": writes,
         "peers": peers,
+        "delivery": delivery,
         "seconds": clock.laps,
     }
 

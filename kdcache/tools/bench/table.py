@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from kdcache.tables import markdown_table
+from kdcache.tools.bench.delivery import render as render_delivery
 from kdcache.tools.bench.peers import ASSUMED_GPU_STUDENTS
+from kdcache.tools.bench.writes import render_writes
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -27,7 +29,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "#### 4. Bytes per sample and peak memory\n\n" + _bytes(f["bytes_per_sample"]) + "\n" + _memory(f["memory"]),
         "#### 5. Scaling: figure 3 at two store sizes\n\n" + _scaling(f["scaling"]),
         "#### 6. Token-level stage one (language models) vs bare teacher inference\n\n" + _tokens(f["tokens"]),
+        render_writes(f["writes"]),
         "#### 8. Target reads against other formats, block and uniform order\n\n" + _peers(f["peers"]),
+        "#### 9. In-RAM batch delivery vs a memmap gather of the same rows\n\n" + render_delivery(f["delivery"]),
     ]
     return "\n\n".join(part.strip() for part in parts) + "\n"
 

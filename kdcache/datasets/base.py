@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -37,6 +38,11 @@ class SampleDataset(Dataset, ABC):
     @abstractmethod
     def all_labels(self) -> np.ndarray:
         """Labels of every sample in index order (fingerprints, teacher accuracy, per-class statistics)."""
+
+    def labels_sha256(self) -> str:
+        """SHA-256 of :meth:`all_labels` as contiguous int64 (the dataset fingerprint's ``labels_sha256``); a dataset
+        whose labels are large (a token corpus: one per token) computes it in blocks instead."""
+        return hashlib.sha256(np.ascontiguousarray(self.all_labels(), dtype=np.int64)).hexdigest()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = self.get_batch(np.asarray([index]))

@@ -34,7 +34,7 @@ def sample_arrays(
     every view's numbers (zstd: small integers and repeats) and, with ``store_tokens`` (token datasets only), the
     sequences themselves: ``samples/tokens``, ``samples/labels`` and ``samples/lengths``."""
     specs = [ArraySpec(INDEX, (), "int64", attributes=_described(INDEX, ["sample"], "dataset index of each row"))]
-    if dataset.all_labels().ndim == 1:
+    if _one_label_per_sample(dataset):
         specs.append(ArraySpec(LABEL, (), "int64", attributes=_described(LABEL, ["sample"], "ground-truth class")))
     digest = f"{DIGEST_HASH} of each sample's input (before views) and label: dtype, shape and bytes of each"
     specs.append(
@@ -54,6 +54,14 @@ def sample_arrays(
         specs += [ArraySpec(path, shape, dtype, codec, attributes=attrs)  # type: ignore[arg-type]
                   for path, shape, dtype, codec, attrs in token_array_facts(dataset)]  # fmt: skip
     return specs
+
+
+def _one_label_per_sample(dataset: SampleDataset) -> bool:
+    """Whether each sample has one label (classification), from one sample's labels: building every label only to
+    learn their rank would hold a token corpus's labels in RAM (one per token)."""
+    if len(dataset) == 0:
+        return dataset.all_labels().ndim == 1
+    return dataset.get_batch(np.zeros(1, dtype=np.int64))[1].ndim == 1
 
 
 def _described(path: str, axes: list[str], meaning: str) -> dict[str, Any]:

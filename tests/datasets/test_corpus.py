@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.datasets import TextDataset
+from kdcache.datasets import TextDataset, text
 from kdcache.datasets.text import pack, text_dataset
 from kdcache.datasets.tokenizer import LocalTokenizer, load_tokenizer
 from kdcache.errors import ConfigError
@@ -252,3 +252,31 @@ def test_a_missing_optional_library_names_the_extra(module, make, message, lm_co
     monkeypatch.setitem(sys.modules, module, None)  # what `import` meets where the library is not installed
     with pytest.raises(ConfigError, match=rf"{message}; pip install 'kdcache\[lm\]'"):
         build([str(path)], lm_tokenizer, tmp_path / "cache")
+
+
+def test_labels_and_their_digest_are_the_packed_batches_built_in_blocks(plain, monkeypatch) -> None:
+    packed = plain.get_batch(np.arange(len(plain)))[1].numpy()
+    assert plain.all_labels().dtype == np.int64 and np.array_equal(plain.all_labels(), packed)
+    expected = hashlib.sha256(np.ascontiguousarray(packed, dtype=np.int64)).hexdigest()  # what fingerprints hashed
+    assert plain.labels_sha256() == expected
+    monkeypatch.setattr(text, "LABEL_BLOCK_TOKENS", SEQ_LEN)  # a block per sequence: every boundary is crossed
+    assert plain.labels_sha256() == expected
+
+
+def mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split()[0].endswith(":"):  # a mapping's header: address range, permissions, ..., path
+            inside = line.split()[-1] == str(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_batches_read_leave_no_stream_pages_resident(plain, tmp_path) -> None:
+    (path,) = (tmp_path / "plain-cache").glob("*.tokens")
+    plain.stream[: len(plain.stream)].sum()  # touch every page of the map
+    assert mapped_kib(path) > 0
+    plain.get_batch(np.arange(len(plain)))
+    assert mapped_kib(path) == 0  # the pages read stay in the page cache, not in this process's RSS

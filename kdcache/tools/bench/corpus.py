@@ -34,14 +34,14 @@ def sources() -> list[Path]:
     return [f for f in found if f.stat().st_size <= MAX_DOCUMENT_BYTES]
 
 
-def train_tokenizer(path: Path, files: list[Path]) -> Path:
-    """A byte-level BPE of 8,192 ids (uint16 on disk) trained on the first sources."""
+def train_tokenizer(path: Path, files: list[Path], vocab_size: int = 8192) -> Path:
+    """A byte-level BPE of ``vocab_size`` ids (8,192 by default: uint16 on disk) trained on the first sources."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
     tokenizer.train([str(f) for f in files[:300]], trainer)
     tokenizer.save(str(path))

@@ -6,10 +6,10 @@ handed over: ``save_pretrained`` as *sharded* safetensors (``model-0000i-of-0000
 is a complete ``from_pretrained`` layout and the pipeline uses it as it is (no ``teacher.train``).
 
 Run from the repository root after data/make_chat_data.py: ``python data/make_chat_teacher.py`` (3 minutes on one
-CPU core, OMP_NUM_THREADS=1). Deterministic on one machine: the same data, seed and library versions train the same weights there,
-but the weights' bytes depend on the CPU's float kernels (another CPU, thread count or torch build gives other
-last bits), so no test pins them; the pipeline's store records every file's SHA-256 instead and refuses a store
-cached from other bytes. The shipped directory was made with torch 2.14.1, transformers 5.24.0.
+CPU core, OMP_NUM_THREADS=1). Deterministic on one machine: the same data, seed and library versions train the same
+weights there, but the weights' bytes depend on the CPU's float kernels (another CPU, thread count or torch build
+gives other last bits), so no test pins them; the pipeline's store records every file's SHA-256 instead and refuses
+a store cached from other bytes. The shipped directory was made with torch 2.14.1, transformers 5.24.0.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ def load_teacher(cfg: PipelineConfig) -> nn.Module:
     """The teacher from its checkpoint, or from its ``transformers`` directory as it is (:func:`teacher_directory`);
     never trained here: dask workers load, they do not train."""
     if teacher_directory(cfg) is not None:
+        _require_directory(cfg)
         return untrained_teacher(cfg).eval()  # built from the directory: its weights are the teacher's
     path = cfg.teacher_checkpoint
     spec = model_spec(cfg, "teacher")
@@ -123,6 +124,18 @@ def load_teacher(cfg: PipelineConfig) -> nn.Module:
             "Point teacher.checkpoint at the right file or delete it to retrain"
         )
     return load_model(untrained_teacher(cfg), path).eval()
+
+
+def _require_directory(cfg: PipelineConfig) -> None:
+    """A teacher directory that is not on disk, refused with the command that writes it (``teacher.make``)."""
+    directory = teacher_directory(cfg)
+    if directory is None or directory.is_dir():
+        return
+    fix = f"run `{cfg.teacher.make}` to write it" if cfg.teacher.make else "save the model there with save_pretrained"
+    raise CheckpointError(
+        f"teacher {cfg.teacher.name!r} is the transformers directory {str(directory)!r}, which does not exist: {fix}, "
+        "or point teacher.model.args.path at the directory"
+    )
 
 
 def _refuse_directory_weights(path: Path) -> None:

@@ -194,6 +194,7 @@ class TeacherConfig(Section):
     checkpoint: Path | None = None
     train: TrainConfig | None = None
     ensemble: EnsembleConfig | None = None
+    make: str | None = None  # the command that writes a missing teacher directory, named in its error
 
     @field_validator("name")
     @classmethod

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kdcache.checkpoint import save_model
-from kdcache.errors import CheckpointError
+from kdcache.errors import CheckpointError, ConfigError
 from kdcache.metrics import task_metric
 from kdcache.pipeline.build import (
     device_of,
@@ -44,9 +44,20 @@ def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
             "teacher.checkpoint at a kdcache checkpoint, add teacher.train to train one, or use a transformers "
             "directory as it is (teacher.model: {arch: causal-lm, args: {path: DIR}}, no teacher.checkpoint)"
         )
+    log.info("training the teacher because %s does not exist", path)
+    teacher = train_teacher(cfg, progress=progress)
+    save_model(teacher.cpu(), path, spec=model_spec(cfg, "teacher"))
+    return teacher.eval()
+
+
+def train_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+    """A fresh teacher trained by ``teacher.train`` on the training split (seeded by ``cfg.seed``), not saved: the
+    pipeline saves it as a kdcache checkpoint, ``data/make_chat_teacher.py`` as a ``transformers`` directory."""
+    if cfg.teacher.train is None:
+        raise ConfigError(f"teacher {cfg.teacher.name!r} has no teacher.train: add one to train it")
     torch.manual_seed(cfg.seed)
     teacher = untrained_teacher(cfg)
-    log.info("training the teacher (%s) because %s does not exist", cfg.teacher.model.arch, path)
+    log.info("training the teacher (%s)", cfg.teacher.model.arch)
     train = cfg.teacher.train
     fit(
         teacher,
@@ -60,8 +71,7 @@ def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
         progress=progress,
         desc="teacher",
     )
-    save_model(teacher.cpu(), path, spec=model_spec(cfg, "teacher"))
-    return teacher.eval()
+    return teacher
 
 
 def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, float]:

@@ -4,6 +4,7 @@ assistant's positions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -102,6 +103,27 @@ def test_the_registered_dataset_builds_splits_and_reports_tokens_per_sample(chat
     assert tokens_per_sample(data.describe()) == SEQ
     with pytest.raises(ConfigError, match="no split 'test'"):
         DATASETS.resolve("chat")("test", **args)
+
+
+def test_a_pin_of_a_file_no_split_lists_is_refused_naming_both(chat_dir) -> None:
+    listed, digest = str(chat_dir["data"]), hashlib.sha256(chat_dir["data"].read_bytes()).hexdigest()
+    args = {"tokenizer": str(chat_dir["generation"]), "seq_len": SEQ, "splits": {"train": [listed]}}
+    pinned = DATASETS.resolve("chat")("train", **args, sha256={listed: digest})  # a listed file's right pin: used
+    assert pinned.describe()["files"] == [[listed, digest]]
+    with pytest.raises(ConfigError, match=r"pins \['data/chats.jsonl'\], which no split lists \(the splits list \["):
+        DATASETS.resolve("chat")("train", **args, sha256={"data/chats.jsonl": digest})
+    with pytest.raises(ConfigError, match=r"has SHA-256 .* but the pipeline pins"):  # a listed file's wrong pin
+        DATASETS.resolve("chat")("train", **args, sha256={listed: "0" * 64})
+
+
+def test_all_labels_are_the_held_labels_read_only_not_a_copy(chat_dir) -> None:
+    data = chat(chat_dir)
+    labels = data.all_labels()
+    assert (
+        labels.shape == (len(CONVERSATIONS), SEQ) and (labels == data.get_batch(np.arange(len(data)))[1].numpy()).all()
+    )
+    assert np.shares_memory(labels, data.labels.numpy()) and not labels.flags.writeable
+    assert (labels != -100).sum() == (data.labels != -100).sum() > 0
 
 
 def test_a_long_conversation_is_refused_or_truncated(chat_dir) -> None:

@@ -112,10 +112,18 @@ def bytes_per_token(target: Target, vocab: int) -> int:
     return sum(np.dtype(a.dtype).itemsize * a.sample_shape[1] for a in arrays.values())
 
 
-def measure(teacher: Callable, student: Callable, batches: list[TokenBatch], k: int, temperature: float = 1.0,
-            progress: bool = True) -> list[dict]:  # fmt: skip
+def as_token_batch(batch: TokenBatch | torch.Tensor, number: int) -> TokenBatch:
+    """``batch``, or token ids ``(B, L)`` alone as batch ``number`` with every position labelled."""
+    if isinstance(batch, TokenBatch):
+        return batch
+    return TokenBatch(batch, torch.zeros_like(batch), np.arange(number * len(batch), (number + 1) * len(batch)))
+
+
+def measure(teacher: Callable, student: Callable, batches: list[TokenBatch | torch.Tensor], k: int,
+            temperature: float = 1.0, progress: bool = True) -> list[dict]:  # fmt: skip
     """One row per encoding of :data:`ENCODINGS` at ``k``: bytes per token and KL kept (over ``batches``'s labelled
-    positions) against the full logits, and against today's layout."""
+    positions; a batch of ids alone labels every position) against the full logits, and against today's layout."""
+    batches = [as_token_batch(b, i) for i, b in enumerate(batches)]
     targets = {label: build_target("token_logits", {"k": k, "temperatures": [temperature], **params})
                for label, params in ENCODINGS.items()}  # fmt: skip
     scored = [Scored(label, live_decoder(target), (temperature,)) for label, target in targets.items()]
@@ -144,8 +152,7 @@ def report_token_fidelity(vocab: int, tokens: int, k: int, init: float = 0.5, pr
     """The markdown table of :func:`measure` for a tiny Llama teacher (``initializer_range`` ``init``) and a
     student of another seed over ``tokens`` Zipf-distributed token ids (sequences of 256, every position labelled)."""
     ids = np.random.default_rng(0).zipf(1.2, size=max(256, tokens // 256 * 256)) % vocab
-    inputs = torch.from_numpy(ids).long().view(-1, 1, 256)
-    batches = [TokenBatch(x, torch.zeros_like(x), np.array([i])) for i, x in enumerate(inputs)]
+    batches = list(torch.from_numpy(ids).long().view(-1, 1, 256))
     rows = measure(tiny_llama(vocab, 0, init), tiny_llama(vocab, 1, 0.02), batches, k, progress=progress)
     header = ["encoding", "bytes/token", "KL kept", "vs today"]
     return markdown_table(header, [[r["encoding"], str(r["bytes/token"]), f"{r['KL kept']:.4f}",

@@ -52,6 +52,12 @@ def tail_mass(decoded: TokenTopK) -> torch.Tensor:
                        dim=-1)  # fmt: skip
 
 
+def temperatures_of(target: Target) -> tuple[float, ...]:
+    """The temperatures a token target is exact at: top-k's declared ones, or the one sampled tokens were drawn at."""
+    p = target.params
+    return (p.sample_temperature,) if p.encoding == "sampled" else tuple(p.temperatures)
+
+
 def on_device(decoded: TokenTopK | SampledTokens, device: torch.device) -> TokenTopK | SampledTokens:
     """``decoded`` with every tensor on ``device``."""
     moved = {f.name: getattr(decoded, f.name) for f in dataclasses.fields(decoded)}
@@ -70,11 +76,6 @@ class StoredTokens:
         self.disk_bytes = sum(cache.array_bytes(a.path) for a in record.arrays.values())
         self.tails: list[np.ndarray] = []
 
-    @property
-    def temperatures(self) -> tuple[float, ...]:
-        p = self.target.params
-        return (p.sample_temperature,) if p.encoding == "sampled" else tuple(p.temperatures)
-
     def __call__(self, live: torch.Tensor, batch: TokenBatch) -> TokenTopK | SampledTokens:
         views = np.zeros(len(batch.rows), dtype=np.int64)
         arrays = {rel: torch.from_numpy(np.ascontiguousarray(r.read_rows(batch.rows, views)))
@@ -90,7 +91,7 @@ def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Targ
     one), the narrowest packed ids for ``vocab``, and sampled tokens (the store's n, else k) at each temperature."""
     topk = next((s.target.params for s in stored if s.target.params.encoding == "topk"), None)
     sampled = next((s.target.params for s in stored if s.target.params.encoding == "sampled"), None)
-    k = topk.k if topk else 32
+    k = topk.k if topk else min(32, vocab)
     temperatures = list(topk.temperatures) if topk else [sampled.sample_temperature]
     bits = max(1, (vocab - 1).bit_length())
     encodings = dict(ENCODINGS)
@@ -98,7 +99,7 @@ def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Targ
         encodings |= {f"{bits}-bit ids (narrowest)": {"index_bits": bits},
                       f"7-bit values + {bits}-bit ids": {"value_bits": 7, "index_bits": bits}}  # fmt: skip
     made = [(label, build_target("token_logits", {"k": k, "temperatures": temperatures, **params}))
-            for label, params in encodings.items() if k <= vocab]  # fmt: skip
+            for label, params in encodings.items()]  # fmt: skip
     n = sampled.samples if sampled else k
     return made + [(f"{n} sampled tokens", build_target("token_logits", {"encoding": "sampled", "samples": n,
                                                                           "sample_temperature": t}))
@@ -138,7 +139,7 @@ def store_fidelity(cache: Cache, teacher: nn.Module, student: nn.Module, dataset
 
     >>> report = store_fidelity(open_cache(url), teacher, student, train, teacher_name="gpt2", sequences=64)  # doctest: +SKIP
     >>> report["targets"][0]["KL kept"]["T=1"], report["targets"][0]["tail"]["T=1"]["mean"]
-    (0.6731, 0.2513)
+    (0.5068, 0.3267)
     """
     cache.require(Requirements(teachers=(teacher_name,), views=TokenViews().spec()))
     tokens = tokens_per_sample(cache.manifest.dataset.get("source", {}))
@@ -150,14 +151,19 @@ def store_fidelity(cache: Cache, teacher: nn.Module, student: nn.Module, dataset
         raise ConfigError(f"teacher {teacher_name!r} of {cache.url} stores no token_logits target to measure")
     vocab = int(cache.teacher(teacher_name).targets[stored[0].name].params["vocab_size"])
     others = alternatives(stored, vocab)
-    scored = [Scored(s.name, s, s.temperatures) for s in stored]
-    scored += [Scored(label, live_decoder(t), _temps(t)) for label, t in others]
+    scored = [Scored(s.name, s, temperatures_of(s.target)) for s in stored]
+    scored += [Scored(label, live_decoder(t), temperatures_of(t)) for label, t in others]
     temperatures = sorted({t for s in scored for t in s.temperatures})
     batches = token_batches(cache, as_sample_dataset(dataset), sequences, seed, batch_size)
+    labelled = sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches)
+    if labelled == 0:
+        raise ConfigError(
+            f"kdcache fidelity --store measures over labelled positions, and the {sum(len(b.rows) for b in batches)} "
+            f"sequence(s) of {cache.url} read (--sequences {sequences}) have none: ask for more sequences"
+        )
     device = torch.device(device)
     with TargetExtractor(teacher, [s.target for s in stored], device) as extract:
         sums = kl_sums(lambda ids: extract(ids)[0], _logits(student, device), batches, scored, temperatures, progress)
-    labelled = sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches)
     positions = cache.num_samples * tokens
     matches = None if fingerprint is None else same_teacher(fingerprint, cache.teacher(teacher_name).fingerprint)
     return {
@@ -169,20 +175,15 @@ def store_fidelity(cache: Cache, teacher: nn.Module, student: nn.Module, dataset
     }  # fmt: skip
 
 
-def _temps(target: Target) -> tuple[float, ...]:
-    p = target.params
-    return (p.sample_temperature,) if p.encoding == "sampled" else tuple(p.temperatures)
-
-
 def _stored_row(s: StoredTokens, sums: dict, positions: int, vocab: int) -> dict[str, Any]:
     """One stored target's row: bytes per token, tail mass (top-k) and KL kept at each of its temperatures."""
     tails = np.concatenate(s.tails) if s.tails else None
     tail = None if tails is None else {
         f"T={t:g}": {"mean": float(tails[:, m].mean()), "p90": float(np.quantile(tails[:, m], 0.9))}
-        for m, t in enumerate(s.temperatures)}  # fmt: skip
+        for m, t in enumerate(temperatures_of(s.target))}  # fmt: skip
     return {"target": s.name, "encoding": kind_label(s.target), "bytes/token on disk": s.disk_bytes / positions,
             "bytes/token laid out": bytes_per_token(s.target, vocab), "tail": tail,
-            "KL kept": _kept(sums, s.name, s.temperatures)}  # fmt: skip
+            "KL kept": _kept(sums, s.name, temperatures_of(s.target))}  # fmt: skip
 
 
 def _alternative_rows(others: list[tuple[str, Target]], sums: dict, vocab: int) -> list[dict[str, Any]]:
@@ -190,7 +191,7 @@ def _alternative_rows(others: list[tuple[str, Target]], sums: dict, vocab: int) 
     rows: dict[str, dict[str, Any]] = {}
     for label, target in others:
         row = rows.setdefault(label, {"encoding": label, "bytes/token": bytes_per_token(target, vocab), "KL kept": {}})
-        row["KL kept"] |= _kept(sums, label, _temps(target))
+        row["KL kept"] |= _kept(sums, label, temperatures_of(target))
     return list(rows.values())
 
 

@@ -15,6 +15,7 @@ import zarr
 
 from kdcache.checkpoint import save_model
 from kdcache.datasets import SampleDataset
+from kdcache.errors import ConfigError
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import build_student, load_split, load_teacher, model_spec
 from kdcache.pipeline.distill import run_precompute
@@ -190,3 +191,13 @@ def test_the_cli_prints_the_tables_and_writes_json_and_markdown(raw, report, tmp
 def test_the_tokens_mode_still_measures_every_encoding():
     table = report_token_fidelity(256, 256, 8, progress=False)
     assert table.count("\n") == 2 + len(ENCODINGS) and "| 7-bit values + 17-bit ids | 28 |" in table
+
+
+def test_sequences_without_any_label_are_refused(raw):
+    cfg = parse_pipeline(raw)
+    cache = open_cache(cfg.store_url)
+    train = load_split(cfg, "train")
+    data = Relabelled(train, torch.full_like(train.get_batch(cache.sample_index())[1], -100))
+    with pytest.raises(ConfigError, match=r"over labelled positions, and the 3 sequence\(s\) of .* have none"):
+        store_fidelity(cache, load_teacher(cfg), build_student(cfg), data, teacher_name=cfg.teacher.name,
+                       sequences=3, progress=False)  # fmt: skip

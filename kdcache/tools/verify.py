@@ -143,6 +143,15 @@ def select_targets(cache: Cache, teacher_name: str, names: Sequence[str] | None 
     return {name: build_target(stored[name].kind, stored[name].params) for name in wanted}
 
 
+def pipeline_teacher(cfg: PipelineConfig, cache: Cache) -> tuple[nn.Module, dict]:
+    """The teacher of pipeline ``cfg`` loaded from its checkpoint (never trained here), and its fingerprint over every
+    layer the targets ``cache`` stores for it capture: what :func:`same_teacher` compares with the store's."""
+    teacher = load_teacher(cfg)
+    stored = [build_target(t.kind, t.params) for t in cache.teacher(cfg.teacher.name).targets.values()]
+    layers = sorted({layer for t in stored for layer in t.teacher_layers()})  # the fingerprint covers every target
+    return teacher, teacher_fingerprint(teacher, spec=model_spec(cfg, "teacher"), layers=layers)
+
+
 def recompute_pipeline_store(
     cfg: PipelineConfig,
     store: str,
@@ -156,10 +165,7 @@ def recompute_pipeline_store(
     """:func:`recompute_check` of ``store`` with the teacher (loaded from its checkpoint, never trained), train split
     and views of pipeline ``cfg``; ``targets`` as for :func:`recompute_check`."""
     cache = open_cache(store)
-    teacher = load_teacher(cfg)
-    stored = [build_target(t.kind, t.params) for t in cache.teacher(cfg.teacher.name).targets.values()]
-    layers = sorted({layer for t in stored for layer in t.teacher_layers()})  # the fingerprint covers every target
-    fingerprint = teacher_fingerprint(teacher, spec=model_spec(cfg, "teacher"), layers=layers)
+    teacher, fingerprint = pipeline_teacher(cfg, cache)
     return recompute_check(
         cache,
         teacher,

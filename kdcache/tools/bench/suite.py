@@ -77,28 +77,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     digests = measure_digests_at()
     clock.lap("step_time")
     resnet, digits = workloads["resnet"], workloads["digits"]
-    stage_one = {
-        "resnet": measure_stage_one(
-            dataclasses.replace(resnet, train=generated_images(settings.stage_one_samples, settings.resnet_classes)),
-            {"logits": resnet.targets, "features/layer1": [build_target("features", {"layer": "layer1"})]},
-            work,
-            settings,
-            batch_size=settings.stage_one_batch,
-            shard_samples=settings.stage_one_shard,
-            rounds=settings.stage_one_rounds,
-            progress=progress,
-        ),
-        "digits": measure_stage_one(
-            digits,
-            {"logits": digits.targets},
-            work,
-            settings,
-            batch_size=256,
-            shard_samples=None,
-            rounds=settings.stage_one_rounds,
-            progress=progress,
-        ),
-    }
+    stage_one = _stage_one(resnet, digits, work, settings, progress)
     clock.lap("stage_one")
     scaling = measure_scaling(work, settings, progress=progress)
     clock.lap("reads_and_scaling")
@@ -131,6 +110,34 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "peers": peers,
         "delivery": delivery,
         "seconds": clock.laps,
+    }
+
+
+def _stage_one(
+    resnet: Workload, digits: Workload, work: Path, settings: BenchSettings, progress: bool
+) -> dict[str, Any]:
+    """Figure 2: the ResNet-50 teacher's logits and a feature map, and the digits teacher's logits."""
+    return {
+        "resnet": measure_stage_one(
+            dataclasses.replace(resnet, train=generated_images(settings.stage_one_samples, settings.resnet_classes)),
+            {"logits": resnet.targets, "features/layer1": [build_target("features", {"layer": "layer1"})]},
+            work,
+            settings,
+            batch_size=settings.stage_one_batch,
+            shard_samples=settings.stage_one_shard,
+            rounds=settings.stage_one_rounds,
+            progress=progress,
+        ),
+        "digits": measure_stage_one(
+            digits,
+            {"logits": digits.targets},
+            work,
+            settings,
+            batch_size=256,
+            shard_samples=None,
+            rounds=settings.stage_one_rounds,
+            progress=progress,
+        ),
     }
 
 

@@ -149,6 +149,10 @@ def _reads(figures: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("6", f"tokens: streamed {name} reads / memmap", entry["ratio_to_memmap"], ">=",
                          TOKEN_READ_GOAL, f"arrays {entry['arrays']}; compressed arrays are decoded by "
                          "zarr-python, uncompressed ones read directly"))  # fmt: skip
+        if "in_ram_ratio_to_memmap" in entry:
+            rows.append(_row("6", f"tokens: in-RAM {name} reads / memmap", entry["in_ram_ratio_to_memmap"], ">=",
+                             TOKEN_READ_GOAL, "a (row, view) gather per array of the batch: numpy's fancy indexing "
+                             "over two axes, against one np.take of the same rows"))  # fmt: skip
     return rows
 
 

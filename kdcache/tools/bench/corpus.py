@@ -11,6 +11,7 @@ cache (it tokenizes), then again (it maps the cached stream).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import subprocess
@@ -48,18 +49,24 @@ def train_tokenizer(path: Path, files: list[Path], vocab_size: int = 8192) -> Pa
     return path
 
 
-def write_corpus(directory: Path, tokenizer: Path, tokens: int) -> list[Path]:
-    """JSON lines shards of stdlib sources, cycled until the estimated token count reaches ``tokens``."""
+def write_corpus(
+    directory: Path, tokenizer: Path, tokens: int, *, files: list[Path] | None = None, compress: bool = False
+) -> list[Path]:
+    """JSON lines shards of ``files`` (default: stdlib sources), cycled until the estimated token count reaches
+    ``tokens``; gzip-compressed (``.jsonl.gz``) with ``compress``."""
     from tokenizers import Tokenizer
 
-    files = sources()
-    sample = "".join(f.read_text(errors="replace") for f in files[::25])
+    files = sources() if files is None else files
+    stride = 25 if compress is False else max(1, len(files) // 200)  # the sample that estimates characters per token
+    sample = "".join(f.read_text(errors="replace") for f in files[::stride])
     chars_per_token = len(sample) / len(Tokenizer.from_file(str(tokenizer)).encode(sample).ids)
     directory.mkdir(parents=True, exist_ok=True)
-    shards, budget, n = [], tokens * chars_per_token, 0
+    shards: list[Path] = []
+    budget, n = tokens * chars_per_token, 0
     while budget > 0:
-        shards.append(directory / f"shard-{len(shards):04d}.jsonl")
-        with shards[-1].open("w") as out:
+        shards.append(directory / f"shard-{len(shards):04d}.jsonl{'.gz' if compress else ''}")
+        opened = gzip.open(shards[-1], "wt", compresslevel=1, encoding="utf-8") if compress else shards[-1].open("w")
+        with opened as out:
             for _ in range(SHARD_DOCUMENTS):
                 text = files[n % len(files)].read_text(errors="replace")
                 out.write(json.dumps({"text": text}) + "\n")

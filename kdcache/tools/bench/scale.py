@@ -26,7 +26,6 @@ at least the parent's peak.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import resource
 import shutil
@@ -39,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from kdcache.tools.bench import corpus
 from kdcache.tools.bench.corpus import MAX_DOCUMENT_BYTES, sources, train_tokenizer
 
 SEQ_LEN = 1024
 VOCAB = 320
-SHARD_DOCUMENTS = 2000
 STAGE_ONE_BATCH = 64
 READ_BATCH = 32
 TEACHER = "gpt2-1x32"
@@ -63,24 +62,7 @@ def local_sources() -> list[Path]:
 
 def write_corpus(directory: Path, tokenizer: Path, tokens: int) -> list[Path]:
     """Gzip JSON lines shards of :func:`local_sources`, cycled until the estimated token count reaches ``tokens``."""
-    from tokenizers import Tokenizer
-
-    files = local_sources()
-    sample = "".join(f.read_text(errors="replace") for f in files[:: max(1, len(files) // 200)])
-    chars_per_token = len(sample) / len(Tokenizer.from_file(str(tokenizer)).encode(sample).ids)
-    directory.mkdir(parents=True, exist_ok=True)
-    shards: list[Path] = []
-    budget, n = tokens * chars_per_token, 0
-    while budget > 0:
-        shards.append(directory / f"shard-{len(shards):04d}.jsonl.gz")
-        with gzip.open(shards[-1], "wt", compresslevel=1, encoding="utf-8") as out:
-            for _ in range(SHARD_DOCUMENTS):
-                text = files[n % len(files)].read_text(errors="replace")
-                out.write(json.dumps({"text": text}) + "\n")
-                budget, n = budget - len(text), n + 1
-                if budget <= 0:
-                    break
-    return shards
+    return corpus.write_corpus(directory, tokenizer, tokens, files=local_sources(), compress=True)
 
 
 def process_memory() -> dict[str, int]:

@@ -111,7 +111,7 @@ def test_a_collator_that_drops_the_targets_is_refused(tmp_path, cached):
 
 def test_trl_sft_trainer_refuses_the_cached_dataset(tmp_path, cached):
     """What docs/language-models.md says of TRL: SFTTrainer takes only a ``datasets`` dataset it prepares itself."""
-    trl = pytest.importorskip("trl")
+    import trl  # in the dev extra
     config = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, report_to=[], use_cpu=True)
     with pytest.raises(TypeError, match="must be a `Dataset` or `IterableDataset`, got `CachedTokenDataset`"):
         trl.SFTTrainer(model=tiny_lm(300).model, args=config, train_dataset=cached,

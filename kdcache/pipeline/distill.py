@@ -14,6 +14,7 @@ from torch import nn
 
 from kdcache.checkpoint import load_state_dict, save_model, state_digest
 from kdcache.datasets import SampleDataset
+from kdcache.datasets.tokenizer import load_tokenizer
 from kdcache.errors import ConfigError
 from kdcache.pipeline.build import (
     build_student,
@@ -33,7 +34,7 @@ from kdcache.pipeline.teacher import ensure_teacher
 from kdcache.pipeline.tokens import check_language_model, student_tokenizer
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
 from kdcache.registry import Factory
-from kdcache.store import Requirements, open_cache
+from kdcache.store import Cache, Requirements, open_cache
 from kdcache.targets import Ensemble
 from kdcache.train import (
     CachedDataset,
@@ -50,6 +51,7 @@ from kdcache.train import (
     require_token_alignment,
     teacher_targets,
 )
+from kdcache.train.tokens import require_store_tokenizer
 
 
 @dataclass
@@ -112,6 +114,19 @@ def run_precompute(
 
 
 # ------------------------------------------------------------------------------------------------ stage two
+def cached_train_split(cfg: PipelineConfig, cache: Cache) -> SampleDataset:
+    """The training split as the cached variants read it: with ``cache.store_tokens`` the sequences the store holds
+    (no corpus needed), refused when ``data.args.tokenizer`` — which tokenizes the evaluation split — is on disk and
+    is another tokenizer than the store's; else the split's files."""
+    if not cfg.cache.store_tokens:
+        return load_split(cfg, cfg.data.train_split)
+    train = StoredTokens(cache, ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2)
+    path = cfg.data.args.get("tokenizer")
+    if path is not None and Path(path).exists():
+        require_store_tokenizer(cache, load_tokenizer(path).fingerprint(), "data.args.tokenizer")
+    return train
+
+
 def cached_data(cfg: PipelineConfig, train: SampleDataset | None, targets: list[str]) -> CachedDataset:
     """The training split (``None``: the sequences the store holds, :class:`~kdcache.train.StoredTokens`) joined
     with the store's ``targets``, refused unless the store fits this pipeline: complete,
@@ -122,7 +137,7 @@ def cached_data(cfg: PipelineConfig, train: SampleDataset | None, targets: list[
     cache = open_cache(cfg.store_url, shard_cache=cfg.cache.shard_cache,
                        shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
     if train is None:
-        train = StoredTokens(cache, ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2)
+        train = cached_train_split(cfg, cache)
         check_language_model(cfg, train)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,

@@ -27,7 +27,8 @@ from kdcache.datasets.items import as_sample_dataset
 from kdcache.datasets.text import tokens_per_sample
 from kdcache.errors import ConfigError
 from kdcache.pipeline import PipelineConfig
-from kdcache.pipeline.build import build_student, device_of, load_split
+from kdcache.pipeline.build import build_student, device_of
+from kdcache.pipeline.distill import cached_train_split
 from kdcache.store import Cache, Requirements, open_cache
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import SampledTokens, Target, TargetExtractor, TokenTopK, build_target
@@ -212,7 +213,7 @@ def pipeline_store_fidelity(cfg: PipelineConfig, store: str, *, sequences: int, 
     cache = open_cache(store)
     teacher, fingerprint = pipeline_teacher(cfg, cache)
     student, described = pipeline_student(cfg)
-    return store_fidelity(cache, teacher, student, load_split(cfg, cfg.data.train_split),
+    return store_fidelity(cache, teacher, student, cached_train_split(cfg, cache),
                           teacher_name=cfg.teacher.name, sequences=sequences, seed=seed,
                           batch_size=cfg.cache.batch_size, device=device_of(cfg), student_name=described,
                           fingerprint=fingerprint, progress=progress)  # fmt: skip

@@ -26,7 +26,8 @@ from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import PipelineConfig
-from kdcache.pipeline.build import device_of, load_split, load_teacher, model_spec, view_transform
+from kdcache.pipeline.build import device_of, load_teacher, model_spec, view_transform
+from kdcache.pipeline.distill import cached_train_split
 from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, Cache, Requirements, open_cache
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
@@ -169,7 +170,7 @@ def recompute_pipeline_store(
     return recompute_check(
         cache,
         teacher,
-        load_split(cfg, cfg.data.train_split),
+        cached_train_split(cfg, cache),
         view_transform(cfg),
         teacher_name=cfg.teacher.name,
         pairs=pairs,

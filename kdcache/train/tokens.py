@@ -110,6 +110,13 @@ class CachedTokenDataset(CachedDataset):
         return cls(StoredTokens(cache, ram_budget_bytes=budget), cache, **options)
 
 
+def require_store_tokenizer(cache: Cache, tokenizer: dict[str, Any], who: str) -> None:
+    """Refuse ``cache`` unless its data was tokenized with ``tokenizer`` (a fingerprint): what a run that reads the
+    store's own sequences (:class:`StoredTokens`) still checks, because it tokenizes other text (its evaluation
+    split) with ``who``'s tokenizer."""
+    _same_tokenizer(cache.url, cache.manifest.dataset.get("source", {}).get("tokenizer", {}), tokenizer, who)
+
+
 def _same_tokenizer(url: str, stored: dict[str, Any], found: dict[str, Any], who: str) -> None:
     if stored.get("digest") == found.get("digest"):
         return

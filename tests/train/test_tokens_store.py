@@ -14,17 +14,18 @@ import torch
 from kdcache.datasets import ChatDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.datasets.packed import LABELS, LENGTHS, TOKENS
-from kdcache.errors import ConfigError, CorruptShardError, StoreMismatchError
+from kdcache.errors import ConfigError, CorruptShardError, StoreMismatchError, TokenAlignmentError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.distill import run_precompute, train_student
 from kdcache.precompute import precompute
 from kdcache.store import open_cache
 from kdcache.targets import build_target
+from kdcache.tools.verify import recompute_pipeline_store
 from kdcache.train import CachedTokenDataset, StoredTokens, batch_loader
 from kdcache.views import TokenViews
 from tests.chatkit import chat_tokenizer, write_chat
-from tests.lmkit import SEQ_LEN, lm_pipeline_dict, text_split, tiny_lm
+from tests.lmkit import SEQ_LEN, lm_pipeline_dict, text_split, tiny_lm, train_bpe
 
 TARGETS = ["token_logits_topk", "token_logits_sampled"]
 
@@ -142,3 +143,20 @@ def test_a_pipeline_trains_its_cached_student_from_the_store_alone(tmp_path, own
         path.unlink()
     run = train_student(cfg, "cached", progress=False)
     assert len(run.result.history) == 2 and run.metrics["perplexity"] < 300
+    # the teacher re-run of verify --recompute reads the stored sequences too: no corpus needed
+    report = recompute_pipeline_store(cfg, cfg.store_url, pairs=4, progress=False)
+    assert report.passed and report.pairs == 4
+
+
+def test_a_pipeline_with_another_tokenizer_is_refused_even_when_the_store_holds_the_tokens(
+    tmp_path, own_corpus, lm_tokenizer
+):
+    """The store's sequences need no tokenizer, but the evaluation split is tokenized with data.args.tokenizer: one
+    of the same width with other ids (trained on other text) must be refused, not evaluated silently."""
+    raw = lm_pipeline_dict(tmp_path, own_corpus, lm_tokenizer)
+    raw["cache"] |= {"store": str(tmp_path / "train.zarr"), "store_tokens": True}
+    assert run_precompute(parse_pipeline(raw), progress=False).complete
+    other = train_bpe(own_corpus[-1:], tmp_path / "other" / "tokenizer.json")  # 300 ids, merges of other text
+    raw["data"]["args"]["tokenizer"] = str(other)
+    with pytest.raises(TokenAlignmentError, match="data.args.tokenizer"):
+        train_student(parse_pipeline(raw), "cached", progress=False)

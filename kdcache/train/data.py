@@ -149,7 +149,8 @@ class ViewDataset(Dataset):
             self._warned = True
             warnings.warn(
                 f"{type(self).__name__} streams targets from the store in chunks of {self.read_block()} samples; "
-                "reading samples one by one in random order reads a whole chunk per sample. Order them with "
+                "reading samples one by one in random order pays a read per sample (a whole chunk's decode for a "
+                "compressed array). Order them with "
                 "sampler=BlockShuffleSampler(dataset) (or use batch_loader, which reads a batch per call)",
                 PerformanceWarning,
                 stacklevel=3,

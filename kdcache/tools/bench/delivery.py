@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache.store import open_cache
-from kdcache.tools.bench.reads import VIEWS, ReadStore, reader_pass
+from kdcache.tools.bench.reads import VIEWS, ReadStore, memmap_gather, reader_pass
 from kdcache.tools.bench.rounds import interleave, spread
 from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.workloads import TEACHER
@@ -81,20 +81,6 @@ class DeliveryStore:
         self.store.remove()
         for path in self.raw.values():
             path.unlink(missing_ok=True)
-
-
-def memmap_gather(raw: dict[str, Path], batches: list[np.ndarray]) -> float:
-    """Seconds to gather every batch's inputs, labels and target rows from fresh memmaps into reused buffers."""
-    start = time.perf_counter()
-    mapped = [np.load(path, mmap_mode="r") for path in raw.values()]
-    size = max(len(b) for b in batches)
-    outs = [np.empty((size, *m.shape[1:]), dtype=m.dtype) for m in mapped]
-    for rows in batches:
-        for m, out in zip(mapped, outs, strict=True):
-            np.take(m, rows, axis=0, out=out[: len(rows)], mode="clip")
-    seconds = time.perf_counter() - start
-    del mapped
-    return seconds
 
 
 def batch_of_pass(data: CachedDataset, batches: list[np.ndarray]) -> float:
@@ -191,7 +177,7 @@ def measure_delivery(settings: BenchSettings, workdir: Path | None = None, *, pr
 def _measured(store: DeliveryStore, settings: BenchSettings, progress: bool) -> dict[str, Any]:
     data, batches, startup = store.data, store.batches, []
     variants = {
-        BASELINE: lambda: memmap_gather(store.raw, batches),
+        BASELINE: lambda: memmap_gather(list(store.raw.values()), batches),
         "read_rows alone (targets)": lambda: reader_pass(store.reader, batches),
         "batch_of": lambda: batch_of_pass(data, batches),
         "batch_loader, 0 workers": lambda: loader_pass(data, store, 0, startup),

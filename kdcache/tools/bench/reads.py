@@ -121,11 +121,18 @@ def reader_pass(reader: ArrayReader, batches: list[np.ndarray]) -> float:
 
 def memmap_pass(raw: Path, batches: list[np.ndarray]) -> float:
     """Seconds to gather the same rows from a freshly opened memmap into a reused buffer."""
+    return memmap_gather([raw], batches)
+
+
+def memmap_gather(raws: list[Path], batches: list[np.ndarray]) -> float:
+    """Seconds to gather every batch's rows of each ``.npy`` file from fresh memmaps into reused buffers."""
     start = time.perf_counter()
-    mapped = np.load(raw, mmap_mode="r")
-    out = np.empty((max(len(b) for b in batches), *mapped.shape[1:]), dtype=mapped.dtype)
+    mapped = [np.load(raw, mmap_mode="r") for raw in raws]
+    size = max(len(b) for b in batches)
+    outs = [np.empty((size, *m.shape[1:]), dtype=m.dtype) for m in mapped]
     for rows in batches:
-        np.take(mapped, rows, axis=0, out=out[: len(rows)], mode="clip")
+        for m, out in zip(mapped, outs, strict=True):
+            np.take(m, rows, axis=0, out=out[: len(rows)], mode="clip")
     seconds = time.perf_counter() - start
     del mapped  # a mapped page cannot be evicted
     return seconds

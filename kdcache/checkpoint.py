@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from kdcache.atomic import atomic_path
 from kdcache.errors import CheckpointError, StoreIOError
 
 
@@ -28,15 +28,14 @@ def save_model(model: nn.Module, path: str | Path, *, spec: dict[str, Any]) -> P
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically: into a temp file next to ``path``, then ``os.replace``. A failure (a full
-    disk) leaves the previous file intact, removes the temp file and is a :class:`StoreIOError` naming the path."""
+    """Write a safetensors file atomically (:mod:`kdcache.atomic`: a temp file next to ``path``, fsync, then
+    ``os.replace``). A failure (a full disk) leaves the previous file intact, removes the temp file and is a
+    :class:`StoreIOError` naming the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
     except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreIOError(_describe_write_error(path, exc)) from None
     return path
 

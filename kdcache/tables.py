@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kdcache.atomic import atomic_write_text
+
 
 def console() -> Console:
     """A rich console; wide when output is piped, so tables in logs and files are not truncated."""
@@ -33,8 +35,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as sorted, indented JSON, atomically: a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def pct(value: float | None) -> str:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kdcache"
 
 # The layers of docs/design.md, bottom up: a module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "registry", "fingerprint", "checkpoint", "names", "tables")),
+    ("foundation", ("errors", "registry", "fingerprint", "checkpoint", "names", "tables", "atomic")),
     ("domain", ("views", "datasets", "models", "targets", "losses", "capture", "metrics")),
     ("store", ("store",)),
     ("stage one", ("precompute",)),
@@ -28,10 +28,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 RANK = {"foundation": 0, "domain": 1, "store": 2, "stage one": 3, "stage two": 3, "pipeline": 4, "tools": 5, "cli": 6}
 NO_TORCH = ("kdcache.store", "kdcache.errors", "kdcache.registry", "kdcache.fingerprint", "kdcache.names",
-            "kdcache.tables")  # fmt: skip
+            "kdcache.tables", "kdcache.atomic")  # fmt: skip
 STORE_ERRORS = {"StoreMismatchError", "StoreFormatError", "StoreIncompleteError", "CorruptShardError",
                 "StoreNotFoundError", "StoreIOError"}  # fmt: skip
-MAX_ROOT_MODULES, MAX_MODULE_LINES, MAX_FUNCTION_LINES = 10, 400, 60
+MAX_ROOT_MODULES, MAX_MODULE_LINES, MAX_FUNCTION_LINES = 11, 400, 60
 
 
 def module_name(path: Path) -> str:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import mmap
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdcache.atomic import atomic_file, atomic_write_text
 from kdcache.datasets.corpus import source_sha256
 from kdcache.fingerprint import canonical_digest
 
@@ -105,35 +105,16 @@ def _verified(data: Path, record: Path, key: str, dtype: np.dtype) -> int | None
 def _write(data: Path, record: Path, key: str, dtype: np.dtype, chunks: Iterator[np.ndarray], progress: bool) -> int:
     data.parent.mkdir(parents=True, exist_ok=True)
     digest, length = hashlib.sha256(), 0
-    temporary = _partial(data)
-    try:
-        with (
-            temporary.open("xb") as out,
-            tqdm(desc="tokenize", unit="tok", unit_scale=True, disable=not progress) as bar,
-        ):
-            for chunk in chunks:
-                raw = chunk.astype(dtype).tobytes()
-                out.write(raw)
-                digest.update(raw)
-                length += len(chunk)
-                bar.update(len(chunk))
-        os.replace(temporary, data)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_file(data) as out,
+        tqdm(desc="tokenize", unit="tok", unit_scale=True, disable=not progress) as bar,
+    ):
+        for chunk in chunks:
+            raw = chunk.astype(dtype).tobytes()
+            out.write(raw)
+            digest.update(raw)
+            length += len(chunk)
+            bar.update(len(chunk))
     facts = {"key": key, "dtype": dtype.name, "length": length, "sha256": digest.hexdigest()}
-    _atomic_text(record, json.dumps(facts, sort_keys=True))
+    atomic_write_text(record, json.dumps(facts, sort_keys=True))
     return length
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = _partial(path)
-    with temporary.open("x") as out:
-        out.write(text)
-    os.replace(temporary, path)
-
-
-def _partial(path: Path) -> Path:
-    """A fresh hidden name beside ``path`` for this writer alone; opened with ``x`` it gets the umask's permissions
-    (``mkstemp``'s 0600 would hide a shared cache from other users)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")

@@ -1,7 +1,8 @@
 """Byte-level access to a store's root, local or any fsspec URL, and the matching zarr store.
 
-This is the one place that knows whether a store is on local disk or remote. Local writes are atomic (temp file +
-``os.replace``); remote object stores write each object in a single PUT, which is atomic by itself.
+This is the one place that knows whether a store is on local disk or remote. Local writes are atomic
+(:mod:`kdcache.atomic`: temp file, fsync, ``os.replace``); remote object stores write each object in a single PUT,
+which is atomic by itself.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import copy
 import errno
 import os
 import stat
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 from zarr.abc.store import Store
 
+from kdcache.atomic import atomic_write_bytes
 from kdcache.errors import ConfigError, KdcacheError, StoreFormatError, StoreIOError
 
 CREDENTIAL_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"})
-TEMP_SUFFIX = ".partial"
 # Object stores: fail within bounded time and retry transient errors (5xx, throttling, dropped connections) before
 # reporting them, instead of hanging or failing on the first hiccup. Users can override any of these.
 S3_DEFAULTS: dict[str, Any] = {
@@ -139,17 +139,7 @@ class StoreLocation:
             self.fs.pipe_file(path, bytes(data))
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data, durable=durable)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Create an object only if none exists (``O_EXCL`` locally, a conditional PUT remotely); False if one does."""

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -35,8 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kdcache.atomic import TEMP_SUFFIX, atomic_write_bytes
 from kdcache.errors import ConfigError
-from kdcache.store.location import TEMP_SUFFIX
 from kdcache.store.manifest import FileDigest
 
 LOG = logging.getLogger(__name__)
@@ -161,25 +160,18 @@ class ShardCache:
         return raw
 
     def _keep(self, digest: FileDigest, raw: bytes) -> None:
-        """Write the verified shard atomically (temp name, fsync, rename) after evicting LRU files to make room;
+        """Write the verified shard atomically (:mod:`kdcache.atomic`) after evicting LRU files to make room;
         a shard over the bound or a write that fails (disk full) is not kept, with one warning."""
         if len(raw) > self.max_bytes:
             self._warn_once("small", f"shard cache {str(self.directory)!r}: shard {digest.key} ({len(raw):,} bytes) "
                             f"is larger than shard_cache_bytes ({self.max_bytes:,}); shards are streamed from the "
                             "store instead. Raise shard_cache_bytes above the shard size to cache them")  # fmt: skip
             return
-        path = self.file_of(digest)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
         try:
             with self._locked():
                 self._evict(len(raw))
-                with open(tmp, "wb") as f:
-                    f.write(raw)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                atomic_write_bytes(self.file_of(digest), raw)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             self._warn_once("write", f"shard cache {str(self.directory)!r}: cannot keep shard {digest.key} "
                             f"({'the disk is full' if full else exc}); shards are streamed from the store instead. "

@@ -20,11 +20,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from kdcache.atomic import TEMP_SUFFIX
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
 from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
-from kdcache.store.location import TEMP_SUFFIX, StoreLocation, io_errors
+from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
     FileDigest,

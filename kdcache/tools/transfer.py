@@ -14,14 +14,13 @@ manifest equal the exported store's.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdcache.atomic import atomic_path
 from kdcache.errors import DestinationExistsError, StoreFormatError, StoreIncompleteError
 from kdcache.store import Cache, open_cache
 from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, ArraySpec
@@ -54,16 +53,11 @@ def export_hdf5(store: str, path: str | Path, *, progress: bool = True) -> Path:
         raise DestinationExistsError(
             f"{str(path)!r} already exists; export writes a new file. Remove it or pick another"
         )
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     bar = tqdm(total=_shard_count(cache), unit="shard", desc="export", disable=not progress)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs[MANIFEST_ATTR] = manifest_bytes(cache.manifest).decode()
             _write_arrays(f, cache, bar)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         bar.close()
     return path

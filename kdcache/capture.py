@@ -45,7 +45,7 @@ class LayerCapture:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [find_module(model, name).register_forward_hook(self._hook(name)) for name in layers]
 
-    def _hook(self, name: str):  # noqa: ANN202 - torch's hook signature
+    def _hook(self, name: str):
         def store(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             self.outputs[name] = output
 

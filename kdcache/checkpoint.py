@@ -85,7 +85,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unpickling refusal means the file holds code, not just tensors
+    except Exception as exc:  # noqa: BLE001  (an unpickling refusal means the file holds code, not just tensors)
         raise CheckpointError(
             f"refused to load {str(path)!r}: it is not a plain tensor checkpoint ({type(exc).__name__}: {exc}). "
             "Convert it to safetensors with a trusted tool; kdcache never unpickles arbitrary objects"

@@ -17,8 +17,10 @@ from kdcache.datasets import TextDataset
 from kdcache.models import CausalLM
 
 SPECIALS = ["<|endoftext|>", "<|pad|>"]
-WORDS = ("the cache holds every token of the teacher and the student reads it back in order while the loss "
-         "compares both distributions at each position of a packed sequence with its next token").split()  # fmt: skip
+WORDS = (  # noqa: SIM905  (a sentence reads better than a list of its words)
+    "the cache holds every token of the teacher and the student reads it back in order while the loss "
+    "compares both distributions at each position of a packed sequence with its next token"
+).split()
 SEQ_LEN = 16
 
 

@@ -126,7 +126,7 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _store_parser(sub: argparse._SubParsersAction, name: str, func, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+def _store_parser(sub: argparse._SubParsersAction, name: str, func, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )

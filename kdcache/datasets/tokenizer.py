@@ -101,7 +101,7 @@ def load_tokenizer(path: str | Path) -> LocalTokenizer:
         )
     try:
         tokenizer = tokenizers.Tokenizer.from_file(str(file))
-    except Exception as exc:  # the Rust side raises plain Exceptions for malformed files
+    except Exception as exc:  # noqa: BLE001  (the Rust side raises plain Exceptions for malformed files)
         raise ConfigError(f"{str(file)!r} is not a tokenizers JSON file: {exc}") from None
     template = _chat_template(file.parent) if path.is_dir() else None
     return LocalTokenizer(tokenizer, file, template)

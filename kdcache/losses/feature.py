@@ -97,7 +97,7 @@ class FeatureDistillation(LossTerm):
     Params = FeatureParams
     params: FeatureParams
 
-    def __init__(self, params: FeatureParams, setup) -> None:  # noqa: ANN001 - LossSetup, see base
+    def __init__(self, params: FeatureParams, setup) -> None:
         super().__init__(params, setup)
         self.regressor: nn.Module | None = None
 

@@ -56,7 +56,7 @@ class _ScaledResNet(ResNet):
         self._width = width
         super().__init__(block, layers, replace_stride_with_dilation=[False, dilate, dilate])
 
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001, ANN202 - torchvision's
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         if planes == 64:  # layer1: the stem has ``width`` channels (see _stem)
             self.inplanes = self._width
         return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)

@@ -65,7 +65,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 def load_yaml(text: str, where: str) -> Any:
     """Parse YAML from ``where`` (a file, an override) within the bounds; invalid YAML is a :class:`ConfigError`."""
     try:
-        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=BoundedLoader)  # BoundedLoader is a SafeLoader subclass: no object tags
     except _Refused as exc:
         raise ConfigError(
             f"{where} is refused: {exc}; kdcache reads pipelines of at most {MAX_BYTES:,} bytes, {MAX_NODES:,} values "

@@ -58,7 +58,7 @@ class _ShardWriter:
             if self.error is None:
                 try:
                     self._handle(*item)
-                except BaseException as exc:  # re-raised in the main thread by submit/close
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the main thread by submit/close)
                     self.error = exc
 
     def _handle(self, fill: ShardFill, batch: TeacherBatch | None) -> None:

@@ -73,9 +73,12 @@ def target_problems(manifest: Manifest, teacher: str, target: str, record: Targe
     """How the record of ``target`` of ``teacher`` disagrees with the arrays it lists and their pinned attributes."""
     problems = []
     temperatures = record.params.get("temperatures")
-    if record.params.get("encoding") == "topk" and isinstance(temperatures, list):
-        if len(set(temperatures)) != len(temperatures):
-            problems.append(f"declares temperatures {temperatures}, not distinct")
+    if (
+        record.params.get("encoding") == "topk"
+        and isinstance(temperatures, list)
+        and len(set(temperatures)) != len(temperatures)
+    ):
+        problems.append(f"declares temperatures {temperatures}, not distinct")
     for rel, array in record.arrays.items():
         own = f"teachers/{teacher}/{rel}"
         if array.path != own:

@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ class ShardCache:
         try:
             if not self.file_of(digest).exists():
                 self._keep(digest, fetch())
-        except Exception as exc:  # the foreground read of this shard raises the typed error, if it persists
+        except Exception as exc:  # noqa: BLE001  (the foreground read of this shard raises the typed error, if it persists)
             LOG.debug("prefetch of %s failed: %s", digest.key, exc)
 
     def _cached(self, digest: FileDigest) -> bytes | None:
@@ -211,10 +211,8 @@ class ShardCache:
 
 def _touch(path: Path) -> None:
     """Mark a file as just used (LRU order); a file another process just evicted is no error."""
-    try:
+    with suppress(FileNotFoundError):
         os.utime(path)
-    except FileNotFoundError:
-        pass
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:

@@ -17,6 +17,7 @@ log-sum-exp, nothing more: a mass of 1.001 is not rounding.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def topk_problem(
                 f"probability, outside [{k / classes:.4g}, 1] ({int(bad.sum())} of {len(v)} rows read)"
             )
     order = np.argsort(temperatures)
-    for a, b in zip(order[:-1], order[1:], strict=True):
+    for a, b in itertools.pairwise(order):
         ta, tb = temperatures[a], temperatures[b]
         grows = tb * lse[:, b] - ta * lse[:, a]
         tol = SLACK * tb + (ta * np.abs(lse[:, a]) + tb * np.abs(lse[:, b])) * LSE_ROUNDING

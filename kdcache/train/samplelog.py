@@ -35,7 +35,7 @@ class SampleLog:
                     stale.unlink()
         clock = torch.tensor([time.time() if world.is_main else 0.0], dtype=torch.float64)
         self.run = float(all_reduce_sum(world, clock).item())
-        self._file = open(path / f"rank{world.rank}.jsonl", "w" if fresh else "a", buffering=1)
+        self._file = open(path / f"rank{world.rank}.jsonl", "w" if fresh else "a", buffering=1)  # noqa: SIM115  (open for the run; close() closes it)
         self._write({"event": "start", "epoch": epoch, "step": step, "world_size": world.world_size})
 
     def record(self, epoch: int, step: int, indices: np.ndarray) -> None:

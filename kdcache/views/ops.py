@@ -117,16 +117,16 @@ class RandomResizedCrop(ViewOp):
         for _ in range(10):
             target = area * rng.uniform(*self.params.scale)
             aspect = math.exp(rng.uniform(log_lo, log_hi))
-            w = int(round(math.sqrt(target * aspect)))
-            h = int(round(math.sqrt(target / aspect)))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
             if 0 < w <= width and 0 < h <= height:
                 return (rng.integer(0, height - h), rng.integer(0, width - w), h, w)
         in_ratio = width / height
         w, h = width, height
         if in_ratio < self.params.ratio[0]:
-            h = int(round(w / self.params.ratio[0]))
+            h = round(w / self.params.ratio[0])
         elif in_ratio > self.params.ratio[1]:
-            w = int(round(h * self.params.ratio[1]))
+            w = round(h * self.params.ratio[1])
         return ((height - h) // 2, (width - w) // 2, h, w)
 
     def identity(self, size: Size) -> tuple[float, ...]:

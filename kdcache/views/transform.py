@@ -75,7 +75,7 @@ class ViewTransform:
         std: tuple[float, ...] = (1.0,),
         augment: Sequence[ViewOp] = (),
         pipeline: Transform | None = None,
-        eval: Transform | None = None,  # noqa: A002 - the eval view's transform, as in train/eval
+        eval: Transform | None = None,
         mix: Mix | None = None,
     ) -> None:
         if count < 1:

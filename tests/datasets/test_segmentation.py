@@ -115,7 +115,7 @@ def test_voc_images_and_masks_are_resized_and_padded_to_a_square(voc_root):
     train = build_dataset("voc", "train", {"root": str(root), "size": 32})
     x, y = train.get_batch(np.array([0, 1]))
     assert x.shape == (2, 3, 32, 32) and y.shape == (2, 32, 32) and y.dtype == torch.int64
-    wide_pixels, wide_mask = images["2007_000001"]
+    _wide_pixels, wide_mask = images["2007_000001"]
     assert torch.equal(y[0, :24], torch.from_numpy(wide_mask).long())  # longer side already 32: mask as written
     assert bool((y[0, 24:] == 255).all())  # padding is ignored
     decoded = np.array(Image.open(root / "VOCdevkit/VOC2012/JPEGImages/2007_000001.jpg").convert("RGB"))
@@ -128,7 +128,7 @@ def test_voc_images_and_masks_are_resized_and_padded_to_a_square(voc_root):
 
 def test_voc_sbd_augmented_list_takes_masks_from_the_aug_folder(voc_root):
     root, _ = voc_root
-    with pytest.raises(ConfigError, match="no mask for VOC image '2008_000003'.*mask_dirs"):
+    with pytest.raises(ConfigError, match=r"no mask for VOC image '2008_000003'.*mask_dirs"):
         VOCSegmentation("train_aug", root=root, size=16)
     aug = VOCSegmentation("train_aug", root=root, size=16, mask_dirs=("SegmentationClass", "SegmentationClassAug"))
     assert len(aug) == 3
@@ -142,5 +142,5 @@ def test_voc_layout_errors_name_the_missing_path_and_the_fix(voc_root, tmp_path)
         VOCSegmentation("test", root=root)
     (root / "VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg").unlink()
     val = VOCSegmentation("val", root=root, size=16)
-    with pytest.raises(ConfigError, match="2007_000002.jpg' listed in split 'val' does not exist"):
+    with pytest.raises(ConfigError, match=r"2007_000002\.jpg' listed in split 'val' does not exist"):
         val.get_batch(np.array([0]))

@@ -119,7 +119,7 @@ def test_sampled_tokens_give_the_weighted_cross_entropy() -> None:
     assert term("token_kd", target="token_logits_sampled")(out).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ConfigError, match="estimate the forward KL only"):
         term("token_kd", target="token_logits_sampled", direction="reverse")(out)
-    with pytest.raises(ConfigError, match="sampled at T=1.0; a KD loss at T=2.0"):
+    with pytest.raises(ConfigError, match=r"sampled at T=1\.0; a KD loss at T=2\.0"):
         term("token_kd", target="token_logits_sampled", temperature=2.0)(out)
 
 

@@ -93,5 +93,5 @@ def test_bad_arguments_are_refused(args, message) -> None:
 
 
 def test_image_inputs_are_refused() -> None:
-    with pytest.raises(ConfigError, match="takes int64 token ids, got torch.float32"):
+    with pytest.raises(ConfigError, match=r"takes int64 token ids, got torch\.float32"):
         tiny_lm(300)(torch.zeros(2, 8))

@@ -65,7 +65,7 @@ def test_pspnet_heads_follow_the_paper_ratios():
 
 
 def test_bad_backbone_or_width_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown PSPNet backbone 'resnet19'.*resnet18"):
+    with pytest.raises(ConfigError, match=r"unknown PSPNet backbone 'resnet19'.*resnet18"):
         PSPNet(11, backbone="resnet19")
     with pytest.raises(ConfigError, match="multiple of 4"):
         PSPNet(11, backbone="resnet18", width=6)

@@ -8,6 +8,7 @@ import json
 import pickle
 import struct
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -138,9 +139,9 @@ class SyntheticCIFAR10(torchvision.datasets.CIFAR10):
     """torchvision's own CIFAR-10 reader with the published MD5s dropped: the test writes the exact on-disk format
     (pickled batches in cifar-10-batches-py) with random pixels, which cannot match the real files' checksums."""
 
-    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+    train_list: ClassVar[list[list[Any]]] = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+    test_list: ClassVar[list[list[Any]]] = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+    meta: ClassVar[dict[str, Any]] = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
 
 def write_cifar10(root: Path, *, per_batch: int = 10) -> Path:

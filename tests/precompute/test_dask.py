@@ -53,7 +53,7 @@ def _count_teacher_loads() -> None:
 
     original = build.pipeline_teacher
 
-    def counted(pipeline):  # noqa: ANN001, ANN202
+    def counted(pipeline):
         counted.calls += 1
         return original(pipeline)
 

@@ -33,7 +33,7 @@ def rows_of(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("dtype", "compressor", "sample", "views", "n", "shard"), CASES)
-def test_shard_bytes_are_zarrs_own(tmp_path: Path, dtype, compressor, sample, views, n, shard) -> None:  # noqa: ANN001
+def test_shard_bytes_are_zarrs_own(tmp_path: Path, dtype, compressor, sample, views, n, shard) -> None:
     spec = ArraySpec("teachers/t/x", sample, dtype, compressor, views=views)
     group = zarr.open_group(str(tmp_path), mode="w", zarr_format=3)
     array = create_array(group, spec, n, shard).with_config({"write_empty_chunks": True})

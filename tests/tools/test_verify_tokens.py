@@ -27,14 +27,14 @@ def store(tmp_path_factory, _lm_teacher, lm_train) -> str:
     return path
 
 
-def check(store: str, teacher, train, **options):  # noqa: ANN001, ANN201
+def check(store: str, teacher, train, **options):
     """recompute_check of every sequence of the store against ``teacher``."""
     cache = open_cache(store)
     return recompute_check(cache, teacher, train, TokenViews(), teacher_name="lm", pairs=cache.num_samples,
                            progress=False, **options)  # fmt: skip
 
 
-def perturbed(teacher, scale: float, seed: int = 0):  # noqa: ANN001, ANN201
+def perturbed(teacher, scale: float, seed: int = 0):
     """A copy of ``teacher`` with Gaussian noise of ``scale`` added to every weight."""
     torch.manual_seed(seed)
     other = copy.deepcopy(teacher)

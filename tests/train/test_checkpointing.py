@@ -28,7 +28,7 @@ class LearnedTemperature(LossTerm):
     """Cross-entropy of logits over a learned temperature: a loss term with a parameter of its own (like a FitNets
     regressor), so resume must restore it."""
 
-    def __init__(self, params, setup) -> None:  # noqa: ANN001
+    def __init__(self, params, setup) -> None:
         super().__init__(params, setup)
         self.log_t = nn.Parameter(torch.zeros(()))
 
@@ -61,7 +61,7 @@ def test_state_round_trips_exactly_without_pickle(tmp_path):
                 assert torch.equal(back[name]["state"][index][key], tensor), (name, index, key)
     assert back["scheduler"] == state["scheduler"] and back["epoch"] == 2
     with safe_open(str(path), framework="pt") as f:  # tensors in the body, the rest as JSON in the header
-        assert "adam/state/0/exp_avg" in f.keys() and '"epoch": 2' in f.metadata()["kdcache.train_state"]
+        assert "adam/state/0/exp_avg" in f.keys() and '"epoch": 2' in f.metadata()["kdcache.train_state"]  # noqa: SIM118  (safe_open is no mapping)
     optimizer = torch.optim.Adam(nn.Linear(3, 2).parameters(), lr=0.1)
     optimizer.load_state_dict(back["adam"])
     assert torch.equal(optimizer.state_dict()["state"][1]["exp_avg_sq"], state["adam"]["state"][1]["exp_avg_sq"])
@@ -137,7 +137,7 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_bit_identical(tmp_path, digits_
     ids=["stages", "batch-size"],
 )
 def test_resume_refuses_a_different_run(tmp_path, digits_views, change, text):
-    data, test = digits_views
+    data, _test = digits_views
     path = tmp_path / "run.safetensors"
     train(data, None, Checkpointing(path), stages=[STAGES[0].model_copy(update={"epochs": 1}), STAGES[1]])
     changed = {"stages": [STAGES[0].model_copy(update={"epochs": 1}), STAGES[1]], **change}
@@ -149,7 +149,7 @@ def test_resume_refuses_another_student(tmp_path, digits_views):
     data, _ = digits_views
     path = tmp_path / "run.safetensors"
     train(data, None, Checkpointing(path), stages=STAGES[1:])
-    with pytest.raises(CheckpointError, match="the student module's layers and shapes: checkpoint [0-9a-f]{12}, now"):
+    with pytest.raises(CheckpointError, match=r"the student module's layers and shapes: checkpoint [0-9a-f]{12}, now"):
         fit(
             DigitsCNN(10, width=4),
             data,

@@ -20,9 +20,9 @@ from tests.conftest import ROOT
 from tests.lmkit import tiny_lm
 
 pytest.importorskip("accelerate", reason="the hf extra: pip install 'kdcache[hf]'")
-from transformers import TrainingArguments  # noqa: E402
+from transformers import TrainingArguments
 
-from kdcache.train.hf import KDTrainer  # noqa: E402
+from kdcache.train.hf import KDTrainer
 
 TARGETS = ["token_logits_topk", "token_logits_sampled"]
 
@@ -89,7 +89,7 @@ def test_the_trainer_evaluates_on_another_cached_dataset(tmp_path, cached, lm_tr
 
 def test_a_student_of_another_vocabulary_is_refused(tmp_path, cached):
     trainer = KDTrainer(model=tiny_lm(320, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached)
-    with pytest.raises(TargetMismatchError, match="vocabulary of 300 tokens.*320 wide"):
+    with pytest.raises(TargetMismatchError, match=r"vocabulary of 300 tokens.*320 wide"):
         trainer.train()
 
 

@@ -86,7 +86,7 @@ def store(tmp_path_factory, digits_small) -> tuple[str, Subset]:
 
 
 def test_a_real_stores_params_are_the_batched_and_the_view_by_view_draws(store):
-    path, data = store
+    path, _data = store
     stored = zarr.open_group(path, mode="r")["views/params"][:]
     views = transform(count=VIEWS, ops=FIXED_DRAWS)
     samples, view_ids = np.repeat(np.arange(150), VIEWS), np.tile(np.arange(VIEWS), 150)

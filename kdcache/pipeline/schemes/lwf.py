@@ -203,7 +203,7 @@ def row_stages(cfg: LwFPipeline, row: Row) -> list[StageConfig]:
     ce = [{"name": "ce"}]
     kd = {"name": "kd", "weight": s.lambda_old, "temperature": s.temperature, "student_layer": f"heads.{OLD}"}
     joint = {
-        "lwf": (ce + [kd], []),
+        "lwf": ([*ce, kd], []),
         "fine_tuning": (ce, []),
         "feature_extraction": (ce, FROZEN),
         "joint_training": (ce, []),

@@ -65,8 +65,9 @@ def write_corpus(
     budget, n = tokens * chars_per_token, 0
     while budget > 0:
         shards.append(directory / f"shard-{len(shards):04d}.jsonl{'.gz' if compress else ''}")
-        opened = gzip.open(shards[-1], "wt", compresslevel=1, encoding="utf-8") if compress else shards[-1].open("w")
-        with opened as out:
+        with (
+            gzip.open(shards[-1], "wt", compresslevel=1, encoding="utf-8") if compress else shards[-1].open("w")
+        ) as out:
             for _ in range(SHARD_DOCUMENTS):
                 text = files[n % len(files)].read_text(errors="replace")
                 out.write(json.dumps({"text": text}) + "\n")

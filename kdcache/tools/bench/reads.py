@@ -104,7 +104,7 @@ class ReadStore:
         return reader
 
     def files(self) -> list[Path]:
-        return pagecache.files_under(self.path) + [self.raw]
+        return [*pagecache.files_under(self.path), self.raw]
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

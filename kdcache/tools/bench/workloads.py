@@ -192,7 +192,7 @@ def logits_source(num_samples: int, num_classes: int, *, seed: int = 0) -> tuple
     return data, nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
 
 
-def _model_text(model) -> str:  # noqa: ANN001 - a ModelConfig
+def _model_text(model) -> str:
     args = ", ".join(f"{k} {v}" for k, v in model.args.items())
     return f"{model.arch} ({args})" if args else model.arch
 

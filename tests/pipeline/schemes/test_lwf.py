@@ -113,7 +113,7 @@ def unchanged(before: dict, model: torch.nn.Module, prefix: str) -> bool:
 
 
 def test_warmup_trains_only_the_new_head_then_joint_phase_trains_everything(lwf_setup):
-    cfg, old, new_task, data = lwf_setup
+    cfg, old, _new_task, data = lwf_setup
     net = lwf_network(cfg, old)
     warmup, joint = row_stages(cfg, "lwf")
     start = snapshot(net)
@@ -129,7 +129,7 @@ def test_warmup_trains_only_the_new_head_then_joint_phase_trains_everything(lwf_
 
 
 def test_fine_tuning_never_touches_the_old_head_and_feature_extraction_keeps_the_backbone(lwf_setup):
-    cfg, old, new_task, data = lwf_setup
+    cfg, old, _new_task, data = lwf_setup
     for row, moved in (("fine_tuning", "backbone"), ("feature_extraction", None)):
         net = lwf_network(cfg, old)
         start = snapshot(net)

@@ -39,7 +39,7 @@ def test_hint_is_the_squared_l2_distance_of_the_logits_averaged_over_samples():
     assert float(logit_hint(light, booster, gradient_block=True)) == pytest.approx((1 + 4 + 1 + 1) / 2)
 
 
-def objective_and_outputs(cfg: RocketPipeline, row: str, *, share: bool = True):  # noqa: ANN201
+def objective_and_outputs(cfg: RocketPipeline, row: str, *, share: bool = True):
     """The network of a co-trained row, its objective as the runner builds it, and one batch's outputs."""
     net = rocket_network(cfg, share=share).train()
     stage = row_stages(cfg, row)[0]

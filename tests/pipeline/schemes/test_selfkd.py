@@ -30,7 +30,7 @@ SMALL = [
 ]
 
 
-def small_selfkd(out, *extra: str) -> SelfKDPipeline:  # noqa: ANN001
+def small_selfkd(out, *extra: str) -> SelfKDPipeline:
     return load_pipeline(PIPELINE, [*SMALL, f"output_dir={out}", *extra])
 
 

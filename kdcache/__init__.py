@@ -1,113 +1,100 @@
 """kdcache: knowledge distillation with cached teachers.
 
-Stage one (:func:`precompute`, :func:`precompute_on_dask`) runs a frozen teacher once and writes its targets into a
-sharded Zarr v3 store; stage two streams them (:func:`open_cache`, :class:`CachedDataset`, :func:`batch_loader`,
-:func:`fit`) into student training. Language models: :class:`TextDataset`, :class:`ChatDataset`, :class:`TokenViews`,
-:class:`CachedTokenDataset`, :func:`token_kd_divergence` (docs/language-models.md). Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
-The layers and what each package owns: docs/design.md.
+Stage one (:func:`precompute`, :func:`precompute_on_dask`, given targets from :func:`build_target` and a
+:class:`ViewTransform`) runs a frozen teacher once and writes its targets into a sharded Zarr v3 store; stage two
+streams them (:func:`open_cache`, :class:`CachedDataset`, :class:`CachedTokenDataset`, :func:`batch_loader`,
+:func:`fit`) into student training. Pipelines (:func:`load_pipeline`, :func:`run_pipeline`) build both from YAML.
+Everything else lives in the package that owns it (``kdcache.datasets``, ``kdcache.losses``, ``kdcache.tools``, ...);
+the layers and what each package owns: docs/design.md ("Front door" says why these names).
+
+Names import on first use (PEP 562), so ``import kdcache.store`` or ``import kdcache.errors`` loads neither torch
+nor the engines. The names that used to be here resolve for one more release, with a ``DeprecationWarning``.
 """
 
-from kdcache.datasets import (
-    ChatDataset,
-    ClassSubset,
-    DigitsSegmentation,
-    HDF5Dataset,
-    ItemDataset,
-    SampleDataset,
-    TensorDataset,
-    TextDataset,
-    VOCSegmentation,
-    as_sample_dataset,
-)
-from kdcache.errors import KdcacheError, PerformanceWarning
-from kdcache.losses import LOSSES, build_objective, kd_divergence, logit_hint, token_kd_divergence
-from kdcache.models import MultiHeadNet
-from kdcache.pipeline import PipelineConfig, RunSettings, load_pipeline, run_pipeline
-from kdcache.precompute import PrecomputeReport, StageOneJob, precompute, precompute_on_dask
-from kdcache.registry import Factory
-from kdcache.store import Cache, Requirements, open_cache
-from kdcache.targets import TARGETS, Ensemble, ProbabilityEnsemble, build_target
-from kdcache.tools.stats import TeacherStats, store_stats
-from kdcache.tools.transfer import export_hdf5, import_hdf5
-from kdcache.tools.verify import FidelityReport, Tolerance, recompute_check
-from kdcache.train import (
-    Batch,
-    BlockShuffleSampler,
-    CachedDataset,
-    CachedTokenDataset,
-    LossConfig,
-    OptimizerConfig,
-    StageConfig,
-    ViewDataset,
-    World,
-    batch_loader,
-    fit,
-    process_group,
-    set_loader_epoch,
-)
-from kdcache.views import VIEW_OPS, Mix, TokenViews, ViewTransform, build_pipeline, build_view_op
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
+
+from kdcache.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from kdcache.errors import KdcacheError, PerformanceWarning
+    from kdcache.pipeline import load_pipeline, run_pipeline
+    from kdcache.precompute import precompute, precompute_on_dask
+    from kdcache.store import Cache, Requirements, open_cache
+    from kdcache.targets import build_target
+    from kdcache.train import CachedDataset, CachedTokenDataset, batch_loader, fit
+    from kdcache.views import ViewTransform
+
+_EXPORTS = {
+    "precompute": "kdcache.precompute",
+    "precompute_on_dask": "kdcache.precompute",
+    "build_target": "kdcache.targets",
+    "ViewTransform": "kdcache.views",
+    "open_cache": "kdcache.store",
+    "Cache": "kdcache.store",
+    "Requirements": "kdcache.store",
+    "CachedDataset": "kdcache.train",
+    "CachedTokenDataset": "kdcache.train",
+    "batch_loader": "kdcache.train",
+    "fit": "kdcache.train",
+    "load_pipeline": "kdcache.pipeline",
+    "run_pipeline": "kdcache.pipeline",
+    "KdcacheError": "kdcache.errors",
+    "PerformanceWarning": "kdcache.errors",
+}
+
+_PACKAGE_OF_MOVED = {
+    "kdcache.datasets": ("ChatDataset", "ClassSubset", "DigitsSegmentation", "HDF5Dataset", "ItemDataset",
+                         "SampleDataset", "TensorDataset", "TextDataset", "VOCSegmentation", "as_sample_dataset"),
+    "kdcache.losses": ("LOSSES", "build_objective", "kd_divergence", "logit_hint", "token_kd_divergence"),
+    "kdcache.models": ("MultiHeadNet",),
+    "kdcache.precompute": ("PrecomputeReport", "StageOneJob"),
+    "kdcache.registry": ("Factory",),
+    "kdcache.targets": ("TARGETS", "Ensemble", "ProbabilityEnsemble"),
+    "kdcache.tools": ("FidelityReport", "TeacherStats", "Tolerance", "export_hdf5", "import_hdf5", "recompute_check",
+                      "store_stats"),
+    "kdcache.train": ("Batch", "BlockShuffleSampler", "LossConfig", "OptimizerConfig", "StageConfig", "ViewDataset",
+                      "World", "process_group", "set_loader_epoch"),
+    "kdcache.views": ("VIEW_OPS", "Mix", "TokenViews", "build_view_op"),
+}  # fmt: skip
+"""Names the front door exported before it was made small: deprecated here, each at home in its package."""
+
+_RENAMED = {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig",
+            "build_pipeline": "kdcache.views:build_transform"}  # fmt: skip
+"""Names renamed in 0.2 that the front door exported (CHANGELOG.md)."""
+
+_lazy_getattr, __dir__ = lazy_exports(
+    __name__,
+    _EXPORTS,
+    moved={name: f"{package}:{name}" for package, names in _PACKAGE_OF_MOVED.items() for name in names} | _RENAMED,
+)
+
+
+def __getattr__(name: str) -> Any:
+    """A front-door name on first use; ``__version__`` from the installed package's metadata (read once)."""
+    if name == "__version__":
+        from importlib.metadata import version as installed  # ~20 ms, paid only by who asks
+
+        version = globals()["__version__"] = installed("kdcache")
+        return version
+    return _lazy_getattr(name)
+
 
 __all__ = [
-    "LOSSES",
-    "TARGETS",
-    "VIEW_OPS",
-    "Batch",
-    "BlockShuffleSampler",
     "Cache",
     "CachedDataset",
     "CachedTokenDataset",
-    "ChatDataset",
-    "ClassSubset",
-    "DigitsSegmentation",
-    "Ensemble",
-    "Factory",
-    "FidelityReport",
-    "HDF5Dataset",
-    "ItemDataset",
     "KdcacheError",
-    "LossConfig",
-    "Mix",
-    "MultiHeadNet",
-    "OptimizerConfig",
     "PerformanceWarning",
-    "PipelineConfig",
-    "PrecomputeReport",
-    "ProbabilityEnsemble",
     "Requirements",
-    "RunSettings",
-    "SampleDataset",
-    "StageConfig",
-    "StageOneJob",
-    "TeacherStats",
-    "TensorDataset",
-    "TextDataset",
-    "TokenViews",
-    "Tolerance",
-    "VOCSegmentation",
-    "ViewDataset",
     "ViewTransform",
-    "World",
-    "as_sample_dataset",
     "batch_loader",
-    "build_objective",
-    "build_pipeline",
     "build_target",
-    "build_view_op",
-    "export_hdf5",
     "fit",
-    "import_hdf5",
-    "kd_divergence",
     "load_pipeline",
-    "logit_hint",
     "open_cache",
     "precompute",
     "precompute_on_dask",
-    "process_group",
-    "recompute_check",
     "run_pipeline",
-    "set_loader_epoch",
-    "store_stats",
-    "token_kd_divergence",
 ]

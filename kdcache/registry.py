@@ -1,5 +1,9 @@
 """Named registries (models, datasets, targets, losses) that refuse duplicates and explain misses, and import paths
-(``module:callable``) with :class:`Factory`, the way a user's own code is named where a registered name would be."""
+(``module:callable``) with :class:`Factory`, the way a user's own code is named where a registered name would be.
+
+Also how packages name their public surface: :func:`lazy_exports` (names that import on first use) and the names
+renamed in 0.2, kept for one release with a warning (:func:`moved_names`, :func:`moved_module`,
+:func:`renamed_method`; CHANGELOG.md lists them)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import difflib
 import importlib
 import json
 import re
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -113,6 +119,86 @@ def import_callable(path: str, *, what: str = "callable") -> Callable[..., Any]:
     if not callable(found):
         raise RegistryError(f"{what} {path!r} names a {type(found).__name__}, which cannot be called")
     return found
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str], moved: dict[str, str] | None = None
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The PEP 562 ``__getattr__`` and ``__dir__`` of a package whose public names import on first use.
+
+    ``exports`` maps each public name to the module defining it, so importing the package (or any module under it,
+    which runs the package's ``__init__`` first) costs nothing until a name is used: ``import kdcache.store`` must
+    not import torch because ``kdcache`` also exports ``fit``. ``moved`` maps an old name to ``"module:name"``, where
+    it lives now (:func:`moved_names`).
+    """
+    module = sys.modules[package]
+    old_names = moved_names(package, moved or {})
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            setattr(module, name, value)  # the next lookup finds it without this hook
+            return value
+        return old_names(name)
+
+    def __dir__() -> list[str]:
+        return sorted(set(module.__dict__) | set(exports))
+
+    return __getattr__, __dir__
+
+
+REMOVED_IN = "0.3"
+"""The release that drops the names renamed in 0.2 (CHANGELOG.md lists every one)."""
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """Warn that ``old`` is now ``new``, at the first line outside kdcache (the user's code that used it)."""
+    level, frame = 1, sys._getframe(0)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "kdcache":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"{old} is deprecated: use {new} (the old name goes in kdcache {REMOVED_IN}; CHANGELOG.md lists every rename)",
+        DeprecationWarning,
+        stacklevel=level,
+    )
+
+
+def moved_names(module: str, aliases: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` serving old names (``aliases``: old name → ``"new.module:new_name"``) with a
+    warning; nothing is imported until an old name is used."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        target_module, _, target = aliases[name].partition(":")
+        warn_renamed(f"{module}.{name}", f"{target_module}.{target}")
+        return getattr(importlib.import_module(target_module), target)
+
+    return __getattr__
+
+
+def moved_module(module: str, target_module: str, renames: dict[str, str] | None = None) -> Callable[[str], Any]:
+    """The ``__getattr__`` of a renamed module's shim: every attribute forwards to ``target_module`` (under its new
+    name where ``renames`` gives one), with a warning."""
+    renamed = renames or {}
+
+    def __getattr__(name: str) -> Any:
+        target = renamed.get(name, name)
+        value = getattr(importlib.import_module(target_module), target)
+        warn_renamed(f"{module}.{name}", f"{target_module}.{target}")
+        return value
+
+    return __getattr__
+
+
+def renamed_method(owner: str, old: str, new: str) -> Callable[..., Any]:
+    """Method ``old`` of class ``owner``, forwarding to ``new`` on the same object with a warning."""
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        warn_renamed(f"{owner}.{old}", f"{owner}.{new}")
+        return getattr(self, new)(*args, **kwargs)
+
+    return forward
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

@@ -1,24 +1,32 @@
-"""The commands that run a pipeline file: ``precompute``, ``train``, ``run`` and ``plan``."""
+"""The commands that run a pipeline file: ``precompute``, ``train``, ``run`` and ``plan``.
+
+Each command imports the pipeline layer (and with it torch) when it runs, never when the parser is built: ``kdcache
+--help`` and a mistyped argument answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kdcache.errors import ConfigError
-from kdcache.metrics import metric_text
-from kdcache.pipeline import RunSettings, load_pipeline, plan_storage, run_pipeline, run_precompute, train_student
-from kdcache.pipeline.compare import rate_text
-from kdcache.pipeline.plan import token_budget
-from kdcache.tables import render_table
-from kdcache.train import World
-from kdcache.train.pinning import OVERRIDES
+
+if TYPE_CHECKING:
+    from kdcache.pipeline import RunSettings
 
 Command = Callable[[argparse.Namespace], int]
+
+RESUME_CHANGES = ("lr", "weight_decay", "store", "unpinned")
+"""The kinds of change ``--resume-allow`` takes: the keys of :data:`kdcache.train.pinning.OVERRIDES` (a test holds
+them equal), written here so the parser needs no torch; an unknown kind is refused before training, with each
+kind's meaning."""
 
 
 def load(args: argparse.Namespace) -> RunSettings:
     """The validated pipeline of ``args`` (its ``--set`` overrides applied); only ``run`` takes scheme pipelines."""
+    from kdcache.pipeline import load_pipeline
+
     cfg = load_pipeline(args.pipeline, args.set)
     if cfg.method != "distill" and args.command != "run":
         raise ConfigError(
@@ -29,6 +37,9 @@ def load(args: argparse.Namespace) -> RunSettings:
 
 
 def precompute(args: argparse.Namespace) -> int:
+    from kdcache.pipeline import run_precompute
+    from kdcache.pipeline.compare import rate_text
+
     report = run_precompute(
         load(args), progress=not args.quiet, workers=args.workers, scheduler=args.scheduler, break_lock=args.break_lock
     )
@@ -42,6 +53,12 @@ def precompute(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from kdcache.metrics import metric_text
+    from kdcache.pipeline import train_student
+    from kdcache.train import World
+    from kdcache.train.pinning import check_overrides
+
+    check_overrides(tuple(args.resume_allow))
     world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
     run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume,
                         resume_allow=tuple(args.resume_allow))  # fmt: skip
@@ -52,11 +69,17 @@ def train(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdcache.pipeline import run_pipeline
+
     run_pipeline(load(args), progress=not args.quiet)
     return 0
 
 
 def plan(args: argparse.Namespace) -> int:
+    from kdcache.pipeline import plan_storage
+    from kdcache.pipeline.plan import token_budget
+    from kdcache.tables import render_table
+
     cfg = load(args)
     rows = plan_storage(cfg)
     tokens = any(r["bytes_per_token"] is not None for r in rows)  # text: a bytes/token column
@@ -98,9 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start "
                         "if absent); refused when the pipeline changed a setting that decides the remaining steps")  # fmt: skip
-    p.add_argument("--resume-allow", action="append", default=[], choices=sorted(OVERRIDES), metavar="CHANGE",
-                   help="with --resume, accept this kind of change (logged; repeat for several): "
-                        + "; ".join(f"{k}: {v}" for k, v in OVERRIDES.items()))  # fmt: skip
+    p.add_argument("--resume-allow", action="append", default=[], metavar="CHANGE",
+                   help=f"with --resume, accept this kind of change (logged; repeat for several): "
+                        f"{', '.join(RESUME_CHANGES)} (docs/distributed-training.md says what each means)")  # fmt: skip
     _pipeline_parser(sub, "plan", plan, "bytes per sample and store size of each target, before any teacher runs")
     _pipeline_parser(sub, "run", run,
                      "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)")  # fmt: skip

@@ -1,19 +1,14 @@
-"""The commands that take a store: ``inspect``, ``verify``, ``export``, ``import`` and ``stats``."""
+"""The commands that take a store: ``inspect``, ``verify``, ``export``, ``import`` and ``stats``.
+
+Each command imports what it runs when it runs: ``inspect`` reads a store with zarr and numpy alone and never imports
+torch (tests/test_front_door.py holds it); ``verify`` checks stored values with the targets' own rules, which import
+torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from kdcache.pipeline import load_pipeline
-from kdcache.pipeline.build import load_split, view_transform
-from kdcache.pipeline.report import plot_storage
-from kdcache.store import open_cache
-from kdcache.tools.inspect import print_fidelity, print_scrub, print_store
-from kdcache.tools.stats import report_stats
-from kdcache.tools.transfer import export_hdf5, import_hdf5
-from kdcache.tools.upgrade import upgrade_store
-from kdcache.tools.verify import Tolerance, recompute_pipeline_store
 
 VERIFY_HELP = (
     "check a store: without --recompute, its metadata and the size and SHA-256 of every committed shard file; with "
@@ -30,33 +25,49 @@ UPGRADE_HELP = (
 
 
 def inspect(args: argparse.Namespace) -> int:
+    from kdcache.store import open_cache
+    from kdcache.tools.inspect import print_store
+
     cache = open_cache(args.store)
     print_store(cache)
     if args.png is not None:
+        from kdcache.pipeline.report import plot_storage
+
         print(f"wrote {plot_storage(cache, args.png)} (bytes per sample by teacher and array)")
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
+    from kdcache.tools.transfer import export_hdf5
+
     path = export_hdf5(args.store, args.out, progress=not args.quiet)
     print(f"exported {args.store} to {path}")
     return 0
 
 
 def import_(args: argparse.Namespace) -> int:
+    from kdcache.tools.transfer import import_hdf5
+
     cache = import_hdf5(args.file, args.store, progress=not args.quiet)
     print(f"imported {args.file} into {cache.url}: {cache.num_samples} samples, teachers {cache.teachers}")
     return 0
 
 
 def stats(args: argparse.Namespace) -> int:
+    from kdcache.tools.stats import report_stats
+
     report_stats(args.store, args.out, temperature=args.temperature, bins=args.bins, progress=not args.quiet)
     return 0
 
 
 def verify(args: argparse.Namespace) -> int:
+    from kdcache.tools.inspect import print_fidelity, print_scrub
+
     if args.recompute is None:
         return 0 if print_scrub(args.store) else 1
+    from kdcache.pipeline import load_pipeline
+    from kdcache.tools.verify import Tolerance, recompute_pipeline_store
+
     report = recompute_pipeline_store(
         load_pipeline(args.pipeline, args.set),
         args.store,
@@ -71,6 +82,10 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def upgrade(args: argparse.Namespace) -> int:
+    from kdcache.pipeline import load_pipeline
+    from kdcache.pipeline.build import load_split, view_transform
+    from kdcache.tools.upgrade import upgrade_store
+
     cfg = load_pipeline(args.pipeline, args.set)
     split = load_split(cfg, cfg.data.train_split)
     cache = upgrade_store(args.store, split, views=view_transform(cfg), progress=not args.quiet)

@@ -6,9 +6,6 @@ import argparse
 from pathlib import Path
 
 from kdcache.errors import ConfigError
-from kdcache.tables import render_table
-from kdcache.tools.bench import BenchSettings, run_bench
-from kdcache.tools.fidelity import report_fidelity
 
 
 def fidelity(args: argparse.Namespace) -> int:
@@ -19,6 +16,8 @@ def fidelity(args: argparse.Namespace) -> int:
 
         print(report_token_fidelity(args.vocab, args.tokens, args.k, progress=not args.quiet))
         return 0
+    from kdcache.tools.fidelity import report_fidelity
+
     report_fidelity(args.classes, args.out or Path("runs/fidelity"), progress=not args.quiet)
     return 0
 
@@ -27,6 +26,7 @@ def store_fidelity(args: argparse.Namespace) -> int:
     """``fidelity --store``: the rich tables of :func:`~kdcache.tools.lm_fidelity.pipeline_store_fidelity`, and its
     JSON and markdown under ``--out`` when given."""
     from kdcache.pipeline import load_pipeline
+    from kdcache.tables import render_table
     from kdcache.tools.lm_fidelity import fidelity_tables, pipeline_store_fidelity, report_summary, write_report
 
     if not args.pipeline:
@@ -44,6 +44,8 @@ def store_fidelity(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    from kdcache.tools.bench import BenchSettings, run_bench
+
     preset = BenchSettings.quick_preset if args.quick else BenchSettings.full
     report = run_bench(args.out, preset(threads=args.threads, device=args.device), progress=not args.quiet)
     missed = [g for g in report["goals"] if not g["met"]]

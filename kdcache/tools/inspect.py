@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -10,8 +12,9 @@ from kdcache.store import Cache, read_manifest
 from kdcache.store.layout import VIEW_PARAMS
 from kdcache.store.location import StoreLocation
 from kdcache.tables import console as default_console
-from kdcache.tools.values import verify_problems
-from kdcache.tools.verify import FidelityReport
+
+if TYPE_CHECKING:  # the recompute check needs torch; printing a store's manifest must not
+    from kdcache.tools.verify import FidelityReport
 
 
 def print_store(cache: Cache, console: Console | None = None) -> None:
@@ -81,6 +84,8 @@ def print_scrub(url: str, console: Console | None = None) -> bool:
     """Run the full scrub (:func:`kdcache.store.scrub`: metadata, records, size and SHA-256 of every committed shard
     file) and the check of stored values against their targets' parameters (:mod:`kdcache.tools.values`), and print
     every finding; True when nothing is wrong."""
+    from kdcache.tools.values import verify_problems
+
     console = console or default_console()
     problems = verify_problems(url)
     files = sum(len(c.files) for c in read_manifest(StoreLocation(url)).all_commits())

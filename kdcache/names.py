@@ -10,6 +10,7 @@ import re
 from typing import Literal
 
 from kdcache.errors import UnsafeNameError
+from kdcache.registry import moved_names
 
 Compressor = Literal["none", "lz4", "zstd"]
 """Inner-chunk compressor of an array: none (logits barely compress), blosc-lz4, or blosc-zstd (features)."""
@@ -17,7 +18,7 @@ Compressor = Literal["none", "lz4", "zstd"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-def check_name(name: str, *, what: str, levels: bool = True) -> str:
+def check_safe_name(name: str, *, what: str, levels: bool = True) -> str:
     """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
 
     ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.
@@ -37,3 +38,6 @@ def check_name(name: str, *, what: str, levels: bool = True) -> str:
             "with no empty, '.' or '..' level and no leading '/'"
         )
     return name
+
+
+__getattr__ = moved_names(__name__, {"check_name": "kdcache.names:check_safe_name"})

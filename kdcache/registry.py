@@ -63,7 +63,7 @@ class Registry(Generic[T]):
             return import_callable(name, what=self.kind)  # type: ignore[return-value]
         return self.get(name)
 
-    def check_name(self, name: str) -> str:
+    def check_known(self, name: str) -> str:
         """``name`` if it is registered or shaped like an import path; nothing is imported (a dask worker, not this
         process, may be the one that has the module)."""
         if name in self._entries or _IMPORT_PATH.match(name):
@@ -264,3 +264,6 @@ class RegisteredEntry(BaseModel):
 def short_errors(exc: ValidationError) -> str:
     """A pydantic validation error on one line: ``where: what`` per problem."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
+Registry.check_name = renamed_method("Registry", "check_name", "check_known")  # type: ignore[attr-defined]  # 0.2 alias

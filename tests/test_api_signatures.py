@@ -6,7 +6,7 @@ A signature is an inline code span ``name(params)`` (optionally ``-> type``) who
 example call, not a signature, and is not checked (so is a span starting with ``...``). ``x=...`` says only that
 ``x`` has a default; a bare ``...`` elsewhere says that more parameters follow, so the rest are not checked. Defaults may be written ``16 GiB`` and
 ``10 min``. Bare method names (``update(logits, labels)``) are looked up on the entry's first documented object, and
-``Cache.require(...)`` on the named class; names that resolve to nothing are prose, not checked.
+``StoreReader.require(...)`` on the named class; names that resolve to nothing are prose, not checked.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import torch
 
-from kdcache import token_kd_divergence
 from kdcache.checkpoint import save_model
+from kdcache.losses import token_kd_divergence
 from kdcache.models import CausalLM
 from tests.conftest import ROOT
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from kdcache.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kdcache.pipeline import RunSettings
+    from kdcache.pipeline import RunConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -23,7 +23,7 @@ them equal), written here so the parser needs no torch; an unknown kind is refus
 kind's meaning."""
 
 
-def load(args: argparse.Namespace) -> RunSettings:
+def load(args: argparse.Namespace) -> RunConfig:
     """The validated pipeline of ``args`` (its ``--set`` overrides applied); only ``run`` takes scheme pipelines."""
     from kdcache.pipeline import load_pipeline
 

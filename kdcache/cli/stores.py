@@ -25,10 +25,10 @@ UPGRADE_HELP = (
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from kdcache.store import open_cache
+    from kdcache.store import open_store
     from kdcache.tools.inspect import print_store
 
-    cache = open_cache(args.store)
+    cache = open_store(args.store)
     print_store(cache)
     if args.png is not None:
         from kdcache.pipeline.report import plot_storage
@@ -66,7 +66,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.recompute is None:
         return 0 if print_scrub(args.store) else 1
     from kdcache.pipeline import load_pipeline
-    from kdcache.tools.verify import Tolerance, recompute_pipeline_store
+    from kdcache.tools.recompute import Tolerance, recompute_pipeline_store
 
     report = recompute_pipeline_store(
         load_pipeline(args.pipeline, args.set),

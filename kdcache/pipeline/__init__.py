@@ -8,17 +8,18 @@ what ``kdcache precompute``, ``train`` and ``plan`` call. Importing this package
 
 from kdcache.pipeline import compare as _compare  # noqa: F401  (registers the distill method)
 from kdcache.pipeline import schemes as _schemes  # noqa: F401  (registers lwf, rocket, selfkd)
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.distill import StudentRun, run_precompute, train_student
 from kdcache.pipeline.loading import load_pipeline, parse_pipeline, with_overrides
 from kdcache.pipeline.methods import METHODS, Method, run_pipeline
 from kdcache.pipeline.plan import plan_storage
+from kdcache.registry import moved_names
 
 __all__ = [
     "METHODS",
+    "DistillConfig",
     "Method",
-    "PipelineConfig",
-    "RunSettings",
+    "RunConfig",
     "StudentRun",
     "load_pipeline",
     "parse_pipeline",
@@ -28,3 +29,5 @@ __all__ = [
     "train_student",
     "with_overrides",
 ]
+
+__getattr__ = moved_names(__name__, {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig"})

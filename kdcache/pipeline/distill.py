@@ -18,23 +18,23 @@ from kdcache.datasets.tokenizer import load_tokenizer
 from kdcache.errors import ConfigError
 from kdcache.pipeline.build import (
     build_student,
-    cache_targets,
     device_of,
     eval_views,
     load_split,
     loss_setup,
     model_spec,
     pipeline_factories,
+    targets_to_write,
     teacher_directory,
     view_transform,
 )
-from kdcache.pipeline.config import PipelineConfig, VariantConfig
+from kdcache.pipeline.config import DistillConfig, VariantConfig
 from kdcache.pipeline.loading import with_overrides
 from kdcache.pipeline.teacher import ensure_teacher
 from kdcache.pipeline.tokens import check_language_model, student_tokenizer
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
 from kdcache.registry import Factory
-from kdcache.store import Cache, Requirements, open_cache
+from kdcache.store import Requirements, StoreReader, open_store
 from kdcache.targets import Ensemble
 from kdcache.train import (
     CachedDataset,
@@ -68,13 +68,13 @@ class StudentRun:
 
 # ------------------------------------------------------------------------------------------------ stage one
 def stage_one_job(
-    cfg: PipelineConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory
+    cfg: DistillConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory
 ) -> StageOneJob:
     """The pipeline's stage one: ``teacher`` and ``dataset`` are objects (this process) or factories (dask)."""
     return StageOneJob(
         teacher,
         dataset,
-        tuple(cache_targets(cfg)),
+        tuple(targets_to_write(cfg)),
         view_transform(cfg),
         cfg.data.num_classes,
         teacher_name=cfg.teacher.name,
@@ -88,7 +88,7 @@ def stage_one_job(
 
 
 def run_precompute(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     *,
     progress: bool = True,
     workers: int | None = None,
@@ -114,7 +114,7 @@ def run_precompute(
 
 
 # ------------------------------------------------------------------------------------------------ stage two
-def cached_train_split(cfg: PipelineConfig, cache: Cache) -> SampleDataset:
+def cached_train_split(cfg: DistillConfig, cache: StoreReader) -> SampleDataset:
     """The training split as the cached variants read it: with ``cache.store_tokens`` the sequences the store holds
     (no corpus needed), refused when ``data.args.tokenizer`` — which tokenizes the evaluation split — is on disk and
     is another tokenizer than the store's; else the split's files."""
@@ -127,14 +127,14 @@ def cached_train_split(cfg: PipelineConfig, cache: Cache) -> SampleDataset:
     return train
 
 
-def cached_data(cfg: PipelineConfig, train: SampleDataset | None, targets: list[str]) -> CachedDataset:
+def cached_data(cfg: DistillConfig, train: SampleDataset | None, targets: list[str]) -> CachedDataset:
     """The training split (``None``: the sequences the store holds, :class:`~kdcache.train.StoredTokens`) joined
     with the store's ``targets``, refused unless the store fits this pipeline: complete,
     made from this data, views and class count and — for one teacher — by the pipeline's teacher: its architecture,
     and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
     transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
     ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
-    cache = open_cache(cfg.store_url, shard_cache=cfg.cache.shard_cache,
+    cache = open_store(cfg.store_url, shard_cache=cfg.cache.shard_cache,
                        shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
     if train is None:
         train = cached_train_split(cfg, cache)
@@ -170,7 +170,7 @@ def cached_data(cfg: PipelineConfig, train: SampleDataset | None, targets: list[
 
 
 def train_student(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     variant: str,
     *,
     progress: bool = True,
@@ -226,18 +226,18 @@ def train_student(
     return StudentRun(variant, result)
 
 
-def variant_config(cfg: PipelineConfig, variant: VariantConfig) -> PipelineConfig:
+def variant_config(cfg: DistillConfig, variant: VariantConfig) -> DistillConfig:
     """The pipeline as one variant trains from it: its ``set`` overrides applied and validated."""
     return with_overrides(cfg, variant.set, source=f"compare variant {variant.name!r}") if variant.set else cfg
 
 
-def checkpoint_path(cfg: PipelineConfig, variant: str) -> Path:
+def checkpoint_path(cfg: DistillConfig, variant: str) -> Path:
     """Where a student variant's training checkpoint lives (``kdcache train --resume`` reads it)."""
     return cfg.out / "checkpoints" / f"student-{variant}.state.safetensors"
 
 
 def _student_data(
-    cfg: PipelineConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
+    cfg: DistillConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
 ) -> tuple[ViewDataset, LiveTeacher | None]:
     """The training data for a target ``source``, and the live teacher that supplies targets for ``online``."""
     needed = teacher_targets(stages)
@@ -252,12 +252,12 @@ def _student_data(
                 "the online variant runs the one live teacher in `teacher`; teacher.ensemble is read from the "
                 "store only. Use --variant cached, or remove teacher.ensemble"
             )
-        targets = [t for t in cache_targets(cfg) if t.name in needed]
+        targets = [t for t in targets_to_write(cfg) if t.name in needed]
         live = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
     return ViewDataset(train, view_transform(cfg), policy=cfg.views.policy), live
 
 
-def stage_two_teacher(cfg: PipelineConfig) -> str | Ensemble:
+def stage_two_teacher(cfg: DistillConfig) -> str | Ensemble:
     """The cached teacher stage two reads: ``teacher.name``, or the ensemble of ``teacher.ensemble``."""
     ensemble = cfg.teacher.ensemble
     return cfg.teacher.name if ensemble is None else Ensemble(tuple(ensemble.members), ensemble.mode)

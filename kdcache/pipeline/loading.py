@@ -9,12 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kdcache.errors import ConfigError
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.methods import METHODS
 from kdcache.pipeline.yamlsafe import load_yaml, read_yaml_file
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a pipeline YAML; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
     path = Path(path)
     raw = read_yaml_file(path)
@@ -25,7 +25,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSe
     return parse_pipeline(raw, source=str(path))
 
 
-def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "<overrides>") -> PipelineConfig:
+def with_overrides(cfg: DistillConfig, overrides: list[str], *, source: str = "<overrides>") -> DistillConfig:
     """``cfg`` with ``dotted.key=value`` overrides applied and validated again (e.g. one compare variant's ``set``)."""
     raw = cfg.model_dump(mode="json")
     for item in overrides:
@@ -33,7 +33,7 @@ def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "
     return parse_pipeline(raw, source=source)  # type: ignore[return-value]
 
 
-def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSettings:
+def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
     """Validate a pipeline dict against the model of its ``method`` (``distill`` unless it says otherwise)."""
     model = pipeline_model(raw.get("method", "distill"))
     try:
@@ -42,7 +42,7 @@ def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSetting
         raise ConfigError(f"invalid pipeline {source}:\n{_describe(exc, model)}") from None
 
 
-def pipeline_model(method: Any) -> type[RunSettings]:
+def pipeline_model(method: Any) -> type[RunConfig]:
     """The pydantic model of a pipeline ``method``: distill, or a distillation scheme (:mod:`kdcache.pipeline.methods`)."""
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS.names())}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdcache.datasets.text import tokens_per_sample
 from kdcache.pipeline.build import load_split, untrained_teacher
-from kdcache.pipeline.config import PipelineConfig
+from kdcache.pipeline.config import DistillConfig
 from kdcache.pipeline.distill import stage_one_job
 from kdcache.precompute import TeacherRun
 from kdcache.store import SAMPLES_OWNER, plan_shard_samples
@@ -13,7 +13,7 @@ DISTILLKIT_BYTES_PER_TOKEN = 300
 """DistillKit's compressed top-k logits at k = 128, as its authors state it (~300 B/token), for comparison."""
 
 
-def plan_storage(cfg: PipelineConfig) -> list[dict]:
+def plan_storage(cfg: DistillConfig) -> list[dict]:
     """Bytes per sample (and per token, for text) and store size of every array the pipeline would write, before
     any teacher runs: each target's arrays, and the ``samples/*`` arrays every store holds once (index, label,
     16-byte content digest and, with augmented views, the numbers each view was drawn with), as target ``samples``.
@@ -48,7 +48,7 @@ def plan_storage(cfg: PipelineConfig) -> list[dict]:
     ]
 
 
-def token_budget(cfg: PipelineConfig, rows: list[dict]) -> list[str]:
+def token_budget(cfg: DistillConfig, rows: list[dict]) -> list[str]:
     """One line per cached top-k token target: its bytes per token and in all against the goal of 4 + 6·k bytes (fp16 values,
     k ≤ 64) and DistillKit's ~300 B/token at k = 128."""
     lines = []

@@ -1,10 +1,11 @@
 """The on-disk store: the only package that imports zarr; it knows arrays and manifests, not networks or datasets.
 
 See docs/store-format.md. Writing: :class:`StoreBuilder` (commit whole shards, publish the manifest last) under a
-:class:`StoreLock`. Reading: :func:`open_cache` gives a validated :class:`Cache`; :meth:`Cache.require` checks in one
+:class:`StoreLock`. Reading: :func:`open_store` gives a validated :class:`StoreReader`; :meth:`StoreReader.require` checks in one
 call that the store fits a run (:class:`Requirements`); :class:`ArrayReader` reads rows a batch at a time.
 """
 
+from kdcache.registry import moved_names
 from kdcache.store.arrays import ArrayReader
 from kdcache.store.layout import (
     FORMAT_VERSION,
@@ -20,7 +21,7 @@ from kdcache.store.layout import (
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import Manifest, library_versions, read_manifest
-from kdcache.store.reader import Cache, open_cache, scrub
+from kdcache.store.reader import StoreReader, open_store, scrub
 from kdcache.store.requirements import Requirements
 from kdcache.store.shardcache import ShardCache
 from kdcache.store.writer import StoreBuilder, TargetLayout
@@ -33,20 +34,22 @@ __all__ = [
     "VIEW_PARAMS",
     "ArrayReader",
     "ArraySpec",
-    "Cache",
     "Manifest",
     "Requirements",
     "ShardCache",
     "StoreBuilder",
     "StoreLocation",
     "StoreLock",
+    "StoreReader",
     "TargetLayout",
     "io_errors",
     "library_versions",
-    "open_cache",
+    "open_store",
     "plan_shard_samples",
     "read_manifest",
     "scrub",
     "shard_ranges",
     "teacher_path",
 ]
+
+__getattr__ = moved_names(__name__, {"Cache": "kdcache.store:StoreReader", "open_cache": "kdcache.store:open_store"})

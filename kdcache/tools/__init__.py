@@ -14,12 +14,12 @@ if TYPE_CHECKING:
     from kdcache.tools.bench import BenchSettings, run_bench
     from kdcache.tools.inspect import print_store
     from kdcache.tools.lm_fidelity import pipeline_store_fidelity
+    from kdcache.tools.recompute import FidelityReport, recompute_check
+    from kdcache.tools.recompute_kinds import Tolerance
     from kdcache.tools.stats import TeacherStats, store_stats
     from kdcache.tools.transfer import export_hdf5, import_hdf5
     from kdcache.tools.upgrade import upgrade_store
     from kdcache.tools.values import verify_problems
-    from kdcache.tools.verify import FidelityReport, recompute_check
-    from kdcache.tools.verify_kinds import Tolerance
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -34,9 +34,9 @@ __getattr__, __dir__ = lazy_exports(
         "import_hdf5": "kdcache.tools.transfer",
         "upgrade_store": "kdcache.tools.upgrade",
         "verify_problems": "kdcache.tools.values",
-        "FidelityReport": "kdcache.tools.verify",
-        "recompute_check": "kdcache.tools.verify",
-        "Tolerance": "kdcache.tools.verify_kinds",
+        "FidelityReport": "kdcache.tools.recompute",
+        "recompute_check": "kdcache.tools.recompute",
+        "Tolerance": "kdcache.tools.recompute_kinds",
     },
 )
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from kdcache.checkpoint import state_digest
 from kdcache.fingerprint import canonical_digest
+from kdcache.registry import moved_names
 from kdcache.targets import Target, TargetExtractor
 from kdcache.train.batch import Batch
 
@@ -21,7 +22,7 @@ class TargetSource(Protocol):
     def __call__(self, batch: Batch) -> dict[str, Any]: ...
 
 
-def cached_targets(batch: Batch) -> dict[str, Any]:
+def batch_targets(batch: Batch) -> dict[str, Any]:
     """Targets that came with the batch from the store (already decoded on the device)."""
     return batch.targets
 
@@ -45,3 +46,6 @@ class LiveTeacher:
     def __call__(self, batch: Batch) -> dict[str, Any]:
         _, values = self.extract(batch.inputs)
         return values
+
+
+__getattr__ = moved_names(__name__, {"cached_targets": "kdcache.train:batch_targets"})

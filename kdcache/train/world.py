@@ -110,7 +110,7 @@ def check_group(world: World) -> None:
         raise ConfigError(
             f"training as rank {world.rank} of {world.world_size} needs the default process group of that world; "
             f"found {'none' if found is None else f'rank {found[0]} of {found[1]}'}. Wrap the call in "
-            "`with kdcache.process_group(world, device):` or launch with torchrun"
+            "`with kdcache.train.process_group(world, device):` or launch with torchrun"
         )
 
 

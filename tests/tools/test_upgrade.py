@@ -12,11 +12,12 @@ import pytest
 import torch
 import zarr
 
-from kdcache import CachedDataset, ViewTransform, build_view_op, open_cache
+from kdcache import CachedDataset, ViewTransform, open_store
 from kdcache.datasets import Subset
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.store import FORMAT_VERSION, scrub
 from kdcache.tools.upgrade import upgrade_store
+from kdcache.views import build_view_op
 from tests.helpers import kdcache
 from tests.store.test_golden import build_golden_store, golden_dataset
 
@@ -36,7 +37,7 @@ def v1(tmp_path) -> Path:
 
 def test_a_format_one_store_is_refused_with_the_way_to_upgrade(v1):
     with pytest.raises(StoreFormatError, match=r"is format 1.*kdcache upgrade STORE --pipeline P.yaml"):
-        open_cache(str(v1))
+        open_store(str(v1))
 
 
 def test_the_upgraded_store_equals_a_fresh_one_except_the_old_log_sum_exp(v1, tmp_path):
@@ -91,7 +92,7 @@ and ``eval=v2.Identity()`` (count 3, seed 5, mean 0.5, std 0.25)."""
 def test_a_format_two_store_is_refused_with_the_way_to_upgrade(tmp_path):
     store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
     with pytest.raises(StoreFormatError, match=r"is format 2.*kdcache upgrade STORE --pipeline P.yaml"):
-        open_cache(str(store))
+        open_store(str(store))
 
 
 def test_a_format_two_store_of_kdcache_ops_upgrades_and_trains_with_every_view_proven(tmp_path):
@@ -119,7 +120,7 @@ def test_a_format_two_store_of_a_torchvision_pipeline_is_refused_to_be_rebuilt(t
 
 def test_a_format_two_store_is_upgraded_only_from_the_samples_it_was_built_from(tmp_path):
     """One pixel edited outside the fingerprint's probes: the format-2 (BLAKE2b) digests refuse it."""
-    from kdcache import TensorDataset
+    from kdcache.datasets import TensorDataset
     from kdcache.datasets.fingerprint import CONTENT_PROBES
 
     store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")

@@ -13,10 +13,10 @@ from kdcache.datasets import SampleDataset
 from kdcache.errors import StoreMismatchError
 from kdcache.losses import LossSetup
 from kdcache.pipeline.build import device_of, eval_views, output_path, view_transform
-from kdcache.pipeline.config import RunSettings
+from kdcache.pipeline.config import RunConfig
 from kdcache.pipeline.report import plot_curves
 from kdcache.precompute import PrecomputeReport, precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target
 from kdcache.train import CachedDataset, OptimizerConfig, StageConfig, TrainResult, ViewDataset, evaluate, fit
@@ -42,7 +42,7 @@ class Trained:
 
 
 def train(
-    cfg: RunSettings,
+    cfg: RunConfig,
     model: nn.Module,
     data: ViewDataset,
     test: SampleDataset | None,
@@ -72,14 +72,14 @@ def train(
     return Trained(model, result)
 
 
-def accuracy(cfg: RunSettings, model: nn.Module, dataset: SampleDataset) -> float:
+def accuracy(cfg: RunConfig, model: nn.Module, dataset: SampleDataset) -> float:
     """Test accuracy of ``model`` on ``dataset`` (view 0, eval transform)."""
     data = ViewDataset(dataset, eval_views(cfg))
     return evaluate(model, data, batch_size=256, device=device_of(cfg), ignore_index=cfg.data.ignore_index)["accuracy"]
 
 
 def cache_teacher(
-    cfg: RunSettings,
+    cfg: RunConfig,
     teacher: nn.Module,
     dataset: SampleDataset,
     *,
@@ -118,17 +118,17 @@ def cache_teacher(
 
 
 def cached_data(
-    cfg: RunSettings, dataset: SampleDataset, *, store: str, teacher: str, targets: list[str], num_classes: int
+    cfg: RunConfig, dataset: SampleDataset, *, store: str, teacher: str, targets: list[str], num_classes: int
 ) -> CachedDataset:
     """``dataset`` joined with ``teacher``'s cached ``targets``; refuses a store that is incomplete for that teacher
     or was made from other data, views or class count. The teacher itself is never built."""
     return CachedDataset(
-        dataset, open_cache(store), teacher=teacher, targets=targets, views=view_transform(cfg), num_classes=num_classes
+        dataset, open_store(store), teacher=teacher, targets=targets, views=view_transform(cfg), num_classes=num_classes
     )
 
 
 def report(
-    cfg: RunSettings,
+    cfg: RunConfig,
     header: list[str],
     rows: list[list[str]],
     summary: dict[str, Any],

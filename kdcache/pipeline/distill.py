@@ -72,11 +72,11 @@ def stage_one_job(
 ) -> StageOneJob:
     """The pipeline's stage one: ``teacher`` and ``dataset`` are objects (this process) or factories (dask)."""
     return StageOneJob(
-        teacher,
-        dataset,
-        tuple(targets_to_write(cfg)),
-        view_transform(cfg),
-        cfg.data.num_classes,
+        teacher=teacher,
+        dataset=dataset,
+        targets=tuple(targets_to_write(cfg)),
+        views=view_transform(cfg),
+        num_classes=cfg.data.num_classes,
         teacher_name=cfg.teacher.name,
         teacher_spec=model_spec(cfg, "teacher"),
         batch_size=cfg.cache.batch_size,

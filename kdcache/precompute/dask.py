@@ -226,21 +226,43 @@ def precompute_on_dask(
     targets: list[Target],
     views: ViewTransform,
     num_classes: int | None = None,
+    teacher_name: str = "teacher",
+    teacher_spec: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    shard_samples: int | None = None,
+    device: str = "cpu",
+    ignore_index: int = -100,
+    progress: bool = True,
+    break_lock: bool = False,
+    allow_tokenizer_mismatch: bool = False,
+    store_tokens: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Client | None = None,
-    **options: Any,
 ) -> PrecomputeReport:
     """:func:`~kdcache.precompute.precompute` on dask, one task per shard range; the store is byte-identical.
 
-    Exactly one of ``client`` (yours), ``workers`` (a new LocalCluster) or ``scheduler`` (an address). ``options``
-    are :func:`~kdcache.precompute.precompute`'s (``teacher_name``, ``teacher_spec``, ``batch_size``,
-    ``shard_samples``, ``device``, ``ignore_index``, ``progress``, ``break_lock``). On a cluster whose workers do not
-    share this process's code, pass ``teacher`` and ``dataset`` as :class:`~kdcache.registry.Factory` import paths.
+    The same keywords as :func:`~kdcache.precompute.precompute` (a test holds the two lists equal), and exactly one of
+    ``client`` (yours), ``workers`` (a new LocalCluster) or ``scheduler`` (an address). On a cluster whose workers do
+    not share this process's code, pass ``teacher`` and ``dataset`` as :class:`~kdcache.registry.Factory` import
+    paths.
 
     >>> precompute_on_dask(Factory("my_models:teacher"), Factory("my_data:train"), "train.zarr",
     ...                    targets=[build_target("logits", {})], views=views, num_classes=10, workers=2)  # doctest: +SKIP
     """
-    run = {k: options.pop(k) for k in ("shard_samples", "progress", "break_lock") if k in options}
-    job = StageOneJob(teacher, dataset, tuple(targets), views, num_classes, **options)
-    return run_on_dask(job, store, workers=workers, scheduler=scheduler, client=client, **run)
+    job = StageOneJob(
+        teacher=teacher,
+        dataset=dataset,
+        targets=tuple(targets),
+        views=views,
+        num_classes=num_classes,
+        teacher_name=teacher_name,
+        teacher_spec=teacher_spec,
+        batch_size=batch_size,
+        device=str(device),
+        ignore_index=ignore_index,
+        allow_tokenizer_mismatch=allow_tokenizer_mismatch,
+        store_tokens=store_tokens,
+    )
+    return run_on_dask(job, store, shard_samples=shard_samples, workers=workers, scheduler=scheduler, client=client,
+                       progress=progress, break_lock=break_lock)  # fmt: skip

@@ -22,9 +22,10 @@ from kdcache.targets import Target
 from kdcache.views import ViewTransform
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageOneJob:
-    """A teacher, a dataset, the views and the targets to cache, and how to run them.
+    """A teacher, a dataset, the views and the targets to cache, and how to run them (keyword-only: a reordered
+    field cannot silently swap two arguments).
 
     * ``teacher``: an ``nn.Module`` or a :class:`Factory` that returns one (weights loaded);
     * ``dataset``: a :class:`SampleDataset` or a :class:`Factory` that returns one;

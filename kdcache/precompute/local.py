@@ -170,6 +170,18 @@ def precompute(
     >>> precompute(teacher, train_set, "runs/x/train.zarr", targets=[build_target("logits", {})],
     ...            views=ViewTransform(count=1, seed=0, mean=(0.3,), std=(0.37,)), num_classes=10)  # doctest: +SKIP
     """
-    job = StageOneJob(teacher, dataset, tuple(targets), views, num_classes, teacher_name, teacher_spec, batch_size,
-                      str(device), ignore_index, allow_tokenizer_mismatch, store_tokens)  # fmt: skip
+    job = StageOneJob(
+        teacher=teacher,
+        dataset=dataset,
+        targets=tuple(targets),
+        views=views,
+        num_classes=num_classes,
+        teacher_name=teacher_name,
+        teacher_spec=teacher_spec,
+        batch_size=batch_size,
+        device=str(device),
+        ignore_index=ignore_index,
+        allow_tokenizer_mismatch=allow_tokenizer_mismatch,
+        store_tokens=store_tokens,
+    )
     return run_local(job, store, shard_samples=shard_samples, progress=progress, break_lock=break_lock)

@@ -74,32 +74,34 @@ def fit(
     into a run that differs in a setting that decides the remaining steps (:mod:`kdcache.train.pinning`); ``sample_log``
     names a directory where each rank logs the sample indices of every step (:mod:`kdcache.train.samplelog`);
     ``stop_after_steps`` kills the process with SIGKILL after that many steps of this call, like a crash, to drill
-    recovery.
+    recovery. The caller's torch random state (CPU, and the training device's) is left as ``fit`` found it.
     """
     world = world or World()
     check_group(world)
     device = torch.device(device)
-    student.to(device)
-    loader = batch_loader(
-        train_data,
-        batch_size=batch_size,
-        seed=seed,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        world=world,
-    )
-    record = run_record(student, train_data, stages=stages, setup=setup, batch_size=batch_size, seed=seed,
-                        targets=targets)  # fmt: skip
-    state = resume_state(checkpoint, stages, student, loader.sampler, record)
-    trainer = _Trainer(student, loader, world=world, device=device, targets=targets, seed=seed,
-                       plan=stage_plan(stages), state=state, checkpoint=checkpoint,
-                       stop_after_steps=stop_after_steps)  # fmt: skip
-    trainer.pinned = record
-    if sample_log is not None:
-        epoch, step = trainer.position
-        trainer.sample_log = SampleLog(sample_log, world, fresh=state is None, epoch=epoch, step=step)
-    trainer.run(stages, setup, test_data, eval_batch=max(batch_size, 256), desc=desc, progress=progress)
+    with torch.random.fork_rng(devices=_cuda_devices(device)):  # steps seed the global generator for dropout
+        student.to(device)
+        pin = device.type == "cuda"
+        loader = batch_loader(train_data, batch_size=batch_size, seed=seed, num_workers=num_workers, pin_memory=pin,
+                              world=world)  # fmt: skip
+        record = run_record(student, train_data, stages=stages, setup=setup, batch_size=batch_size, seed=seed,
+                            targets=targets)  # fmt: skip
+        state = resume_state(checkpoint, stages, student, loader.sampler, record)
+        trainer = _Trainer(student, loader, world=world, device=device, targets=targets, seed=seed,
+                           plan=stage_plan(stages), state=state, checkpoint=checkpoint,
+                           stop_after_steps=stop_after_steps, pinned=record)  # fmt: skip
+        if sample_log is not None:
+            epoch, step = trainer.position
+            trainer.sample_log = SampleLog(sample_log, world, fresh=state is None, epoch=epoch, step=step)
+        trainer.run(stages, setup, test_data, eval_batch=max(batch_size, 256), desc=desc, progress=progress)
     return trainer.result
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose generator :func:`fit` restores (none when training on the CPU)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 @dataclass
@@ -150,6 +152,7 @@ class _Trainer:
         state: dict[str, Any] | None,
         checkpoint: Checkpointing | None,
         stop_after_steps: int | None,
+        pinned: dict[str, Any],
     ) -> None:
         self.student, self.loader, self.world, self.device = student, loader, world, device
         self.targets, self.seed, self.plan, self.state = targets, seed, plan, state
@@ -159,7 +162,7 @@ class _Trainer:
         history = [EpochLog(**h) for h in state["history"]] if state else []
         self.result = TrainResult(history, state["seconds"] if state else 0.0)
         self.sample_log: SampleLog | None = None
-        self.pinned: dict[str, Any] = {}  # the run's settings that a resume must find unchanged (train.pinning)
+        self.pinned = pinned  # the run's settings that a resume must find unchanged (train.pinning)
         self.steps_run = 0
         self.started = time.perf_counter()
 

@@ -63,7 +63,7 @@ def test_dask_from_python_without_a_pipeline_gives_the_same_bytes(tmp_path, refe
 
 
 def test_a_factory_spec_defaults_to_its_description(tmp_path):
-    job = StageOneJob(TEACHER, DATASET, tuple(targets()), views(), 10)
+    job = StageOneJob(teacher=TEACHER, dataset=DATASET, targets=tuple(targets()), views=views(), num_classes=10)
     with TeacherRun(job) as run:
         assert run.fingerprint["spec"] == TEACHER.describe()
         assert len(run.dataset) == 300 and set(run.layouts) == {"logits", "embedding/pool"}

@@ -120,3 +120,21 @@ def test_hint_regressor_is_created_and_trained(fsp_data):
         progress=False,
     )
     assert first.history[1].train_loss < first.history[0].train_loss
+
+
+def test_fit_leaves_the_callers_random_state_as_it_found_it(fsp_data):
+    """Steps seed torch's global generator (dropout replays on resume); the caller's stream must not notice."""
+    students = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        student = DigitsResNet(10, width=4, blocks=(1, 1, 1))
+        torch.manual_seed(123)
+        expected = torch.rand(4)  # what the caller's next draw is without fit
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        fit(student, fsp_data, None, stages=[stage("task", [{"name": "ce"}])], setup=LossSetup(10), batch_size=64,
+            seed=0, progress=False)  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), before)
+        assert torch.equal(torch.rand(4), expected)
+        students.append(snapshot(student))
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])  # and the same seed, the same student

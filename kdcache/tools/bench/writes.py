@@ -130,8 +130,15 @@ def _job(rows: torch.Tensor, batch_size: int) -> StageOneJob:
     inputs = rows.view(len(rows), 1, 1, -1)
     labels = torch.zeros(len(rows), dtype=torch.int64)
     data = TensorDataset(inputs, labels, split="train", source={"kind": "bench-writes", "rows": list(rows.shape)})
-    return StageOneJob(nn.Flatten(), data, (build_target("logits", {"dtype": "float16"}),), ViewTransform(count=1, seed=0),
-                       num_classes=rows.shape[1], batch_size=batch_size)  # fmt: skip
+    targets = (build_target("logits", {"dtype": "float16"}),)
+    return StageOneJob(
+        teacher=nn.Flatten(),
+        dataset=data,
+        targets=targets,
+        views=ViewTransform(count=1, seed=0),
+        num_classes=rows.shape[1],
+        batch_size=batch_size,
+    )
 
 
 def _kdcache(rows: torch.Tensor, path: Path, sizes: WriteSizes) -> float:

@@ -22,6 +22,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check kdcache tests
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/kdcache bench --out runs/bench

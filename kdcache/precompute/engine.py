@@ -38,7 +38,7 @@ from kdcache.store import (
     read_manifest,
     shard_ranges,
 )
-from kdcache.store.layout import owner_of_teacher, teacher_path
+from kdcache.store.layout import MANIFEST_KEY, Owner, teacher_path
 from kdcache.targets import Target, TargetExtractor
 from kdcache.views import ViewBatch, check_replayable
 
@@ -71,7 +71,7 @@ class ShardWork:
     index: int
     start: int
     stop: int
-    owners: tuple[str, ...]
+    owners: tuple[Owner, ...]
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,14 @@ class StoreDeclaration:
     views: dict[str, Any]
     fingerprint: dict[str, Any]
     layouts: dict[str, TargetLayout]
-    sample_arrays: dict[str, ArraySpec]
+    sample_arrays: list[ArraySpec]
 
     @property
-    def owner(self) -> str:
-        return owner_of_teacher(self.name)
+    def owner(self) -> Owner:
+        return Owner.teacher(self.name)
 
 
-def plan_work(builder: StoreBuilder, owner: str) -> list[ShardWork]:
+def plan_work(builder: StoreBuilder, owner: Owner) -> list[ShardWork]:
     """Every shard range that ``owner`` (a teacher) or the sample arrays have not committed yet, in order."""
     pending = {o: set(builder.pending_shards(o)) for o in (owner, SAMPLES_OWNER)}
     ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
@@ -115,7 +115,7 @@ class TeacherRun:
     def __init__(self, job: StageOneJob) -> None:
         self.job = job
         self.name = job.teacher_name
-        self.owner = owner_of_teacher(job.teacher_name)
+        self.owner = Owner.teacher(job.teacher_name)
         for target in job.targets:
             teacher_path(job.teacher_name, target.name)  # refuses unsafe names before anything runs or is written
         teacher = job.build_teacher()
@@ -125,9 +125,8 @@ class TeacherRun:
         self.views = job.views
         if self.views.seeded_code:
             check_replayable(self.views, self.dataset)  # before anything is cached: the key must control the pixels
-        self.num_classes = job.num_classes
         self.extract = TargetExtractor(teacher, self.targets, job.torch_device)
-        self.layouts = self._trace_layouts()
+        self.layouts, self.num_classes = self._trace_layouts(job.num_classes)
         self.fingerprint = teacher_fingerprint(teacher, spec=job.spec(teacher), layers=self.extract.layers)
         self.sample_arrays = sample_arrays(
             self.dataset, self.views.count, self.views.param_names, store_tokens=job.store_tokens
@@ -183,31 +182,31 @@ class TeacherRun:
             made, logits, values = self._forward(s, vid)
             yield TeacherBatch(b // v, s, vid, made, logits, values)
 
-    def _trace_layouts(self) -> dict[str, TargetLayout]:
-        """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays."""
+    def _trace_layouts(self, num_classes: int | None) -> tuple[dict[str, TargetLayout], int]:
+        """Run one tiny batch to learn each target's per-sample shape, then lay out its arrays; the layouts and the
+        class count (``num_classes``, or read from the teacher when that is None)."""
         samples, view_ids = pairs(0, min(2, len(self.dataset)), 1)
         _, logits, values = self._forward(samples, view_ids)
-        self._check_classes(logits)
+        classes = self._check_classes(logits, num_classes)
         layouts: dict[str, TargetLayout] = {}
         for target in self.targets:
             if target.name in layouts:
                 raise ConfigError(f"target {target.name!r} is listed twice; list each target once")
             value_shape = tuple(values[target.name].shape[1:])
             layouts[target.name] = target_layout(target, self.name, value_shape, self.views.count)
-        return layouts
+        return layouts, classes
 
-    def _check_classes(self, logits: torch.Tensor) -> None:
-        """The teacher's output width is the class count the store records (``(B, positions, vocab)`` logits of a
-        language model: the vocabulary)."""
+    def _check_classes(self, logits: torch.Tensor, num_classes: int | None) -> int:
+        """The teacher's output width, the class count the store records (``(B, positions, vocab)`` logits of a
+        language model: the vocabulary); it must be ``num_classes`` where that is given."""
         classes = int(logits.shape[-1] if logits.dim() == 3 else logits.shape[1])
-        if self.num_classes is None:
-            self.num_classes = classes
-        if classes != self.num_classes:
+        if num_classes is not None and classes != num_classes:
             raise ConfigError(
                 f"teacher {self.name!r} outputs {classes} classes (logits of shape {tuple(logits.shape)}) but stage one "
-                f"was told num_classes={self.num_classes}. Pass num_classes={classes} (or leave it out: it is read "
+                f"was told num_classes={num_classes}. Pass num_classes={classes} (or leave it out: it is read "
                 "from the teacher), or check that this is the right teacher"
             )
+        return classes
 
     def _forward(
         self, samples: np.ndarray, view_ids: np.ndarray
@@ -235,7 +234,7 @@ def open_builder(declared: StoreDeclaration, location: StoreLocation, shard_samp
     """
     n = declared.num_samples
     if shard_samples is None:
-        if location.exists("kdcache.manifest.json"):
+        if location.exists(MANIFEST_KEY):
             shard_samples = read_manifest(location).shard_samples
         else:
             sizes = [spec.bytes_per_sample for layout in declared.layouts.values() for spec in layout.arrays.values()]
@@ -281,7 +280,7 @@ def declared_store(
         yield builder, work
 
 
-def finalize(builder: StoreBuilder, owner: str) -> bool:
+def finalize(builder: StoreBuilder, owner: Owner) -> bool:
     """Merge the commit records of the sample arrays and of ``owner`` into the manifest in one publish; whether
     both are complete."""
     return builder.finalize(SAMPLES_OWNER, owner)

@@ -22,11 +22,11 @@ from kdcache.errors import ViewMismatchError
 from kdcache.metrics import Accuracy
 from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import SampleFacts, read_facts, sample_rows
-from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, ArraySpec, StoreBuilder, TargetLayout
+from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, ArraySpec, Owner, StoreBuilder, TargetLayout
 from kdcache.targets import Target
 from kdcache.views import ViewBatch, ViewTransform
 
-ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
+ShardRows = tuple[Owner, int, dict[str, np.ndarray], dict[str, float]]
 """``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
 
 
@@ -34,10 +34,14 @@ class ShardRange(Protocol):
     """What a fill reads of its :class:`~kdcache.precompute.engine.ShardWork`: shard ``index``, samples
     ``[start, stop)``, the owners still missing it."""
 
-    index: int
-    start: int
-    stop: int
-    owners: tuple[str, ...]
+    @property
+    def index(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def stop(self) -> int: ...
+    @property
+    def owners(self) -> tuple[Owner, ...]: ...
 
 
 class FillSource(Protocol):
@@ -45,7 +49,7 @@ class FillSource(Protocol):
     targets and their layouts, the views, the dataset, the sample arrays and the job."""
 
     name: str
-    owner: str
+    owner: Owner
     targets: list[Target]
     layouts: dict[str, TargetLayout]
     views: ViewTransform

@@ -10,13 +10,12 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.digest import DIGEST_BYTES, DIGEST_HASH, sample_digests
+from kdcache.datasets.digest import DIGEST_BYTES, DIGEST_HASH, Inputs, sample_digests
 from kdcache.datasets.packed import TOKENS, token_array_facts, token_rows
-from kdcache.store import SAMPLE_DIGEST, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
+from kdcache.store import SAMPLE_DIGEST, SAMPLE_INDEX, SAMPLE_LABEL, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
 from kdcache.views import ViewBatch, ViewTransform
 from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
 
-INDEX, LABEL = "samples/index", "samples/label"
 
 
 def pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,9 +32,9 @@ def sample_arrays(
     when the store holds augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``)
     every view's numbers (zstd: small integers and repeats) and, with ``store_tokens`` (token datasets only), the
     sequences themselves: ``samples/tokens``, ``samples/labels`` and ``samples/lengths``."""
-    specs = [ArraySpec(INDEX, (), "int64", attributes=_described(INDEX, ["sample"], "dataset index of each row"))]
+    specs = [ArraySpec(SAMPLE_INDEX, (), "int64", attributes=_described(SAMPLE_INDEX, ["sample"], "dataset index of each row"))]
     if _one_label_per_sample(dataset):
-        specs.append(ArraySpec(LABEL, (), "int64", attributes=_described(LABEL, ["sample"], "ground-truth class")))
+        specs.append(ArraySpec(SAMPLE_LABEL, (), "int64", attributes=_described(SAMPLE_LABEL, ["sample"], "ground-truth class")))
     digest = f"{DIGEST_HASH} of each sample's input (before views) and label: dtype, shape and bytes of each"
     specs.append(
         ArraySpec(
@@ -68,7 +67,7 @@ def _described(path: str, axes: list[str], meaning: str) -> dict[str, Any]:
     return {"array": path, "axes": axes, "meaning": meaning}
 
 
-def select(raw: torch.Tensor | list[torch.Tensor], mask: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
+def select(raw: Inputs, mask: np.ndarray) -> Inputs:
     """The rows of a batch of raw inputs (one stacked tensor or a list) where ``mask`` is set (``raw`` itself when
     every row is: one view per sample)."""
     if mask.all():
@@ -76,7 +75,7 @@ def select(raw: torch.Tensor | list[torch.Tensor], mask: np.ndarray) -> torch.Te
     rows = np.flatnonzero(mask)
     if isinstance(raw, torch.Tensor):
         return raw.index_select(0, torch.from_numpy(rows))  # a gather: several times faster than a mask
-    return [raw[k] for k in rows]
+    return [raw[int(k)] for k in rows]
 
 
 def read_facts(dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int) -> SampleFacts:
@@ -121,10 +120,10 @@ def sample_rows(
     dataset: SampleDataset, specs: list[ArraySpec], lo: int, hi: int, facts: SampleFacts
 ) -> dict[str, np.ndarray]:
     """The rows of shard ``[lo, hi)`` of every sample array (``facts`` of the same samples)."""
-    rows = {INDEX: np.arange(lo, hi, dtype=np.int64), SAMPLE_DIGEST: facts.digests, VIEW_DIGEST: facts.inputs}
+    rows = {SAMPLE_INDEX: np.arange(lo, hi, dtype=np.int64), SAMPLE_DIGEST: facts.digests, VIEW_DIGEST: facts.inputs}
     paths = {s.path for s in specs}
-    if LABEL in paths:
-        rows[LABEL] = dataset.all_labels()[lo:hi].astype(np.int64)
+    if SAMPLE_LABEL in paths:
+        rows[SAMPLE_LABEL] = dataset.all_labels()[lo:hi].astype(np.int64)
     if VIEW_PARAMS in paths:
         rows[VIEW_PARAMS] = facts.params
     if TOKENS in paths:

@@ -25,6 +25,7 @@ from kdcache.errors import CorruptShardError
 from kdcache.store.chunkslab import ChunkSlab
 from kdcache.store.direct import ROW_DIGEST_BYTES, DirectLayout, OpenFiles, chunk_ordered, is_direct
 from kdcache.store.integrity import check_digest
+from kdcache.store.layout import row_nbytes, shard_count, shard_range
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, FileDigest
 from kdcache.store.shardbytes import ChunkDecoder, ChunkSpan, chunk_digest, chunk_spans
@@ -67,7 +68,7 @@ class ArrayReader:
         self._decoder: ChunkDecoder | None = None
         self._direct: DirectLayout | None = None
         self._is_direct: bool | None = None
-        self._offsets = np.full(-(-record.shape[0] // self.chunk), UNVERIFIED, dtype=np.int64)  # per inner chunk
+        self._offsets = np.full(shard_count(record.shape[0], self.chunk), UNVERIFIED, dtype=np.int64)  # per inner chunk
         self._row_digests: np.ndarray | None = None  # (rows, 16): XXH3-128 of each verified row (direct, streamed)
         self._open = OpenFiles()
         self._slab: ChunkSlab | None = None  # streamed: the cache of inner chunks, made on first use
@@ -82,7 +83,7 @@ class ArrayReader:
         return state
 
     def _chunk_nbytes(self) -> int:
-        return int(np.prod(self.record.chunks, dtype=np.int64)) * np.dtype(self.record.dtype).itemsize
+        return row_nbytes(tuple(self.record.chunks), self.record.dtype)
 
     def array(self) -> zarr.Array:
         if self._array is None or self._array_pid != os.getpid():  # zarr handles are not fork-safe on fsspec stores
@@ -162,17 +163,17 @@ class ArrayReader:
 
     @property
     def num_shards(self) -> int:
-        return -(-self.record.shape[0] // self.shard)
+        return shard_count(self.record.shape[0], self.shard)
 
     def shard_range(self, index: int) -> tuple[int, int]:
-        return index * self.shard, min((index + 1) * self.shard, self.record.shape[0])
+        return shard_range(index, self.record.shape[0], self.shard)
 
     def read_shard(self, index: int) -> np.ndarray:
         """The rows of shard ``index``, decoded from the bytes whose SHA-256 was checked."""
         lo, hi = self.shard_range(index)
         with io_errors(self.location, f"reading {self.record.path} shard {index}"):
             raw = self.verify_shard(index)
-            blocks = [self._decoded(index, local, raw) for local in range(-(-(hi - lo) // self.chunk))]
+            blocks = [self._decoded(index, local, raw) for local in range(shard_count(hi - lo, self.chunk))]
         return np.concatenate(blocks)[: hi - lo]
 
     def read_all(self) -> np.ndarray:

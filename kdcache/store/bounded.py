@@ -40,7 +40,9 @@ def load_json(raw: bytes | str, where: str) -> Any:
 def commit_records(raw: bytes | str) -> int:
     """How many commit records a manifest's JSON holds, counted on the bytes (each has one ``"owner"`` key) so a
     manifest of a million records is refused before a million objects are built."""
-    return raw.count(b'"owner"' if isinstance(raw, bytes) else '"owner"')
+    if isinstance(raw, bytes):
+        return raw.count(b'"owner"')
+    return raw.count('"owner"')
 
 
 def manifest_limit(num_shards: int, owners: int) -> int:

@@ -29,6 +29,7 @@ import google_crc32c
 import numpy as np
 import xxhash
 
+from kdcache.store.layout import row_nbytes
 from kdcache.store.shardbytes import ChunkSpan
 
 CRC_BYTES = 4
@@ -67,7 +68,7 @@ class DirectLayout:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.chunk_shape = tuple(chunk_shape)
         self.row_shape = self.chunk_shape[1:]
-        self.row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.row_nbytes = row_nbytes(self.row_shape, self.dtype)
         self.nbytes = self.row_nbytes * self.chunk_shape[0]
 
     def check_chunk(self, data: memoryview) -> str | None:
@@ -88,8 +89,9 @@ class DirectLayout:
         """Read the chunk at ``span`` of the open file ``fd`` into ``out`` with one ``pread``; whether its bytes
         (values and crc32c) hash to ``span.digest``, the digest of the verified bytes."""
         crc = bytearray(CRC_BYTES)
-        got = os.preadv(fd, [out.reshape(-1).view(np.uint8), crc], span.offset)
-        hasher = xxhash.xxh3_128(out.reshape(-1).view(np.uint8))
+        values = out.reshape(-1).view(np.uint8).data
+        got = os.preadv(fd, [values, crc], span.offset)
+        hasher = xxhash.xxh3_128(values)
         hasher.update(crc)
         return got == span.nbytes and hasher.hexdigest() == span.digest
 

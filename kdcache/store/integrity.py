@@ -16,7 +16,7 @@ import numpy as np
 from kdcache.errors import CorruptShardError, StoreFormatError
 from kdcache.fingerprint import json_differences, json_text
 from kdcache.store.bounded import ZARR_JSON_MAX_BYTES, load_json
-from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, shard_key, shard_ranges
+from kdcache.store.layout import ALLOWED_CODECS, SAMPLES_OWNER, Owner, shard_key, shard_ranges
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, FileDigest, Manifest, ShardCommit
 from kdcache.store.records import record_problems
@@ -61,7 +61,7 @@ def check_shard_sizes(location: StoreLocation, manifest: Manifest) -> None:
                 raise corrupt_shard(location.url, path, commit.index, commit.start, commit.stop, digest, size)
 
 
-def check_commits(url: str, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> None:
+def check_commits(url: str, manifest: Manifest, owners: dict[Owner, dict[str, ArrayRecord]]) -> None:
     """Every commit record is in its place: its owner's arrays, its shard's sample range, and for each array the
     file key of that array's shard ``index`` (a record naming another shard's file is corruption, not a shard)."""
     ranges = shard_ranges(manifest.num_samples, manifest.shard_samples)
@@ -76,9 +76,9 @@ def check_commits(url: str, manifest: Manifest, owners: dict[str, dict[str, Arra
                 )
 
 
-def _owner_commits(manifest: Manifest) -> dict[str, list[ShardCommit]]:
+def _owner_commits(manifest: Manifest) -> dict[Owner, list[ShardCommit]]:
     owners = {SAMPLES_OWNER: manifest.samples.shards}
-    return owners | {f"teachers/{name}": t.shards for name, t in manifest.teachers.items()}
+    return owners | {Owner.listed(name): t.shards for name, t in manifest.teachers.items()}
 
 
 def _commit_problem(commit: ShardCommit, arrays: dict[str, ArrayRecord], ranges: list[tuple[int, int]]) -> str:
@@ -161,7 +161,9 @@ def check_array_metadata(location: StoreLocation, record: ArrayRecord) -> None:
         )
 
 
-def scrub_problems(location: StoreLocation, manifest: Manifest, owners: dict[str, dict[str, ArrayRecord]]) -> list[str]:
+def scrub_problems(
+    location: StoreLocation, manifest: Manifest, owners: dict[Owner, dict[str, ArrayRecord]]
+) -> list[str]:
     """Every problem of a store, one line each: every pinned ``zarr.json``, every record's binding to what it
     names, every commit record's place, every array's layout, shard counts of complete owners, and the size and
     SHA-256 of every committed shard file. Unlike opening a store it does not stop at the first one."""
@@ -173,7 +175,7 @@ def scrub_problems(location: StoreLocation, manifest: Manifest, owners: dict[str
         except StoreFormatError as exc:
             problems.append(str(exc))
     status = {SAMPLES_OWNER: manifest.samples.status} | {
-        f"teachers/{n}": t.status for n, t in manifest.teachers.items()
+        Owner.listed(n): t.status for n, t in manifest.teachers.items()
     }
     for owner, commits in _owner_commits(manifest).items():
         if status[owner] == "complete" and [c.index for c in commits] != list(range(manifest.num_shards())):

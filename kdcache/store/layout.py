@@ -13,7 +13,9 @@ from kdcache.names import Compressor, check_safe_name
 FORMAT_VERSION = 3
 MANIFEST_KEY = "kdcache.manifest.json"
 COMMITS_PREFIX = ".kdcache/commits"
-SAMPLES_OWNER = "samples"
+TEACHERS_PREFIX = "teachers/"
+SAMPLE_INDEX = "samples/index"  # (N,) int64: each row's sample index in the dataset
+SAMPLE_LABEL = "samples/label"  # (N, ...) int64: each sample's label, where the dataset has labels
 VIEW_PARAMS = "views/params"  # (N, V, P) float32: the numbers each augmented view was drawn with (samples owner)
 SAMPLE_DIGEST = "samples/digest"  # (N, 16) uint8: XXH3-128 of each sample's source content (BLAKE2b-128 in format 2)
 VIEW_DIGEST = "samples/view_digest"  # (N, V, 16) uint8: XXH3-128 of each view's model input (format 3)
@@ -26,9 +28,49 @@ TARGET_SHARD_BYTES = 32 * 1024 * 1024  # shard = write unit (PERFORMANCE.md: 16k
 MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES = 64, 65536
 
 
+class Owner(str):
+    """Who commits shards of a store: the sample arrays (``samples``) or one teacher (``teachers/<name>``).
+
+    It is the manifest's commit-record ``owner`` string itself (a ``str``), so records, dict keys and messages read
+    and write exactly the bytes they did; the type says where an owner is meant rather than any string, and the
+    constructors are the one place the ``teachers/`` prefix is spelled.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def samples(cls) -> Owner:
+        """The owner of the per-sample arrays (``samples/...``, ``views/params``)."""
+        return cls("samples")
+
+    @classmethod
+    def teacher(cls, name: str) -> Owner:
+        """The owner of teacher ``name``'s target arrays (a safe name: it becomes a path component)."""
+        return cls(TEACHERS_PREFIX + check_safe_name(name, what="teacher"))
+
+    @classmethod
+    def listed(cls, name: str) -> Owner:
+        """The owner of a teacher a manifest lists under ``name``, taken as written: a manifest's records are
+        checked as records (:mod:`kdcache.store.records`), so an odd name is reported there, not refused here."""
+        return cls(TEACHERS_PREFIX + name)
+
+    @property
+    def path(self) -> str:
+        """The owner's folder in the store (``samples`` or ``teachers/<name>``)."""
+        return str(self)
+
+    @property
+    def teacher_name(self) -> str | None:
+        """The teacher's name; None for the samples owner."""
+        return self.removeprefix(TEACHERS_PREFIX) if self.startswith(TEACHERS_PREFIX) else None
+
+
+SAMPLES_OWNER = Owner.samples()
+
+
 def teacher_path(teacher: str, array: str) -> str:
     """Array path of a teacher's target array, e.g. ``teachers/resnet50/logits``."""
-    return f"teachers/{check_safe_name(teacher, what='teacher')}/{check_safe_name(array, what='target array')}"
+    return f"{Owner.teacher(teacher).path}/{check_safe_name(array, what='target array')}"
 
 
 def shard_key(path: str, index: int, ndim: int) -> str:
@@ -36,8 +78,14 @@ def shard_key(path: str, index: int, ndim: int) -> str:
     return f"{path}/c/" + "/".join([str(index)] + ["0"] * (ndim - 1))
 
 
-def owner_of_teacher(teacher: str) -> str:
-    return f"teachers/{check_safe_name(teacher, what='teacher')}"
+def owner_of_teacher(teacher: str) -> Owner:
+    """:meth:`Owner.teacher` under the name callers outside the store layer use today."""
+    return Owner.teacher(teacher)
+
+
+def row_nbytes(shape: tuple[int, ...], dtype: Any) -> int:
+    """Bytes of one row of ``shape`` in ``dtype`` (a sample, a chunk): every array size kdcache computes."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -58,7 +106,7 @@ class ArraySpec:
 
     @property
     def bytes_per_sample(self) -> int:
-        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize * (self.views or 1)
+        return row_nbytes(self.sample_shape, self.dtype) * (self.views or 1)
 
     def shape(self, num_samples: int) -> tuple[int, ...]:
         head = (num_samples,) if self.views is None else (num_samples, self.views)
@@ -89,9 +137,21 @@ def plan_shard_samples(bytes_per_sample: list[int], num_samples: int) -> int:
     return max(MIN_SHARD_SAMPLES, -(-num_samples // step) * step)
 
 
+def shard_count(num_samples: int, shard_samples: int) -> int:
+    """How many shards of ``shard_samples`` hold ``num_samples`` samples, the last maybe partial (also inner chunks
+    of a shard or an array: pass the chunk's samples)."""
+    return -(-num_samples // shard_samples)
+
+
+def shard_range(index: int, num_samples: int, shard_samples: int) -> tuple[int, int]:
+    """Sample range ``[start, stop)`` of shard ``index``: the one place a shard's rows are computed."""
+    start = index * shard_samples
+    return start, min(start + shard_samples, num_samples)
+
+
 def shard_ranges(num_samples: int, shard_samples: int) -> list[tuple[int, int]]:
     """Sample ranges ``[start, stop)`` of every shard, in order."""
-    return [(lo, min(lo + shard_samples, num_samples)) for lo in range(0, num_samples, shard_samples)]
+    return [shard_range(i, num_samples, shard_samples) for i in range(shard_count(num_samples, shard_samples))]
 
 
 def _chunk_target(bytes_per_sample: int) -> int:

@@ -23,7 +23,14 @@ from kdcache.store.bounded import (
     load_json,
     manifest_limit,
 )
-from kdcache.store.layout import COMMITS_PREFIX, FORMAT_VERSION, MANIFEST_KEY
+from kdcache.store.layout import (
+    COMMITS_PREFIX,
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    SAMPLES_OWNER,
+    Owner,
+    shard_count,
+)
 from kdcache.store.location import StoreLocation
 
 Status = Literal["building", "complete"]
@@ -108,7 +115,7 @@ class Manifest(_Record):
         return "complete" if all(p == "complete" for p in parts) else "building"
 
     def num_shards(self) -> int:
-        return -(-self.num_samples // self.shard_samples)
+        return shard_count(self.num_samples, self.shard_samples)
 
     def all_commits(self) -> list[ShardCommit]:
         return [*self.samples.shards, *(s for t in self.teachers.values() for s in t.shards)]
@@ -179,9 +186,10 @@ def _check_bounds(data: Any, size: int, key: str) -> None:
     num, shard = data.get("num_samples"), data.get("shard_samples")
     if not (isinstance(num, int) and isinstance(shard, int) and num >= 0 and shard > 0):
         return
-    shards = -(-num // shard)
-    teachers = data.get("teachers") if isinstance(data.get("teachers"), dict) else {}
-    owners = {"samples": data.get("samples"), **{f"teachers/{n}": t for n, t in teachers.items()}}
+    shards = shard_count(num, shard)
+    listed = data.get("teachers")
+    teachers: dict[str, Any] = listed if isinstance(listed, dict) else {}
+    owners = {SAMPLES_OWNER: data.get("samples"), **{Owner.listed(str(n)): t for n, t in teachers.items()}}
     counts = {
         o: len(r["shards"]) for o, r in owners.items() if isinstance(r, dict) and isinstance(r.get("shards"), list)
     }
@@ -258,11 +266,11 @@ def write_commit(location: StoreLocation, commit: ShardCommit) -> None:
     location.write_bytes(commit_key(commit.owner, commit.index), commit.model_dump_json().encode())
 
 
-def read_commits(location: StoreLocation, owner: str) -> dict[int, ShardCommit]:
+def read_commits(location: StoreLocation, owner: Owner) -> dict[int, ShardCommit]:
     """Commit records of ``owner`` by shard index; unreadable records (a torn write cannot happen, but a hand-edited
     or truncated file can) are ignored, so that shard is simply rewritten."""
     commits: dict[int, ShardCommit] = {}
-    for key in location.list(f"{COMMITS_PREFIX}/{owner}"):
+    for key in location.list(f"{COMMITS_PREFIX}/{owner.path}"):
         if not key.endswith(".json"):
             continue
         try:

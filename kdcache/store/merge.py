@@ -12,12 +12,11 @@ import logging
 from typing import Any, TypeVar
 
 from kdcache.errors import StoreMismatchError
-from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER
+from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, Owner
 from kdcache.store.location import StoreLocation
-from kdcache.store.manifest import Manifest, SamplesRecord, TeacherRecord, read_manifest
+from kdcache.store.manifest import Manifest, SamplesRecord, ShardCommit, TeacherRecord, read_manifest
 
 log = logging.getLogger(__name__)
-Owner = TypeVar("Owner", SamplesRecord, TeacherRecord)
 
 
 def merge_published(location: StoreLocation, manifest: Manifest) -> Manifest:
@@ -34,26 +33,30 @@ def merge_published(location: StoreLocation, manifest: Manifest) -> Manifest:
             log.warning("keeping teacher %r, published in %s by another writer", name, location.url)
             teachers[name] = theirs
         else:
-            teachers[name] = merged_owner(location, f"teachers/{name}", teachers[name], theirs, shards)
+            teachers[name] = merged_owner(location, Owner.listed(name), teachers[name], theirs, shards)
     samples = merged_owner(location, SAMPLES_OWNER, manifest.samples, published.samples, shards)
     return manifest.model_copy(update={"samples": samples, "teachers": teachers})
 
 
-Owner = TypeVar("Owner", SamplesRecord, TeacherRecord)
+RecordT = TypeVar("RecordT", SamplesRecord, TeacherRecord)
 
 
-def merged_owner(location: StoreLocation, owner: str, ours: Owner, theirs: Owner, num_shards: int) -> Owner:
+def merged_owner(location: StoreLocation, owner: Owner, ours: RecordT, theirs: RecordT, num_shards: int) -> RecordT:
     """``ours`` with the commit records of ``theirs`` for shards ``ours`` lacks whose files are still there with
     their recorded sizes (ours win where both have one; a lost file stays a shard to rewrite).
 
     Two records of one teacher made from different teachers cannot be merged: the error names both."""
-    if isinstance(ours, TeacherRecord) and ours.fingerprint.get("digest") != theirs.fingerprint.get("digest"):
+    if (
+        isinstance(ours, TeacherRecord)
+        and isinstance(theirs, TeacherRecord)
+        and ours.fingerprint.get("digest") != theirs.fingerprint.get("digest")
+    ):
         raise StoreMismatchError(
             f"store {location.url!r}: another writer published {owner} made from a different teacher while this one "
             "wrote it; nothing of either was dropped from disk. Re-run one of them under another teacher.name"
         )
     mine = {c.index for c in ours.shards}
-    extra = [
+    extra: list[ShardCommit] = [
         c
         for c in theirs.shards
         if c.index not in mine and all(location.size(f.key) == f.nbytes for f in c.files.values())

@@ -25,7 +25,7 @@ from kdcache.store.integrity import (
     check_shard_sizes,
     scrub_problems,
 )
-from kdcache.store.layout import SAMPLES_OWNER
+from kdcache.store.layout import SAMPLE_INDEX, SAMPLE_LABEL, SAMPLES_OWNER, Owner
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import ArrayRecord, Manifest, ShardCommit, TeacherRecord, read_manifest
 from kdcache.store.records import record_problems
@@ -74,21 +74,20 @@ class StoreReader:
     def open_array(self, path: str) -> zarr.Array:
         return open_zarr_array(self.location, path)
 
-    def commits_of(self, owner: str) -> list[ShardCommit]:
-        if owner == SAMPLES_OWNER:
-            return self.manifest.samples.shards
-        return self.manifest.teachers[owner.removeprefix("teachers/")].shards
+    def commits_of(self, owner: Owner) -> list[ShardCommit]:
+        name = owner.teacher_name
+        return self.manifest.samples.shards if name is None else self.manifest.teachers[name].shards
 
-    def array_reader(self, record: ArrayRecord, owner: str, *, in_memory: bool) -> ArrayReader:
+    def array_reader(self, record: ArrayRecord, owner: Owner, *, in_memory: bool) -> ArrayReader:
         files = {c.index: c.files[record.path] for c in self.commits_of(owner) if record.path in c.files}
         meta = self.manifest.metadata.get(f"{record.path}/zarr.json")
         return ArrayReader(self.location, record, files, in_memory=in_memory, meta=meta, shard_cache=self.shard_cache)
 
-    def owner_arrays(self) -> dict[str, dict[str, ArrayRecord]]:
+    def owner_arrays(self) -> dict[Owner, dict[str, ArrayRecord]]:
         """Every array of the store by owner (``samples``, ``teachers/<name>``), then by path."""
         owners = {SAMPLES_OWNER: dict(self.manifest.samples.arrays)}
         for name, teacher in self.manifest.teachers.items():
-            owners[f"teachers/{name}"] = {r.path: r for t in teacher.targets.values() for r in t.arrays.values()}
+            owners[Owner.listed(name)] = {r.path: r for t in teacher.targets.values() for r in t.arrays.values()}
         return owners
 
     def array_bytes(self, path: str) -> int:
@@ -97,11 +96,11 @@ class StoreReader:
 
     def sample_index(self) -> np.ndarray:
         """Dataset index of every row (row r holds sample r unless a subset was cached)."""
-        record = self.manifest.samples.arrays["samples/index"]
+        record = self.manifest.samples.arrays[SAMPLE_INDEX]
         return self.array_reader(record, SAMPLES_OWNER, in_memory=True).read_all()
 
     def labels(self) -> np.ndarray | None:
-        record = self.manifest.samples.arrays.get("samples/label")
+        record = self.manifest.samples.arrays.get(SAMPLE_LABEL)
         return None if record is None else self.array_reader(record, SAMPLES_OWNER, in_memory=True).read_all()
 
     # ---------------------------------------------------------------- validation

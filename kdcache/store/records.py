@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, VIEW_PARAMS
+from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, VIEW_PARAMS, Owner
 from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord
 
 SAMPLE_PREFIXES = ("samples/", "views/")
@@ -30,7 +30,7 @@ def record_problems(url: str, manifest: Manifest) -> list[str]:
     """One line per record of ``manifest`` that does not describe what it names (empty for a consistent store)."""
     problems = [_line(url, where, problem) for where, problem in _sample_problems(manifest)]
     for name, teacher in manifest.teachers.items():
-        owner = f"teachers/{name}"
+        owner = Owner.listed(name)
         for commit in teacher.shards:
             if commit.owner != owner:
                 problems.append(_line(url, f"teacher {name!r}", f"lists shard {commit.index} of {commit.owner}"))
@@ -49,7 +49,8 @@ def _line(url: str, where: str, problem: str) -> str:
 
 
 def _sample_problems(manifest: Manifest) -> list[tuple[str, str]]:
-    problems = []
+    """``(where, problem)`` for each sample-array record that does not describe what it names."""
+    problems: list[tuple[str, str]] = []
     for key, record in manifest.samples.arrays.items():
         if record.path != key or not key.startswith(SAMPLE_PREFIXES):
             problems.append((SAMPLES_OWNER, f"of {key} names array {record.path}, not a sample array of its own"))
@@ -80,7 +81,7 @@ def target_problems(manifest: Manifest, teacher: str, target: str, record: Targe
     ):
         problems.append(f"declares temperatures {temperatures}, not distinct")
     for rel, array in record.arrays.items():
-        own = f"teachers/{teacher}/{rel}"
+        own = f"{Owner.listed(teacher).path}/{rel}"
         if array.path != own:
             problems.append(f"lists array {array.path} as its {rel!r}; its own array is {own}")
             continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -130,7 +131,11 @@ class ShardCache:
                 continue
             future = self._pool.submit(self._prefetch_one, digest, fetch)
             self._pending[digest.sha256] = future  # forgotten once done (at once, if it is done already)
-            future.add_done_callback(lambda _, key=digest.sha256: self._pending.pop(key, None))
+            future.add_done_callback(functools.partial(self._forget, digest.sha256))
+
+    def _forget(self, key: str, _: Future[None]) -> None:
+        """Drop a finished background fetch from the pending ones (its future's done callback)."""
+        self._pending.pop(key, None)
 
     def wait(self) -> None:
         """Wait until this process's background fetches are done (before measuring, or before exit)."""

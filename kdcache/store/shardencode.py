@@ -23,6 +23,8 @@ import google_crc32c
 import numpy as np
 from numcodecs import Blosc
 
+from kdcache.store.layout import row_nbytes, shard_count, shard_range
+
 EMPTY = np.uint64(2**64 - 1)  # index entry of an inner chunk that holds no byte
 LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
 CRC32C = {"name": "crc32c"}
@@ -82,15 +84,14 @@ class ShardEncoder:
 
     def encode(self, index: int, rows: np.ndarray) -> memoryview:
         """The bytes of shard ``index`` holding ``rows`` (every row of its range, in the array's dtype)."""
-        start = index * self.shard_samples
-        stop = min(start + self.shard_samples, self.num_samples)
+        start, stop = shard_range(index, self.num_samples, self.shard_samples)
         if rows.shape != (stop - start, *self.tail) or rows.dtype != self.dtype:
             raise ValueError(f"shard {index} needs rows {(stop - start, *self.tail)} of {self.dtype}, got "
                              f"{rows.shape} of {rows.dtype}")  # fmt: skip
-        written = -(-(stop - start) // self.chunk_samples)  # chunks holding a sample of the array
+        written = shard_count(stop - start, self.chunk_samples)  # chunks holding a sample of the array
         if self._blosc is None:
             return self._plain(rows, written)
-        return self._compressed(rows, written)
+        return self._compressed(rows, written, self._blosc)
 
     def _chunk(self, rows: np.ndarray, i: int, out: np.ndarray) -> None:
         """Inner chunk ``i`` of ``rows`` into ``out`` (its rows' shape): the rows, then the fill value past the end."""
@@ -100,7 +101,7 @@ class ShardEncoder:
 
     def _plain(self, rows: np.ndarray, written: int) -> memoryview:
         """Uncompressed chunks, written once into the file's buffer: each chunk's bytes, then their crc32c."""
-        width = self.chunk_samples * int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
+        width = row_nbytes((self.chunk_samples, *self.tail), self.dtype)
         out = self._file(written * (width + 4))
         body = out[: written * (width + 4)].reshape(written, width + 4)
         little = self.dtype.newbyteorder("<")
@@ -109,13 +110,13 @@ class ShardEncoder:
             body[i, width:] = np.array([google_crc32c.value(body[i, :width])], dtype="<u4").view(np.uint8)
         return self._finish(out, np.full(written, width + 4, dtype=np.uint64))
 
-    def _compressed(self, rows: np.ndarray, written: int) -> memoryview:
+    def _compressed(self, rows: np.ndarray, written: int, codec: Blosc) -> memoryview:
         """Blosc-compressed chunks (one at a time through a scratch chunk), each followed by its crc32c."""
         scratch = np.empty((self.chunk_samples, *self.tail), dtype=self.dtype.newbyteorder("<"))
         parts = []
         for i in range(written):
             self._chunk(rows, i, scratch)
-            packed = self._blosc.encode(scratch.reshape(-1).view(np.uint8))
+            packed = codec.encode(scratch.reshape(-1).view(np.uint8))
             parts.append(packed + np.array([google_crc32c.value(packed)], dtype="<u4").tobytes())
         out = self._file(sum(len(p) for p in parts))
         at = 0

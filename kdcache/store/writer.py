@@ -24,7 +24,7 @@ from kdcache.atomic import TEMP_SUFFIX
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
-from kdcache.store.layout import SAMPLES_OWNER, ArraySpec, shard_key, shard_ranges
+from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, ArraySpec, Owner, shard_key, shard_range
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
@@ -131,7 +131,7 @@ class StoreBuilder:
         An existing store must describe the same dataset, views, sample count and shard size; otherwise nothing is
         touched and the error names both sides.
         """
-        if location.exists("kdcache.manifest.json"):
+        if location.exists(MANIFEST_KEY):
             manifest = read_manifest(location)
             _require_same(location, "dataset", manifest.dataset, dataset)
             _require_same(location, "views", manifest.views, views)
@@ -232,7 +232,7 @@ class StoreBuilder:
     def committed_rows(self, path: str, index: int) -> np.ndarray:
         """The rows of shard ``index`` of array ``path`` as committed (what a teacher joining the store compares its
         own facts of those samples with)."""
-        start, stop = shard_ranges(self.manifest.num_samples, self.manifest.shard_samples)[index]
+        start, stop = shard_range(index, self.manifest.num_samples, self.manifest.shard_samples)
         with io_errors(self.location, f"reading shard {index} of {path}"):
             return np.asarray(self.array(path)[start:stop])
 
@@ -244,18 +244,19 @@ class StoreBuilder:
                 self.location.delete(key)
 
     # ---------------------------------------------------------------- commits
-    def owner_arrays(self, owner: str) -> dict[str, ArrayRecord]:
-        if owner == SAMPLES_OWNER:
+    def owner_arrays(self, owner: Owner) -> dict[str, ArrayRecord]:
+        name = owner.teacher_name
+        if name is None:
             return self.manifest.samples.arrays
-        teacher = self.manifest.teachers[owner.removeprefix("teachers/")]
+        teacher = self.manifest.teachers[name]
         return {rec.path: rec for t in teacher.targets.values() for rec in t.arrays.values()}
 
-    def pending_shards(self, owner: str) -> list[int]:
+    def pending_shards(self, owner: Owner) -> list[int]:
         """Shard indices of ``owner`` without a valid commit record, in order."""
         done = self.valid_commits(owner)
         return [k for k in range(self.manifest.num_shards()) if k not in done]
 
-    def valid_commits(self, owner: str) -> dict[int, ShardCommit]:
+    def valid_commits(self, owner: Owner) -> dict[int, ShardCommit]:
         """Commit records whose files still exist with the recorded sizes (a file lost since is rewritten)."""
         commits = read_commits(self.location, owner)
         return {
@@ -263,15 +264,15 @@ class StoreBuilder:
         }
 
     def commit(
-        self, owner: str, index: int, data: dict[str, np.ndarray], stats: dict[str, float] | None = None
+        self, owner: Owner, index: int, data: dict[str, np.ndarray], stats: dict[str, float] | None = None
     ) -> ShardCommit:
         """Write shard ``index`` of every array of ``owner`` from ``data`` (path -> rows of that range), then record it."""
-        start, stop = shard_ranges(self.manifest.num_samples, self.manifest.shard_samples)[index]
+        start, stop = shard_range(index, self.manifest.num_samples, self.manifest.shard_samples)
         with io_errors(self.location, f"writing shard {index} (samples {start}..{stop - 1}) of {owner}"):
             return self._commit(owner, index, start, stop, data, stats)
 
     def _commit(
-        self, owner: str, index: int, start: int, stop: int, data: dict[str, np.ndarray], stats: dict[str, float] | None
+        self, owner: Owner, index: int, start: int, stop: int, data: dict[str, np.ndarray], stats: dict[str, float] | None
     ) -> ShardCommit:
         arrays = self.owner_arrays(owner)
         if set(data) != set(arrays):
@@ -314,7 +315,7 @@ class StoreBuilder:
         return sorted(f"{p}/zarr.json" if p else "zarr.json" for p in paths | groups)
 
     def _all_arrays(self) -> list[dict[str, ArrayRecord]]:
-        owners = [SAMPLES_OWNER, *(f"teachers/{name}" for name in self.manifest.teachers)]
+        owners = [SAMPLES_OWNER, *(Owner.listed(name) for name in self.manifest.teachers)]
         return [self.owner_arrays(owner) for owner in owners]
 
     def _write_group_attributes(self) -> None:
@@ -325,27 +326,27 @@ class StoreBuilder:
                     "status": self.manifest.status,
                     "num_samples": self.manifest.num_samples,
                     "teachers": sorted(self.manifest.teachers),
-                    "manifest": "kdcache.manifest.json",
+                    "manifest": MANIFEST_KEY,
                 },
             }
         )
 
-    def finalize(self, *owners: str) -> bool:
+    def finalize(self, *owners: Owner) -> bool:
         """Merge each owner's commit records into the manifest, marking it complete when every shard is committed,
         then publish once; whether every one of them is complete."""
         done = [self._merge_commits(owner) for owner in owners]
         self.publish()
         return all(done)
 
-    def _merge_commits(self, owner: str) -> bool:
+    def _merge_commits(self, owner: Owner) -> bool:
         commits = self.valid_commits(owner)
         ordered = [commits[k] for k in sorted(commits)]
         complete = len(ordered) == self.manifest.num_shards()
         status = "complete" if complete else "building"
-        if owner == SAMPLES_OWNER:
+        name = owner.teacher_name
+        if name is None:
             self.manifest.samples = self.manifest.samples.model_copy(update={"shards": ordered, "status": status})
         else:
-            name = owner.removeprefix("teachers/")
             teacher = self.manifest.teachers[name]
             correct = sum(c.stats.get("correct", 0.0) for c in ordered)
             count = sum(c.stats.get("count", 0.0) for c in ordered)

@@ -42,7 +42,7 @@ class SampleDataset(Dataset, ABC):
     def labels_sha256(self) -> str:
         """SHA-256 of :meth:`all_labels` as contiguous int64 (the dataset fingerprint's ``labels_sha256``); a dataset
         whose labels are large (a token corpus: one per token) computes it in blocks instead."""
-        return hashlib.sha256(np.ascontiguousarray(self.all_labels(), dtype=np.int64)).hexdigest()
+        return hashlib.sha256(np.ascontiguousarray(self.all_labels(), dtype=np.int64).data).hexdigest()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = self.get_batch(np.asarray([index]))
@@ -89,7 +89,7 @@ class Subset(SampleDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         return self.base.get_batch(self.indices[np.asarray(indices, dtype=np.int64)])
 
     def describe(self) -> dict[str, Any]:

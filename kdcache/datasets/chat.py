@@ -170,14 +170,25 @@ class ChatRenderer:
         if self.marks_generation:
             out = self.hf.apply_chat_template(conversation, tokenize=True, return_dict=True,
                                               return_assistant_tokens_mask=True)  # fmt: skip
+            if not isinstance(out, Mapping):
+                raise ConfigError(f"the chat template rendered {type(out).__name__}, not token ids and an assistant "
+                                  "mask; use a tokenizer whose chat template transformers can apply")  # fmt: skip
             return np.asarray(out["input_ids"], dtype=np.int64), np.asarray(out["assistant_masks"], dtype=np.int64)
-        text = self.hf.apply_chat_template(conversation, tokenize=False)
+        text = self._text(conversation)
         encoded = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
         starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
         marked = np.zeros(len(starts), dtype=np.int64)
         for begin, end in self._assistant_spans(conversation, text):
             marked[(starts >= begin) & (starts < end)] = 1
         return np.asarray(encoded["input_ids"], dtype=np.int64), marked
+
+    def _text(self, conversation: Conversation, *, add_generation_prompt: bool = False) -> str:
+        """``conversation`` rendered by the chat template as text."""
+        text = self.hf.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if not isinstance(text, str):
+            raise ConfigError(f"the chat template rendered {type(text).__name__}, not text; use a tokenizer whose "
+                              "chat template renders a conversation as one string")  # fmt: skip
+        return text
 
     def _assistant_spans(self, conversation: Conversation, text: str) -> list[tuple[int, int]]:
         """Character spans of the assistant turns in ``text``: from the end of the conversation so far with the
@@ -186,8 +197,8 @@ class ChatRenderer:
         for turn, message in enumerate(conversation):
             if message["role"] != "assistant":
                 continue
-            before = self.hf.apply_chat_template(conversation[:turn], tokenize=False, add_generation_prompt=True)
-            through = self.hf.apply_chat_template(conversation[: turn + 1], tokenize=False)
+            before = self._text(conversation[:turn], add_generation_prompt=True)
+            through = self._text(conversation[: turn + 1])
             if not (text.startswith(before) and text.startswith(through)):
                 raise ConfigError(
                     "the chat template does not render a conversation as the renderings of its beginnings followed "

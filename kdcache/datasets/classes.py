@@ -44,7 +44,7 @@ class ClassSubset(Subset):
         self._relabel = np.full(max(present) + 1, -1, dtype=np.int64)
         self._relabel[classes] = np.arange(len(classes))
 
-    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         inputs, labels = super().get_batch(indices)
         return inputs, torch.from_numpy(self._relabel[labels.numpy()])
 

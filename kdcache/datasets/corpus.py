@@ -27,7 +27,7 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def documents(path: Path, kind: DocumentFormat, text_field: str) -> Iterator[str
         raise ConfigError(f"format {kind!r} is not one of auto, text, jsonl, parquet, arrow, tokens")
 
 
-def open_bytes(path: Path) -> IO[bytes]:
+def open_bytes(path: Path) -> io.BufferedIOBase:
     """A binary reader of ``path``'s bytes, decompressed when the name ends in ``.gz`` or ``.zst``."""
     if path.suffix == ".gz":
         return gzip.open(path, "rb")

@@ -92,7 +92,7 @@ def blake2b_sample_digests(inputs: Inputs, labels: torch.Tensor) -> np.ndarray:
 def _rows(inputs: Inputs) -> tuple[Rows, list[bytes]]:
     """Each sample's bytes (C order) and header: one stacked array and header for a stacked batch, one per sample
     for a list."""
-    if isinstance(inputs, list | tuple):  # samples of different sizes
+    if not isinstance(inputs, torch.Tensor):  # a list of samples of different sizes
         rows = [x.detach().cpu().contiguous().numpy() for x in inputs]
         return rows, [f"{x.dtype.str}{x.shape}|".encode() for x in rows]
     stacked = inputs.detach().cpu().contiguous().numpy()

@@ -64,7 +64,7 @@ class DigitsSegmentation(SampleDataset):
         self.split = split
         self._digits, self._digit_labels = digits.get_batch(np.arange(len(digits)))
         count = train_samples if split == "train" else test_samples
-        self.params = {
+        self.params: dict[str, Any] = {
             "samples": count,
             "size": size,
             "max_digits": max_digits,

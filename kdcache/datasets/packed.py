@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdcache.datasets.base import SampleDataset, Subset
 from kdcache.datasets.tokenizer import TOKENIZED_KINDS
@@ -58,7 +59,8 @@ def sequence_lengths(dataset: SampleDataset, indices: np.ndarray) -> np.ndarray:
     """Real-token counts ``(n,)`` int64 of samples ``indices`` of a token dataset or a :class:`Subset` of one."""
     indices = np.asarray(indices, dtype=np.int64)
     while isinstance(dataset, Subset):
-        dataset, indices = dataset.base, dataset.indices[indices]
+        indices = dataset.indices[indices]
+        dataset = dataset.base
     lengths = getattr(dataset, "lengths", None)
     if lengths is None:
         raise ConfigError(
@@ -71,7 +73,9 @@ def token_rows(dataset: SampleDataset, lo: int, hi: int) -> dict[str, np.ndarray
     """The rows of ``samples/tokens``, ``samples/labels`` and ``samples/lengths`` for samples ``[lo, hi)``."""
     _, vocab, ignore = packing_facts(dataset)
     indices = np.arange(lo, hi, dtype=np.int64)
-    inputs, labels = (t.numpy() for t in dataset.get_batch(indices))
+    batch, targets = dataset.get_batch(indices)
+    inputs = (torch.stack(batch) if isinstance(batch, list) else batch).numpy()  # sequences of seq_len: stacked
+    labels = targets.numpy()
     bad = (inputs < 0) | (inputs >= vocab)
     if bad.any():
         row, col = np.argwhere(bad)[0]

@@ -161,7 +161,7 @@ class TextDataset(TokenSequences):
         corpus's size, for the dataset fingerprint of stage one and stage two."""
         digest = hashlib.sha256()
         for lo, hi in self._label_blocks():
-            digest.update(self._label_rows(lo, hi))
+            digest.update(self._label_rows(lo, hi).data)
         return digest.hexdigest()
 
     def _label_blocks(self) -> Iterator[tuple[int, int]]:

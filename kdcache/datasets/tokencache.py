@@ -90,10 +90,10 @@ def _verified(data: Path, record: Path, key: str, dtype: np.dtype) -> int | None
     try:
         facts = json.loads(record.read_text())
         length = int(facts["length"])
-        expected = (facts["key"], facts["dtype"], facts["sha256"])
+        expected: tuple[Any, ...] = (facts["key"], facts["dtype"], facts["sha256"])
     except (ValueError, KeyError, TypeError):
         facts, length, expected = {}, -1, ()
-    actual = (key, dtype.name, source_sha256(data)) if data.is_file() else ()
+    actual: tuple[Any, ...] = (key, dtype.name, source_sha256(data)) if data.is_file() else ()
     if expected == actual and data.stat().st_size == length * dtype.itemsize:
         return length
     warnings.warn(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -110,16 +110,20 @@ class Objective(nn.Module):
         self.weights = {name: weight for name, (weight, _) in terms.items()}
         self.terms = nn.ModuleDict({name: term for name, (_, term) in terms.items()})
 
+    def each_term(self) -> list[tuple[str, LossTerm]]:
+        """The terms by name, typed as the terms they are (``nn.ModuleDict`` hands back plain modules)."""
+        return [(name, cast(LossTerm, term)) for name, term in self.terms.items()]
+
     def teacher_targets(self) -> list[str]:
-        return sorted({t for term in self.terms.values() for t in term.teacher_targets()})
+        return sorted({t for _, term in self.each_term() for t in term.teacher_targets()})
 
     def student_layers(self) -> list[str]:
-        return sorted({layer for term in self.terms.values() for layer in term.student_layers()})
+        return sorted({layer for _, term in self.each_term() for layer in term.student_layers()})
 
     @torch.no_grad()
     def prepare(self, out: StepOutputs) -> None:
         """Let every term create its data-shaped parameters before the optimiser is built."""
-        for term in self.terms.values():
+        for _, term in self.each_term():
             term.prepare(out)
 
     def forward(self, out: StepOutputs) -> tuple[torch.Tensor, dict[str, float]]:

@@ -103,6 +103,8 @@ class StudentLogits(LossTerm):
     """A term on one of the student's logits: the model's output, or the output of the module at the parameter
     ``student_layer`` (a named head of a multi-head network, e.g. ``heads.old`` in Learning without Forgetting)."""
 
+    params: CrossEntropyParams | KDParams  # the params of every subclass: each declares ``student_layer``
+
     def student_layers(self) -> list[str]:
         return [] if self.params.student_layer is None else [self.params.student_layer]
 

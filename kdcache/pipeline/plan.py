@@ -7,7 +7,7 @@ from kdcache.pipeline.build import load_split, untrained_teacher
 from kdcache.pipeline.config import DistillConfig
 from kdcache.pipeline.distill import stage_one_job
 from kdcache.precompute import TeacherRun
-from kdcache.store import SAMPLES_OWNER, plan_shard_samples
+from kdcache.store import SAMPLES_OWNER, layouts_shard_samples
 
 DISTILLKIT_BYTES_PER_TOKEN = 300
 """DistillKit's compressed top-k logits at k = 128, as its authors state it (~300 B/token), for comparison."""
@@ -27,8 +27,7 @@ def plan_storage(cfg: DistillConfig) -> list[dict]:
         layouts, sample_arrays = run.layouts, run.sample_arrays
     specs = [(name, rel, spec) for name, layout in layouts.items() for rel, spec in layout.arrays.items()]
     n = len(train)
-    # stage one sizes shards by the targets' arrays alone (precompute.engine), so the plan does too
-    shard = cfg.cache.shard_samples or plan_shard_samples([s.bytes_per_sample for _, _, s in specs], n)
+    shard = cfg.cache.shard_samples or layouts_shard_samples(layouts.values(), n)  # what stage one will choose
     specs += [(SAMPLES_OWNER, spec.path, spec) for spec in sample_arrays]
     tokens = tokens_per_sample(train.describe())
     return [

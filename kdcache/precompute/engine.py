@@ -33,8 +33,8 @@ from kdcache.store import (
     StoreLock,
     TargetLayout,
     io_errors,
+    layouts_shard_samples,
     library_versions,
-    plan_shard_samples,
     read_manifest,
     shard_ranges,
 )
@@ -230,15 +230,14 @@ def open_builder(declared: StoreDeclaration, location: StoreLocation, shard_samp
     """Create (or open and check) the store for the declared dataset and views, and declare the teacher in it.
 
     Without ``shard_samples`` an existing store keeps its shard size (a second teacher joins the first one's shard
-    ranges) and a new store gets :func:`plan_shard_samples`'s choice.
+    ranges) and a new store gets :func:`~kdcache.store.layouts_shard_samples`'s choice.
     """
     n = declared.num_samples
     if shard_samples is None:
         if location.exists(MANIFEST_KEY):
             shard_samples = read_manifest(location).shard_samples
         else:
-            sizes = [spec.bytes_per_sample for layout in declared.layouts.values() for spec in layout.arrays.values()]
-            shard_samples = plan_shard_samples(sizes, n)
+            shard_samples = layouts_shard_samples(declared.layouts.values(), n)
     builder = StoreBuilder.create_or_open(
         location,
         num_samples=n,

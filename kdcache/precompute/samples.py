@@ -17,7 +17,6 @@ from kdcache.views import ViewBatch, ViewTransform
 from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
 
 
-
 def pairs(lo: int, hi: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """All (sample, view) pairs of a range, sample-major, as two index arrays."""
     samples = np.repeat(np.arange(lo, hi, dtype=np.int64), count)
@@ -32,9 +31,15 @@ def sample_arrays(
     when the store holds augmented views (V > 1 with augmentation ops, whose drawn numbers are ``param_names``)
     every view's numbers (zstd: small integers and repeats) and, with ``store_tokens`` (token datasets only), the
     sequences themselves: ``samples/tokens``, ``samples/labels`` and ``samples/lengths``."""
-    specs = [ArraySpec(SAMPLE_INDEX, (), "int64", attributes=_described(SAMPLE_INDEX, ["sample"], "dataset index of each row"))]
+    specs = [
+        ArraySpec(
+            SAMPLE_INDEX, (), "int64", attributes=_described(SAMPLE_INDEX, ["sample"], "dataset index of each row")
+        )
+    ]
     if _one_label_per_sample(dataset):
-        specs.append(ArraySpec(SAMPLE_LABEL, (), "int64", attributes=_described(SAMPLE_LABEL, ["sample"], "ground-truth class")))
+        specs.append(
+            ArraySpec(SAMPLE_LABEL, (), "int64", attributes=_described(SAMPLE_LABEL, ["sample"], "ground-truth class"))
+        )
     digest = f"{DIGEST_HASH} of each sample's input (before views) and label: dtype, shape and bytes of each"
     specs.append(
         ArraySpec(

@@ -30,7 +30,7 @@ from kdcache.store.manifest import Manifest, library_versions, read_manifest
 from kdcache.store.reader import StoreReader, open_store, scrub
 from kdcache.store.requirements import Requirements
 from kdcache.store.shardcache import ShardCache
-from kdcache.store.writer import StoreBuilder, TargetLayout
+from kdcache.store.writer import StoreBuilder, TargetLayout, layouts_shard_samples
 
 __all__ = [
     "FORMAT_VERSION",
@@ -52,6 +52,7 @@ __all__ = [
     "StoreReader",
     "TargetLayout",
     "io_errors",
+    "layouts_shard_samples",
     "library_versions",
     "open_store",
     "plan_shard_samples",

@@ -270,7 +270,7 @@ def read_commits(location: StoreLocation, owner: Owner) -> dict[int, ShardCommit
     """Commit records of ``owner`` by shard index; unreadable records (a torn write cannot happen, but a hand-edited
     or truncated file can) are ignored, so that shard is simply rewritten."""
     commits: dict[int, ShardCommit] = {}
-    for key in location.list(f"{COMMITS_PREFIX}/{owner.path}"):
+    for key in location.list(f"{COMMITS_PREFIX}/{owner}"):
         if not key.endswith(".json"):
             continue
         try:

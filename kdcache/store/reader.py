@@ -75,7 +75,7 @@ class StoreReader:
         return open_zarr_array(self.location, path)
 
     def commits_of(self, owner: Owner) -> list[ShardCommit]:
-        name = owner.teacher_name
+        name = Owner(owner).teacher_name  # a caller may hand in the plain string
         return self.manifest.samples.shards if name is None else self.manifest.teachers[name].shards
 
     def array_reader(self, record: ArrayRecord, owner: Owner, *, in_memory: bool) -> ArrayReader:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,15 @@ from kdcache.atomic import TEMP_SUFFIX
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
-from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, ArraySpec, Owner, shard_key, shard_range
+from kdcache.store.layout import (
+    MANIFEST_KEY,
+    SAMPLES_OWNER,
+    ArraySpec,
+    Owner,
+    plan_shard_samples,
+    shard_key,
+    shard_range,
+)
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
@@ -54,6 +63,13 @@ class TargetLayout:
     params: dict[str, Any]
     arrays: dict[str, ArraySpec]
     value_shape: tuple[int, ...]
+
+
+def layouts_shard_samples(layouts: Iterable[TargetLayout], num_samples: int) -> int:
+    """Samples per shard of a new store of ``num_samples`` for the targets ``layouts``: :func:`plan_shard_samples`
+    of their arrays alone (stage one creates stores with it; ``kdcache plan`` reports what it will choose)."""
+    widths = [spec.bytes_per_sample for layout in layouts for spec in layout.arrays.values()]
+    return plan_shard_samples(widths, num_samples)
 
 
 def compressors_for(spec: ArraySpec) -> list[Any]:
@@ -245,7 +261,7 @@ class StoreBuilder:
 
     # ---------------------------------------------------------------- commits
     def owner_arrays(self, owner: Owner) -> dict[str, ArrayRecord]:
-        name = owner.teacher_name
+        name = Owner(owner).teacher_name  # a caller may hand in the plain string
         if name is None:
             return self.manifest.samples.arrays
         teacher = self.manifest.teachers[name]
@@ -272,7 +288,13 @@ class StoreBuilder:
             return self._commit(owner, index, start, stop, data, stats)
 
     def _commit(
-        self, owner: Owner, index: int, start: int, stop: int, data: dict[str, np.ndarray], stats: dict[str, float] | None
+        self,
+        owner: Owner,
+        index: int,
+        start: int,
+        stop: int,
+        data: dict[str, np.ndarray],
+        stats: dict[str, float] | None,
     ) -> ShardCommit:
         arrays = self.owner_arrays(owner)
         if set(data) != set(arrays):
@@ -343,7 +365,7 @@ class StoreBuilder:
         ordered = [commits[k] for k in sorted(commits)]
         complete = len(ordered) == self.manifest.num_shards()
         status = "complete" if complete else "building"
-        name = owner.teacher_name
+        name = Owner(owner).teacher_name
         if name is None:
             self.manifest.samples = self.manifest.samples.model_copy(update={"shards": ordered, "status": status})
         else:

@@ -17,11 +17,19 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from kdcache.capture import ModelOutputs
-from kdcache.errors import NonFiniteTargetError, TargetOverflowError
+from kdcache.errors import ConfigError, NonFiniteTargetError, TargetOverflowError
 from kdcache.names import Compressor
 from kdcache.registry import Registry
 
 FLOAT_LIMITS = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
+
+
+def required(value: int | None, field: str, encoding: str) -> int:
+    """``value`` of a params field that ``encoding`` needs (its params' validator refuses params without it, so
+    this names the fix only for params built around the validator, e.g. with ``model_construct``)."""
+    if value is None:
+        raise ConfigError(f"encoding {encoding} needs {field}; set {field} in the target's params")
+    return value
 
 
 class TargetParams(BaseModel):

@@ -3,6 +3,7 @@ the base of every target that is one such array per sample (FSP matrices, featur
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ def wide(value: torch.Tensor) -> torch.Tensor:
     return value.detach().cpu().double() if value.device.type == "mps" else value.detach().double()
 
 
-def log_sum_exp_float32(value: torch.Tensor, temperatures: list[float], dim: int) -> np.ndarray:
+def log_sum_exp_float32(value: torch.Tensor, temperatures: Sequence[float], dim: int) -> np.ndarray:
     """log Σ exp(value / T) along ``dim`` at every temperature T, stacked on a new last axis, as stored: computed in
     float64, rounded to a multiple of :data:`LSE_GRID` and then to float32.
 

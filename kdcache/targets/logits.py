@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
 from kdcache.names import Compressor
-from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams
+from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, required
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage
 from kdcache.targets.invariants import int8_problem, topk_problem
 
@@ -74,6 +74,11 @@ class LogitsParams(TargetParams):
             raise ValueError(f"temperatures must be distinct, got {list(self.temperatures)}")
         return self
 
+    @property
+    def top_k(self) -> int:
+        """``k`` of the topk encoding: the classes kept per sample."""
+        return required(self.k, "k", self.encoding)
+
 
 @TARGETS.register("logits")
 class LogitsTarget(Target):
@@ -114,18 +119,18 @@ class LogitsTarget(Target):
                 f"{name}/scale": StoredArray((), "float32", meaning="scale of each row's int8 logits"),
                 f"{name}/offset": StoredArray((), "float32", meaning="minimum logit of each row"),
             }
-        if p.k is not None and p.k > classes:
-            raise ConfigError(f"top-k with k={p.k} but the teacher has only {classes} classes; use k <= {classes}")
+        if p.top_k > classes:
+            raise ConfigError(f"top-k with k={p.top_k} but the teacher has only {classes} classes; use k <= {classes}")
         index = "int16" if classes <= np.iinfo(np.int16).max else "int32"
         return {
             f"{name}/values": StoredArray(
-                (p.k,),
+                (p.top_k,),
                 storage_dtype(p.dtype),
                 axes=("rank",),
                 decodes_to=p.dtype,
                 meaning="the k largest raw logits, largest first",
             ),  # fmt: skip
-            f"{name}/indices": StoredArray((p.k,), index, axes=("rank",), meaning="class index of each value"),
+            f"{name}/indices": StoredArray((p.top_k,), index, axes=("rank",), meaning="class index of each value"),
             f"{name}/lse": StoredArray((len(p.temperatures),), "float32", axes=("temperature",), meaning=LSE_MEANING),
         }
 
@@ -142,7 +147,7 @@ class LogitsTarget(Target):
                 f"{name}/scale": scale.cpu().numpy(),
                 f"{name}/offset": low.cpu().numpy(),
             }
-        top = value.topk(p.k, dim=1)
+        top = value.topk(p.top_k, dim=1)
         stored = to_storage(top.values, p.dtype)
         # the distribution a reader reconstructs: the stored (rounded) top-k values and the exact float32 tail, so
         # its probabilities sum to 1 and k = C is exactly dense KD on the stored values

@@ -31,6 +31,7 @@ them with the same constant, not with the teacher.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from pydantic import Field, model_validator
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
-from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams
+from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams, required
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage, wide
 from kdcache.targets.invariants import topk_problem
 from kdcache.targets.logits import TopKLogits
@@ -139,6 +140,16 @@ class TokenLogitsParams(TargetParams):
         check_step(self.value_step)
         return self
 
+    @property
+    def top_k(self) -> int:
+        """``k`` of the topk encoding: the tokens kept per position."""
+        return required(self.k, "k", self.encoding)
+
+    @property
+    def draws(self) -> int:
+        """``samples`` of the sampled encoding: the draws per position."""
+        return required(self.samples, "samples", self.encoding)
+
 
 @TARGETS.register("token_logits")
 class TokenLogitsTarget(Target):
@@ -193,10 +204,10 @@ class TokenLogitsTarget(Target):
         p = self.params
         if p.encoding == "sampled":
             # a position rarely draws n distinct tokens: the empty slots (id 0, count 0) compress to almost nothing
-            return {f"{self.name}/ids": StoredArray((positions, p.samples), ids, "zstd"),
-                    f"{self.name}/counts": StoredArray((positions, p.samples), "uint8", "zstd")}  # fmt: skip
-        if p.k > vocab:
-            raise ConfigError(f"top-k with k={p.k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
+            return {f"{self.name}/ids": StoredArray((positions, p.draws), ids, "zstd"),
+                    f"{self.name}/counts": StoredArray((positions, p.draws), "uint8", "zstd")}  # fmt: skip
+        if p.top_k > vocab:
+            raise ConfigError(f"top-k with k={p.top_k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
         arrays = {
             f"{self.name}/values": self._values_array(positions),
             f"{self.name}/indices": self._indices_array(positions, vocab),
@@ -209,22 +220,22 @@ class TokenLogitsTarget(Target):
     def _values_array(self, positions: int) -> StoredArray:
         p = self.params
         if p.value_bits is None:
-            return StoredArray((positions, p.k), storage_dtype(p.dtype))
-        meaning = (f"{p.k} codes of {p.value_bits} bits per position, little-endian bit-packed; "
+            return StoredArray((positions, p.top_k), storage_dtype(p.dtype))
+        meaning = (f"{p.top_k} codes of {p.value_bits} bits per position, little-endian bit-packed; "
                    f"log p = -code * {p.value_step}")  # fmt: skip
-        return StoredArray((positions, packed_width(p.k, p.value_bits)), "uint8", meaning=meaning)
+        return StoredArray((positions, packed_width(p.top_k, p.value_bits)), "uint8", meaning=meaning)
 
     def _indices_array(self, positions: int, vocab: int) -> StoredArray:
         p = self.params
         if p.index_bits is None:
-            return StoredArray((positions, p.k), index_dtype(vocab))
+            return StoredArray((positions, p.top_k), index_dtype(vocab))
         if vocab > 1 << p.index_bits:
             raise ConfigError(
                 f"index_bits {p.index_bits} holds ids below {1 << p.index_bits}, but the vocabulary has {vocab} "
                 f"tokens; use index_bits >= {(vocab - 1).bit_length()}"
             )
-        meaning = f"{p.k} token ids of {p.index_bits} bits per position, little-endian bit-packed"
-        return StoredArray((positions, packed_width(p.k, p.index_bits)), "uint8", meaning=meaning)
+        meaning = f"{p.top_k} token ids of {p.index_bits} bits per position, little-endian bit-packed"
+        return StoredArray((positions, packed_width(p.top_k, p.index_bits)), "uint8", meaning=meaning)
 
     def encode(self, value: torch.Tensor) -> dict[str, np.ndarray]:
         if self.params.encoding == "sampled":
@@ -233,7 +244,7 @@ class TokenLogitsTarget(Target):
                 "encode_at(value, samples, views), as stage one does"
             )
         p, name = self.params, self.name
-        top = value.topk(p.k, dim=-1)  # log-probs are the logits shifted by a constant per position: same order
+        top = value.topk(p.top_k, dim=-1)  # log-probs are the logits shifted by a constant per position: same order
         log_p, lse = top_log_probs(value, top.values, p.temperatures)
         ids = top.indices.cpu().numpy()
         return {
@@ -255,13 +266,13 @@ class TokenLogitsTarget(Target):
         p, name = self.params, self.name
         positions = value.shape[1]
         uniforms = np.stack([
-            KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM).uniforms(positions * p.samples)
+            KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM).uniforms(positions * p.draws)
             for sample, view in zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
-        ]).reshape(-1, p.samples)  # fmt: skip
+        ]).reshape(-1, p.draws)  # fmt: skip
         # every position of the batch in one pass (each position's draws depend on its own row only)
         drawn = draw_tokens(value.flatten(0, 1), torch.from_numpy(uniforms), p.sample_temperature)
         ids, counts = distinct_counts(drawn)
-        shape = (*value.shape[:2], p.samples)
+        shape = (*value.shape[:2], p.draws)
         return {f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
                 f"{name}/counts": counts.astype(np.uint8).reshape(shape)}  # fmt: skip
 
@@ -285,15 +296,15 @@ class TokenLogitsTarget(Target):
         p, name = self.params, self.name
         if p.encoding == "sampled":
             ids, counts = arrays[f"{name}/ids"], arrays[f"{name}/counts"]
-            return SampledTokens(ids.long(), counts.float(), p.samples, p.sample_temperature, self.vocab_size)
+            return SampledTokens(ids.long(), counts.float(), p.draws, p.sample_temperature, self.vocab_size)
         values, lse = arrays[f"{name}/values"], arrays[f"{name}/lse"]
         if p.value_bits is None:
             values = from_storage(values, p.dtype)
         else:
-            values = unpack_fields(values, p.k, p.value_bits).float() * -p.value_step
+            values = unpack_fields(values, p.top_k, p.value_bits).float() * -p.value_step
             lse = kept_lse(values, lse, p.temperatures)
         indices = arrays[f"{name}/indices"]
-        indices = indices.long() if p.index_bits is None else unpack_fields(indices, p.k, p.index_bits)
+        indices = indices.long() if p.index_bits is None else unpack_fields(indices, p.top_k, p.index_bits)
         return TokenTopK(values, indices, lse, p.temperatures, self.vocab_size)
 
     def checked_arrays(self) -> tuple[str, ...]:
@@ -305,15 +316,15 @@ class TokenLogitsTarget(Target):
         temperature in [k/C, 1] up to the quantiser's step (:func:`~kdcache.targets.invariants.topk_problem`)."""
         p, name = self.params, self.name
         for array, bits in (("values", p.value_bits), ("indices", p.index_bits)):
-            if bits and not padding_is_zero(arrays[f"{name}/{array}"], p.k, bits):
-                return f"{array} has bits set after its {p.k} fields of {bits} bits: not written by kdcache"
+            if bits and not padding_is_zero(arrays[f"{name}/{array}"], p.top_k, bits):
+                return f"{array} has bits set after its {p.top_k} fields of {bits} bits: not written by kdcache"
         if p.index_bits:
-            ids = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/indices"])), p.k, p.index_bits)
+            ids = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/indices"])), p.top_k, p.index_bits)
             if ids.numel() and int(ids.max()) >= value_shape[-1]:
                 return f"token id {int(ids.max())} is outside the teacher's vocabulary of {value_shape[-1]}"
         if not p.value_bits:
             return ""
-        codes = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/values"])), p.k, p.value_bits)
+        codes = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/values"])), p.top_k, p.value_bits)
         values = (codes.double() * -p.value_step).numpy()
         return topk_problem(values, arrays[f"{name}/lse"], p.temperatures, value_shape[-1], "float64",
                             p.value_step / 2)  # fmt: skip
@@ -327,7 +338,7 @@ def certain_logits(vocab: int, dtype: torch.dtype, device: torch.device) -> torc
 
 
 def top_log_probs(
-    logits: torch.Tensor, top_values: torch.Tensor, temperatures: list[float]
+    logits: torch.Tensor, top_values: torch.Tensor, temperatures: Sequence[float]
 ) -> tuple[torch.Tensor, np.ndarray]:
     """For ``logits`` ``(..., V)`` and the k largest of them ``top_values`` ``(..., k)``: their log-probabilities
     log p_i = z_i − log Σ_v exp(z_v) (float64) and lse_T = log Σ_v exp(log p_v / T) at every temperature (float32,

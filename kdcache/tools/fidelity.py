@@ -19,7 +19,7 @@ from kdcache.datasets import DIGITS_FILE, HDF5Dataset, SampleDataset, TensorData
 from kdcache.losses import kd_divergence, topk_kd_divergence
 from kdcache.models import build_model
 from kdcache.precompute import precompute
-from kdcache.store import StoreReader, open_store
+from kdcache.store import StoreReader, open_store, row_nbytes
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target, TopKLogits, build_target
 from kdcache.train import CachedDataset, ViewDataset
@@ -138,7 +138,7 @@ def _encoding_row(
     arrays = cache.teacher(name).targets[target.name].arrays.values()
     row = {
         "encoding": label,
-        "raw_bytes_per_sample": sum(int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize for a in arrays),
+        "raw_bytes_per_sample": sum(row_nbytes(tuple(a.shape[1:]), a.dtype) for a in arrays),
         "bytes_per_sample": sum(cache.array_bytes(a.path) for a in arrays) / len(dataset),
     }
     for t in temperatures:

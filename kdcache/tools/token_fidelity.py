@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdcache.losses import token_kd_divergence
+from kdcache.store import row_nbytes
 from kdcache.tables import markdown_table
 from kdcache.targets import SampledTokens, Target, TokenTopK, build_target
 
@@ -109,7 +110,7 @@ def kl_sums(teacher: Callable, student: Callable, batches: Iterable[TokenBatch],
 def bytes_per_token(target: Target, vocab: int) -> int:
     """The bytes one position takes in ``target``'s layout (uncompressed) at a vocabulary of ``vocab``."""
     arrays = target.layout((1, vocab))
-    return sum(np.dtype(a.dtype).itemsize * a.sample_shape[1] for a in arrays.values())
+    return sum(row_nbytes(a.sample_shape, a.dtype) for a in arrays.values())  # sample_shape (1, width)
 
 
 def as_token_batch(batch: TokenBatch | torch.Tensor, number: int) -> TokenBatch:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from kdcache.atomic import atomic_path
 from kdcache.errors import DestinationExistsError, StoreFormatError, StoreIncompleteError
 from kdcache.store import StoreReader, open_store
-from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, ArraySpec
+from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, ArraySpec, Owner
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, Manifest, manifest_bytes, parse_manifest
 from kdcache.store.writer import StoreBuilder, TargetLayout, array_record
@@ -102,7 +102,7 @@ def import_hdf5(path: str | Path, store: str, *, progress: bool = True) -> Store
         _require_arrays(f, manifest, str(path))
         builder = _declare(location, manifest)
         commits = [(SAMPLES_OWNER, manifest.samples.shards)]
-        commits += [(f"teachers/{name}", t.shards) for name, t in manifest.teachers.items()]
+        commits += [(Owner.listed(name), t.shards) for name, t in manifest.teachers.items()]
         with tqdm(total=sum(len(c) for _, c in commits), unit="shard", desc="import", disable=not progress) as bar:
             for owner, shards in commits:
                 for commit in shards:

@@ -22,7 +22,7 @@ from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError, PerformanceWarning, StoreMismatchError
 from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, ArrayReader, Requirements, StoreReader
-from kdcache.store.layout import owner_of_teacher
+from kdcache.store.layout import Owner, owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
 from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch, source_identity
@@ -312,13 +312,13 @@ class CachedDataset(ViewDataset):
 
 def _target_sources(
     cache: StoreReader, teacher: str | Ensemble, targets: list[str]
-) -> tuple[dict[str, Target | EnsembleDecoder], list[tuple[str, str, str, ArrayRecord]]]:
+) -> tuple[dict[str, Target | EnsembleDecoder], list[tuple[str, str, Owner, ArrayRecord]]]:
     """Each target's decoder and the arrays to read for it: ``(target, array key, owner, record)``. A single
     teacher's arrays are keyed by their name; an ensemble's by ``<member>/<name>``, decoded and combined together."""
     members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
     found = {m: {name: cache.teacher(m).targets[name] for name in targets} for m in members}
     decoders: dict[str, Target | EnsembleDecoder] = {}
-    records: list[tuple[str, str, str, ArrayRecord]] = []
+    records: list[tuple[str, str, Owner, ArrayRecord]] = []
     for name in targets:
         built = {m: checked_target(cache.url, m, name, found[m][name]) for m in members}
         if isinstance(teacher, Ensemble):
@@ -340,7 +340,7 @@ def _target_sources(
 
 
 def _open_readers(
-    cache: StoreReader, targets: list[str], records: list[tuple[str, str, str, ArrayRecord]], budget: float
+    cache: StoreReader, targets: list[str], records: list[tuple[str, str, Owner, ArrayRecord]], budget: float
 ) -> tuple[dict[str, dict[str, ArrayReader]], float]:
     """A reader for every array, smallest first: in RAM (loaded and verified once, before DataLoader workers fork
     and share it) while they fit ``budget``, streamed after that. Returns them and the budget left."""
@@ -356,7 +356,7 @@ def _open_readers(
     return readers, budget
 
 
-def _by_target(records: list[tuple[str, str, str, ArrayRecord]]) -> dict[str, dict[str, ArrayRecord]]:
+def _by_target(records: list[tuple[str, str, Owner, ArrayRecord]]) -> dict[str, dict[str, ArrayRecord]]:
     """The records of :func:`_target_sources` by target, then array key."""
     found: dict[str, dict[str, ArrayRecord]] = {}
     for name, key, _, rec in records:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.precompute import precompute
-from kdcache.store import ArrayReader, open_store
+from kdcache.store import ArrayReader, open_store, shard_count, shard_ranges
 from kdcache.targets import build_target
 from kdcache.tools.bench import pagecache
 from kdcache.tools.bench.memory import bytes_per_sample
@@ -191,7 +191,7 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         },
         "uniform_over_block": samples.ratio("library, pass 2", "library, uniform"),
         "pass_2_chunks_read": state["chunks_read"][-1],
-        "chunks": -(-n // store.chunk),
+        "chunks": shard_count(n, store.chunk),
         "resident_fraction_after_evict": max(evicted) if evicted else None,
     }
 
@@ -203,7 +203,7 @@ def measure_parts(store: ReadStore) -> dict[str, float]:
     (the library's path when the array fits)."""
     pagecache.warm(store.files())
     n = store.num_samples
-    chunks = [(lo, min(lo + store.chunk, n)) for lo in range(0, n, store.chunk)]
+    chunks = shard_ranges(n, store.chunk)
     array = store.reader().array()
     mapped = np.load(store.raw, mmap_mode="r")
     in_ram = store.in_ram()
@@ -211,7 +211,7 @@ def measure_parts(store: ReadStore) -> dict[str, float]:
     def digest() -> float:
         reader = store.reader()
         start = time.perf_counter()
-        for index in range(-(-n // store.shard)):
+        for index in range(shard_count(n, store.shard)):
             reader.verify_shard(index)
         return time.perf_counter() - start
 

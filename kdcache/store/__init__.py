@@ -17,6 +17,7 @@ from kdcache.store.layout import (
     VIEW_PARAMS,
     ArraySpec,
     Owner,
+    layouts_shard_samples,
     plan_shard_samples,
     row_nbytes,
     shard_count,
@@ -30,7 +31,7 @@ from kdcache.store.manifest import Manifest, library_versions, read_manifest
 from kdcache.store.reader import StoreReader, open_store, scrub
 from kdcache.store.requirements import Requirements
 from kdcache.store.shardcache import ShardCache
-from kdcache.store.writer import StoreBuilder, TargetLayout, layouts_shard_samples
+from kdcache.store.writer import StoreBuilder, TargetLayout
 
 __all__ = [
     "FORMAT_VERSION",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,24 @@ class ArraySpec:
         smaller (a one-shard store's shard need not be a power of two: see :func:`plan_shard_samples`)."""
         target = _chunk_target(self.bytes_per_sample)
         return shard_samples if target >= shard_samples else math.gcd(shard_samples, target)
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """How one target is stored: its kind, its parameters, the shape of one extracted value and its arrays by name
+    relative to the teacher."""
+
+    kind: str
+    params: dict[str, Any]
+    arrays: dict[str, ArraySpec]
+    value_shape: tuple[int, ...]
+
+
+def layouts_shard_samples(layouts: Iterable[TargetLayout], num_samples: int) -> int:
+    """Samples per shard of a new store of ``num_samples`` for the targets ``layouts``: :func:`plan_shard_samples`
+    of their arrays alone (stage one creates stores with it; ``kdcache plan`` reports what it will choose)."""
+    widths = [spec.bytes_per_sample for layout in layouts for spec in layout.arrays.values()]
+    return plan_shard_samples(widths, num_samples)
 
 
 def plan_shard_samples(bytes_per_sample: list[int], num_samples: int) -> int:

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +23,7 @@ from kdcache.atomic import TEMP_SUFFIX
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
-from kdcache.store.layout import (
-    MANIFEST_KEY,
-    SAMPLES_OWNER,
-    ArraySpec,
-    Owner,
-    plan_shard_samples,
-    shard_key,
-    shard_range,
-)
+from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, ArraySpec, Owner, TargetLayout, shard_key, shard_range
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.manifest import (
     ArrayRecord,
@@ -52,24 +42,6 @@ from kdcache.store.merge import merge_published
 from kdcache.store.shardencode import ShardEncoder
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TargetLayout:
-    """How one target is stored: its kind, its parameters, the shape of one extracted value and its arrays by name
-    relative to the teacher."""
-
-    kind: str
-    params: dict[str, Any]
-    arrays: dict[str, ArraySpec]
-    value_shape: tuple[int, ...]
-
-
-def layouts_shard_samples(layouts: Iterable[TargetLayout], num_samples: int) -> int:
-    """Samples per shard of a new store of ``num_samples`` for the targets ``layouts``: :func:`plan_shard_samples`
-    of their arrays alone (stage one creates stores with it; ``kdcache plan`` reports what it will choose)."""
-    widths = [spec.bytes_per_sample for layout in layouts for spec in layout.arrays.values()]
-    return plan_shard_samples(widths, num_samples)
 
 
 def compressors_for(spec: ArraySpec) -> list[Any]:

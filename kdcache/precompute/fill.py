@@ -32,12 +32,16 @@ ShardRows = tuple[str, int, dict[str, np.ndarray], dict[str, float]]
 
 class ShardRange(Protocol):
     """What a fill reads of its :class:`~kdcache.precompute.engine.ShardWork`: shard ``index``, samples
-    ``[start, stop)``, the owners still missing it."""
+    ``[start, stop)``, the owners still missing it (read-only: a frozen ShardWork fits)."""
 
-    index: int
-    start: int
-    stop: int
-    owners: tuple[str, ...]
+    @property
+    def index(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def stop(self) -> int: ...
+    @property
+    def owners(self) -> tuple[str, ...]: ...
 
 
 class FillSource(Protocol):

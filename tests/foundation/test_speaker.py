@@ -7,7 +7,7 @@ import pytest
 
 from kdcache.errors import ConfigError, StoreNotFoundError, current_speaker, say, speaking
 from kdcache.precompute import check_cluster
-from kdcache.store import open_cache
+from kdcache.store import open_store
 
 
 def test_python_by_default_pipeline_inside_speaking_and_restored_after_an_error():
@@ -32,6 +32,6 @@ def test_the_same_refusal_names_the_parameter_or_the_flag(tmp_path):
     with speaking("pipeline"), pytest.raises(ConfigError, match=r"^--workers must be at least 1, got 0$"):
         check_cluster(0, None)
     with pytest.raises(StoreNotFoundError, match=r"build it first \(kdcache\.precompute\(\.\.\.\)\), or check"):
-        open_cache(str(tmp_path / "none.zarr"))
+        open_store(str(tmp_path / "none.zarr"))
     with speaking("pipeline"), pytest.raises(StoreNotFoundError, match=r"build it first \(`kdcache precompute`\), or"):
-        open_cache(str(tmp_path / "none.zarr"))
+        open_store(str(tmp_path / "none.zarr"))

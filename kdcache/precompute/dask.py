@@ -75,7 +75,7 @@ class WorkerRecipe:
                 "name": self.job.teacher_name,
                 "views": self.job.views.spec()["digest"],
                 "targets": [t.describe() | {"kind": t.kind} for t in self.job.targets],
-            }  # fmt: skip
+            }
         )
 
 

@@ -54,7 +54,8 @@ def _refuse_tokenizer(name: str, path: str, own: dict[str, Any], data: dict[str,
         f"teacher's, in {path!r}, has {describe_tokenizer(own)}; the data's has {describe_tokenizer(data)}"
     )
     if allow:
-        log.warning("%s; caching anyway because %s is set", message, say('allow_tokenizer_mismatch', 'cache.allow_tokenizer_mismatch'))
+        setting = say("allow_tokenizer_mismatch", "cache.allow_tokenizer_mismatch")
+        log.warning("%s; caching anyway because %s is set", message, setting)
         return
     raise TokenAlignmentError(
         f"{message}. Its targets would belong to other tokens: tokenize the data with the teacher's tokenizer "
@@ -62,7 +63,6 @@ def _refuse_tokenizer(name: str, path: str, own: dict[str, Any], data: dict[str,
         + say("precompute(..., allow_tokenizer_mismatch=True)", "cache.allow_tokenizer_mismatch: true")
         + " (logged)"
     )
-
 
 
 def _tokenizer_setting(path: str | None = None) -> str:

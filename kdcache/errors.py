@@ -2,9 +2,46 @@
 
 Every message says what was expected, what was found, and how to fix it. Each class also derives from the builtin it
 refines, so ``except ValueError`` in user code keeps working.
+
+The fix is written in the caller's words (:func:`say`): a Python caller of the engines reads the parameter to pass
+(``precompute(..., break_lock=True)``), a pipeline user (``kdcache`` commands, :mod:`kdcache.pipeline`) the YAML
+key or the flag (``--break-lock``, ``cache.targets``). The pipeline layer and the CLI run the engines inside
+``speaking("pipeline")``; everything else speaks Python.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Literal
+
+Speaker = Literal["python", "pipeline"]
+"""Whom a message addresses: a Python caller (parameters) or a pipeline user (YAML keys, command-line flags)."""
+
+_SPEAKER: contextvars.ContextVar[Speaker] = contextvars.ContextVar("kdcache_speaker", default="python")
+
+
+@contextlib.contextmanager
+def speaking(speaker: Speaker) -> Iterator[None]:
+    """Messages made in this block (this thread, and threads or dask tasks handed :func:`current_speaker`) name
+    settings as ``speaker`` writes them; also a decorator (``@speaking("pipeline")``)."""
+    token = _SPEAKER.set(speaker)
+    try:
+        yield
+    finally:
+        _SPEAKER.reset(token)
+
+
+def current_speaker() -> Speaker:
+    """Whom messages made here address (``"python"`` unless inside :func:`speaking`)."""
+    return _SPEAKER.get()
+
+
+def say(python: str, pipeline: str) -> str:
+    """A setting or a fix in the current caller's words: ``python`` (a parameter, a call) or ``pipeline`` (a YAML
+    key, a flag, a ``kdcache`` command)."""
+    return pipeline if _SPEAKER.get() == "pipeline" else python
 
 
 class KdcacheError(Exception):

@@ -11,7 +11,7 @@ import os
 import sys
 
 from kdcache.cli import pipelines, stores, tools
-from kdcache.errors import KdcacheError
+from kdcache.errors import KdcacheError, speaking
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # dask sets its loggers from its config when imported; cluster chatter is detail, like ours
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
-        return args.func(args)
+        with speaking("pipeline"):  # errors name YAML keys and flags
+            return args.func(args)
     except KdcacheError as exc:
         print(f"kdcache: error: {exc}", file=sys.stderr)
         return 2

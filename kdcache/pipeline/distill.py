@@ -15,7 +15,7 @@ from torch import nn
 from kdcache.checkpoint import load_state_dict, save_model, state_digest
 from kdcache.datasets import SampleDataset
 from kdcache.datasets.tokenizer import load_tokenizer
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, speaking
 from kdcache.pipeline.build import (
     build_student,
     device_of,
@@ -87,6 +87,7 @@ def stage_one_job(
     )
 
 
+@speaking("pipeline")
 def run_precompute(
     cfg: DistillConfig,
     *,
@@ -169,6 +170,7 @@ def cached_data(cfg: DistillConfig, train: SampleDataset | None, targets: list[s
     )
 
 
+@speaking("pipeline")
 def train_student(
     cfg: DistillConfig,
     variant: str,
@@ -215,7 +217,6 @@ def train_student(
                 every_steps=ckpt.every_steps,
                 resume=resume,
                 allow_changes=tuple(resume_allow),
-                speaks="pipeline",
             ),
             sample_log=cfg.out / "samples" / f"student-{variant}" if ckpt.log_samples else None,
             stop_after_steps=ckpt.stop_after_steps,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kdcache.errors import speaking
 from kdcache.pipeline.config import RunConfig
 from kdcache.registry import Registry
 
@@ -25,6 +26,7 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
+@speaking("pipeline")
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """What ``kdcache run`` does: the runner of the pipeline's method, which prints and writes its report."""
     return METHODS.get(cfg.method).run(cfg, progress=progress)

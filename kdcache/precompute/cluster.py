@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, say
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -84,11 +84,12 @@ def _nanny_environ_undone() -> Iterator[None]:
 def check_cluster(workers: int | None, scheduler: str | None) -> None:
     if (workers is None) == (scheduler is None):
         raise ConfigError(
-            f"give exactly one of --workers N (a local cluster) or --scheduler ADDRESS (an existing one); got "
+            f"give exactly one of {say('workers=N', '--workers N')} (a local cluster) or "
+            f"{say('scheduler=ADDRESS', '--scheduler ADDRESS')} (an existing one); got "
             f"workers={workers}, scheduler={scheduler!r}"
         )
     if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"{say('workers', '--workers')} must be at least 1, got {workers}")
 
 
 def _wait_for_workers(client: Client, address: str) -> None:

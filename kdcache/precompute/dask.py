@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import Speaker, StoreMismatchError, current_speaker, speaking
 from kdcache.fingerprint import canonical_digest
 from kdcache.precompute.cluster import check_cluster, dask_client
 from kdcache.precompute.engine import (
@@ -55,12 +55,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WorkerRecipe:
-    """What every worker needs: the job, the store, and the fingerprints the job must reproduce there."""
+    """What every worker needs: the job, the store, the fingerprints the job must reproduce there, and whom the
+    worker's error messages address (the coordinator's :func:`~kdcache.errors.current_speaker`)."""
 
     job: StageOneJob
     location: StoreLocation
     teacher_digest: str
     dataset_digest: str
+    speaker: Speaker = "python"
 
     @property
     def key(self) -> str:
@@ -73,7 +75,7 @@ class WorkerRecipe:
                 "name": self.job.teacher_name,
                 "views": self.job.views.spec()["digest"],
                 "targets": [t.describe() | {"kind": t.kind} for t in self.job.targets],
-            }  # fmt: skip
+            }
         )
 
 
@@ -99,7 +101,7 @@ _STATE_LOCK = threading.Lock()
 
 def _worker_state(recipe: WorkerRecipe) -> _WorkerState:
     """This worker's run for ``recipe``, building the teacher and dataset the first time (once per worker)."""
-    with _STATE_LOCK:
+    with _STATE_LOCK, speaking(recipe.speaker):
         state = _STATE.get(recipe.key)
         if state is None:
             run = TeacherRun(recipe.job)
@@ -137,7 +139,7 @@ def _require_same_inputs(recipe: WorkerRecipe, run: TeacherRun) -> None:
 def run_shard(recipe: WorkerRecipe, work: ShardWork) -> int:
     """A dask task: compute and commit one shard range; returns the teacher samples it wrote (for progress)."""
     state = _worker_state(recipe)
-    with state.lock:  # one shard at a time per worker: the teacher's layer capture is not thread-safe
+    with state.lock, speaking(recipe.speaker):  # one shard at a time per worker: layer capture is not thread-safe
         for rows in state.run.compute(work, state.builder):
             state.builder.commit(*rows)
     return work.stop - work.start if state.run.owner in work.owners else 0
@@ -161,12 +163,13 @@ def run_on_dask(
         check_cluster(workers, scheduler)
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
     with _connected(client, workers, scheduler) as connected:
-        declared = connected.submit(declare, job, location, pure=False).result()
+        speaker = current_speaker()
+        declared = connected.submit(declare, job, location, speaker, pure=False).result()
         opened = declared_store(
             declared, location, shard_samples=shard_samples, break_lock=break_lock, where=" on dask"
         )
         with opened as (builder, work):
-            recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"])
+            recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"], speaker)
             seconds = 0.0
             try:
                 if work:
@@ -176,12 +179,14 @@ def run_on_dask(
             return make_report(builder, declared, work, seconds, complete)
 
 
-def declare(job: StageOneJob, location: StoreLocation) -> StoreDeclaration:
-    """A dask task: build ``job`` on a worker and return what it declares in the store (fingerprints, layouts).
-    The worker keeps the run for the shard tasks it gets next (the teacher is built once per worker)."""
-    run = TeacherRun(job)
-    declared = run.declaration()
-    recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"])
+def declare(job: StageOneJob, location: StoreLocation, speaker: Speaker = "python") -> StoreDeclaration:
+    """A dask task: build ``job`` on a worker and return what it declares in the store (fingerprints, layouts),
+    its errors addressed to ``speaker``. The worker keeps the run for the shard tasks it gets next (the teacher is
+    built once per worker)."""
+    with speaking(speaker):
+        run = TeacherRun(job)
+        declared = run.declaration()
+    recipe = WorkerRecipe(job, location, declared.fingerprint["digest"], declared.dataset["digest"], speaker)
     with _STATE_LOCK:
         _keep(recipe, run)
     return declared

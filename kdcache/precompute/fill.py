@@ -32,7 +32,7 @@ ShardRows = tuple[Owner, int, dict[str, np.ndarray], dict[str, float]]
 
 class ShardRange(Protocol):
     """What a fill reads of its :class:`~kdcache.precompute.engine.ShardWork`: shard ``index``, samples
-    ``[start, stop)``, the owners still missing it."""
+    ``[start, stop)``, the owners still missing it (read-only: a frozen ShardWork fits)."""
 
     @property
     def index(self) -> int: ...

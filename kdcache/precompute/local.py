@@ -9,6 +9,7 @@ uncommitted shard. Ctrl-C stops after the shards already handed to the writer ar
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -50,7 +51,8 @@ class _ShardWriter:
         self.builder = builder
         self.queue: queue.Queue[WriterItem | None] = queue.Queue(depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="kdcache-shard-writer", daemon=True)
+        run = contextvars.copy_context().run  # its errors address the caller's speaker (kdcache.errors.say)
+        self.thread = threading.Thread(target=run, args=(self._run,), name="kdcache-shard-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.tokenizer import TOKENIZED_KINDS, describe_tokenizer
-from kdcache.errors import TokenAlignmentError
+from kdcache.errors import TokenAlignmentError, say
 from kdcache.models.hfdir import input_vocabulary, model_source
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def check_teacher_tokens(
         raise TokenAlignmentError(
             f"teacher {name!r} takes {width} token ids (its input embedding), but the data's tokenizer produces "
             f"{data['vocab_size']} ({describe_tokenizer(data)}): ids {width} and up have no embedding. Use the "
-            "teacher's own tokenizer for the data (data.args.tokenizer), or a teacher of this vocabulary"
+            f"teacher's own tokenizer for the data ({_tokenizer_setting()}), or a teacher of this vocabulary"
         )
     directory = model_source(teacher) or {}
     own = directory.get("tokenizer")
@@ -54,11 +54,19 @@ def _refuse_tokenizer(name: str, path: str, own: dict[str, Any], data: dict[str,
         f"teacher's, in {path!r}, has {describe_tokenizer(own)}; the data's has {describe_tokenizer(data)}"
     )
     if allow:
-        log.warning("%s; caching anyway because allow_tokenizer_mismatch is set", message)
+        setting = say("allow_tokenizer_mismatch", "cache.allow_tokenizer_mismatch")
+        log.warning("%s; caching anyway because %s is set", message, setting)
         return
     raise TokenAlignmentError(
         f"{message}. Its targets would belong to other tokens: tokenize the data with the teacher's tokenizer "
-        f"(data.args.tokenizer: {path}), or, if the two are known to give the same ids on this text, set "
-        "allow_tokenizer_mismatch (precompute(..., allow_tokenizer_mismatch=True); cache.allow_tokenizer_mismatch: "
-        "true in a pipeline file; logged)"
+        f"({_tokenizer_setting(path)}), or, if the two are known to give the same ids on this text, set "
+        + say("precompute(..., allow_tokenizer_mismatch=True)", "cache.allow_tokenizer_mismatch: true")
+        + " (logged)"
     )
+
+
+def _tokenizer_setting(path: str | None = None) -> str:
+    """Where the caller names the data's tokenizer (set to ``path``, when given), in the caller's words."""
+    if path is None:
+        return say("the dataset's tokenizer=", "data.args.tokenizer")
+    return say(f"the dataset's tokenizer={path!r}", f"data.args.tokenizer: {path}")

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from kdcache.errors import StoreLockedError
+from kdcache.errors import StoreLockedError, say
 from kdcache.store.bounded import LOCK_MAX_BYTES
 from kdcache.store.location import StoreLocation
 
@@ -55,9 +55,10 @@ class StoreLock:
         if owner_alive(holder):
             raise StoreLockedError(
                 f"store {self.location.url!r} is being written by {_who(holder)}, which is alive on this host: "
-                f"--break-lock takes over only the lock of a writer that is gone, since both would publish the "
-                f"manifest and one would lose the other's records. Wait for pid {holder.get('pid')} to finish, or "
-                f"stop it (kill {holder.get('pid')}) and re-run with --break-lock. Committed shards are kept"
+                f"{say('break_lock', '--break-lock')} takes over only the lock of a writer that is gone, since both "
+                f"would publish the manifest and one would lose the other's records. Wait for pid {holder.get('pid')} "
+                f"to finish, or stop it (kill {holder.get('pid')}) and re-run with {_break_lock()}. Committed shards "
+                "are kept"
             )
         log.warning("breaking the lock of %s held by %s", self.location.url, _who(holder))
         self.location.delete(LOCK_KEY)
@@ -131,9 +132,15 @@ def describe_holder(location: StoreLocation, holder: dict[str, Any]) -> str:
     )
     return (
         f"store {location.url!r} is being written by {_who(holder)}; a second writer could lose its shards. Wait for "
-        f"it to finish; {state}: re-run with --break-lock (precompute(..., break_lock=True)) to take it over. "
+        f"it to finish; {state}: re-run with {_break_lock()} to take it over. "
         "Committed shards are kept either way"
     )
+
+
+def _break_lock() -> str:
+    """How a writer takes over a stale lock, in the caller's words (a Python caller is also told the flag, since the
+    writer holding the lock may be a ``kdcache`` command)."""
+    return say("precompute(..., break_lock=True) (--break-lock on the command line)", "--break-lock")
 
 
 def _who(holder: dict[str, Any]) -> str:

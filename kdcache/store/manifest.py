@@ -13,7 +13,7 @@ from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from kdcache.errors import StoreFormatError, StoreNotFoundError
+from kdcache.errors import StoreFormatError, StoreNotFoundError, say
 from kdcache.fingerprint import canonical_digest
 from kdcache.store.bounded import (
     COMMIT_MAX_BYTES,
@@ -129,8 +129,8 @@ def read_manifest(location: StoreLocation, *, upgrading: bool = False) -> Manife
     except FileNotFoundError:
         what = "holds no kdcache manifest" if location.exists() else "does not exist"
         raise StoreNotFoundError(
-            f"store {location.url!r} {what}; build it first (kdcache.precompute(...) in Python, `kdcache precompute` "
-            "for a pipeline), or check the path"
+            f"store {location.url!r} {what}; build it first ({say('kdcache.precompute(...)', '`kdcache precompute`')}), "
+            "or check the path"
         ) from None
     return parse_manifest(
         raw, source=f"store {location.url!r}", key=f"{location.url}/{MANIFEST_KEY}", upgrading=upgrading
@@ -155,14 +155,14 @@ def parse_manifest(raw: bytes | str, *, source: str, key: str, upgrading: bool =
     if version == 1 and not upgrading:
         raise StoreFormatError(
             f"{source} is format 1, written before per-sample content digests and pinned metadata; this kdcache "
-            f"reads format {FORMAT_VERSION}. Upgrade it in place with `kdcache upgrade STORE --pipeline P.yaml` "
-            "(reads the dataset it was built from; the teacher is not needed) or rebuild it with `kdcache precompute`"
+            f"reads format {FORMAT_VERSION}. Upgrade it in place with {_upgrade()} (reads the dataset it was built "
+            f"from; the teacher is not needed) or rebuild it with {say('precompute(...)', '`kdcache precompute`')}"
         )
     if version == 2 and not upgrading:
         raise StoreFormatError(
             f"{source} is format 2, written before per-view input digests and view steps identified by content; this "
-            f"kdcache reads format {FORMAT_VERSION}. Upgrade it in place with `kdcache upgrade STORE --pipeline P.yaml` "
-            "(replays its views from the dataset; the teacher is not needed) or rebuild it with `kdcache precompute`"
+            f"kdcache reads format {FORMAT_VERSION}. Upgrade it in place with {_upgrade()} (replays its views from "
+            f"the dataset; the teacher is not needed) or rebuild it with {say('precompute(...)', '`kdcache precompute`')}"
         )
     if version not in (1, 2, FORMAT_VERSION):
         raise StoreFormatError(
@@ -291,3 +291,8 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def _upgrade() -> str:
+    """How an older store is upgraded in place, in the caller's words."""
+    return say("kdcache.tools.upgrade.upgrade_store(url, dataset, views=...)", "`kdcache upgrade STORE --pipeline P.yaml`")

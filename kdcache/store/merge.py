@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import StoreMismatchError, say
 from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, Owner
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import Manifest, SamplesRecord, ShardCommit, TeacherRecord, read_manifest
@@ -53,7 +53,7 @@ def merged_owner(location: StoreLocation, owner: Owner, ours: RecordT, theirs: R
     ):
         raise StoreMismatchError(
             f"store {location.url!r}: another writer published {owner} made from a different teacher while this one "
-            "wrote it; nothing of either was dropped from disk. Re-run one of them under another teacher.name"
+            f"wrote it; nothing of either was dropped from disk. Re-run one of them under another {say('teacher_name=', 'teacher.name')}"
         )
     mine = {c.index for c in ours.shards}
     extra: list[ShardCommit] = [

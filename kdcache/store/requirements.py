@@ -11,13 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.errors import ConfigError, StoreIncompleteError, StoreMismatchError
+from kdcache.errors import ConfigError, StoreIncompleteError, StoreMismatchError, say
 from kdcache.fingerprint import describe_difference, json_differences, named_along
 from kdcache.store.manifest import Manifest, TeacherRecord
 
 log = logging.getLogger(__name__)
 
-_STORE_ARGUMENT = "the cache= argument in Python, cache.store in a pipeline file"
 
 
 @dataclass(frozen=True)
@@ -47,13 +46,13 @@ def teacher_record(manifest: Manifest, url: str, name: str | None) -> TeacherRec
     if name is None:
         if len(names) != 1:
             raise StoreMismatchError(
-                f"store {url!r} holds teachers {names}; name the one to use (teacher= in Python, teacher.name in a pipeline file)"
+                f"store {url!r} holds teachers {names}; name the one to use ({say('teacher=', 'teacher.name')})"
             )
         name = names[0]
     if name not in manifest.teachers:
         raise StoreMismatchError(
-            f"store {url!r} has no teacher {name!r}; it holds {names}. Name one of them (teacher= in Python, "
-            "teacher.name in a pipeline file or --set teacher.name=NAME), or cache this teacher first"
+            f"store {url!r} has no teacher {name!r}; it holds {names}. Name one of them "
+            f"({say('teacher=', 'teacher.name, or --set teacher.name=NAME')}), or cache this teacher first"
         )
     return manifest.teachers[name]
 
@@ -86,8 +85,8 @@ def require_targets(manifest: Manifest, url: str, teacher: str, targets: tuple[s
     held = teacher_record(manifest, url, teacher).targets
     if missing := sorted(set(targets) - set(held)):
         raise StoreMismatchError(
-            f"store {url!r}, teacher {teacher!r} has no target(s) {missing}; it holds {sorted(held)}. Add them to "
-            "cache.targets and run `kdcache precompute`"
+            f"store {url!r}, teacher {teacher!r} has no target(s) {missing}; it holds {sorted(held)}. "
+            + say("Cache them: precompute(..., targets=[...])", "Add them to cache.targets and run `kdcache precompute`")
         )
 
 
@@ -99,8 +98,7 @@ def _require_classes(manifest: Manifest, url: str, teacher: str, num_classes: in
     if classes != num_classes:
         raise StoreMismatchError(
             f"store {url!r}: teacher {teacher!r} has {classes} classes, but the student is trained for {num_classes} "
-            "(data.num_classes in a pipeline, num_classes= in Python). Fix the class count or use a store made for "
-            "this task"
+            f"({say('num_classes=', 'data.num_classes')}). Fix the class count or use a store made for this task"
         )
 
 
@@ -127,12 +125,14 @@ def _require_teacher(manifest: Manifest, url: str, req: Requirements) -> None:
         return
     message = f"store {url!r}: teacher {name!r} was not made by this run's teacher (" + "; ".join(problems) + ")"
     if req.allow_teacher_mismatch:
-        log.warning("%s; training from the stored outputs because cache.allow_teacher_mismatch is set", message)
+        allowed = say("allow_teacher_mismatch", "cache.allow_teacher_mismatch")
+        log.warning("%s; training from the stored outputs because %s is set", message, allowed)
         return
     raise StoreMismatchError(
-        f"{message}. Cache this teacher first (precompute in Python, `kdcache precompute` for a pipeline; under "
-        "another teacher name to keep the old one), or train from the stored outputs anyway (without "
-        "teacher_checkpoint= in Python, with cache.allow_teacher_mismatch: true in a pipeline file, logged)"
+        f"{message}. Cache this teacher first ({say('precompute(...)', '`kdcache precompute`')}; under another "
+        f"teacher name to keep the old one), or train from the stored outputs anyway ("
+        + say("without teacher_checkpoint=", "cache.allow_teacher_mismatch: true")
+        + ", logged)"
     )
 
 
@@ -142,13 +142,13 @@ def require_dataset(manifest: Manifest, url: str, fingerprint: dict[str, Any]) -
     if found.get("length") != fingerprint.get("length"):
         raise StoreMismatchError(
             f"store {url!r} holds {found.get('length')} samples but the training set has "
-            f"{fingerprint.get('length')}. Rebuild the store for this dataset (kdcache precompute) or use the "
-            f"store made from it ({_STORE_ARGUMENT})"
+            f"{fingerprint.get('length')}. Rebuild the store for this dataset "
+            f"({say('precompute(...)', '`kdcache precompute`')}) or use the store made from it ({_store_setting()})"
         )
     if found != fingerprint:  # every fact, not only the digest: a fact edited beside a stale digest is a difference
         raise StoreMismatchError(
             f"store {url!r} was built from a different dataset: {describe_difference(fingerprint, found)}. "
-            f"Rebuild the store for this dataset or use the store made from it ({_STORE_ARGUMENT})"
+            f"Rebuild the store for this dataset or use the store made from it ({_store_setting()})"
         )
 
 
@@ -157,7 +157,7 @@ def require_views(manifest: Manifest, url: str, views: dict[str, Any]) -> None:
     if found != views:
         raise StoreMismatchError(
             f"store {url!r} was cached with other views: {describe_difference(views, found)}{_in_step(found, views)}. "
-            "Pass the views the store was cached with (views= in Python, the views: section of a pipeline file) or "
+            f"Pass the views the store was cached with ({say('views=', 'the views: section')}) or "
             "rebuild the store with these"
         )
 
@@ -172,3 +172,8 @@ def _in_step(store: dict[str, Any], now: dict[str, Any]) -> str:
     code = leaf in ("source", "bytecode", "consts", "names")
     what = f"the code of function {names[-1]} differs" if code else f"in {' > '.join(names)}"
     return f" ({what})"
+
+
+def _store_setting() -> str:
+    """Where the caller names the store it trains from."""
+    return say("the cache= argument", "cache.store")

@@ -20,7 +20,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from kdcache.atomic import TEMP_SUFFIX
-from kdcache.errors import StoreFormatError, StoreMismatchError
+from kdcache.errors import StoreFormatError, StoreMismatchError, say
 from kdcache.fingerprint import describe_difference
 from kdcache.store.integrity import read_document
 from kdcache.store.layout import MANIFEST_KEY, SAMPLES_OWNER, ArraySpec, Owner, TargetLayout, shard_key, shard_range
@@ -127,7 +127,7 @@ class StoreBuilder:
                 raise StoreMismatchError(
                     f"store {location.url!r} holds {manifest.num_samples} samples in shards of "
                     f"{manifest.shard_samples}; this run has {num_samples} samples in shards of {shard_samples}. "
-                    "Use the store's shard size (cache.shard_samples) or write to a new store"
+                    f"Use the store's shard size ({say('shard_samples=', 'cache.shard_samples')}) or write to a new store"
                 )
             builder = cls(location, manifest)
             builder.remove_temporaries()
@@ -164,7 +164,7 @@ class StoreBuilder:
                 raise StoreMismatchError(
                     f"store {self.location.url!r} already holds teacher {name!r} made from a different teacher "
                     f"({describe_difference(fingerprint, existing.fingerprint)}). Give this teacher another name "
-                    "(teacher_name= in Python, teacher.name in a pipeline file) or write to a new store; the cached teacher is left untouched"
+                    f"({say('teacher_name=', 'teacher.name')}) or write to a new store; the cached teacher is left untouched"
                 )
             if existing.targets != records:
                 raise StoreMismatchError(

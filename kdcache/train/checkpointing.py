@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcache.errors import CheckpointError
-from kdcache.train.pinning import Speaker, check_overrides, check_record
+from kdcache.errors import CheckpointError, say
+from kdcache.train.pinning import check_overrides, check_record
 from kdcache.train.sampler import EpochBatchSampler
 from kdcache.train.stages import StageConfig
 from kdcache.train.statefile import load_state
@@ -35,15 +35,14 @@ class Checkpointing:
     steps (global batches) of an epoch. With ``resume`` an existing file is continued from; when there is none the
     run starts from the beginning. A run that differs from the one that wrote the file in a setting that decides the
     remaining steps is refused (:mod:`kdcache.train.pinning`), unless ``allow_changes`` names that kind of change
-    (``"lr"``, ``"weight_decay"``, ``"store"``, ``"unpinned"``; each logged). ``speaks`` picks how refusals name the
-    settings: as ``fit``'s parameters (``"python"``) or as pipeline-file keys and CLI flags (``"pipeline"``).
+    (``"lr"``, ``"weight_decay"``, ``"store"``, ``"unpinned"``; each logged). Refusals name the settings as the
+    caller writes them (:func:`kdcache.errors.say`): ``fit``'s parameters, or pipeline keys and flags.
     """
 
     path: Path
     every_steps: int = 0
     resume: bool = False
     allow_changes: tuple[str, ...] = ()
-    speaks: Speaker = "python"
 
     def __post_init__(self) -> None:
         check_overrides(tuple(self.allow_changes))
@@ -91,12 +90,12 @@ def resume_state(
         return None
     state = load_state(checkpoint.path)
     allowed = tuple(checkpoint.allow_changes)
-    check_record(state.get("pinned"), record, path=str(checkpoint.path), allowed=allowed, speaks=checkpoint.speaks)
+    check_record(state.get("pinned"), record, path=str(checkpoint.path), allowed=allowed)
     if state["stages"] != stage_plan(stages):
         raise CheckpointError(
             f"cannot resume from {str(checkpoint.path)!r}: it was written for stages (name, epochs) "
             f"{state['stages']}, this run has {stage_plan(stages)}. Resume with the original stages or start a new "
-            "run without --resume"
+            f"run ({say('resume=False (or a new Checkpointing path)', 'without --resume')})"
         )
     sampler.resume(state["sampler"])
     restore(state, student=student)
@@ -112,5 +111,5 @@ def restore(state: dict[str, Any], **parts: Any) -> None:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"the training checkpoint's {name} does not fit this run ({type(exc).__name__}: {exc}). Resume with "
-                "the same model, losses and optimiser, or start a new run without --resume"
+                f"the same model, losses and optimiser, or start a new run ({say('resume=False (or a new Checkpointing path)', 'without --resume')})"
             ) from None

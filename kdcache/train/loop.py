@@ -14,10 +14,13 @@ position, history) and resumes from it mid-epoch, on the same or another number 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kdcache.capture import LayerCapture, forward_with_capture
-from kdcache.losses import LossSetup, StepOutputs, build_objective, check_task_classes
+from kdcache.losses import LossSetup, Objective, StepOutputs, build_objective, check_task_classes
 from kdcache.metrics import task_metric
 from kdcache.train.checkpointing import Checkpointing, LossSums, restore, resume_state, stage_plan
 from kdcache.train.data import ViewDataset
@@ -74,34 +77,57 @@ def fit(
     into a run that differs in a setting that decides the remaining steps (:mod:`kdcache.train.pinning`); ``sample_log``
     names a directory where each rank logs the sample indices of every step (:mod:`kdcache.train.samplelog`);
     ``stop_after_steps`` kills the process with SIGKILL after that many steps of this call, like a crash, to drill
-    recovery. The caller's torch random state (CPU, and the training device's) is left as ``fit`` found it.
+    recovery. The caller's random state is left as it was (:func:`caller_rng_kept`); ``seed`` decides the run.
     """
     world = world or World()
     check_group(world)
     device = torch.device(device)
-    with torch.random.fork_rng(devices=_cuda_devices(device)):  # steps seed the global generator for dropout
-        student.to(device)
-        pin = device.type == "cuda"
-        loader = batch_loader(train_data, batch_size=batch_size, seed=seed, num_workers=num_workers, pin_memory=pin,
-                              world=world)  # fmt: skip
-        record = run_record(student, train_data, stages=stages, setup=setup, batch_size=batch_size, seed=seed,
-                            targets=targets)  # fmt: skip
-        state = resume_state(checkpoint, stages, student, loader.sampler, record)
-        trainer = _Trainer(student, loader, world=world, device=device, targets=targets, seed=seed,
-                           plan=stage_plan(stages), state=state, checkpoint=checkpoint,
-                           stop_after_steps=stop_after_steps, pinned=record)  # fmt: skip
-        if sample_log is not None:
-            epoch, step = trainer.position
-            trainer.sample_log = SampleLog(sample_log, world, fresh=state is None, epoch=epoch, step=step)
+    student.to(device)
+    with caller_rng_kept(device):
+        loader = batch_loader(
+            train_data,
+            batch_size=batch_size,
+            seed=seed,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            world=world,
+        )
+        record = run_record(
+            student, train_data, stages=stages, setup=setup, batch_size=batch_size, seed=seed, targets=targets
+        )
+        trainer = _Trainer(
+            student,
+            loader,
+            world=world,
+            device=device,
+            targets=targets,
+            seed=seed,
+            stages=stages,
+            pinned=record,
+            checkpoint=checkpoint,
+            stop_after_steps=stop_after_steps,
+        )
+        trainer.open_sample_log(sample_log)
         trainer.run(stages, setup, test_data, eval_batch=max(batch_size, 256), desc=desc, progress=progress)
     return trainer.result
 
 
-def _cuda_devices(device: torch.device) -> list[int]:
-    """The CUDA device whose generator :func:`fit` restores (none when training on the CPU)."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
+@contextlib.contextmanager
+def caller_rng_kept(device: torch.device) -> Iterator[None]:
+    """Run the block on the caller's random state and give the caller that state back afterwards: the CPU
+    generator, every CUDA device's if CUDA is initialised or trains here, Python's ``random`` and numpy's global.
+
+    Each step seeds torch (:func:`_seed_step`, so dropout replays on resume), and a loss term may draw its initial
+    weights; the draws are those of the caller's state as today, but the caller's next draw after :func:`fit` is
+    the one it would have made without it."""
+    cuda = torch.cuda.is_initialized() or device.type == "cuda"
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 @dataclass
@@ -109,7 +135,7 @@ class _Stage:
     """What one stage trains with: objective, optimiser, schedule, frozen modules and the (DDP-wrapped) step."""
 
     index: int
-    objective: nn.Module
+    objective: Objective
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     frozen: list[nn.Module]
@@ -119,7 +145,7 @@ class _Stage:
 class _Step(nn.Module):
     """The student and the objective as one module, so DDP averages the gradients of both (loss terms can learn)."""
 
-    def __init__(self, student: nn.Module, objective: nn.Module, capture: LayerCapture) -> None:
+    def __init__(self, student: nn.Module, objective: Objective, capture: LayerCapture) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
@@ -148,23 +174,30 @@ class _Trainer:
         device: torch.device,
         targets: TargetSource,
         seed: int,
-        plan: list[list[Any]],
-        state: dict[str, Any] | None,
+        stages: list[StageConfig],
+        pinned: dict[str, Any],
         checkpoint: Checkpointing | None,
         stop_after_steps: int | None,
-        pinned: dict[str, Any],
     ) -> None:
+        """``pinned``: the run's settings that a resume must find unchanged (:mod:`kdcache.train.pinning`); a
+        ``checkpoint`` to resume from is restored here, refused if it pinned other settings."""
         self.student, self.loader, self.world, self.device = student, loader, world, device
-        self.targets, self.seed, self.plan, self.state = targets, seed, plan, state
+        self.targets, self.seed, self.plan, self.pinned = targets, seed, stage_plan(stages), pinned
         self.checkpoint, self.stop_after_steps = checkpoint, stop_after_steps
         self.sampler: EpochBatchSampler = loader.sampler
+        state = self.state = resume_state(checkpoint, stages, student, self.sampler, pinned)
         self.position = (self.sampler.epoch, self.sampler.start_step) if state else (0, 0)
         history = [EpochLog(**h) for h in state["history"]] if state else []
         self.result = TrainResult(history, state["seconds"] if state else 0.0)
         self.sample_log: SampleLog | None = None
-        self.pinned = pinned  # the run's settings that a resume must find unchanged (train.pinning)
         self.steps_run = 0
         self.started = time.perf_counter()
+
+    def open_sample_log(self, directory: str | Path | None) -> None:
+        """Log each rank's sample indices of every step under ``directory`` (none: no log), from this position."""
+        if directory is not None:
+            epoch, step = self.position
+            self.sample_log = SampleLog(directory, self.world, fresh=self.state is None, epoch=epoch, step=step)
 
     def run(
         self,
@@ -234,7 +267,7 @@ class _Trainer:
         freeze(self.student, [])
 
     @torch.no_grad()
-    def preflight(self, objective: nn.Module, capture: LayerCapture, epoch: int, setup: LossSetup) -> None:
+    def preflight(self, objective: Objective, capture: LayerCapture, epoch: int, setup: LossSetup) -> None:
         """Evaluate the objective on one batch before any parameter moves (student in eval mode, no gradients).
 
         Terms build their data-shaped parameters here (a hint regressor) before the optimiser and DDP see the
@@ -257,14 +290,14 @@ class _Trainer:
         tick = time.perf_counter()
         set_loader_epoch(self.loader, epoch, start_step=start)
         resumed = self.state is not None and (epoch, start) == self.position and self.world.is_main
-        meter = LossSums(list(st.objective.weights), self.state.get("epoch_sums") if resumed else None)
+        meter = LossSums(list(st.objective.weights), (self.state or {}).get("epoch_sums") if resumed else None)
         self.student.train()
         st.objective.train()
         for module in st.frozen:
             module.eval()
         for step, batch in enumerate(self.loader, start=start):
             batch = batch.to(self.device)
-            torch.manual_seed(_step_seed(self.seed, epoch, step, self.world.rank))  # dropout replays on resume
+            _seed_step(_step_seed(self.seed, epoch, step, self.world.rank), self.device)  # dropout replays
             loss, parts = st.module(batch.inputs, batch.labels, self.targets(batch), batch.mix)
             n = len(batch.indices)
             share = n * self.world.world_size / self.sampler.global_size(step)
@@ -320,6 +353,14 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """The torch seed of one step of one rank: random layers (dropout) draw the same numbers when a step is
     replayed after a resume."""
     return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1, np.uint64)[0])
+
+
+def _seed_step(seed: int, device: torch.device) -> None:
+    """Seed the generators a step draws from: the CPU's, and every CUDA device's when the step runs on CUDA (what
+    ``torch.manual_seed`` seeds, without queueing a seed for a CUDA that this run never initialises)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
 
 
 def _kill_self() -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
-from kdcache.errors import CheckpointError, ConfigError
+from kdcache.errors import CheckpointError, ConfigError, Speaker, current_speaker
 from kdcache.fingerprint import ABSENT, canonical_digest, json_differences, json_text
 from kdcache.losses import LOSSES, LossSetup
 from kdcache.store import StoreReader
@@ -42,8 +42,6 @@ class PinnedData(Protocol):
 
 
 log = logging.getLogger(__name__)
-
-Speaker = Literal["python", "pipeline"]
 
 #: The changes a resumed run may make when the caller names them (``allow_changes`` / ``--resume-allow``).
 OVERRIDES = {
@@ -158,10 +156,12 @@ def _of_teacher(section: str, teacher: str) -> bool:
 
 
 def check_record(
-    saved: dict[str, Any] | None, now: dict[str, Any], *, path: str, allowed: tuple[str, ...], speaks: Speaker
+    saved: dict[str, Any] | None, now: dict[str, Any], *, path: str, allowed: tuple[str, ...]
 ) -> None:
     """Refuse to resume from checkpoint ``path`` (pinned record ``saved``) into a run whose record is ``now``, unless
-    every difference is one the caller ``allowed``; each allowed difference is logged as a warning."""
+    every difference is one the caller ``allowed``; each allowed difference is logged as a warning. Fields are named
+    as the caller writes them (:func:`kdcache.errors.current_speaker`)."""
+    speaks = current_speaker()
     if saved is None:
         if "unpinned" not in allowed:
             raise CheckpointError(

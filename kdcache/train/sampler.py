@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from kdcache.errors import CheckpointError, ConfigError
+from kdcache.errors import CheckpointError, ConfigError, say
 from kdcache.train.epochs import EpochBatch, EpochIndex
 from kdcache.train.world import World
 
@@ -164,8 +164,12 @@ class EpochBatchSampler(Sampler[np.ndarray]):
             raise CheckpointError(
                 f"cannot resume: the checkpoint's sample order was made with other settings ({text}). The epoch "
                 "order is a function of these, so the remaining samples could not be identified. Resume with the "
-                "original settings (seed, data.max_train_samples, batch_size, cache.ram_budget_mb) or start a new "
-                "run without --resume"
+                + say(
+                    "original settings (fit(seed=, batch_size=), len(train_data), ram_budget_bytes=) or start a new "
+                    "run (resume=False, or a new Checkpointing path)",
+                    "original settings (seed, data.max_train_samples, student.train.batch_size, cache.ram_budget_mb) "
+                    "or start a new run without --resume",
+                )
             )
         if state["world_size"] != self.world.world_size:
             log.info(

@@ -18,7 +18,7 @@ import torch
 
 from kdcache.datasets.packed import LABELS, LENGTHS, TOKENS
 from kdcache.datasets.text import TokenSequences
-from kdcache.errors import StoreMismatchError
+from kdcache.errors import StoreMismatchError, say
 from kdcache.store import SAMPLES_OWNER, StoreReader
 
 
@@ -37,7 +37,7 @@ class StoredTokens(TokenSequences):
             raise StoreMismatchError(
                 f"store {cache.url!r} holds no {', '.join(missing)}: it was built without store_tokens, so its "
                 "sequences are not in it. Train from the dataset it was built from, or rebuild the store with "
-                "precompute(..., store_tokens=True) (cache.store_tokens: true in a pipeline)"
+                + say("precompute(..., store_tokens=True)", "cache.store_tokens: true")
             )
         self.url = cache.url
         self._source = dict(cache.manifest.dataset["source"])
@@ -58,7 +58,7 @@ class StoredTokens(TokenSequences):
         if not np.array_equal(cache.sample_index(), np.arange(length)):
             raise StoreMismatchError(
                 f"store {cache.url!r} holds {cache.num_samples} of the dataset's {length} samples (or another order), "
-                "so its stored sequences are not the dataset. Rebuild it over the whole split with store_tokens"
+                f"so its stored sequences are not the dataset. Rebuild it over the whole split with {say('store_tokens=True', 'cache.store_tokens: true')}"
             )
 
     @property

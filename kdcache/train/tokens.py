@@ -14,7 +14,7 @@ from typing import Any
 
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.tokenizer import TOKENIZED_KINDS, describe_tokenizer
-from kdcache.errors import StaleTeacherError, TokenAlignmentError
+from kdcache.errors import StaleTeacherError, TokenAlignmentError, say
 from kdcache.models.hfdir import SOURCE_KIND, changed_files, directory_source
 from kdcache.store import StoreReader
 from kdcache.targets import Ensemble
@@ -56,7 +56,8 @@ def require_token_alignment(
         sides = "; ".join(f"{k}: store {stored['packing'].get(k)!r}, dataset {found['packing'].get(k)!r}" for k in keys)
         raise TokenAlignmentError(
             f"store {cache.url!r} was cached from text packed another way ({sides}). Targets are per position: pack "
-            "the text as the store did (data.args.seq_len and the file list) or rebuild the store (kdcache precompute)"
+            f"the text as the store did ({say('the dataset seq_len=', 'data.args.seq_len')} and the file list) or "
+            f"rebuild the store ({say('precompute(...)', '`kdcache precompute`')})"
         )
     if vocab_size is not None:
         _same_vocabulary(cache, teacher, vocab_size)
@@ -138,7 +139,8 @@ def _same_vocabulary(cache: StoreReader, teacher: str | Ensemble | None, vocab_s
             raise TokenAlignmentError(
                 f"store {cache.url!r}: teacher {name or cache.teachers[0]!r} has a vocabulary of "
                 f"{', '.join(map(str, sorted(widths)))} tokens, but the student's is {vocab_size} (its logits width, "
-                "data.num_classes). Teacher and student must share the vocabulary; build the student with "
+                f"{say('setup.num_classes', 'data.num_classes')}). Teacher and student must share the vocabulary; "
+                "build the student with "
                 f"{', '.join(map(str, sorted(widths)))} tokens"
             )
 
@@ -153,11 +155,11 @@ def require_fresh_teacher(cache: StoreReader, teacher: str | None, directory: st
     if recorded.get("kind") != SOURCE_KIND or "files" not in recorded:
         raise StaleTeacherError(
             f"store {cache.url!r}: teacher {name!r} was not cached from a model directory, so it cannot be proven to "
-            f"be the one in {str(directory)!r}. Cache it from there (kdcache precompute) under this name"
+            f"be the one in {str(directory)!r}. Cache it from there ({say('precompute(...)', '`kdcache precompute`')}) under this name"
         )
     if changes := changed_files(recorded, directory_source(directory)):
         raise StaleTeacherError(
             f"store {cache.url!r}: teacher {name!r} was cached from {recorded['path']!r}, whose files changed since: "
             f"{'; '.join(changes)}. Its targets are stale: cache the directory as it is now (delete the store, or "
-            "`kdcache precompute` under another teacher.name), or restore the files it was cached from"
+            f"{say('precompute(...)', '`kdcache precompute`')} under another {say('teacher_name=', 'teacher.name')}), or restore the files it was cached from"
         )

@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, say
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class World:
             raise ConfigError(
                 f"invalid process identity rank={self.rank}, world_size={self.world_size}, "
                 f"local_rank={self.local_rank}: expected 0 <= rank < world_size and local_rank >= 0. Launch with "
-                "`torchrun --nproc-per-node N -m kdcache ...`, which sets RANK, WORLD_SIZE and LOCAL_RANK"
+                f"`torchrun --nproc-per-node N {say('your_script.py', '-m kdcache ...')}`, which sets RANK, "
+                "WORLD_SIZE and LOCAL_RANK"
             )
 
     @classmethod

@@ -14,7 +14,7 @@ from kdcache.pipeline.build import load_split, pipeline_factories
 from kdcache.pipeline.distill import run_precompute, stage_one_job
 from kdcache.pipeline.teacher import ensure_teacher
 from kdcache.precompute import ShardWork, run_local
-from kdcache.precompute.cluster import dask_client
+from kdcache.precompute.cluster import check_cluster, dask_client
 from kdcache.precompute.dask import WorkerRecipe, run_shard
 from kdcache.store import read_manifest
 from kdcache.store.layout import SAMPLES_OWNER
@@ -124,6 +124,8 @@ def test_cluster_arguments_are_checked_before_any_work(tmp_path):
         run_precompute(cfg, progress=False, workers=0)
     with pytest.raises(ConfigError, match=r"exactly one of --workers N .* or --scheduler ADDRESS"):
         run_precompute(cfg, workers=2, scheduler="tcp://127.0.0.1:1", progress=False)
+    with pytest.raises(ConfigError, match=r"exactly one of workers=N .* or scheduler=ADDRESS"):  # a Python caller
+        check_cluster(2, "tcp://127.0.0.1:1")
     assert not (tmp_path / "none.zarr").exists() and not cfg.teacher_checkpoint.exists()
 
 

@@ -14,7 +14,7 @@ import zarr
 
 from kdcache import CachedDataset, ViewTransform, open_store
 from kdcache.datasets import Subset
-from kdcache.errors import StoreFormatError, StoreMismatchError
+from kdcache.errors import StoreFormatError, StoreMismatchError, speaking
 from kdcache.store import FORMAT_VERSION, scrub
 from kdcache.tools.upgrade import upgrade_store
 from kdcache.views import build_view_op
@@ -36,8 +36,10 @@ def v1(tmp_path) -> Path:
 
 
 def test_a_format_one_store_is_refused_with_the_way_to_upgrade(v1):
-    with pytest.raises(StoreFormatError, match=r"is format 1.*kdcache upgrade STORE --pipeline P.yaml"):
+    with pytest.raises(StoreFormatError, match=r"is format 1.*upgrade_store\(url, dataset, views=\.\.\.\)"):
         open_store(str(v1))
+    with speaking("pipeline"), pytest.raises(StoreFormatError, match=r"is format 1.*`kdcache upgrade STORE --pipeline"):
+        open_store(str(v1))  # a pipeline user is told the command
 
 
 def test_the_upgraded_store_equals_a_fresh_one_except_the_old_log_sum_exp(v1, tmp_path):
@@ -91,7 +93,7 @@ and ``eval=v2.Identity()`` (count 3, seed 5, mean 0.5, std 0.25)."""
 
 def test_a_format_two_store_is_refused_with_the_way_to_upgrade(tmp_path):
     store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
-    with pytest.raises(StoreFormatError, match=r"is format 2.*kdcache upgrade STORE --pipeline P.yaml"):
+    with pytest.raises(StoreFormatError, match=r"is format 2.*upgrade_store\(url, dataset, views=\.\.\.\)"):
         open_store(str(store))
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import random
 
+import numpy as np
 import pytest
 import torch
 
 from kdcache.losses import LossSetup
-from kdcache.models import DigitsResNet
+from kdcache.models import DigitsCNN, DigitsResNet
 from kdcache.precompute import precompute
 from kdcache.store import open_store
 from kdcache.targets import build_target
@@ -123,18 +125,25 @@ def test_hint_regressor_is_created_and_trained(fsp_data):
 
 
 def test_fit_leaves_the_callers_random_state_as_it_found_it(fsp_data):
-    """Steps seed torch's global generator (dropout replays on resume); the caller's stream must not notice."""
-    students = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        student = DigitsResNet(10, width=4, blocks=(1, 1, 1))
-        torch.manual_seed(123)
-        expected = torch.rand(4)  # what the caller's next draw is without fit
-        torch.manual_seed(123)
-        before = torch.get_rng_state()
-        fit(student, fsp_data, None, stages=[stage("task", [{"name": "ce"}])], setup=LossSetup(10), batch_size=64,
-            seed=0, progress=False)  # fmt: skip
-        assert torch.equal(torch.get_rng_state(), before)
-        assert torch.equal(torch.rand(4), expected)
-        students.append(snapshot(student))
-    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])  # and the same seed, the same student
+    """Every step seeds torch (dropout replays on resume), but the caller's generators come back untouched: its next
+    draw after fit is the one it would have made without fit. The run is decided by ``seed``, not by the caller's
+    state: two callers in different states train the same student, another seed trains another one."""
+    torch.manual_seed(1)
+    student = DigitsCNN(10, width=4, dropout=0.5)  # dropout draws from torch's generator every step
+
+    def train(caller_seed: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        torch.manual_seed(caller_seed)
+        random.seed(caller_seed)
+        np.random.seed(caller_seed)
+        before = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        trained = copy.deepcopy(student)
+        fit(trained, fsp_data, None, stages=[stage("task", [{"name": "ce"}])], setup=LossSetup(10), batch_size=64,
+            seed=seed, progress=False)  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), before[0])
+        assert random.getstate() == before[1]
+        assert np.array_equal(np.random.get_state()[1], before[2][1])
+        return snapshot(trained)
+
+    first, second, other = train(123), train(999), train(123, seed=1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

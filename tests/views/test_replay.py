@@ -16,7 +16,7 @@ import torch
 import zarr
 from torch import nn
 
-from kdcache.errors import ConfigError, StoreMismatchError
+from kdcache.errors import ConfigError, StoreMismatchError, speaking
 from kdcache.precompute import precompute
 from kdcache.store import open_store, read_manifest
 from kdcache.store.location import StoreLocation
@@ -118,7 +118,9 @@ def test_a_cache_refuses_fresh_views_other_view_specs_and_drifted_parameters(ech
         CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=4), policy="fresh")
     with pytest.raises(StoreMismatchError, match=r"cached with other views: count: store 4, now 8\. Pass") as raised:
         CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=8))
-    assert "views= in Python" in str(raised.value)  # a Python caller is told the parameter, not only the YAML key
+    assert "(views=)" in str(raised.value) and "section" not in str(raised.value)  # a Python caller: the parameter
+    with speaking("pipeline"), pytest.raises(StoreMismatchError, match=r"cached with \(the views: section\)"):
+        CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=8))
 
     class Drifted(type(transform())):
         """Same spec, but one number drawn differently: what another RNG or transform code would do."""

@@ -27,12 +27,12 @@ from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import PipelineConfig
 from kdcache.pipeline.build import device_of, load_teacher, model_spec, view_transform
-from kdcache.pipeline.distill import cached_train_split
+from kdcache.pipeline.cached import cached_train_split
 from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, Cache, Requirements, open_cache
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
 from kdcache.tools.verify_kinds import TargetFidelity, Tolerance, compare, kind_label
-from kdcache.views import ViewTransform
+from kdcache.views import Views
 from kdcache.views.digest import view_digests
 
 DEFAULT_TOLERANCE = Tolerance()
@@ -68,7 +68,7 @@ def recompute_check(
     cache: Cache,
     teacher: nn.Module,
     dataset: SampleDataset | Dataset,
-    views: ViewTransform,
+    views: Views,
     *,
     teacher_name: str,
     pairs: int,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from kdcache.errors import ConfigError
 from kdcache.metrics import metric_text
-from kdcache.pipeline import RunSettings, load_pipeline, plan_storage, run_pipeline, run_precompute, train_student
+from kdcache.pipeline import (
+    PipelineConfig,
+    distill_pipeline,
+    load_pipeline,
+    plan_storage,
+    run_pipeline,
+    run_precompute,
+    train_student,
+)
 from kdcache.pipeline.compare import rate_text
 from kdcache.pipeline.plan import token_budget
 from kdcache.tables import render_table
@@ -17,15 +24,10 @@ from kdcache.train.pinning import OVERRIDES
 Command = Callable[[argparse.Namespace], int]
 
 
-def load(args: argparse.Namespace) -> RunSettings:
-    """The validated pipeline of ``args`` (its ``--set`` overrides applied); only ``run`` takes scheme pipelines."""
-    cfg = load_pipeline(args.pipeline, args.set)
-    if cfg.method != "distill" and args.command != "run":
-        raise ConfigError(
-            f"{args.pipeline} is a method {cfg.method!r} pipeline, which only `kdcache run` runs (its stages depend "
-            f"on each other); `kdcache {args.command}` takes method distill pipelines"
-        )
-    return cfg
+def load(args: argparse.Namespace) -> PipelineConfig:
+    """The validated method distill pipeline of ``args`` (its ``--set`` overrides applied): what ``precompute``,
+    ``train`` and ``plan`` take; only ``run`` takes scheme pipelines."""
+    return distill_pipeline(load_pipeline(args.pipeline, args.set), f"`kdcache {args.command}` ({args.pipeline})")
 
 
 def precompute(args: argparse.Namespace) -> int:
@@ -52,7 +54,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_pipeline(load(args), progress=not args.quiet)
+    run_pipeline(load_pipeline(args.pipeline, args.set), progress=not args.quiet)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdcache.pipeline import load_pipeline
+from kdcache.pipeline import distill_pipeline, load_pipeline
 from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.report import plot_storage
 from kdcache.store import open_cache
@@ -58,7 +58,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.recompute is None:
         return 0 if print_scrub(args.store) else 1
     report = recompute_pipeline_store(
-        load_pipeline(args.pipeline, args.set),
+        distill_pipeline(load_pipeline(args.pipeline, args.set), f"verify --recompute ({args.pipeline})"),
         args.store,
         pairs=args.recompute,
         seed=args.seed,

@@ -162,6 +162,17 @@ def test_lwf_pipeline_validation(tmp_path):
         small_lwf(tmp_path, "method=lfw")
 
 
+def test_tools_that_read_one_teacher_refuse_a_scheme_pipeline_by_name(tmp_path):
+    """``verify --recompute`` and ``fidelity --store`` read a distill pipeline's teacher and student; given a scheme
+    pipeline (which has neither) they refuse it with a typed error naming its method, not an AttributeError."""
+    store = str(tmp_path / "none.zarr")
+    for args in (["verify", store, "--recompute", "2"], ["fidelity", "--store", store]):
+        refused = kdcache(*args, "--pipeline", str(PIPELINE), "--quiet")
+        assert refused.returncode == 2, refused.stderr
+        assert "takes a method distill pipeline, and 'digits_lwf' is a method 'lwf' one" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
 @pytest.mark.slow
 def test_lwf_pipeline_end_to_end_keeps_the_old_task(tmp_path):
     out = tmp_path / "run"

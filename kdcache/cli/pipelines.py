@@ -61,16 +61,16 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     cfg = load(args)
     rows = plan_storage(cfg)
-    tokens = any(r["bytes_per_token"] is not None for r in rows)  # text: a bytes/token column
+    tokens = any(r.bytes_per_token is not None for r in rows)  # text: a bytes/token column
     table = [
-        [r["target"], r["array"], str(tuple(r["shape"])), r["dtype"], f"{r['bytes_per_sample']:,}",
-         *([f"{r['bytes_per_token']:,.1f}"] if tokens else []), f"{r['total_bytes'] / 1e6:,.2f}",
-         str(r["chunk_samples"]), str(r["shard_samples"]), r["compressor"]]
+        [r.target, r.array, str(r.shape), r.dtype, f"{r.bytes_per_sample:,}",
+         *([f"{r.bytes_per_token:,.1f}"] if r.bytes_per_token is not None else []), f"{r.total_bytes / 1e6:,.2f}",
+         str(r.chunk_samples), str(r.shard_samples), r.compressor]
         for r in rows
     ]  # fmt: skip
-    total = sum(r["total_bytes"] for r in rows)
-    per_sample = sum(r["bytes_per_sample"] for r in rows)
-    per_token = [f"{sum(r['bytes_per_token'] for r in rows):,.1f}"] if tokens else []
+    total = sum(r.total_bytes for r in rows)
+    per_sample = sum(r.bytes_per_sample for r in rows)
+    per_token = [f"{sum(r.bytes_per_token or 0 for r in rows):,.1f}"] if tokens else []
     table.append(["total", "", "", "", f"{per_sample:,}", *per_token, f"{total / 1e6:,.2f}", "", "", ""])
     header = ["target", "array", "shape", "dtype", "bytes/sample", *(["bytes/token"] if tokens else []),
               "MB (uncompressed)", "chunk", "shard", "codec"]  # fmt: skip

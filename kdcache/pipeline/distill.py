@@ -93,17 +93,18 @@ def run_precompute(
     teacher and the data from the pipeline (:func:`~kdcache.pipeline.build.pipeline_factories`; this process then
     builds neither, so the model and dataset code need only be importable on the workers). ``break_lock``
     takes over the store's writer lock from a writer that died."""
-    options = {"shard_samples": cfg.cache.shard_samples, "progress": progress, "break_lock": break_lock}
     if workers is None and scheduler is None:
         teacher = ensure_teacher(cfg, progress=progress)
         job = stage_one_job(cfg, teacher=teacher, dataset=load_split(cfg, cfg.data.train_split))
-        return run_local(job, cfg.store_url, **options)
+        return run_local(job, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress,
+                         break_lock=break_lock)  # fmt: skip
     check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
     if teacher_directory(cfg) is None and not cfg.teacher_checkpoint.exists():  # trained here once; then only the
         ensure_teacher(cfg, progress=progress)  # workers build it (from its checkpoint or its directory)
     teacher_factory, dataset_factory = pipeline_factories(cfg)
     job = stage_one_job(cfg, teacher=teacher_factory, dataset=dataset_factory)
-    return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, **options)
+    return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, shard_samples=cfg.cache.shard_samples,
+                       progress=progress, break_lock=break_lock)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ stage two

@@ -110,7 +110,7 @@ def recompute_check(
         for b in tqdm(range(0, len(rows), batch_size), desc="verify", unit="batch", disable=not progress):
             r, v = rows[b : b + batch_size], view_ids[b : b + batch_size]
             made = views.batch(dataset, index[r], v)
-            if params_reader is not None:
+            if params_reader is not None and report.params_mismatches is not None:
                 stored = params_reader.read_rows(r, v)
                 drawn = made.params
                 report.params_mismatches += int((drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())

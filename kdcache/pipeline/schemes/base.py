@@ -18,7 +18,7 @@ from kdcache.pipeline.report import plot_curves
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target
-from kdcache.train import OptimizerConfig, StageConfig, TrainResult, ViewDataset, evaluate, fit
+from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TrainResult, ViewDataset, evaluate, fit
 from kdcache.train.stages import Section
 
 
@@ -29,7 +29,8 @@ class Phase(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
 
     def stage(self, name: str, losses: list[dict[str, Any]], freeze: list[str] | None = None) -> StageConfig:
-        return StageConfig(name=name, epochs=self.epochs, optimizer=self.optimizer, losses=losses, freeze=freeze or [])
+        return StageConfig(name=name, epochs=self.epochs, optimizer=self.optimizer, losses=[LossConfig.model_validate(loss) for loss in losses],
+                           freeze=freeze or [])  # fmt: skip
 
 
 @dataclass

@@ -17,7 +17,7 @@ Compressor = Literal["none", "lz4", "zstd"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-def check_name(name: str, *, what: str, levels: bool = True) -> str:
+def check_safe_name(name: str, *, what: str, levels: bool = True) -> str:
     """Refuse names that could leave the store root: empty, absolute, ``..``, backslashes or odd characters.
 
     ``/`` separates levels (``fsp/layer1__layer2``); every level must be a plain name such as ``layer3.1.relu``.

@@ -57,7 +57,7 @@ class Registry(Generic[T]):
             return import_callable(name, what=self.kind)  # type: ignore[return-value]
         return self.get(name)
 
-    def check_name(self, name: str) -> str:
+    def check_known(self, name: str) -> str:
         """``name`` if it is registered or shaped like an import path; nothing is imported (a dask worker, not this
         process, may be the one that has the module)."""
         if name in self._entries or _IMPORT_PATH.match(name):

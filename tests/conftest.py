@@ -16,9 +16,9 @@ import torch
 
 from kdcache.datasets import HDF5Dataset, Subset
 from kdcache.models import DigitsCNN
-from kdcache.pipeline import PipelineConfig, parse_pipeline
+from kdcache.pipeline import DistillConfig, parse_pipeline
 from kdcache.precompute import PrecomputeReport, precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
 from kdcache.views import ViewTransform
@@ -103,7 +103,7 @@ def cached_dataset(
     path: Path, dataset: Any, views: ViewTransform, targets: list[str], teacher: str = "t8"
 ) -> CachedDataset:
     """Stage two's dataset over the store at ``path``."""
-    return CachedDataset(dataset, open_cache(str(path)), teacher=teacher, targets=targets, views=views)
+    return CachedDataset(dataset, open_store(str(path)), teacher=teacher, targets=targets, views=views)
 
 
 def pipeline_dict(tmp_path: Path, **changes: Any) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def with_changes(raw: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> PipelineConfig:
+def pipeline(tmp_path: Path) -> DistillConfig:
     return parse_pipeline(pipeline_dict(tmp_path))
 
 

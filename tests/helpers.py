@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.train import Batch, TargetSource, cached_targets
+from kdcache.train import Batch, TargetSource, batch_targets
 from tests.conftest import ROOT
 
 
@@ -83,7 +83,7 @@ class SnapshotAt:
     the checkpoint when training step ``at`` begins: what a crash during that step would leave behind, while the run
     itself goes on to be the uninterrupted reference."""
 
-    def __init__(self, checkpoint: Path, copy: Path, at: int, source: TargetSource = cached_targets) -> None:
+    def __init__(self, checkpoint: Path, copy: Path, at: int, source: TargetSource = batch_targets) -> None:
         self.checkpoint, self.copy, self.at, self.calls, self.source = checkpoint, copy, at, 0, source
 
     def __call__(self, batch: Batch) -> dict:

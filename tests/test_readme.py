@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from kdcache import kd_divergence
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from tests.conftest import ROOT
 from tests.helpers import write_image_folder
 
@@ -28,7 +28,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
-    cache = open_cache("runs/photos.zarr")
+    cache = open_store("runs/photos.zarr")
     assert cache.manifest.status == "complete" and cache.manifest.num_samples == 24
     train = ns["train"]
     batch = train[np.arange(len(train))].to("cpu")  # the clean views of this epoch's cycle, with their targets

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from kdcache.metrics import metric_text
 from kdcache.pipeline import (
-    PipelineConfig,
+    DistillConfig,
     distill_pipeline,
     load_pipeline,
     plan_storage,
@@ -24,7 +24,7 @@ from kdcache.train.pinning import OVERRIDES
 Command = Callable[[argparse.Namespace], int]
 
 
-def load(args: argparse.Namespace) -> PipelineConfig:
+def load(args: argparse.Namespace) -> DistillConfig:
     """The validated method distill pipeline of ``args`` (its ``--set`` overrides applied): what ``precompute``,
     ``train`` and ``plan`` take; only ``run`` takes scheme pipelines."""
     return distill_pipeline(load_pipeline(args.pipeline, args.set), f"`kdcache {args.command}` ({args.pipeline})")

@@ -8,12 +8,12 @@ from pathlib import Path
 from kdcache.pipeline import distill_pipeline, load_pipeline
 from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.report import plot_storage
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.inspect import print_fidelity, print_scrub, print_store
 from kdcache.tools.stats import report_stats
 from kdcache.tools.transfer import export_hdf5, import_hdf5
 from kdcache.tools.upgrade import upgrade_store
-from kdcache.tools.verify import Tolerance, recompute_pipeline_store
+from kdcache.tools.recompute import Tolerance, recompute_pipeline_store
 
 VERIFY_HELP = (
     "check a store: without --recompute, its metadata and the size and SHA-256 of every committed shard file; with "
@@ -30,7 +30,7 @@ UPGRADE_HELP = (
 
 
 def inspect(args: argparse.Namespace) -> int:
-    cache = open_cache(args.store)
+    cache = open_store(args.store)
     print_store(cache)
     if args.png is not None:
         print(f"wrote {plot_storage(cache, args.png)} (bytes per sample by teacher and array)")

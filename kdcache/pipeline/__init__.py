@@ -8,7 +8,7 @@ what ``kdcache precompute``, ``train`` and ``plan`` call. Importing this package
 
 from kdcache.pipeline import compare as _compare  # noqa: F401  (registers the distill method)
 from kdcache.pipeline import schemes as _schemes  # noqa: F401  (registers lwf, rocket, selfkd)
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.distill import StudentRun, run_precompute, train_student
 from kdcache.pipeline.loading import distill_pipeline, load_pipeline, parse_pipeline, with_overrides
 from kdcache.pipeline.methods import METHODS, Method, run_pipeline
@@ -17,8 +17,8 @@ from kdcache.pipeline.plan import plan_storage
 __all__ = [
     "METHODS",
     "Method",
-    "PipelineConfig",
-    "RunSettings",
+    "DistillConfig",
+    "RunConfig",
     "StudentRun",
     "distill_pipeline",
     "load_pipeline",

@@ -19,20 +19,20 @@ from kdcache.datasets import ClassSubset, SampleDataset, Subset, build_dataset
 from kdcache.errors import CheckpointError
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.tokens import check_language_model
 from kdcache.registry import Factory
 from kdcache.targets import Target, build_target
-from kdcache.views import Mix, TokenViews, Views, ViewTransform, build_pipeline, build_view_op
+from kdcache.views import Mix, TokenViews, Views, ViewTransform, build_transform, build_view_op
 
 
-def device_of(cfg: RunSettings) -> torch.device:
+def device_of(cfg: RunConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
 
 
-def load_split(cfg: RunSettings, split: str) -> SampleDataset:
+def load_split(cfg: RunConfig, split: str) -> SampleDataset:
     """The train or test split named in the config, restricted to ``data.classes`` (relabelled 0..k-1) and cut to
     ``max_*_samples`` when those are set."""
     dataset = build_dataset(cfg.data.dataset, split, cfg.data.split_args(split))
@@ -46,7 +46,7 @@ def load_split(cfg: RunSettings, split: str) -> SampleDataset:
     return dataset
 
 
-def view_transform(cfg: RunSettings) -> Views:
+def view_transform(cfg: RunConfig) -> Views:
     """The pipeline's views: ``views.count`` views per sample made by ``views.augment`` ops or ``views.pipeline``
     (``views.eval`` for view 0), optionally mixed (``views.mix``), then ``data`` normalisation; for a language model
     (``data.task: language-model``) the token ids unchanged."""
@@ -59,41 +59,41 @@ def view_transform(cfg: RunSettings) -> Views:
         mean=cfg.data.mean,
         std=cfg.data.std,
         augment=[build_view_op(op.op, op.params) for op in views.augment],
-        pipeline=build_pipeline(views.pipeline, views.pipeline_args),
-        eval=build_pipeline(views.eval, views.eval_args),
+        pipeline=build_transform(views.pipeline, views.pipeline_args),
+        eval=build_transform(views.eval, views.eval_args),
         mix=None if views.mix is None else Mix(views.mix.kind, views.mix.alpha, views.mix.p),
     )
 
 
-def eval_views(cfg: RunSettings) -> Views:
+def eval_views(cfg: RunConfig) -> Views:
     """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
     return view_transform(cfg).eval_view()
 
 
-def loss_setup(cfg: RunSettings) -> LossSetup:
+def loss_setup(cfg: RunConfig) -> LossSetup:
     return LossSetup(num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index, task=cfg.data.task)
 
 
-def cache_targets(cfg: RunSettings) -> list[Target]:
+def targets_to_write(cfg: RunConfig) -> list[Target]:
     return [build_target(t.kind, t.params) for t in cfg.cache.targets]
 
 
-def model_spec(cfg: PipelineConfig, role: str) -> dict[str, Any]:
+def model_spec(cfg: DistillConfig, role: str) -> dict[str, Any]:
     """The architecture description of the teacher or student, as checkpoints and fingerprints record it."""
     model = cfg.teacher.model if role == "teacher" else cfg.student.model
     return {"arch": model.arch, "args": model.args, "num_classes": cfg.data.num_classes}
 
 
-def build_student(cfg: PipelineConfig) -> nn.Module:
+def build_student(cfg: DistillConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)  # every variant starts from the same initial weights
     return build_model(cfg.student.model.arch, cfg.data.num_classes, cfg.student.model.args)
 
 
-def untrained_teacher(cfg: PipelineConfig) -> nn.Module:
+def untrained_teacher(cfg: DistillConfig) -> nn.Module:
     return build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)
 
 
-def teacher_directory(cfg: PipelineConfig) -> Path | None:
+def teacher_directory(cfg: DistillConfig) -> Path | None:
     """The local ``transformers`` directory the teacher is used from as it is: a ``causal-lm`` teacher with
     ``args.path`` and neither ``teacher.checkpoint`` nor ``teacher.train`` (whose weights would come from elsewhere).
     Its files are the teacher: the store fingerprints them, and stage two refuses the store once they change."""
@@ -103,7 +103,7 @@ def teacher_directory(cfg: PipelineConfig) -> Path | None:
     return Path(model.args["path"])
 
 
-def load_teacher(cfg: PipelineConfig) -> nn.Module:
+def load_teacher(cfg: DistillConfig) -> nn.Module:
     """The teacher from its checkpoint, or from its ``transformers`` directory as it is (:func:`teacher_directory`);
     never trained here: dask workers load, they do not train."""
     if teacher_directory(cfg) is not None:
@@ -126,7 +126,7 @@ def load_teacher(cfg: PipelineConfig) -> nn.Module:
     return load_model(untrained_teacher(cfg), path).eval()
 
 
-def _require_directory(cfg: PipelineConfig) -> None:
+def _require_directory(cfg: DistillConfig) -> None:
     """A teacher directory that is not on disk, refused with the command that writes it (``teacher.make``)."""
     directory = teacher_directory(cfg)
     if directory is None or directory.is_dir():
@@ -150,7 +150,7 @@ def _refuse_directory_weights(path: Path) -> None:
         )
 
 
-def output_path(cfg: RunSettings, name: str) -> Path:
+def output_path(cfg: RunConfig, name: str) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     return cfg.out / name
 
@@ -167,7 +167,7 @@ def pipeline_train_split(pipeline: dict[str, Any]) -> SampleDataset:
     return load_split(cfg, cfg.data.train_split)
 
 
-def pipeline_factories(cfg: PipelineConfig) -> tuple[Factory, Factory]:
+def pipeline_factories(cfg: DistillConfig) -> tuple[Factory, Factory]:
     """Factories of the pipeline's teacher and training split that any process with kdcache can build."""
     pipeline = cfg.model_dump(mode="json")
     return (
@@ -176,5 +176,5 @@ def pipeline_factories(cfg: PipelineConfig) -> tuple[Factory, Factory]:
     )
 
 
-def _parse(pipeline: dict[str, Any]) -> PipelineConfig:
-    return PipelineConfig.model_validate(pipeline)
+def _parse(pipeline: dict[str, Any]) -> DistillConfig:
+    return DistillConfig.model_validate(pipeline)

@@ -17,9 +17,9 @@ from kdcache.datasets import SampleDataset
 from kdcache.datasets.tokenizer import load_tokenizer
 from kdcache.errors import ConfigError
 from kdcache.pipeline.build import load_split, view_transform
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.tokens import check_language_model, student_tokenizer
-from kdcache.store import Cache, Requirements, open_cache
+from kdcache.store import StoreReader, Requirements, open_store
 from kdcache.targets import Ensemble
 from kdcache.train import CachedDataset, StoredTokens, require_fresh_teacher, require_token_alignment
 from kdcache.train.tokens import require_store_tokenizer
@@ -43,7 +43,7 @@ class StoredTeacher:
 
 
 def cached_data(
-    cfg: RunSettings,
+    cfg: RunConfig,
     train: SampleDataset | None,
     targets: list[str],
     teacher: StoredTeacher,
@@ -56,13 +56,13 @@ def cached_data(
     views and class count (``num_classes``, default ``data.num_classes``) and by ``teacher`` as it describes it.
     ``cache.allow_teacher_mismatch`` trains from the stored outputs of another teacher anyway, with a warning."""
     classes = cfg.data.num_classes if num_classes is None else num_classes
-    cache = open_cache(cfg.store_url, shard_cache=cfg.cache.shard_cache,
+    cache = open_store(cfg.store_url, shard_cache=cfg.cache.shard_cache,
                        shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
     if train is None:
         train = cached_train_split(cfg, cache)
         check_language_model(cfg, train)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
-        if not isinstance(cfg, PipelineConfig):
+        if not isinstance(cfg, DistillConfig):
             raise ConfigError(f"a language model trains from a store in a method distill pipeline, not {cfg.method!r}")
         require_token_alignment(cache, train, teacher=teacher.name, vocab_size=classes,
                                 tokenizer=student_tokenizer(cfg))  # fmt: skip
@@ -84,7 +84,7 @@ def cached_data(
                          num_classes=classes)  # fmt: skip
 
 
-def cached_train_split(cfg: RunSettings, cache: Cache) -> SampleDataset:
+def cached_train_split(cfg: RunConfig, cache: StoreReader) -> SampleDataset:
     """The training split as the cached variants read it: with ``cache.store_tokens`` the sequences the store holds
     (no corpus needed), refused when ``data.args.tokenizer`` — which tokenizes the evaluation split — is on disk and
     is another tokenizer than the store's; else the split's files."""

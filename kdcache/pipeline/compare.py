@@ -8,13 +8,13 @@ from typing import Any
 from kdcache.datasets.text import tokens_per_sample
 from kdcache.metrics import LOWER_IS_BETTER, METRIC_TITLES, TASK_METRICS, metric_text
 from kdcache.pipeline.build import output_path
-from kdcache.pipeline.config import PipelineConfig, VariantConfig, ViewsConfig
+from kdcache.pipeline.config import DistillConfig, VariantConfig, ViewsConfig
 from kdcache.pipeline.distill import StudentRun, run_precompute, train_student, variant_config
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.report import plot_curves, plot_storage
 from kdcache.pipeline.teacher import ensure_teacher, teacher_test_metrics
 from kdcache.precompute import PrecomputeReport
-from kdcache.store import VIEW_PARAMS, open_cache
+from kdcache.store import VIEW_PARAMS, open_store
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.train import EpochLog, TrainResult
 
@@ -28,7 +28,7 @@ def epochs_to_reach(result: TrainResult, threshold: float, metric: str) -> Epoch
     )
 
 
-def run_distill(cfg: PipelineConfig, *, progress: bool = True) -> dict[str, Any]:
+def run_distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Teacher, stage one, then every student variant in ``cfg.compare``; prints and writes the report.
 
     Each cached variant reads the store of its own config (its ``set`` overrides applied), built here first when
@@ -84,11 +84,11 @@ def _epochs_to_reach_scratch(
 
 
 def _report(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     teacher_metrics: dict[str, float],
     stores: dict[str, dict],
     runs: dict[str, StudentRun],
-    configs: dict[str, PipelineConfig],
+    configs: dict[str, DistillConfig],
     reach: dict[str, EpochLog | None],
 ) -> None:
     """The results and store tables (terminal and results.md), the primary metric's curves (curves.png) and the
@@ -134,7 +134,7 @@ def _report(
         reference={"teacher": teacher_metrics[metrics[0]]},
         title=cfg.name,
     )
-    plot_storage(open_cache(cfg.store_url), output_path(cfg, "storage.png"))
+    plot_storage(open_store(cfg.store_url), output_path(cfg, "storage.png"))
 
 
 def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:
@@ -149,11 +149,11 @@ def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:
     return f"{log.epoch + 1} of {total} ({log.stage}: {within})"
 
 
-def store_size(cfg: PipelineConfig, report: PrecomputeReport) -> dict:
+def store_size(cfg: DistillConfig, report: PrecomputeReport) -> dict:
     """Where the pipeline's store is, its view count, bytes on disk (whole store and per cached sample), each
     target's and the view parameters' bytes per sample, and the stage-one rate of ``report``; for text also the
     tokens per sample (bytes per token follow)."""
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     n = max(cache.num_samples, 1)
     total = cache.location.disk_usage()
     targets = cache.teacher(cfg.teacher.name).targets
@@ -208,4 +208,4 @@ def rate_text(rate: PrecomputeReport | float | None) -> str:
     return "already cached" if rate is None else f"{rate:,.0f}"
 
 
-METHODS.register("distill")(Method(config=PipelineConfig, run=run_distill))
+METHODS.register("distill")(Method(config=DistillConfig, run=run_distill))

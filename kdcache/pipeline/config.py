@@ -1,5 +1,5 @@
-"""Pipeline files as pydantic models: the sections every pipeline has (:class:`RunSettings`) and the ``distill``
-method's (:class:`PipelineConfig`). Schemes add their own sections (:mod:`kdcache.pipeline.schemes`).
+"""Pipeline files as pydantic models: the sections every pipeline has (:class:`RunConfig`) and the ``distill``
+method's (:class:`DistillConfig`). Schemes add their own sections (:mod:`kdcache.pipeline.schemes`).
 
 Every model forbids unknown keys. Loss and target entries are validated against the parameters of the kind they
 name, so ``{name: kd, temprature: 4}`` is an error that lists ``temperature`` as a valid key. The stage, optimiser and
@@ -15,14 +15,14 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdcache.errors import ConfigError, RegistryError, UnsafeNameError
 from kdcache.metrics import Task
-from kdcache.names import check_name
+from kdcache.names import check_safe_name
 from kdcache.registry import RegisteredEntry
 from kdcache.targets import TARGETS, build_target
 from kdcache.train import LossConfig, StageConfig
 from kdcache.train.epochs import ViewPolicy
 from kdcache.train.stages import Section
 from kdcache.views import VIEW_OPS
-from kdcache.views.pipeline import check_pipeline_names
+from kdcache.views.keyed import check_transform_names
 
 
 class ModelConfig(Section):
@@ -38,7 +38,7 @@ class ModelConfig(Section):
         from kdcache.models import MODELS
 
         try:
-            return MODELS.check_name(arch)
+            return MODELS.check_known(arch)
         except RegistryError as exc:
             raise ValueError(str(exc)) from None
 
@@ -68,7 +68,7 @@ class DataConfig(Section):
         from kdcache.datasets import DATASETS
 
         try:
-            return DATASETS.check_name(name)
+            return DATASETS.check_known(name)
         except RegistryError as exc:
             raise ValueError(str(exc)) from None
 
@@ -149,7 +149,7 @@ class ViewsConfig(Section):
                 f"CenterCrop, size: 28}}]) or leave views.{info.field_name} out for no transform"
             )
         try:
-            check_pipeline_names(spec)
+            check_transform_names(spec)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return spec
@@ -185,7 +185,7 @@ class EnsembleConfig(Section):
 def _teacher_name(name: str) -> str:
     """A teacher name is one plain level of the store (refused at load, before any store is touched)."""
     try:
-        return check_name(name, what="teacher", levels=False)
+        return check_safe_name(name, what="teacher", levels=False)
     except UnsafeNameError as exc:
         raise ValueError(str(exc)) from None
 
@@ -272,7 +272,7 @@ SHORTHAND_VARIANTS: dict[str, TargetSource] = {"scratch": "none", "online": "onl
 SEED_LIMIT = 2**32  # the range every generator a run seeds accepts (numpy's legacy one is the narrowest)
 
 
-class RunSettings(Section):
+class RunConfig(Section):
     """What every pipeline has, whatever its ``method``: name, seed, device, output directory, data, views, cache."""
 
     name: str
@@ -309,7 +309,7 @@ class RunSettings(Section):
         return ""
 
 
-class PipelineConfig(RunSettings):
+class DistillConfig(RunConfig):
     """A ``method: distill`` pipeline (the default): a teacher, stage one, and student variants."""
 
     method: Literal["distill"] = "distill"
@@ -330,7 +330,7 @@ class PipelineConfig(RunSettings):
         ]
 
     @model_validator(mode="after")
-    def _variants_are_consistent(self) -> PipelineConfig:
+    def _variants_are_consistent(self) -> DistillConfig:
         names = [v.name for v in self.compare]
         if len(set(names)) != len(names):
             raise ValueError(f"compare has repeated variant names {names}; give each variant its own name")
@@ -372,7 +372,7 @@ class PipelineConfig(RunSettings):
         ]
 
     @model_validator(mode="after")
-    def _ensemble_is_cached(self) -> PipelineConfig:
+    def _ensemble_is_cached(self) -> DistillConfig:
         if self.teacher.ensemble is not None and any(v.source == "online" for v in self.compare):
             raise ValueError(
                 "teacher.ensemble is read from the store, so the 'online' variant (one live teacher) cannot use it; "

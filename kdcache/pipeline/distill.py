@@ -17,7 +17,7 @@ from kdcache.datasets import SampleDataset
 from kdcache.errors import ConfigError
 from kdcache.pipeline.build import (
     build_student,
-    cache_targets,
+    targets_to_write,
     device_of,
     eval_views,
     load_split,
@@ -28,7 +28,7 @@ from kdcache.pipeline.build import (
     view_transform,
 )
 from kdcache.pipeline.cached import StoredTeacher, cached_data
-from kdcache.pipeline.config import PipelineConfig, VariantConfig
+from kdcache.pipeline.config import DistillConfig, VariantConfig
 from kdcache.pipeline.loading import with_overrides
 from kdcache.pipeline.teacher import ensure_teacher
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
@@ -61,13 +61,13 @@ class StudentRun:
 
 # ------------------------------------------------------------------------------------------------ stage one
 def stage_one_job(
-    cfg: PipelineConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory
+    cfg: DistillConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory
 ) -> StageOneJob:
     """The pipeline's stage one: ``teacher`` and ``dataset`` are objects (this process) or factories (dask)."""
     return StageOneJob(
         teacher,
         dataset,
-        tuple(cache_targets(cfg)),
+        tuple(targets_to_write(cfg)),
         view_transform(cfg),
         cfg.data.num_classes,
         teacher_name=cfg.teacher.name,
@@ -81,7 +81,7 @@ def stage_one_job(
 
 
 def run_precompute(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     *,
     progress: bool = True,
     workers: int | None = None,
@@ -108,7 +108,7 @@ def run_precompute(
 
 
 # ------------------------------------------------------------------------------------------------ stage two
-def stored_teacher(cfg: PipelineConfig) -> StoredTeacher:
+def stored_teacher(cfg: DistillConfig) -> StoredTeacher:
     """The pipeline's teacher as stage two requires it of the store: ``teacher.name`` (or the ensemble of
     ``teacher.ensemble``) with its architecture, its checkpoint's weights when still on disk (hashed; the model is
     never built), and every file of its transformers directory when the teacher is one, used as it is."""
@@ -118,7 +118,7 @@ def stored_teacher(cfg: PipelineConfig) -> StoredTeacher:
 
 
 def train_student(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     variant: str,
     *,
     progress: bool = True,
@@ -174,18 +174,18 @@ def train_student(
     return StudentRun(variant, result)
 
 
-def variant_config(cfg: PipelineConfig, variant: VariantConfig) -> PipelineConfig:
+def variant_config(cfg: DistillConfig, variant: VariantConfig) -> DistillConfig:
     """The pipeline as one variant trains from it: its ``set`` overrides applied and validated."""
     return with_overrides(cfg, variant.set, source=f"compare variant {variant.name!r}") if variant.set else cfg
 
 
-def checkpoint_path(cfg: PipelineConfig, variant: str) -> Path:
+def checkpoint_path(cfg: DistillConfig, variant: str) -> Path:
     """Where a student variant's training checkpoint lives (``kdcache train --resume`` reads it)."""
     return cfg.out / "checkpoints" / f"student-{variant}.state.safetensors"
 
 
 def _student_data(
-    cfg: PipelineConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
+    cfg: DistillConfig, source: str, stages: list[StageConfig], device: torch.device, *, progress: bool
 ) -> tuple[ViewDataset, LiveTeacher | None]:
     """The training data for a target ``source``, and the live teacher that supplies targets for ``online``."""
     needed = teacher_targets(stages)
@@ -200,12 +200,12 @@ def _student_data(
                 "the online variant runs the one live teacher in `teacher`; teacher.ensemble is read from the "
                 "store only. Use --variant cached, or remove teacher.ensemble"
             )
-        targets = [t for t in cache_targets(cfg) if t.name in needed]
+        targets = [t for t in targets_to_write(cfg) if t.name in needed]
         live = LiveTeacher(ensure_teacher(cfg, progress=progress), targets, device)
     return ViewDataset(train, view_transform(cfg), policy=cfg.views.policy), live
 
 
-def stage_two_teacher(cfg: PipelineConfig) -> str | Ensemble:
+def stage_two_teacher(cfg: DistillConfig) -> str | Ensemble:
     """The cached teacher stage two reads: ``teacher.name``, or the ensemble of ``teacher.ensemble``."""
     ensemble = cfg.teacher.ensemble
     return cfg.teacher.name if ensemble is None else Ensemble(tuple(ensemble.members), ensemble.mode)

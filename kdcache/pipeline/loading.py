@@ -9,12 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kdcache.errors import ConfigError
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.methods import METHODS
 from kdcache.pipeline.yamlsafe import load_yaml, read_yaml_file
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a pipeline YAML; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
     path = Path(path)
     raw = read_yaml_file(path)
@@ -25,7 +25,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> RunSe
     return parse_pipeline(raw, source=str(path))
 
 
-def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "<overrides>") -> PipelineConfig:
+def with_overrides(cfg: DistillConfig, overrides: list[str], *, source: str = "<overrides>") -> DistillConfig:
     """``cfg`` with ``dotted.key=value`` overrides applied and validated again (e.g. one compare variant's ``set``)."""
     raw = cfg.model_dump(mode="json")
     for item in overrides:
@@ -33,10 +33,10 @@ def with_overrides(cfg: PipelineConfig, overrides: list[str], *, source: str = "
     return distill_pipeline(parse_pipeline(raw, source=source), source)
 
 
-def distill_pipeline(cfg: RunSettings, what: str) -> PipelineConfig:
+def distill_pipeline(cfg: RunConfig, what: str) -> DistillConfig:
     """``cfg`` as the method ``distill`` pipeline that ``what`` (a command, a tool) takes; a scheme pipeline (lwf,
     rocket, selfkd: no single teacher and student to read) is refused, naming its method and what runs it."""
-    if not isinstance(cfg, PipelineConfig):
+    if not isinstance(cfg, DistillConfig):
         raise ConfigError(
             f"{what} takes a method distill pipeline, and {cfg.name!r} is a method {cfg.method!r} one: its stages "
             "depend on each other, so only `kdcache run` runs it; give a pipeline file without `method:` (or "
@@ -45,7 +45,7 @@ def distill_pipeline(cfg: RunSettings, what: str) -> PipelineConfig:
     return cfg
 
 
-def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSettings:
+def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
     """Validate a pipeline dict against the model of its ``method`` (``distill`` unless it says otherwise)."""
     model = pipeline_model(raw.get("method", "distill"))
     try:
@@ -54,7 +54,7 @@ def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunSetting
         raise ConfigError(f"invalid pipeline {source}:\n{_describe(exc, model)}") from None
 
 
-def pipeline_model(method: Any) -> type[RunSettings]:
+def pipeline_model(method: Any) -> type[RunConfig]:
     """The pydantic model of a pipeline ``method``: distill, or a distillation scheme (:mod:`kdcache.pipeline.methods`)."""
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS.names())}")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.pipeline.config import RunSettings
+from kdcache.pipeline.config import RunConfig
 from kdcache.registry import Registry
 
 
@@ -18,13 +18,13 @@ from kdcache.registry import Registry
 class Method:
     """A pipeline ``method``: the pydantic model of its YAML and the function that runs it and returns a summary."""
 
-    config: type[RunSettings]
+    config: type[RunConfig]
     run: Callable[..., dict[str, Any]]
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
-def run_pipeline(cfg: RunSettings, *, progress: bool = True) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """What ``kdcache run`` does: the runner of the pipeline's method, which prints and writes its report."""
     return METHODS.get(cfg.method).run(cfg, progress=progress)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kdcache.datasets.text import tokens_per_sample
 from kdcache.pipeline.build import load_split, untrained_teacher
-from kdcache.pipeline.config import PipelineConfig
+from kdcache.pipeline.config import DistillConfig
 from kdcache.pipeline.distill import stage_one_job
 from kdcache.precompute import TeacherRun
 from kdcache.store import SAMPLES_OWNER, plan_shard_samples
@@ -34,7 +34,7 @@ class ArrayPlan:
     compressor: Compressor
 
 
-def plan_storage(cfg: PipelineConfig) -> list[ArrayPlan]:
+def plan_storage(cfg: DistillConfig) -> list[ArrayPlan]:
     """Bytes per sample (and per token, for text) and store size of every array the pipeline would write, before
     any teacher runs: each target's arrays, and the ``samples/*`` arrays every store holds once (index, label,
     16-byte content digest and, with augmented views, the numbers each view was drawn with), as target ``samples``.
@@ -69,7 +69,7 @@ def plan_storage(cfg: PipelineConfig) -> list[ArrayPlan]:
     ]
 
 
-def token_budget(cfg: PipelineConfig, rows: list[ArrayPlan]) -> list[str]:
+def token_budget(cfg: DistillConfig, rows: list[ArrayPlan]) -> list[str]:
     """One line per cached top-k token target: its bytes per token and in all against the goal of 4 + 6·k bytes (fp16 values,
     k ≤ 64) and DistillKit's ~300 B/token at k = 128."""
     lines = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdcache.metrics import LOWER_IS_BETTER, METRIC_TITLES
-from kdcache.store import Cache
+from kdcache.store import StoreReader
 from kdcache.train import TrainResult
 
 
@@ -48,7 +48,7 @@ SHARED = "shared by all teachers"
 OVERHEAD = "metadata, manifests, locks"
 
 
-def storage_breakdown(cache: Cache) -> dict[str, dict[str, float]]:
+def storage_breakdown(cache: StoreReader) -> dict[str, dict[str, float]]:
     """Bytes per sample on disk: each teacher's arrays (``logits``, ``logits_topk/values``, ...), the arrays every teacher
     shares (labels, view parameters), and the rest of the store (zarr.json files, manifests), which the rows sum to.
     """
@@ -66,7 +66,7 @@ def storage_breakdown(cache: Cache) -> dict[str, dict[str, float]]:
     return rows
 
 
-def plot_storage(cache: Cache, path: Path) -> Path:
+def plot_storage(cache: StoreReader, path: Path) -> Path:
     """Horizontal stacked bars of :func:`storage_breakdown`, one bar per teacher and one for the shared part."""
     import matplotlib
 

@@ -26,13 +26,13 @@ from kdcache.pipeline.build import (
     untrained_teacher,
     view_transform,
 )
-from kdcache.pipeline.config import PipelineConfig
+from kdcache.pipeline.config import DistillConfig
 from kdcache.train import ViewDataset, evaluate, fit
 
 log = logging.getLogger(__name__)
 
 
-def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+def ensure_teacher(cfg: DistillConfig, *, progress: bool = True) -> nn.Module:
     """The teacher from its checkpoint or its directory (:func:`~kdcache.pipeline.build.teacher_directory`),
     training and saving it first when the checkpoint does not exist."""
     path = cfg.teacher_checkpoint
@@ -50,7 +50,7 @@ def ensure_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
     return teacher.eval()
 
 
-def train_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
+def train_teacher(cfg: DistillConfig, *, progress: bool = True) -> nn.Module:
     """A fresh teacher trained by ``teacher.train`` on the training split (seeded by ``cfg.seed``), not saved: the
     pipeline saves it as a kdcache checkpoint, ``data/make_chat_teacher.py`` as a ``transformers`` directory."""
     if cfg.teacher.train is None:
@@ -74,7 +74,7 @@ def train_teacher(cfg: PipelineConfig, *, progress: bool = True) -> nn.Module:
     return teacher
 
 
-def teacher_test_metrics(cfg: PipelineConfig, teacher: nn.Module) -> dict[str, float]:
+def teacher_test_metrics(cfg: DistillConfig, teacher: nn.Module) -> dict[str, float]:
     """The teacher's test metrics on the eval view (accuracy; mIoU and pixel accuracy for segmentation)."""
     test = ViewDataset(load_split(cfg, cfg.data.test_split), eval_views(cfg))
     metric = task_metric(cfg.data.task, cfg.data.num_classes, cfg.data.ignore_index)

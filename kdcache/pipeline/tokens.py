@@ -14,12 +14,12 @@ from typing import Any
 from kdcache.datasets import SampleDataset
 from kdcache.datasets.tokenizer import TOKENIZER_FILE, load_tokenizer
 from kdcache.errors import ConfigError
-from kdcache.pipeline.config import PipelineConfig, RunSettings
+from kdcache.pipeline.config import DistillConfig, RunConfig
 
 CLASSIFIER_LOSSES = {"ce": "next_token", "kd": "token_kd"}
 
 
-def check_language_model(cfg: RunSettings, dataset: SampleDataset) -> None:
+def check_language_model(cfg: RunConfig, dataset: SampleDataset) -> None:
     """Refuse a language-model pipeline whose views, losses or vocabulary do not fit token data."""
     if cfg.views.count != 1 or cfg.views.augment:
         raise ConfigError(
@@ -32,11 +32,11 @@ def check_language_model(cfg: RunSettings, dataset: SampleDataset) -> None:
             f"the tokenizer produces {vocab} token ids but data.num_classes (the model's vocabulary) is "
             f"{cfg.data.num_classes}; set data.num_classes to at least {vocab}"
         )
-    if isinstance(cfg, PipelineConfig):
+    if isinstance(cfg, DistillConfig):
         _check_losses(cfg)
 
 
-def student_tokenizer(cfg: PipelineConfig) -> dict[str, Any] | None:
+def student_tokenizer(cfg: DistillConfig) -> dict[str, Any] | None:
     """The fingerprint of the student's own tokenizer: a ``causal-lm`` student loaded from a local directory that
     holds a ``tokenizer.json`` has one; a student built from a config reads the pipeline's data as it is."""
     path = cfg.student.model.args.get("path") if cfg.student.model.arch == "causal-lm" else None
@@ -45,7 +45,7 @@ def student_tokenizer(cfg: PipelineConfig) -> dict[str, Any] | None:
     return load_tokenizer(path).fingerprint()
 
 
-def _check_losses(cfg: PipelineConfig) -> None:
+def _check_losses(cfg: DistillConfig) -> None:
     stages = [("scratch_losses", cfg.scratch_losses)]
     stages += [(f"student.train.stages.{i}", s.losses) for i, s in enumerate(cfg.student.train.stages)]
     if cfg.teacher.train is not None:

@@ -146,7 +146,7 @@ class TeacherRun:
         return dataset_fingerprint(self.dataset, num_classes=self.num_classes)
 
     def declaration(self) -> StoreDeclaration:
-        """What this run declares in its store (see :func:`open_store`)."""
+        """What this run declares in its store (see :func:`open_builder`)."""
         return StoreDeclaration(
             name=self.name,
             num_samples=len(self.dataset),
@@ -227,7 +227,7 @@ def target_layout(target: Target, teacher: str, value_shape: tuple[int, ...], vi
     return TargetLayout(target.kind, target.describe(), arrays, value_shape)
 
 
-def open_store(declared: StoreDeclaration, location: StoreLocation, shard_samples: int | None) -> StoreBuilder:
+def open_builder(declared: StoreDeclaration, location: StoreLocation, shard_samples: int | None) -> StoreBuilder:
     """Create (or open and check) the store for the declared dataset and views, and declare the teacher in it.
 
     Without ``shard_samples`` an existing store keeps its shard size (a second teacher joins the first one's shard
@@ -275,7 +275,7 @@ def declared_store(
         io_errors(location, f"precomputing teacher {declared.name!r}{where}"),
         StoreLock(location, break_lock=break_lock),
     ):
-        builder = open_store(declared, location, shard_samples)
+        builder = open_builder(declared, location, shard_samples)
         work = plan_work(builder, declared.owner)
         log.info("%s: %d shard range(s) to write for teacher %r%s", location.url, len(work), declared.name, where)
         yield builder, work

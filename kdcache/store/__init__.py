@@ -1,7 +1,7 @@
 """The on-disk store: the only package that imports zarr; it knows arrays and manifests, not networks or datasets.
 
 See docs/store-format.md. Writing: :class:`StoreBuilder` (commit whole shards, publish the manifest last) under a
-:class:`StoreLock`. Reading: :func:`open_cache` gives a validated :class:`Cache`; :meth:`Cache.require` checks in one
+:class:`StoreLock`. Reading: :func:`open_store` gives a validated :class:`StoreReader`; :meth:`StoreReader.require` checks in one
 call that the store fits a run (:class:`Requirements`); :class:`ArrayReader` reads rows a batch at a time.
 """
 
@@ -20,7 +20,7 @@ from kdcache.store.layout import (
 from kdcache.store.location import StoreLocation, io_errors
 from kdcache.store.lock import StoreLock
 from kdcache.store.manifest import Manifest, library_versions, read_manifest
-from kdcache.store.reader import Cache, open_cache, scrub
+from kdcache.store.reader import StoreReader, open_store, scrub
 from kdcache.store.requirements import Requirements
 from kdcache.store.shardcache import ShardCache
 from kdcache.store.writer import StoreBuilder, TargetLayout
@@ -33,7 +33,7 @@ __all__ = [
     "VIEW_PARAMS",
     "ArrayReader",
     "ArraySpec",
-    "Cache",
+    "StoreReader",
     "Manifest",
     "Requirements",
     "ShardCache",
@@ -43,7 +43,7 @@ __all__ = [
     "TargetLayout",
     "io_errors",
     "library_versions",
-    "open_cache",
+    "open_store",
     "plan_shard_samples",
     "read_manifest",
     "scrub",

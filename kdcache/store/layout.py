@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.names import Compressor, check_name
+from kdcache.names import Compressor, check_safe_name
 
 FORMAT_VERSION = 3
 MANIFEST_KEY = "kdcache.manifest.json"
@@ -28,7 +28,7 @@ MIN_SHARD_SAMPLES, MAX_SHARD_SAMPLES = 64, 65536
 
 def teacher_path(teacher: str, array: str) -> str:
     """Array path of a teacher's target array, e.g. ``teachers/resnet50/logits``."""
-    return f"teachers/{check_name(teacher, what='teacher')}/{check_name(array, what='target array')}"
+    return f"teachers/{check_safe_name(teacher, what='teacher')}/{check_safe_name(array, what='target array')}"
 
 
 def shard_key(path: str, index: int, ndim: int) -> str:
@@ -37,7 +37,7 @@ def shard_key(path: str, index: int, ndim: int) -> str:
 
 
 def owner_of_teacher(teacher: str) -> str:
-    return f"teachers/{check_name(teacher, what='teacher')}"
+    return f"teachers/{check_safe_name(teacher, what='teacher')}"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Only what the manifest lists is read. Opening checks every array's metadata and every committed shard file's size
 (:mod:`kdcache.store.integrity`); array readers (:mod:`kdcache.store.arrays`) check each shard's SHA-256 the first
 time they touch it, and zarr's crc32c codec checks each inner chunk again on decode. Whether the store fits a run —
-its dataset, views, teachers, targets and classes — is one call, :meth:`Cache.require`.
+its dataset, views, teachers, targets and classes — is one call, :meth:`StoreReader.require`.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from kdcache.store.requirements import Requirements, check, teacher_record
 from kdcache.store.shardcache import DEFAULT_SHARD_CACHE_BYTES, ShardCache
 
 
-class Cache:
-    """An opened, validated store. Use :func:`open_cache`."""
+class StoreReader:
+    """An opened, validated store. Use :func:`open_store`."""
 
     def __init__(self, location: StoreLocation, manifest: Manifest, shard_cache: ShardCache | None = None) -> None:
         self.location = location
         self.manifest = manifest
-        self.shard_cache = shard_cache  # streamed and loaded shards go through it (see open_cache)
+        self.shard_cache = shard_cache  # streamed and loaded shards go through it (see open_store)
 
     def __repr__(self) -> str:
-        return f"Cache({self.location.url!r}, {self.manifest.num_samples} samples, teachers={self.teachers})"
+        return f"StoreReader({self.location.url!r}, {self.manifest.num_samples} samples, teachers={self.teachers})"
 
     @property
     def url(self) -> str:
@@ -117,7 +117,7 @@ class Cache:
                 check_array_metadata(self.location, record)
         check_shard_sizes(self.location, self.manifest)
 
-    def verify(self) -> list[str]:
+    def check_digests(self) -> list[str]:
         """Size and SHA-256 of every committed shard file. Returns one line per problem found."""
         problems: list[str] = []
         for commit in self.manifest.all_commits():
@@ -133,27 +133,27 @@ class Cache:
         return scrub_problems(self.location, self.manifest, self.owner_arrays())
 
 
-def open_cache(
+def open_store(
     url: str,
     *,
     storage_options: dict[str, Any] | None = None,
     shard_cache: str | Path | None = None,
     shard_cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES,
-) -> Cache:
+) -> StoreReader:
     """Open a kdcache store for reading: manifest, format version, codec allow-list and shard sizes are checked.
 
     With ``shard_cache`` (a local directory), every shard read is kept there whole, SHA-256 checked, up to
     ``shard_cache_bytes`` (least recently used shards evicted), so later epochs of a remote store read local disk
     (:mod:`kdcache.store.shardcache`).
 
-    >>> cache = open_cache("runs/digits_kd/cache/train.zarr")  # doctest: +SKIP
+    >>> cache = open_store("runs/digits_kd/cache/train.zarr")  # doctest: +SKIP
     >>> cache.teachers
     ['cnn64']
     """
     location = StoreLocation(url, storage_options)
     local = None if shard_cache is None else ShardCache(shard_cache, shard_cache_bytes)
     with io_errors(location, "opening"):
-        cache = Cache(location, read_manifest(location), local)
+        cache = StoreReader(location, read_manifest(location), local)
         cache.check_layout()
     return cache
 
@@ -161,7 +161,7 @@ def open_cache(
 def scrub(url: str, *, storage_options: dict[str, Any] | None = None) -> list[str]:
     """A full check of a store against its manifest (``kdcache verify``): every array's metadata, every committed
     shard's size and SHA-256, and every complete owner's shard count. Returns one line per problem; unlike
-    :func:`open_cache` it does not stop at the first one. A missing or unreadable manifest is raised as an error."""
+    :func:`open_store` it does not stop at the first one. A missing or unreadable manifest is raised as an error."""
     location = StoreLocation(url, storage_options)
     with io_errors(location, "verifying"):
-        return Cache(location, read_manifest(location)).scrub()
+        return StoreReader(location, read_manifest(location)).scrub()

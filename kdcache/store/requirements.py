@@ -1,4 +1,4 @@
-"""Is this store right for this run? One call (:meth:`Cache.require <kdcache.store.Cache.require>`) that every path
+"""Is this store right for this run? One call (:meth:`StoreReader.require <kdcache.store.StoreReader.require>`) that every path
 uses — the CLI, the Python API, schemes, dask workers, ``verify`` — so none of them can skip a check.
 
 The caller states what it will train with as plain facts (fingerprints, view spec, class count, teacher names and

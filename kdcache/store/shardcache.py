@@ -1,7 +1,7 @@
 """A bounded local directory of whole shard files of a remote store, so later epochs read local disk, not S3.
 
 A store that does not fit the RAM budget is streamed: every epoch reads every shard again. With a shard cache
-(``open_cache(url, shard_cache="/scratch/kd", shard_cache_bytes=...)``) a shard is fetched once as one object,
+(``open_store(url, shard_cache="/scratch/kd", shard_cache_bytes=...)``) a shard is fetched once as one object,
 checked against the SHA-256 the manifest pins for it, and kept as ``<sha256>.shard`` in the directory; inner chunks
 read again later are range reads of that local file, each still checked against the XXH3 its bytes had when the
 shard was verified (:mod:`kdcache.store.shardbytes`).

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcache.capture import ModelOutputs
-from kdcache.names import check_name
+from kdcache.names import check_safe_name
 from kdcache.targets.base import TARGETS
 from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
@@ -33,7 +33,7 @@ class _LayerTarget(FloatArrayTarget):
 
     @property
     def name(self) -> str:
-        return f"{self.prefix}/{check_name(self.params.layer, what='layer')}"
+        return f"{self.prefix}/{check_safe_name(self.params.layer, what='layer')}"
 
     def teacher_layers(self) -> list[str]:
         return [self.params.layer]

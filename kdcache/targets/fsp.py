@@ -14,7 +14,7 @@ from pydantic import Field
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
-from kdcache.names import check_name
+from kdcache.names import check_safe_name
 from kdcache.targets.base import TARGETS
 from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
 
@@ -43,7 +43,7 @@ class FSPTarget(FloatArrayTarget):
 
     @property
     def name(self) -> str:
-        a, b = (check_name(layer, what="layer") for layer in self.params.layers)
+        a, b = (check_safe_name(layer, what="layer") for layer in self.params.layers)
         return f"fsp/{a}__{b}"
 
     def teacher_layers(self) -> list[str]:

@@ -19,7 +19,7 @@ from kdcache.datasets import DIGITS_FILE, HDF5Dataset, SampleDataset, TensorData
 from kdcache.losses import kd_divergence, topk_kd_divergence
 from kdcache.models import build_model
 from kdcache.precompute import precompute
-from kdcache.store import Cache, open_cache
+from kdcache.store import StoreReader, open_store
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target, TopKLogits, build_target
 from kdcache.train import CachedDataset, ViewDataset
@@ -108,7 +108,7 @@ def measure(
             teacher_name=label.replace(" ", "-"),
             progress=False,
         )
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     inputs = ViewDataset(dataset, views)[np.arange(len(dataset))].inputs
     student = train_teacher(dataset, num_classes, views, epochs=3, seed=seed + 1, hidden=32)
     with torch.no_grad():
@@ -121,7 +121,7 @@ def measure(
 
 
 def _encoding_row(
-    cache: Cache,
+    cache: StoreReader,
     dataset: SampleDataset,
     views: Views,
     label: str,

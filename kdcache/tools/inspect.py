@@ -6,15 +6,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kdcache.store import Cache, read_manifest
+from kdcache.store import StoreReader, read_manifest
 from kdcache.store.layout import VIEW_PARAMS
 from kdcache.store.location import StoreLocation
 from kdcache.tables import console as default_console
 from kdcache.tools.values import verify_problems
-from kdcache.tools.verify import FidelityReport
+from kdcache.tools.recompute import FidelityReport
 
 
-def print_store(cache: Cache, console: Console | None = None) -> None:
+def print_store(cache: StoreReader, console: Console | None = None) -> None:
     """Status, fingerprints, teachers and every target array with its layout and size."""
     console = console or default_console()
     m = cache.manifest
@@ -60,7 +60,7 @@ def print_store(cache: Cache, console: Console | None = None) -> None:
             console.print(f"labels: {counts} per class")
 
 
-def _targets_table(cache: Cache) -> Table:
+def _targets_table(cache: StoreReader) -> Table:
     """Every target array of every teacher: shape, dtype, parameters, chunking, codec and bytes on disk."""
     m = cache.manifest
     table = Table(title="targets")

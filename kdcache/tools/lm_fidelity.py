@@ -26,10 +26,10 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.datasets.text import tokens_per_sample
 from kdcache.errors import ConfigError
-from kdcache.pipeline import PipelineConfig
+from kdcache.pipeline import DistillConfig
 from kdcache.pipeline.build import build_student, device_of
 from kdcache.pipeline.cached import cached_train_split
-from kdcache.store import Cache, Requirements, open_cache
+from kdcache.store import StoreReader, Requirements, open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import SampledTokens, Target, TargetExtractor, TokenTopK, build_target
 from kdcache.tools.token_fidelity import (
@@ -41,8 +41,8 @@ from kdcache.tools.token_fidelity import (
     kl_sums,
     live_decoder,
 )
-from kdcache.tools.verify import pipeline_teacher, same_teacher, sample_pairs
-from kdcache.tools.verify_kinds import kind_label
+from kdcache.tools.recompute import pipeline_teacher, same_teacher, sample_pairs
+from kdcache.tools.recompute_kinds import kind_label
 from kdcache.views import TokenViews
 
 
@@ -69,7 +69,7 @@ class StoredTokens:
     """One token target as ``cache`` holds it, read at each batch's rows and decoded; a top-k target records the
     tail mass of every labelled position it decodes (:attr:`tails`, ``(positions, len(temperatures))``)."""
 
-    def __init__(self, cache: Cache, teacher_name: str, name: str) -> None:
+    def __init__(self, cache: StoreReader, teacher_name: str, name: str) -> None:
         record = cache.teacher(teacher_name).targets[name]
         self.name, self.target = name, build_target(record.kind, record.params)
         owner = owner_of_teacher(teacher_name)
@@ -107,7 +107,7 @@ def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Targ
                    for t in temperatures]  # fmt: skip
 
 
-def token_batches(cache: Cache, dataset: SampleDataset, sequences: int, seed: int, batch_size: int) -> list[TokenBatch]:
+def token_batches(cache: StoreReader, dataset: SampleDataset, sequences: int, seed: int, batch_size: int) -> list[TokenBatch]:
     """``sequences`` random rows of ``cache`` (sorted: chunk-sequential reads), in batches, with the dataset's ids and
     labels for them."""
     rows, _ = sample_pairs(cache.num_samples, 1, sequences, seed)
@@ -130,7 +130,7 @@ def _logits(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], 
     return lambda ids: getattr(out := model(ids.to(device)), "logits", out)
 
 
-def store_fidelity(cache: Cache, teacher: nn.Module, student: nn.Module, dataset: SampleDataset, *, teacher_name: str,
+def store_fidelity(cache: StoreReader, teacher: nn.Module, student: nn.Module, dataset: SampleDataset, *, teacher_name: str,
                    sequences: int, seed: int = 0, batch_size: int = 16, device: str | torch.device = "cpu",
                    student_name: str = "student", fingerprint: dict | None = None,
                    progress: bool = True) -> dict[str, Any]:  # fmt: skip
@@ -138,7 +138,7 @@ def store_fidelity(cache: Cache, teacher: nn.Module, student: nn.Module, dataset
     over ``sequences`` random sequences of ``dataset`` (the data the store was cached from) with the live
     ``teacher`` and ``student``.
 
-    >>> report = store_fidelity(open_cache(url), teacher, student, train, teacher_name="gpt2", sequences=64)  # doctest: +SKIP
+    >>> report = store_fidelity(open_store(url), teacher, student, train, teacher_name="gpt2", sequences=64)  # doctest: +SKIP
     >>> report["targets"][0]["KL kept"]["T=1"], report["targets"][0]["tail"]["T=1"]["mean"]
     (0.5068, 0.3267)
     """
@@ -196,7 +196,7 @@ def _alternative_rows(others: list[tuple[str, Target]], sums: dict, vocab: int) 
     return list(rows.values())
 
 
-def pipeline_student(cfg: PipelineConfig) -> tuple[nn.Module, str]:
+def pipeline_student(cfg: DistillConfig) -> tuple[nn.Module, str]:
     """The pipeline's trained cached-KD student (``student-<variant>.safetensors`` in its run directory, the first
     ``cached`` variant of ``compare`` that has one), else its initial weights; and which it is, in words."""
     for variant in cfg.compare:
@@ -206,11 +206,11 @@ def pipeline_student(cfg: PipelineConfig) -> tuple[nn.Module, str]:
     return build_student(cfg).eval(), f"initial weights (seed {cfg.seed}; no cached-KD student in {cfg.out})"
 
 
-def pipeline_store_fidelity(cfg: PipelineConfig, store: str, *, sequences: int, seed: int = 0,
+def pipeline_store_fidelity(cfg: DistillConfig, store: str, *, sequences: int, seed: int = 0,
                             progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """:func:`store_fidelity` of ``store`` with pipeline ``cfg``'s teacher (loaded from its checkpoint, as ``verify
     --recompute`` does), student (:func:`pipeline_student`) and train split."""
-    cache = open_cache(store)
+    cache = open_store(store)
     teacher, fingerprint = pipeline_teacher(cfg, cache)
     student, described = pipeline_student(cfg)
     return store_fidelity(cache, teacher, student, cached_train_split(cfg, cache),

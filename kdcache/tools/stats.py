@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kdcache.errors import ConfigError, StoreFormatError, StoreMismatchError
-from kdcache.store import Cache, open_cache
+from kdcache.store import StoreReader, open_store
 from kdcache.targets import Target, build_target
 
 DEFAULT_BINS = 15
@@ -59,7 +59,7 @@ class TeacherStats:
 
 
 def store_stats(
-    store: str | Cache, *, temperature: float = 1.0, bins: int = DEFAULT_BINS, progress: bool = True
+    store: str | StoreReader, *, temperature: float = 1.0, bins: int = DEFAULT_BINS, progress: bool = True
 ) -> list[TeacherStats]:
     """Statistics of every teacher in ``store`` that cached ``logits``, teacher by teacher.
 
@@ -68,7 +68,7 @@ def store_stats(
     """
     if temperature <= 0 or bins < 1:
         raise ConfigError(f"stats need a temperature > 0 and at least one bin; got T={temperature}, bins={bins}")
-    cache = store if isinstance(store, Cache) else open_cache(store)
+    cache = store if isinstance(store, StoreReader) else open_store(store)
     labels = cache.manifest.samples.arrays.get("samples/label")
     if labels is None:
         raise StoreMismatchError(
@@ -81,7 +81,7 @@ def store_stats(
     return [_teacher_stats(cache, name, temperature, bins, progress) for name in names]
 
 
-def _teacher_stats(cache: Cache, name: str, temperature: float, bins: int, progress: bool) -> TeacherStats:
+def _teacher_stats(cache: StoreReader, name: str, temperature: float, bins: int, progress: bool) -> TeacherStats:
     import dask
     import dask.array as da
     from tqdm.dask import TqdmCallback

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdcache.errors import DestinationExistsError, StoreFormatError, StoreIncompleteError
-from kdcache.store import Cache, open_cache
+from kdcache.store import StoreReader, open_store
 from kdcache.store.layout import FORMAT_VERSION, SAMPLES_OWNER, ArraySpec
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import ArrayRecord, Manifest, manifest_bytes, parse_manifest
@@ -43,7 +43,7 @@ def export_hdf5(store: str, path: str | Path, *, progress: bool = True) -> Path:
     """
     import h5py
 
-    cache = open_cache(store)
+    cache = open_store(store)
     if cache.manifest.status != "complete":
         raise StoreIncompleteError(
             f"store {cache.url!r} is {cache.manifest.status}; only complete stores are exported. Finish it with "
@@ -69,7 +69,7 @@ def export_hdf5(store: str, path: str | Path, *, progress: bool = True) -> Path:
     return path
 
 
-def _write_arrays(f: h5py.File, cache: Cache, bar: tqdm) -> None:
+def _write_arrays(f: h5py.File, cache: StoreReader, bar: tqdm) -> None:
     params = {
         a.path: {"kind": t.kind, "params": t.params}
         for teacher in cache.manifest.teachers.values()
@@ -89,7 +89,7 @@ def _write_arrays(f: h5py.File, cache: Cache, bar: tqdm) -> None:
                 bar.update()
 
 
-def import_hdf5(path: str | Path, store: str, *, progress: bool = True) -> Cache:
+def import_hdf5(path: str | Path, store: str, *, progress: bool = True) -> StoreReader:
     """Build a new store at ``store`` from an HDF5 file written by :func:`export_hdf5`; returns it opened.
 
     Every array is checked against the manifest before anything is written, so a bad file leaves no store behind.
@@ -116,7 +116,7 @@ def import_hdf5(path: str | Path, store: str, *, progress: bool = True) -> Cache
                     builder.commit(owner, commit.index, data, commit.stats)
                     bar.update()
                 builder.finalize(owner)
-    return open_cache(store)
+    return open_store(store)
 
 
 def _read_manifest(f: h5py.File, source: str) -> Manifest:
@@ -199,5 +199,5 @@ def _declare(location: StoreLocation, manifest: Manifest) -> StoreBuilder:
     return builder
 
 
-def _shard_count(cache: Cache) -> int:
+def _shard_count(cache: StoreReader) -> int:
     return sum(len(records) for records in cache.owner_arrays().values()) * cache.manifest.num_shards()

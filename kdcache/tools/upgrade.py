@@ -31,12 +31,12 @@ from kdcache.store import (
     SAMPLES_OWNER,
     VIEW_DIGEST,
     VIEW_PARAMS,
-    Cache,
+    StoreReader,
     StoreBuilder,
     StoreLocation,
     StoreLock,
     io_errors,
-    open_cache,
+    open_store,
     shard_ranges,
 )
 from kdcache.store.integrity import differences, read_document, scrub_problems
@@ -54,7 +54,7 @@ def upgrade_store(
     views: Views | None = None,
     batch_size: int = 256,
     progress: bool = True,
-) -> Cache:
+) -> StoreReader:
     """Upgrade the format-1 or format-2 store at ``url`` to format 3 with the ``dataset`` and ``views`` it was built
     from (``views`` may be left out when they are normalisation and kdcache's ops: rebuilt from the store); returns
     it opened.
@@ -84,7 +84,7 @@ def upgrade_store(
         builder.describe_array(SAMPLE_DIGEST, described[SAMPLE_DIGEST].attributes)  # the digest is XXH3 now
         _write_digests(builder, dataset, views, batch_size, progress, old_format)
         builder.finalize(SAMPLES_OWNER)  # publishes the format-3 manifest, pinning every zarr.json, last
-    return open_cache(url)
+    return open_store(url)
 
 
 def _require_sound(location: StoreLocation, manifest: Manifest) -> None:
@@ -94,7 +94,7 @@ def _require_sound(location: StoreLocation, manifest: Manifest) -> None:
             f"store {location.url!r} is format 1 and {manifest.status}; only complete stores are upgraded. Finish it "
             "with the kdcache version that wrote it, or rebuild it with `kdcache precompute`"
         )
-    owners = Cache(location, manifest).owner_arrays()
+    owners = StoreReader(location, manifest).owner_arrays()
     problems = scrub_problems(location, manifest, owners)
     for records in owners.values():
         for record in records.values():
@@ -203,7 +203,7 @@ def _write_digests(
 ) -> None:
     """Recommit the sample arrays shard by shard with the digests a format-``old`` store lacks (the other sample
     arrays keep their bytes)."""
-    cache = Cache(builder.location, builder.manifest)
+    cache = StoreReader(builder.location, builder.manifest)
     readers = {path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
                for path, rec in builder.manifest.samples.arrays.items()
                if path != VIEW_DIGEST and (old == 2 or path != SAMPLE_DIGEST)}  # fmt: skip
@@ -226,7 +226,7 @@ def _require_format_two_digests(
 ) -> None:
     """Every sample is the one format 2 recorded (its BLAKE2b digest), before anything is re-digested or written."""
     record = manifest.samples.arrays[SAMPLE_DIGEST]
-    stored = Cache(location, manifest).array_reader(record, SAMPLES_OWNER, in_memory=True).read_all()
+    stored = StoreReader(location, manifest).array_reader(record, SAMPLES_OWNER, in_memory=True).read_all()
     url = location.url
     for start in range(0, manifest.num_samples, batch):
         indices = np.arange(start, min(start + batch, manifest.num_samples))

@@ -11,7 +11,7 @@ int8 scales): what a manifest rewritten consistently (its seal recomputed) can s
 from __future__ import annotations
 
 from kdcache.errors import KdcacheError
-from kdcache.store import Cache, read_manifest, scrub
+from kdcache.store import StoreReader, read_manifest, scrub
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.location import StoreLocation
 from kdcache.targets import build_target
@@ -20,7 +20,7 @@ from kdcache.targets import build_target
 def value_problems(url: str) -> list[str]:
     """One line per target whose stored values no record with its parameters could hold."""
     location = StoreLocation(url)
-    cache = Cache(location, read_manifest(location))
+    cache = StoreReader(location, read_manifest(location))
     problems = []
     for teacher in cache.teachers:
         for name, record in cache.teacher(teacher).targets.items():

@@ -11,7 +11,7 @@ from kdcache.train.batch import Batch
 from kdcache.train.checkpointing import Checkpointing
 from kdcache.train.data import CachedDataset, ViewDataset
 from kdcache.train.evaluate import EpochLog, TrainResult, evaluate
-from kdcache.train.live import LiveTeacher, TargetSource, cached_targets
+from kdcache.train.live import LiveTeacher, TargetSource, batch_targets
 from kdcache.train.loader import batch_loader, set_loader_epoch
 from kdcache.train.loop import fit
 from kdcache.train.samplelog import consumed_samples
@@ -39,7 +39,7 @@ __all__ = [
     "ViewDataset",
     "World",
     "batch_loader",
-    "cached_targets",
+    "batch_targets",
     "consumed_samples",
     "evaluate",
     "fit",

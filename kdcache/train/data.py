@@ -22,7 +22,7 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError, PerformanceWarning, StoreMismatchError
-from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, ArrayReader, Cache, Requirements
+from kdcache.store import SAMPLE_DIGEST, SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, ArrayReader, StoreReader, Requirements
 from kdcache.store.layout import owner_of_teacher
 from kdcache.store.manifest import ArrayRecord
 from kdcache.targets import Ensemble, EnsembleDecoder, Target
@@ -178,7 +178,7 @@ class ViewDataset(Dataset):
 class CachedDataset(ViewDataset):
     """:class:`ViewDataset` whose batches also carry the cached teacher targets of their samples.
 
-    Each batch pairs view ``v`` of sample ``i`` with ``targets[i, v]``. The store is refused (:meth:`Cache.require`)
+    Each batch pairs view ``v`` of sample ``i`` with ``targets[i, v]``. The store is refused (:meth:`StoreReader.require`)
     unless it is complete for the teacher(s), holds the targets and was cached from this dataset (its fingerprint)
     with the same view spec; ``num_classes``, when given, must be the teachers' logits width, and
     ``teacher_checkpoint``, when given, the weights the (single) teacher was cached from. Every sample loaded is
@@ -194,7 +194,7 @@ class CachedDataset(ViewDataset):
     collate, then :meth:`as_batch` and ``.to(device)``; order its samples with
     :class:`~kdcache.train.sampler.BlockShuffleSampler` so streamed targets are read chunk by chunk.
 
-    >>> train = CachedDataset(dataset, open_cache(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
+    >>> train = CachedDataset(dataset, open_store(path), teacher="cnn64", targets=["logits"], views=views)  # doctest: +SKIP
     >>> for batch in batch_loader(train, batch_size=64, seed=0):
     ...     batch = batch.to(device)  # batch.targets["logits"] is (64, 10) float32
     """
@@ -204,7 +204,7 @@ class CachedDataset(ViewDataset):
     def __init__(
         self,
         dataset: SampleDataset,
-        cache: Cache,
+        cache: StoreReader,
         *,
         teacher: str | Ensemble | None = None,
         targets: list[str] | None = None,
@@ -266,7 +266,7 @@ class CachedDataset(ViewDataset):
         return max(streamed, default=1)
 
     @staticmethod
-    def _params_reader(cache: Cache, budget: float) -> ArrayReader | None:
+    def _params_reader(cache: StoreReader, budget: float) -> ArrayReader | None:
         record = cache.manifest.samples.arrays.get(VIEW_PARAMS)
         if record is None:
             return None
@@ -320,7 +320,7 @@ class CachedDataset(ViewDataset):
 
 
 def _target_sources(
-    cache: Cache, teacher: str | Ensemble, targets: list[str]
+    cache: StoreReader, teacher: str | Ensemble, targets: list[str]
 ) -> tuple[dict[str, Target | EnsembleDecoder], list[tuple[str, str, str, ArrayRecord]]]:
     """Each target's decoder and the arrays to read for it: ``(target, array key, owner, record)``. A single
     teacher's arrays are keyed by their name; an ensemble's by ``<member>/<name>``, decoded and combined together."""
@@ -349,7 +349,7 @@ def _target_sources(
 
 
 def _open_readers(
-    cache: Cache, targets: list[str], records: list[tuple[str, str, str, ArrayRecord]], budget: float
+    cache: StoreReader, targets: list[str], records: list[tuple[str, str, str, ArrayRecord]], budget: float
 ) -> tuple[dict[str, dict[str, ArrayReader]], float]:
     """A reader for every array, smallest first: in RAM (loaded and verified once, before DataLoader workers fork
     and share it) while they fit ``budget``, streamed after that. Returns them and the budget left."""

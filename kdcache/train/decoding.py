@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.errors import KdcacheError, StoreFormatError
-from kdcache.store import Cache
+from kdcache.store import StoreReader
 from kdcache.store.manifest import TargetRecord
 from kdcache.targets import EnsembleDecoder, Target, build_target
 
@@ -53,7 +53,7 @@ class ValueCheck:
     prefix: str = ""  # an ensemble's arrays are keyed ``<member>/<array>``
 
 
-def value_checks(cache: Cache, decoders: dict[str, Target | EnsembleDecoder], teacher: str) -> list[ValueCheck]:
+def value_checks(cache: StoreReader, decoders: dict[str, Target | EnsembleDecoder], teacher: str) -> list[ValueCheck]:
     """A :class:`ValueCheck` for every target of ``decoders`` (every member of an ensemble's)."""
     checks = []
     for name, decoder in decoders.items():

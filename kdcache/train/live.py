@@ -21,7 +21,7 @@ class TargetSource(Protocol):
     def __call__(self, batch: Batch) -> dict[str, Any]: ...
 
 
-def cached_targets(batch: Batch) -> dict[str, Any]:
+def batch_targets(batch: Batch) -> dict[str, Any]:
     """Targets that came with the batch from the store (already decoded on the device)."""
     return batch.targets
 

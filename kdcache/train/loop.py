@@ -35,7 +35,7 @@ from kdcache.metrics import task_metric
 from kdcache.train.checkpointing import Checkpointing, LossSums, restore, resume_state, stage_plan
 from kdcache.train.data import ViewDataset
 from kdcache.train.evaluate import EpochLog, TrainResult, evaluate
-from kdcache.train.live import TargetSource, cached_targets
+from kdcache.train.live import TargetSource, batch_targets
 from kdcache.train.loader import batch_loader, set_loader_epoch
 from kdcache.train.pinning import run_record
 from kdcache.train.samplelog import SampleLog
@@ -57,7 +57,7 @@ def fit(
     batch_size: int,
     seed: int,
     device: torch.device | str = "cpu",
-    targets: TargetSource = cached_targets,
+    targets: TargetSource = batch_targets,
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "train",

@@ -27,7 +27,7 @@ from torch import nn
 from kdcache.errors import CheckpointError, ConfigError
 from kdcache.fingerprint import ABSENT, canonical_digest, json_differences, json_text
 from kdcache.losses import LOSSES, LossSetup
-from kdcache.store import Cache
+from kdcache.store import StoreReader
 from kdcache.targets import Ensemble
 from kdcache.train.live import TargetSource
 from kdcache.train.stages import StageConfig
@@ -132,7 +132,7 @@ def stage_record(stage: StageConfig) -> dict[str, Any]:
     return stage.model_dump(mode="json", exclude={"losses"}) | {"losses": losses}
 
 
-def source_record(cache: Cache, teacher: str | Ensemble, targets: list[str]) -> dict[str, Any]:
+def source_record(cache: StoreReader, teacher: str | Ensemble, targets: list[str]) -> dict[str, Any]:
     """A store as one training run reads it: the digest of the manifest records it depends on (all but those of
     teachers it does not read, so caching another teacher into the store later changes nothing), each teacher's
     fingerprint digest and its targets' kinds and parameters, and the ensemble mode."""

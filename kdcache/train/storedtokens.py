@@ -19,7 +19,7 @@ import torch
 from kdcache.datasets.packed import LABELS, LENGTHS, TOKENS
 from kdcache.datasets.text import TokenSequences
 from kdcache.errors import StoreMismatchError
-from kdcache.store import SAMPLES_OWNER, Cache
+from kdcache.store import SAMPLES_OWNER, StoreReader
 
 
 class StoredTokens(TokenSequences):
@@ -27,11 +27,11 @@ class StoredTokens(TokenSequences):
     ``samples/lengths``: inputs and labels ``(B, L)`` int64 exactly as the original dataset gave them, and its
     ``attention_mask``. The arrays are held in memory when they fit ``ram_budget_bytes``, else streamed by chunk.
 
-    >>> train = StoredTokens(open_cache(url))  # doctest: +SKIP
+    >>> train = StoredTokens(open_store(url))  # doctest: +SKIP
     >>> inputs, labels = train.get_batch(np.arange(4))
     """
 
-    def __init__(self, cache: Cache, *, ram_budget_bytes: float = 2 * 1024**3) -> None:
+    def __init__(self, cache: StoreReader, *, ram_budget_bytes: float = 2 * 1024**3) -> None:
         arrays = cache.manifest.samples.arrays
         if missing := [p for p in (TOKENS, LABELS, LENGTHS) if p not in arrays]:
             raise StoreMismatchError(
@@ -52,7 +52,7 @@ class StoredTokens(TokenSequences):
         self.lengths = cache.array_reader(arrays[LENGTHS], SAMPLES_OWNER, in_memory=True).read_all()
 
     @staticmethod
-    def _check_rows(cache: Cache) -> None:
+    def _check_rows(cache: StoreReader) -> None:
         """Row ``r`` must hold sample ``r`` of the whole dataset: the rows are then the dataset, in order."""
         length = int(cache.manifest.dataset["length"])
         if not np.array_equal(cache.sample_index(), np.arange(length)):

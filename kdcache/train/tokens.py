@@ -4,7 +4,7 @@ the store was made for text tokenized and packed the same way and for a teacher 
 Token targets are only meaningful position by position against the same token ids: another tokenizer (vocabulary,
 special tokens, chat template), another packing (sequence length, separator, order) or another vocabulary width
 shifts or renames every target. :func:`require_token_alignment` refuses each with an error naming both sides; the
-generic dataset fingerprint check of :meth:`~kdcache.store.Cache.require` would only say "a different dataset".
+generic dataset fingerprint check of :meth:`~kdcache.store.StoreReader.require` would only say "a different dataset".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.tokenizer import TOKENIZED_KINDS, describe_tokenizer
 from kdcache.errors import StaleTeacherError, TokenAlignmentError
 from kdcache.models.hfdir import SOURCE_KIND, changed_files, directory_source
-from kdcache.store import Cache
+from kdcache.store import StoreReader
 from kdcache.targets import Ensemble
 from kdcache.train.data import CachedDataset
 from kdcache.train.storedtokens import StoredTokens
@@ -26,7 +26,7 @@ TOKENIZER_FACTS = ("vocab_size", "vocab_sha256", "special_tokens", "tokenizer_sh
 
 
 def require_token_alignment(
-    cache: Cache,
+    cache: StoreReader,
     dataset: SampleDataset,
     *,
     teacher: str | Ensemble | None = None,
@@ -37,7 +37,7 @@ def require_token_alignment(
     from a teacher whose vocabulary is ``vocab_size`` tokens (the student's logits width) and with the student's
     own ``tokenizer`` fingerprint (:func:`kdcache.datasets.tokenizer.tokenizer_fingerprint`).
 
-    >>> require_token_alignment(open_cache(url), train, vocab_size=1024)  # doctest: +SKIP
+    >>> require_token_alignment(open_store(url), train, vocab_size=1024)  # doctest: +SKIP
     """
     stored, found = cache.manifest.dataset.get("source", {}), dataset.describe()
     for side, source in (("the store", stored), ("the dataset", found)):
@@ -71,7 +71,7 @@ class CachedTokenDataset(CachedDataset):
     fingerprint of a student's own tokenizer, when it has one; ``teacher_dir`` the ``transformers`` directory the
     teacher was cached from, refused when its files changed since (:func:`require_fresh_teacher`).
 
-    >>> data = CachedTokenDataset(train, open_cache(url), teacher="lm", targets=["token_logits_topk"], vocab_size=1024)
+    >>> data = CachedTokenDataset(train, open_store(url), teacher="lm", targets=["token_logits_topk"], vocab_size=1024)
     ... # doctest: +SKIP
     >>> batch = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")  # doctest: +SKIP
     >>> batch.inputs.shape, batch.targets["token_logits_topk"].values.shape  # doctest: +SKIP
@@ -81,7 +81,7 @@ class CachedTokenDataset(CachedDataset):
     def __init__(
         self,
         dataset: SampleDataset,
-        cache: Cache,
+        cache: StoreReader,
         *,
         teacher: str | Ensemble | None,
         targets: list[str],
@@ -98,19 +98,19 @@ class CachedTokenDataset(CachedDataset):
         )
 
     @classmethod
-    def from_store(cls, cache: Cache, **options: Any) -> CachedTokenDataset:
+    def from_store(cls, cache: StoreReader, **options: Any) -> CachedTokenDataset:
         """The same dataset with its sequences read from the store itself (:class:`StoredTokens`: a store built
         with ``store_tokens``), so training needs neither the corpus nor the tokenizer; ``options`` are the
         constructor's (``teacher``, ``targets``, ``vocab_size``, ...).
 
-        >>> data = CachedTokenDataset.from_store(open_cache(url), teacher="lm", targets=["token_logits_topk"])
+        >>> data = CachedTokenDataset.from_store(open_store(url), teacher="lm", targets=["token_logits_topk"])
         ... # doctest: +SKIP
         """
         budget = options.get("ram_budget_bytes", 2 * 1024**3)
         return cls(StoredTokens(cache, ram_budget_bytes=budget), cache, **options)
 
 
-def require_store_tokenizer(cache: Cache, tokenizer: dict[str, Any], who: str) -> None:
+def require_store_tokenizer(cache: StoreReader, tokenizer: dict[str, Any], who: str) -> None:
     """Refuse ``cache`` unless its data was tokenized with ``tokenizer`` (a fingerprint): what a run that reads the
     store's own sequences (:class:`StoredTokens`) still checks, because it tokenizes other text (its evaluation
     split) with ``who``'s tokenizer."""
@@ -128,7 +128,7 @@ def _same_tokenizer(url: str, stored: dict[str, Any], found: dict[str, Any], who
     )
 
 
-def _same_vocabulary(cache: Cache, teacher: str | Ensemble | None, vocab_size: int) -> None:
+def _same_vocabulary(cache: StoreReader, teacher: str | Ensemble | None, vocab_size: int) -> None:
     names = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
     for name in names:
         record = cache.teacher(name)
@@ -143,7 +143,7 @@ def _same_vocabulary(cache: Cache, teacher: str | Ensemble | None, vocab_size: i
             )
 
 
-def require_fresh_teacher(cache: Cache, teacher: str | None, directory: str | Path) -> None:
+def require_fresh_teacher(cache: StoreReader, teacher: str | None, directory: str | Path) -> None:
     """Refuse ``cache`` unless teacher ``teacher`` was cached from the ``transformers`` model ``directory`` with
     every file as it is now (config, weights shards, tokenizer: :func:`~kdcache.models.hfdir.directory_source`). A
     directory retrained or edited in place would otherwise leave its old targets in use, silently."""

@@ -82,6 +82,6 @@ class ViewCheck:
             "the views replay differently from how stage one made them: a step that draws from a source kdcache "
             "does not seed and fired only then, a function or class whose code changed in a way its description "
             "does not show, or other library versions (`kdcache inspect` lists the store's). Check the store against "
-            "the teacher (kdcache.tools.verify.recompute_check in Python, `kdcache verify --recompute` for a "
+            "the teacher (kdcache.tools.recompute.recompute_check in Python, `kdcache verify --recompute` for a "
             "pipeline), then train with the views and versions that built it, or rebuild it"
         )

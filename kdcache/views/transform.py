@@ -7,7 +7,7 @@ made by one of two kinds of augmentation:
 
 * kdcache's own ops (``augment``, :mod:`kdcache.views.ops`), whose drawn numbers are stored in ``views/params``;
 * a torchvision v2 ``pipeline`` (any transform, from YAML names or your own callable), run under generators seeded
-  from (seed, i, v) (:mod:`kdcache.views.pipeline`);
+  from (seed, i, v) (:mod:`kdcache.views.keyed`);
 
 and optionally mixed (``mix``: MixUp or CutMix with a keyed partner). Raw images may be uint8 or float and of any
 size; the pipeline makes them the model's size, then they become float in [0, 1] and are normalised.
@@ -32,7 +32,7 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.errors import ConfigError
 from kdcache.fingerprint import with_digest
 from kdcache.views.ops import Size, ViewOp, build_view_op
-from kdcache.views.pipeline import MIX_PARAMS, PIPELINE_RNG, Mix, Transform, describe_pipeline, one_thread, run_keyed
+from kdcache.views.keyed import MIX_PARAMS, TRANSFORM_RNG, Mix, Transform, describe_transform, one_thread, run_keyed
 from kdcache.views.rng import RNG_NAME, KeyedRandom, check_seed, keyed_words, uniforms_of
 
 EVAL_VIEW = 0
@@ -102,8 +102,8 @@ class ViewTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # what the steps are, by content (never their repr); a step that cannot be identified is refused here
         self._described = {
-            "pipeline": describe_pipeline(pipeline) if pipeline is not None else [],
-            "eval": describe_pipeline(eval) if eval is not None else [],
+            "pipeline": describe_transform(pipeline) if pipeline is not None else [],
+            "eval": describe_transform(eval) if eval is not None else [],
         }
 
     def __repr__(self) -> str:
@@ -140,7 +140,7 @@ class ViewTransform:
             transform.update(
                 pipeline=self._described["pipeline"],
                 eval=self._described["eval"],
-                pipeline_rng=PIPELINE_RNG,
+                pipeline_rng=TRANSFORM_RNG,
                 torchvision=torchvision.__version__,
                 torch=torch.__version__.split("+")[0],
             )

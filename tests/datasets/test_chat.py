@@ -17,7 +17,7 @@ from kdcache.datasets.text import tokens_per_sample
 from kdcache.errors import ConfigError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedTokenDataset, batch_loader
 from kdcache.views import TokenViews
@@ -171,7 +171,7 @@ def test_a_cached_topk_loss_sees_only_the_assistant_positions(chat_dir, tmp_path
     teacher = trained_lm(data, data.vocab_size, steps=10)
     precompute(teacher, data, str(tmp_path / "chat.zarr"), targets=[build_target("token_logits", {"k": 8})],
                views=TokenViews(), num_classes=data.vocab_size, teacher_name="lm", batch_size=2, progress=False)  # fmt: skip
-    cached = CachedTokenDataset(data, open_cache(str(tmp_path / "chat.zarr")), teacher="lm",
+    cached = CachedTokenDataset(data, open_store(str(tmp_path / "chat.zarr")), teacher="lm",
                                 targets=["token_logits_topk"], vocab_size=data.vocab_size)  # fmt: skip
     batch = next(iter(batch_loader(cached, batch_size=len(data), seed=0))).to("cpu")
     student = trained_lm(data, data.vocab_size, seed=5, steps=3)
@@ -227,7 +227,7 @@ def test_a_teacher_directory_caches_chat_data_as_the_same_teacher_in_memory(chat
     for name, model in (("memory", teacher), ("dir", CausalLM(data.vocab_size, path=str(directory), pad_token_id=1))):
         precompute(model.eval(), data, str(tmp_path / f"{name}.zarr"), targets=target, views=TokenViews(),
                    num_classes=data.vocab_size, teacher_name="lm", batch_size=3, progress=False)  # fmt: skip
-    read = [next(iter(batch_loader(CachedTokenDataset(data, open_cache(str(tmp_path / f"{n}.zarr")), teacher="lm",
+    read = [next(iter(batch_loader(CachedTokenDataset(data, open_store(str(tmp_path / f"{n}.zarr")), teacher="lm",
                                                       targets=["token_logits_topk"]), batch_size=3, seed=0))).to("cpu")
             for n in ("memory", "dir")]  # fmt: skip
     memory, from_dir = (r.targets["token_logits_topk"] for r in read)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.location import StoreLocation
 from kdcache.targets import build_target
 
@@ -29,7 +29,7 @@ def build_store(path: Path | StoreLocation, teacher: torch.nn.Module, dataset, v
 
 def read_everything(url: str | Path) -> dict[str, np.ndarray]:
     """Every committed array of a store, read through the stage-two reader (verified on first touch)."""
-    cache = open_cache(str(url))
+    cache = open_store(str(url))
     arrays = {path: cache.array_reader(rec, "samples", in_memory=True).read_all()
               for path, rec in cache.manifest.samples.arrays.items()}  # fmt: skip
     for name in cache.teachers:

@@ -16,7 +16,7 @@ import yaml
 
 from kdcache.errors import ConfigError, StoreLockedError
 from kdcache.pipeline import load_pipeline
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.bounded import MANIFEST_MAX_BYTES, MAX_COMMIT_RECORDS, ZARR_JSON_MAX_BYTES
 from kdcache.store.location import StoreLocation
 from kdcache.store.lock import LOCK_KEY, StoreLock
@@ -90,7 +90,7 @@ ZARR_JSON_FAULTS = {
 def test_an_untrusted_zarr_json_is_read_within_bounds(store_copy, fault):
     damage, phrase = ZARR_JSON_FAULTS[fault]
     damage(store_copy / ZARR_JSON)
-    check(f"zarr.json-{fault}", lambda: open_cache(str(store_copy)), str(store_copy), ZARR_JSON, phrase)
+    check(f"zarr.json-{fault}", lambda: open_store(str(store_copy)), str(store_copy), ZARR_JSON, phrase)
 
 
 def million_records(path: Path) -> None:
@@ -134,7 +134,7 @@ MANIFEST_FAULTS = {
 def test_an_untrusted_manifest_is_read_within_bounds(store_copy, fault):
     damage, phrase = MANIFEST_FAULTS[fault]
     damage(store_copy / MANIFEST)
-    check(f"manifest-{fault}", lambda: open_cache(str(store_copy)), MANIFEST, phrase)
+    check(f"manifest-{fault}", lambda: open_store(str(store_copy)), MANIFEST, phrase)
 
 
 def test_a_lock_that_is_a_fifo_is_an_unreadable_lock_not_a_hang(tmp_path):
@@ -221,4 +221,4 @@ def test_an_untrusted_store_on_s3_is_read_within_bounds(s3_env, store_copy, case
     damage(store_copy / key)
     url = f"s3://bucket/{case}/store.zarr"
     s3fs.S3FileSystem().put(str(store_copy), url.removeprefix("s3://"), recursive=True)
-    check(case, lambda: open_cache(url), url, key, phrase)
+    check(case, lambda: open_store(url), url, key, phrase)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kdcache.errors import CorruptShardError, StoreIncompleteError, StoreLockedError
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.lock import LOCK_KEY
 from tests.faults.ledger import Outcome, clear_error, record
 from tests.faults.test_crash import kill_after, reference, start, store_bytes, teacher_file  # noqa: F401 (fixtures)
@@ -59,7 +59,7 @@ def test_readers_never_see_uncommitted_shards(tmp_path, teacher_file):  # noqa: 
     child = start(store, teacher_file)
     wait_for(store / ".kdcache/commits/teachers/t8/000002.json")  # some shards committed, most not yet
     kill_after(child, 0.0, signal.SIGKILL)
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     record_ = cache.teacher("t8")
     outcome = Outcome("concurrency", "read-a-store-still-being-built", note=f"{len(record_.shards)} shards committed")
     with pytest.raises(StoreIncompleteError) as incomplete:

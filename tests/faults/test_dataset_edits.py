@@ -14,7 +14,7 @@ from kdcache.datasets import Subset
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.fingerprint import CONTENT_PROBES
 from kdcache.errors import KdcacheError, SampleMismatchError
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.views import ViewTransform
 from tests.conftest import MEAN, STD, with_changes
 from tests.faults.ledger import Outcome, clear_error, record
@@ -106,7 +106,7 @@ def test_an_edited_dataset_is_refused_through_the_api(case, workers, clean_store
     outcome = Outcome("dataset", f"api-{case}-{workers}w")
     torch.manual_seed(workers)
     with pytest.raises(KdcacheError) as raised:
-        data = CachedDataset(dataset, open_cache(str(clean_store)), teacher="t8", targets=["logits"], views=views)
+        data = CachedDataset(dataset, open_store(str(clean_store)), teacher="t8", targets=["logits"], views=views)
         every_batch(data, workers)
     outcome.detected = clear_error(raised.value, str(clean_store), phrase)
     assert record(outcome).passed, (outcome, str(raised.value))
@@ -115,7 +115,7 @@ def test_an_edited_dataset_is_refused_through_the_api(case, workers, clean_store
 def test_the_override_trains_on_with_a_warning_per_batch(clean_store, digits_small, caplog):
     views = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
     dataset, _ = api_cases(digits_small)["one-pixel"]
-    data = CachedDataset(dataset, open_cache(str(clean_store)), teacher="t8", targets=["logits"], views=views,
+    data = CachedDataset(dataset, open_store(str(clean_store)), teacher="t8", targets=["logits"], views=views,
                          allow_sample_mismatch=True)  # fmt: skip
     every_batch(data, 0)
     assert "allow_sample_mismatch is set" in caplog.text and f"sample(s) {OUTSIDE_PROBES}" in caplog.text

@@ -18,7 +18,7 @@ from kdcache.checkpoint import load_model
 from kdcache.errors import StoreLockedError
 from kdcache.models import DigitsCNN
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.location import StoreLocation
 from kdcache.store.lock import LOCK_KEY, StoreLock, boot_id, process_start
 from tests.conftest import MEAN, STD
@@ -117,7 +117,7 @@ def test_two_writers_with_break_lock_in_between_lose_nothing(tmp_path, teacher_f
     if code != 0:  # B removed a temp file A was writing: A stops with an error and a re-run resumes it
         outcome.note = f"writer A exited {code}, resumed"
         run(str(store), str(teacher_file), slow=False, break_lock=False)
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     outcome.bytes_lost = sorted(cache.teachers) != ["t8", "t9"] or any(
         store_bytes(store).get(key) != data for key, data in t9.items()
     )

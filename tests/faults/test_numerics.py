@@ -9,7 +9,7 @@ import torch
 
 from kdcache.errors import NonFiniteTargetError, TargetOverflowError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache, read_manifest, scrub
+from kdcache.store import open_store, read_manifest, scrub
 from kdcache.store.location import StoreLocation
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
@@ -70,7 +70,7 @@ def test_all_zero_feature_chunks_read_back_as_zeros(tmp_path, teacher, digits_sm
     precompute(ZeroLayer(teacher), digits_small, store, targets=[target], views=views, num_classes=10,
                shard_samples=64, progress=False)  # fmt: skip
     data = CachedDataset(
-        digits_small, open_cache(str(store)), teacher="teacher", targets=["features/dead"], views=views
+        digits_small, open_store(str(store)), teacher="teacher", targets=["features/dead"], views=views
     )
     values = data[np.arange(len(digits_small))].to("cpu").targets["features/dead"]
     outcome = Outcome("numerics", f"all-zero-features-{compressor}")

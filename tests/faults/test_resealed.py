@@ -23,7 +23,7 @@ from kdcache import CachedDataset
 from kdcache.errors import KdcacheError
 from kdcache.models import DigitsCNN
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import Manifest, write_manifest
 from kdcache.targets import build_target
@@ -130,7 +130,7 @@ NOT_IN_VERIFY = {"views-normalisation": "verify has no dataset to replay the vie
 def train_on(store: Path, dataset, target: str, views_given: bool) -> None:
     """What stage two does with the store: open it, build the dataset, read every sample's targets and decode them."""
     views = VIEWS if views_given else None
-    data = CachedDataset(dataset, open_cache(str(store)), teacher="t8", targets=[target], views=views)
+    data = CachedDataset(dataset, open_store(str(store)), teacher="t8", targets=[target], views=views)
     data[np.arange(len(dataset))].to("cpu")
 
 

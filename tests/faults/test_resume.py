@@ -28,9 +28,9 @@ from kdcache.models import DigitsCNN
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.distill import checkpoint_path, run_precompute
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import Ensemble, build_target
-from kdcache.train import CachedDataset, Checkpointing, LiveTeacher, StageConfig, ViewDataset, cached_targets, fit
+from kdcache.train import CachedDataset, Checkpointing, LiveTeacher, StageConfig, ViewDataset, batch_targets, fit
 from kdcache.train.statefile import load_state, save_state
 from kdcache.views import ViewTransform
 from tests.conftest import MEAN, STD, pipeline_dict
@@ -60,7 +60,7 @@ class Run:
 
     data: Any
     stages: list[StageConfig]
-    targets: Any = cached_targets
+    targets: Any = batch_targets
     setup: LossSetup = LossSetup(10)
     batch_size: int = 64
     seed: int = 0
@@ -101,12 +101,12 @@ def store(tmp_path_factory, clean_store) -> Path:
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, store, digits_small) -> Base:
     """Cached KD from teacher t8; afterwards teacher u8 is cached into the same store (which pins nothing)."""
-    data = CachedDataset(digits_small, open_cache(str(store)), teacher="t8", targets=["logits"], views=VIEWS)
+    data = CachedDataset(digits_small, open_store(str(store)), teacher="t8", targets=["logits"], views=VIEWS)
     base = base_run(Run(data, stage()), tmp_path_factory.mktemp("cached"))
     torch.manual_seed(8)
     precompute(DigitsCNN(10, width=8).eval(), digits_small, store, targets=targets(), views=VIEWS, num_classes=10,
                teacher_name="u8", shard_samples=SHARD, progress=False)  # fmt: skip
-    fresh = CachedDataset(digits_small, open_cache(str(store)), teacher="t8", targets=["logits"], views=VIEWS)
+    fresh = CachedDataset(digits_small, open_store(str(store)), teacher="t8", targets=["logits"], views=VIEWS)
     return replace(base, run=replace(base.run, data=fresh))
 
 
@@ -118,7 +118,7 @@ def online(tmp_path_factory, digits_small, _trained_teacher) -> Base:
 
 
 def with_data(base: Base, store: Path | str, teacher: Any = "t8", names: tuple[str, ...] = ("logits",)) -> Run:
-    data = CachedDataset(base.run.data.dataset, open_cache(str(store)), teacher=teacher, targets=list(names),
+    data = CachedDataset(base.run.data.dataset, open_store(str(store)), teacher=teacher, targets=list(names),
                          views=VIEWS)  # fmt: skip
     return replace(base.run, data=data)
 
@@ -142,7 +142,7 @@ CACHED_CASES = {
     "temperature": (lambda b, f: replace(b.run, stages=stage(losses=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 2}])), "stages[0].losses[1].temperature: checkpoint 4.0, now 2.0"),
     "loss-removed": (lambda b, f: replace(b.run, stages=stage(losses=[{"name": "ce", "weight": 0.1}])), 'stages[0].losses[1]: checkpoint {"name": "kd"'),
     "freeze": (lambda b, f: replace(b.run, stages=stage(freeze=["layer1"])), 'stages[0].freeze[0]: checkpoint absent, now "layer1"'),
-    "policy": (lambda b, f: replace(b.run, data=CachedDataset(b.run.data.dataset, open_cache(str(f["store"])), teacher="t8", targets=["logits"], views=VIEWS, policy="random")), 'train_data\'s policy: checkpoint "cycle", now "random"'),
+    "policy": (lambda b, f: replace(b.run, data=CachedDataset(b.run.data.dataset, open_store(str(f["store"])), teacher="t8", targets=["logits"], views=VIEWS, policy="random")), 'train_data\'s policy: checkpoint "cycle", now "random"'),
     "teacher-name": (lambda b, f: with_data(b, f["store"], teacher="u8"), 'CachedDataset(teacher=) (cached teacher #1): checkpoint "t8", now "u8"'),
     "teacher-weights": (lambda b, f: with_data(b, f["other_store"]), "the teacher's fingerprint in train_data's store (cached teacher #1): checkpoint"),
     "targets": (lambda b, f: with_data(b, f["store"], names=("logits", "features/layer2")), "(cached teacher #1, target features/layer2): checkpoint absent, now {"),

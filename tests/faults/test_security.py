@@ -12,7 +12,7 @@ import pytest
 from kdcache.checkpoint import load_state_dict
 from kdcache.errors import CheckpointError, StoreFormatError, UnsafeNameError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from tests.faults.ledger import Outcome, clear_error, record
 
@@ -91,6 +91,6 @@ def test_only_zarr_v3_with_allow_listed_codecs_is_opened(store_copy, edit, phras
     rewrite_metadata(store_copy, edit)
     outcome = Outcome("security", f"metadata-{edit.__name__}")
     with pytest.raises(StoreFormatError) as raised:
-        open_cache(str(store_copy))
+        open_store(str(store_copy))
     outcome.detected = clear_error(raised.value, str(store_copy), "teachers/t8/logits/zarr.json", phrase)
     assert record(outcome).passed, outcome

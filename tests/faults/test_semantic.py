@@ -17,7 +17,7 @@ import pytest
 
 from kdcache import CachedDataset
 from kdcache.errors import KdcacheError
-from kdcache.store import open_cache, scrub
+from kdcache.store import open_store, scrub
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import Manifest, write_manifest
 from kdcache.views import ViewTransform
@@ -139,7 +139,7 @@ def test_every_manifest_field_edit_is_refused_naming_its_record(tmp_path, clean_
         (store / "kdcache.manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True))
         outcome = Outcome("manifest fields", name)
         try:
-            open_cache(str(store))
+            open_store(str(store))
         except KdcacheError as exc:
             named = path[0] in ("sections", "digest", "format_version") or str(path[0]) in str(exc)
             outcome.detected = clear_error(exc, "kdcache.manifest.json") and named
@@ -182,7 +182,7 @@ def test_a_resealed_manifest_is_still_refused_by_the_cross_checks(edit, store_co
     outcome = Outcome("manifest fields", f"resealed-{edit}")
     views = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
     with pytest.raises(KdcacheError) as raised:
-        data = CachedDataset(digits_small, open_cache(str(store_copy)), teacher="t8", targets=["logits"], views=views)
+        data = CachedDataset(digits_small, open_store(str(store_copy)), teacher="t8", targets=["logits"], views=views)
         data[np.arange(len(digits_small))]
     outcome.detected = clear_error(raised.value, str(store_copy))
     assert record(outcome).passed, (outcome, str(raised.value))

@@ -12,7 +12,7 @@ import pytest
 import s3fs
 
 from kdcache.errors import StoreIOError
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.location import StoreLocation
 from tests.conftest import KEY_ID, SECRET
 from tests.faults.ledger import Outcome, clear_error, record
@@ -121,7 +121,7 @@ def test_a_hung_s3_endpoint_fails_within_a_deadline(s3_env, monkeypatch, teacher
             if operation == "write":
                 build_store(StoreLocation(url, FAST_FAIL), teacher, digits_small, views)
             else:
-                open_cache(url, storage_options=FAST_FAIL)
+                open_store(url, storage_options=FAST_FAIL)
         seconds = time.perf_counter() - start
     outcome = Outcome("storage", f"s3-hung-endpoint-{operation}", note=f"gave up after {seconds:.1f} s")
     outcome.detected = clear_error(raised.value, url, "transient errors were already retried") and seconds < 60

@@ -32,7 +32,7 @@ from kdcache.models import DigitsCNN
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.distill import run_precompute
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import BlockShuffleSampler, StageConfig, fit
 from kdcache.train.world import World
@@ -98,7 +98,7 @@ def test_a_view_the_teacher_never_saw_is_refused_through_the_api(case, workers, 
     try:
         store = echo_store(tmp_path / "store.zarr", digits_small, cached())
         monkeypatch.setenv(FACTOR_VARIABLE, "0.7")
-        data = CachedDataset(digits_small, open_cache(store), views=views_of(trained()), policy="random")
+        data = CachedDataset(digits_small, open_store(store), views=views_of(trained()), policy="random")
         wrong = wrong_pairs(data, workers)
     except KdcacheError as exc:
         expected = "other views" if kind == "spec" else "per-view digest"
@@ -115,7 +115,7 @@ def test_the_same_views_built_again_train_with_every_input_the_teachers(tmp_path
     """No false alarm: a callable object without __repr__ and a torchvision pipeline, made afresh for stage two."""
     for name, make in {"object": lambda: Darken(0.5), "torchvision": lambda: v2.RandomHorizontalFlip(0.5)}.items():
         store = echo_store(tmp_path / f"{name}.zarr", digits_small, make())
-        data = CachedDataset(digits_small, open_cache(store), views=views_of(make()), policy="random")
+        data = CachedDataset(digits_small, open_store(store), views=views_of(make()), policy="random")
         outcome = Outcome("views", f"api-same-{name}")
         outcome.recovered = wrong_pairs(data, workers=2) == 0
         assert record(outcome).passed, outcome
@@ -165,7 +165,7 @@ LOADERS: dict[str, tuple[dict[str, Any], bool, str, bool]] = {
 @pytest.mark.parametrize("setup", list(LOADERS))
 def test_every_epoch_reaches_every_worker_or_the_loader_is_refused(setup, cycle_store, digits_small):
     arguments, own_sampler, calls, refused = LOADERS[setup]
-    data = CachedDataset(digits_small, open_cache(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
+    data = CachedDataset(digits_small, open_store(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
     sampler = BlockShuffleSampler(data, seed=0) if own_sampler else None
     context = "fork" if arguments.get("num_workers") else None
     loader = DataLoader(data, batch_size=50, sampler=sampler, multiprocessing_context=context, **arguments)
@@ -192,7 +192,7 @@ def test_every_epoch_reaches_every_worker_or_the_loader_is_refused(setup, cycle_
 
 
 def test_batch_loader_without_set_loader_epoch_is_refused(cycle_store, digits_small):
-    data = CachedDataset(digits_small, open_cache(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
+    data = CachedDataset(digits_small, open_store(cycle_store), views=views_of(v2.RandomHorizontalFlip(0.5)))
     loader = batch_loader(data, batch_size=64, seed=0, num_workers=2, multiprocessing_context="fork")
     outcome = Outcome("views", "epochs-batch-loader-without-set-loader-epoch")
     try:
@@ -257,7 +257,7 @@ def ddp_worker(rank: int, rendezvous: str, store: str, factor: str, out: str) ->
     stages = [StageConfig(epochs=1, optimizer={"lr": 0.01}, losses=[{"name": "kd", "temperature": 4}])]
 
     def train() -> None:
-        data = CachedDataset(digits, open_cache(store), views=views, policy="random")
+        data = CachedDataset(digits, open_store(store), views=views, policy="random")
         fit(DigitsCNN(10, width=2), data, None, stages=stages, setup=LossSetup(10), batch_size=64, seed=0,
             world=World(rank, 2, rank), progress=False)  # fmt: skip
 
@@ -284,14 +284,14 @@ def test_every_ddp_rank_proves_its_views(factor, tmp_path, _trained_teacher, dig
 
 
 def test_verify_recompute_reports_views_that_replay_differently(tmp_path, digits_small, monkeypatch):
-    from kdcache.tools.verify import recompute_check
+    from kdcache.tools.recompute import recompute_check
 
     monkeypatch.setenv(FACTOR_VARIABLE, "0.5")
     store = echo_store(tmp_path / "store.zarr", digits_small, env_scaled)
-    exact = recompute_check(open_cache(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
+    exact = recompute_check(open_store(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
                             pairs=64, progress=False)  # fmt: skip
     monkeypatch.setenv(FACTOR_VARIABLE, "0.9")
-    drifted = recompute_check(open_cache(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
+    drifted = recompute_check(open_store(store), nn.Flatten(), digits_small, views_of(env_scaled), teacher_name="echo",
                               pairs=64, progress=False)  # fmt: skip
     assert exact.passed and exact.input_mismatches == 0
     outcome = Outcome("views", "verify-recompute-hidden-setting")
@@ -303,7 +303,7 @@ def test_verify_recompute_reports_views_that_replay_differently(tmp_path, digits
 def test_a_second_teacher_given_other_inputs_is_refused_and_the_first_kept(tmp_path, digits_small, monkeypatch):
     monkeypatch.setenv(FACTOR_VARIABLE, "0.5")
     store = echo_store(tmp_path / "store.zarr", digits_small, env_scaled)
-    before = open_cache(store).teacher("echo").model_dump()
+    before = open_store(store).teacher("echo").model_dump()
     monkeypatch.setenv(FACTOR_VARIABLE, "0.9")  # the second teacher's machine replays other pixels
     outcome = Outcome("views", "second-teacher-other-inputs")
     try:
@@ -311,7 +311,7 @@ def test_a_second_teacher_given_other_inputs_is_refused_and_the_first_kept(tmp_p
                    views=views_of(env_scaled), teacher_name="echo2", progress=False)  # fmt: skip
     except ViewMismatchError as exc:
         outcome.detected = clear_error(exc, store, "'echo2'", "samples/view_digest")
-    cache = open_cache(store)
+    cache = open_store(store)
     outcome.bytes_lost = cache.teacher("echo").model_dump() != before
     outcome.silent_wrong = "echo2" in cache.teachers and cache.manifest.teachers["echo2"].status == "complete"
     assert record(outcome).passed, outcome

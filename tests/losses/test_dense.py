@@ -15,7 +15,7 @@ from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.losses.dense import labelled_positions
 from kdcache.models import PSPNet
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, LiveTeacher, ViewDataset
 from kdcache.views import ViewTransform
@@ -97,7 +97,7 @@ def seg_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("seg") / "s.zarr"
     precompute(teacher, data, path, targets=targets, views=views, num_classes=11, shard_samples=64, progress=False)
     cached = CachedDataset(
-        data, open_cache(str(path)), teacher="teacher", targets=[t.name for t in targets], views=views
+        data, open_store(str(path)), teacher="teacher", targets=[t.name for t in targets], views=views
     )
     return data, views, teacher, targets, cached
 

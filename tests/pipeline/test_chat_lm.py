@@ -11,7 +11,7 @@ import pytest
 from kdcache.errors import CheckpointError
 from kdcache.models.hfdir import file_sha256, fingerprinted_files
 from kdcache.pipeline import load_pipeline, run_pipeline
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from tests.conftest import ROOT
 
 PIPELINE = ROOT / "pipelines" / "chat_lm.yaml"
@@ -29,7 +29,7 @@ def test_chat_lm_runs_on_a_subset_from_the_teacher_directory(tmp_path):
         assert result["test"]["perplexity"] < 1024  # over assistant tokens only: the test labels hold no others
     assert not (tmp_path / "teacher.safetensors").exists()  # the directory is the teacher: nothing trained or saved
     stores = [p for p in tmp_path.rglob("*.zarr") if (p / "zarr.json").is_file()]
-    cache = open_cache(str(stores[0]))
+    cache = open_store(str(stores[0]))
     source = cache.manifest.dataset["source"]
     assert source["kind"] == "chat" and source["packing"]["train_on"] == "assistant"
     template = (ROOT / "data" / "chat" / "tokenizer" / "chat_template.jinja").read_bytes()

@@ -8,7 +8,7 @@ import h5py
 import pytest
 
 from kdcache.errors import StoreIncompleteError, StoreMismatchError, StoreNotFoundError
-from kdcache.pipeline import PipelineConfig, parse_pipeline
+from kdcache.pipeline import DistillConfig, parse_pipeline
 from kdcache.pipeline.distill import run_precompute, train_student
 from kdcache.store import read_manifest
 from kdcache.store.location import StoreLocation
@@ -22,7 +22,7 @@ def built(tmp_path):
     return raw
 
 
-def variant(raw: dict, **changes) -> PipelineConfig:
+def variant(raw: dict, **changes) -> DistillConfig:
     return parse_pipeline(with_changes(raw, **changes))
 
 

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 
 from kdcache.datasets import as_sample_dataset, build_dataset
 from kdcache.errors import ConfigError
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from tests.helpers import kdcache, write_image_folder
 
 
@@ -89,7 +89,7 @@ def test_a_torchvision_teacher_and_imagefolder_from_a_pipeline_file(world, check
         done = kdcache(*command)
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[command[0]] = done.stdout + done.stderr
-    cache = open_cache(store)
+    cache = open_store(store)
     dataset = cache.manifest.dataset
     assert dataset["length"] == 18 and dataset["class_names"] == ["class_0", "class_1", "class_2"]
     assert dataset["source"]["kind"] == "torchvision.datasets.folder.ImageFolder"  # what it is, not where it lives

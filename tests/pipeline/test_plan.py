@@ -7,7 +7,7 @@ import pytest
 from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.distill import run_precompute
 from kdcache.pipeline.plan import plan_storage
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.fidelity import measure
 from tests.conftest import ROOT
 
@@ -25,7 +25,7 @@ def test_plan_matches_the_arrays_precompute_writes(tmp_path):
     assert samples == {"samples/index": 8, "samples/label": 8, "samples/digest": 16, "samples/view_digest": 16}
     assert not (tmp_path / "teacher.safetensors").exists()  # planning never trains or loads a teacher
     run_precompute(cfg, progress=False)
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     written = [a for t in cache.teacher(cfg.teacher.name).targets.values() for a in t.arrays.values()]
     written += cache.manifest.samples.arrays.values()
     prefix = f"teachers/{cfg.teacher.name}/"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdcache.pipeline import load_pipeline, run_pipeline
-from kdcache.store import open_cache
+from kdcache.store import open_store
 
 SUBSET = [
     "data.args.train_samples=128",
@@ -43,7 +43,7 @@ def test_segmentation_pipeline_on_a_subset(tmp_path: Path, capsys: pytest.Captur
     assert set(per_target) == {"logits", "features/aux"}
     raw = 11 * 8 * 8 * 2  # fp16 (11, 8, 8) per sample, before zstd
     assert all(0 < size < raw for size in per_target.values())  # compressed below the raw fp16 bytes
-    store = open_cache(cfg.store_url)
+    store = open_store(cfg.store_url)
     logits = store.teacher(cfg.teacher.name).targets["logits"].arrays["logits"]
     assert logits.shape == [128, 1, 11, 8, 8] and logits.dtype == "float16" and logits.compressor == "zstd"
     written = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -15,7 +15,7 @@ from kdcache.losses import kd_divergence
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.distill import run_precompute, train_student
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import open_store, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.targets.ensemble import Ensemble, ProbabilityEnsemble
 from kdcache.train import CachedDataset
@@ -65,7 +65,7 @@ def test_second_teacher_leaves_the_first_untouched(two_teachers):
 def batches(two_teachers):
     """The same samples read with each teacher alone and with both as an ensemble in either mode."""
     cfg = parse_pipeline(two_teachers.raw)
-    train, views, cache = load_split(cfg, "train"), view_transform(cfg), open_cache(str(two_teachers.store))
+    train, views, cache = load_split(cfg, "train"), view_transform(cfg), open_store(str(two_teachers.store))
     order = np.array([5, 200, 17, 130, 5])
 
     def targets(teacher):
@@ -151,14 +151,14 @@ def test_a_store_made_in_python_fits_a_pipeline_run_of_the_same_weights(tmp_path
     from kdcache.checkpoint import state_digest
     from kdcache.errors import StoreMismatchError
     from kdcache.models import DigitsCNN
-    from kdcache.store import Requirements, open_cache
+    from kdcache.store import Requirements, open_store
 
     torch.manual_seed(0)
     teacher = DigitsCNN(10, width=2).eval()
     store = str(tmp_path / "store.zarr")
     precompute(teacher, digits_small, store, targets=[build_target("logits", {})],
                views=ViewTransform(count=1, seed=0), teacher_name="t2", progress=False)  # fmt: skip
-    cache = open_cache(store)
+    cache = open_store(store)
     spec = {"arch": "digits-cnn", "args": {"width": 2}, "num_classes": 10}
     weights = state_digest(teacher.state_dict())
     cache.require(Requirements(teachers=("t2",), teacher_spec=spec, teacher_state=weights))  # accepted

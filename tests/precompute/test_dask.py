@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdcache.errors import ConfigError, StoreMismatchError
-from kdcache.pipeline import PipelineConfig, parse_pipeline
+from kdcache.pipeline import DistillConfig, parse_pipeline
 from kdcache.pipeline.build import load_split, pipeline_factories
 from kdcache.pipeline.distill import run_precompute, stage_one_job
 from kdcache.pipeline.teacher import ensure_teacher
@@ -25,7 +25,7 @@ from tests.helpers import Interrupting, all_files
 pytestmark = pytest.mark.distributed
 
 
-def config(tmp_path: Path, store: str, shard_samples: int) -> PipelineConfig:
+def config(tmp_path: Path, store: str, shard_samples: int) -> DistillConfig:
     """A test pipeline with absolute paths (workers resolve them) and the store at ``tmp_path/store``."""
     raw = pipeline_dict(tmp_path, data__args={"path": str(DIGITS)}, cache__shard_samples=shard_samples)
     return parse_pipeline(with_changes(raw, cache__store=str(tmp_path / store)))
@@ -86,7 +86,7 @@ def test_resume_on_an_existing_cluster_skips_committed_shards(tmp_path, client):
     assert all_files(tmp_path / "resumed.zarr") == all_files(tmp_path / "reference.zarr")
 
 
-def recipe_of(cfg: PipelineConfig, teacher_digest: str | None = None) -> WorkerRecipe:
+def recipe_of(cfg: DistillConfig, teacher_digest: str | None = None) -> WorkerRecipe:
     """The recipe the CLI's dask path ships: the pipeline's factories and the digests the store recorded."""
     location = StoreLocation(cfg.store_url)
     manifest = read_manifest(location)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache import Factory, StageOneJob, build_target, open_cache, precompute, precompute_on_dask
+from kdcache import Factory, StageOneJob, build_target, open_store, precompute, precompute_on_dask
 from kdcache.errors import ConfigError
 from kdcache.precompute import TeacherRun, dask_client
 from kdcache.views import ViewTransform, build_view_op
@@ -87,7 +87,7 @@ def test_a_class_sorted_dataset_with_an_all_zero_label_shard_is_cached(tmp_path)
     report = precompute(teacher, data, str(tmp_path / "sorted.zarr"), targets=[build_target("logits", {})],
                         views=views(), shard_samples=64, progress=False)  # fmt: skip
     assert report.complete and (tmp_path / "sorted.zarr" / "samples/label/c/0").stat().st_size > 0
-    stored = open_cache(str(tmp_path / "sorted.zarr")).labels()
+    stored = open_store(str(tmp_path / "sorted.zarr")).labels()
     np.testing.assert_array_equal(stored, labels.numpy())
 
 
@@ -96,4 +96,4 @@ def test_num_classes_is_read_from_the_teacher_and_a_wrong_one_is_refused(tmp_pat
         precompute(TEACHER, DATASET, str(tmp_path / "x.zarr"), targets=targets(), views=views(), num_classes=5)
     assert not (tmp_path / "x.zarr").exists()
     precompute(TEACHER, DATASET, str(tmp_path / "y.zarr"), targets=targets(), views=views(), progress=False)
-    assert open_cache(str(tmp_path / "y.zarr")).manifest.dataset["num_classes"] == 10
+    assert open_store(str(tmp_path / "y.zarr")).manifest.dataset["num_classes"] == 10

@@ -8,7 +8,7 @@ import pytest
 import torch
 import zarr
 
-from kdcache import CachedTokenDataset, batch_loader, open_cache, token_kd_divergence
+from kdcache import CachedTokenDataset, batch_loader, open_store, token_kd_divergence
 from kdcache.errors import StaleTeacherError, TargetMismatchError, TokenAlignmentError
 from kdcache.models import CausalLM
 from kdcache.pipeline import parse_pipeline
@@ -86,7 +86,7 @@ def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm
     assert record["spec"] == {"class": "GPT2LMHeadModel"} and record["source"]["path"] == str(directory)
     assert record["source"]["tokenizer"] == lm_train.describe()["tokenizer"] and "files" not in record["source"]
     assert record["source"]["chat_template_sha256"] is not None  # recorded apart: plain text uses no template
-    data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / "raw.zarr")), teacher="teacher",
+    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "raw.zarr")), teacher="teacher",
                               targets=["token_logits_topk"])  # fmt: skip
     batch = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")
     target = batch.targets["token_logits_topk"]
@@ -99,7 +99,7 @@ def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm
 def test_a_directory_changed_in_place_makes_its_store_stale(tmp_path, lm_teacher, lm_train, lm_tokenizer):
     directory = save_teacher_dir(lm_teacher, tmp_path / "teacher", lm_tokenizer)
     topk_store(CausalLM(300, path=str(directory), pad_token_id=1), lm_train, tmp_path / "train.zarr")
-    cache = open_cache(str(tmp_path / "train.zarr"))
+    cache = open_store(str(tmp_path / "train.zarr"))
     files = cache.teacher("teacher").fingerprint["source"]["files"]
     assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(files) and len(files) >= 7
     require_fresh_teacher(cache, "teacher", directory)  # as cached

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.errors import CorruptShardError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.direct import DirectLayout
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
@@ -55,7 +55,7 @@ def stores(tmp_path_factory, _trained_teacher, digits_small, _lm_teacher, lm_tra
 
 def every_array(path: Path):
     """``(cache, owner, record)`` for every array of the store at ``path``."""
-    cache = open_cache(str(path))
+    cache = open_store(str(path))
     for owner, records in cache.owner_arrays().items():
         for record in records.values():
             yield cache, owner, record
@@ -98,7 +98,7 @@ def test_small_calls_read_rows_not_chunks(stores, monkeypatch):
     """With every shard verified and the chunk cache too small for the array, a call wanting a few rows of a chunk
     reads those rows (the cache stays empty); one wanting most of a chunk reads and caches it whole."""
     monkeypatch.setattr("kdcache.store.arrays.DEFAULT_CHUNK_CACHE_BYTES", 1)
-    cache = open_cache(str(stores["fp16"]))
+    cache = open_store(str(stores["fp16"]))
     record = cache.teacher("t8").targets["logits"].arrays["logits"]
     reader = cache.array_reader(record, "teachers/t8", in_memory=False)
     for index in range(reader.num_shards):
@@ -124,7 +124,7 @@ def test_bytes_changed_after_verification_are_refused(stores, tmp_path, monkeypa
     the whole-chunk path, as a typed error naming the file (never a wrong value, never a crash)."""
     monkeypatch.setattr("kdcache.store.arrays.DEFAULT_CHUNK_CACHE_BYTES", 1)
     path = copy_store(stores, tmp_path)
-    cache = open_cache(str(path))
+    cache = open_store(str(path))
     record = cache.teacher("t8").targets["logits"].arrays["logits"]
     reader = cache.array_reader(record, "teachers/t8", in_memory=False)
     rows = np.arange(256)
@@ -167,7 +167,7 @@ def test_uniform_dataloader_over_a_streamed_store_returns_the_memmap_rows(stores
     raw = tmp_path / "logits.npy"
     np.save(raw, engines(stores["fp16"], "teachers/t8/logits"))
     mapped = np.load(raw, mmap_mode="r")
-    data = CachedDataset(digits_small, open_cache(str(stores["fp16"])), teacher="t8", targets=["logits"],
+    data = CachedDataset(digits_small, open_store(str(stores["fp16"])), teacher="t8", targets=["logits"],
                          views=views, ram_budget_bytes=0)  # fmt: skip
     assert not data.readers["logits"]["logits"].in_memory
     data.set_epoch(0)

@@ -33,7 +33,7 @@ from torch import nn
 
 from kdcache import TensorDataset, ViewTransform, build_target, build_view_op, precompute
 from kdcache.precompute.engine import library_facts
-from kdcache.store import FORMAT_VERSION, open_cache
+from kdcache.store import FORMAT_VERSION, open_store
 from kdcache.targets.floats import LSE_GRID
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -154,4 +154,4 @@ def test_store_bytes_are_pinned(tmp_path: Path) -> None:
     assert (np.abs(stored - reference) <= bound).all(), np.abs(stored - reference).max()
     recorded = json.loads((store / "kdcache.manifest.json").read_bytes())["library"]
     assert recorded == library_facts()
-    assert open_cache(str(store)).manifest.format_version == FORMAT_VERSION  # its own digest verified on open
+    assert open_store(str(store)).manifest.format_version == FORMAT_VERSION  # its own digest verified on open

@@ -20,7 +20,7 @@ from kdcache.pipeline.build import pipeline_factories
 from kdcache.pipeline.distill import run_precompute, stage_one_job
 from kdcache.precompute import ShardWork, precompute
 from kdcache.precompute.dask import WorkerRecipe
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import open_store, read_manifest
 from kdcache.store.location import S3_DEFAULTS, StoreLocation
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
@@ -82,7 +82,7 @@ def test_precompute_train_inspect_stats_on_s3(s3_env, tmp_path):
     assert "student (cached): accuracy" in runs[1].stdout
     assert "status: complete" in runs[2].stdout and "(240, 1, 10)" in runs[2].stdout
     assert "ECE (15 bins)" in runs[3].stdout and (tmp_path / "stats" / "reliability.png").is_file()
-    assert open_cache(STORE).verify() == []
+    assert open_store(STORE).check_digests() == []
 
     # the same pipeline into a local store gives the same objects, byte for byte
     local = tmp_path / "local.zarr"
@@ -123,7 +123,7 @@ def test_credentials_in_storage_options_are_used_but_never_pickled(s3_store, dig
     location = StoreLocation(s3_store, options)
     assert location.fs.key == OTHER_KEY_ID  # used for this process's I/O
     data = CachedDataset(
-        digits_small, open_cache(s3_store, storage_options=options), teacher="t4", targets=["logits"],
+        digits_small, open_store(s3_store, storage_options=options), teacher="t4", targets=["logits"],
         views=views_module, ram_budget_bytes=0,
     )  # fmt: skip
     order = np.array([3, 290, 130])
@@ -147,7 +147,7 @@ def test_dask_tasks_carry_no_credentials(s3_store, tmp_path):
 
 def test_errors_and_refusals_do_not_show_credentials(s3_env):
     with pytest.raises(StoreNotFoundError, match=r"'s3://bucket/missing.zarr' does not exist") as missing:
-        open_cache("s3://bucket/missing.zarr", storage_options={"key": OTHER_KEY_ID, "secret": OTHER_SECRET})
+        open_store("s3://bucket/missing.zarr", storage_options={"key": OTHER_KEY_ID, "secret": OTHER_SECRET})
     with pytest.raises(ConfigError, match=r"embeds credentials.*AWS_SECRET_ACCESS_KEY") as embedded:
         StoreLocation(f"s3://{OTHER_KEY_ID}:{OTHER_SECRET}@bucket/x.zarr")
     assert "'s3://***@bucket/x.zarr'" in str(embedded.value)
@@ -157,7 +157,7 @@ def test_errors_and_refusals_do_not_show_credentials(s3_env):
 def test_streamed_s3_targets_reach_forked_dataloader_workers(s3_store, digits_small, views_module):
     """The parent reads first (its s3fs and zarr handles exist), then DataLoader workers fork and read their own."""
     data = CachedDataset(
-        digits_small, open_cache(s3_store), teacher="t4", targets=["logits"], views=views_module, ram_budget_bytes=0
+        digits_small, open_store(s3_store), teacher="t4", targets=["logits"], views=views_module, ram_budget_bytes=0
     )
     assert not data.readers["logits"]["logits"].in_memory
     whole = data[np.arange(300)].stored["logits"]["logits"]

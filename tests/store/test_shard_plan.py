@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdcache import TensorDataset, ViewTransform, build_target, precompute
-from kdcache.store import open_cache, plan_shard_samples
+from kdcache.store import open_store, plan_shard_samples
 from kdcache.store.layout import ArraySpec
 
 LOGITS_40 = 40 * 2  # fp16 logits of 40 classes: 80 bytes per sample
@@ -44,7 +44,7 @@ def test_a_620_sample_store_costs_83_not_132_bytes_per_sample(tmp_path: Path) ->
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 40)).eval()
     precompute(teacher, data, str(tmp_path / "s.zarr"), targets=[build_target("logits", {"dtype": "float16"})],
                views=ViewTransform(count=1, seed=0), num_classes=40, teacher_name="t", progress=False)  # fmt: skip
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     assert cache.manifest.shard_samples == 640
     per_sample = cache.array_bytes("teachers/t/logits") / 620
     assert LOGITS_40 < per_sample < 83  # 640 · 80 B of data and the shard index, over 620 samples: 82.6 B

@@ -23,7 +23,7 @@ from kdcache.pipeline.build import load_split
 from kdcache.pipeline.cached import cached_data
 from kdcache.pipeline.distill import run_precompute, stored_teacher
 from kdcache.precompute import precompute
-from kdcache.store import Cache, open_cache
+from kdcache.store import StoreReader, open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.views import ViewTransform
@@ -60,11 +60,11 @@ def proxy(s3_env, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def dataset(digits_small, views, cache: Cache) -> CachedDataset:
+def dataset(digits_small, views, cache: StoreReader) -> CachedDataset:
     return CachedDataset(digits_small, cache, teacher="t4", targets=["logits"], views=views, ram_budget_bytes=0)
 
 
-def epoch(digits_small, views, cache: Cache, seed: int) -> np.ndarray:
+def epoch(digits_small, views, cache: StoreReader, seed: int) -> np.ndarray:
     """Every row's stored logits, read in a shuffled order of batches of 50 and put back in sample order."""
     data = dataset(digits_small, views, cache)
     order = np.random.default_rng(seed).permutation(300)
@@ -86,15 +86,15 @@ def cached_files(directory: Path) -> dict[str, bytes]:
 
 def test_second_epoch_reads_no_shard_object_from_s3(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    first = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=1)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
+    first = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=1)
     fetched = shard_gets(proxy)
     mark = len(proxy.log)
-    second = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=2)  # a new process's view
+    second = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=2)  # a new process's view
     assert fetched >= SHARDS and shard_gets(proxy, mark) == 0
     assert first.tobytes() == second.tobytes() == expected.tobytes()
     mark = len(proxy.log)
-    epoch(digits_small, views, open_cache(url), seed=2)  # without the cache every epoch fetches every shard again
+    epoch(digits_small, views, open_store(url), seed=2)  # without the cache every epoch fetches every shard again
     assert shard_gets(proxy, mark) >= SHARDS
     for name, raw in cached_files(tmp_path / "sc").items():  # named by content, and holding it
         assert hashlib.sha256(raw).hexdigest() + ".shard" == name
@@ -102,11 +102,11 @@ def test_second_epoch_reads_no_shard_object_from_s3(stores, proxy, digits_small,
 
 def test_store_larger_than_the_cache_evicts_and_reads_exact_rows(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
     sizes = sorted(p.stat().st_size for p in local.rglob("*") if p.is_file() and "c" in p.relative_to(local).parts)
     limit = sum(sizes[-3:])  # room for three of the store's shard files, far fewer than it has
     for seed in (1, 2):
-        rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc", shard_cache_bytes=limit), seed)
+        rows = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc", shard_cache_bytes=limit), seed)
         assert rows.tobytes() == expected.tobytes()
         kept = cached_files(tmp_path / "sc")
         assert 0 < len(kept) < len(sizes) and sum(map(len, kept.values())) <= limit
@@ -114,15 +114,15 @@ def test_store_larger_than_the_cache_evicts_and_reads_exact_rows(stores, proxy, 
 
 def test_corrupt_cached_shard_is_detected_refetched_and_never_used(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=1)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
+    epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=1)
     name, raw = next(iter(cached_files(tmp_path / "sc").items()))
     flipped = bytearray(raw)
     flipped[len(raw) // 2] ^= 0x01
     (tmp_path / "sc" / name).write_bytes(bytes(flipped))
     mark = len(proxy.log)
     with pytest.warns(UserWarning, match=rf"{name[:12]}.*is not the shard .* fetched again"):
-        rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=2)
+        rows = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=2)
     assert rows.tobytes() == expected.tobytes()
     assert shard_gets(proxy, mark) == 1 and (tmp_path / "sc" / name).read_bytes() == raw  # refetched, kept whole
 
@@ -131,8 +131,8 @@ def test_killed_fetch_leaves_nothing_taken_for_whole(stores, proxy, digits_small
     """A fetch killed before its rename leaves a ``.partial`` file (never read, removed once stale); a truncated
     file under a shard's own name (what a non-atomic writer would leave) is detected and fetched again."""
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=1)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
+    epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=1)
     files = cached_files(tmp_path / "sc")
     (name, raw), (other, _) = list(files.items())[:2]
     (tmp_path / "sc" / name).write_bytes(raw[: len(raw) // 2])
@@ -141,17 +141,17 @@ def test_killed_fetch_leaves_nothing_taken_for_whole(stores, proxy, digits_small
     os.utime(partial, (1, 1))  # older than any fetch still running
     (tmp_path / "sc" / other).unlink()
     with pytest.warns(UserWarning, match="is not the shard"):
-        rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"), seed=2)
+        rows = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"), seed=2)
     assert rows.tobytes() == expected.tobytes()
     assert cached_files(tmp_path / "sc") == files and not partial.exists()
 
 
 FETCH_FOREVER = """
 import sys
-from kdcache.store import open_cache
+from kdcache.store import open_store
 url, directory, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 while True:  # fresh readers every pass over a cache too small for the store: shards fetched and written constantly
-    cache = open_cache(url, shard_cache=directory, shard_cache_bytes=limit)
+    cache = open_store(url, shard_cache=directory, shard_cache_bytes=limit)
     for record in cache.owner_arrays()["teachers/t4"].values():
         cache.array_reader(record, "teachers/t4", in_memory=True).read_all()
     print("pass", flush=True)
@@ -173,23 +173,23 @@ def test_process_killed_mid_fetch_leaves_only_whole_shards(stores, digits_small,
         child.wait()
     files = cached_files(directory)
     assert files and all(hashlib.sha256(raw).hexdigest() + ".shard" == n for n, raw in files.items())
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    assert epoch(digits_small, views, open_cache(url, shard_cache=directory), seed=1).tobytes() == expected.tobytes()
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
+    assert epoch(digits_small, views, open_store(url, shard_cache=directory), seed=1).tobytes() == expected.tobytes()
 
 
 def test_cache_smaller_than_a_shard_streams_with_one_warning(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
     with pytest.warns(UserWarning, match="larger than shard_cache_bytes .* streamed from the store") as caught:
-        rows = epoch(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc", shard_cache_bytes=64), seed=1)
+        rows = epoch(digits_small, views, open_store(url, shard_cache=tmp_path / "sc", shard_cache_bytes=64), seed=1)
     assert rows.tobytes() == expected.tobytes()
     assert cached_files(tmp_path / "sc") == {} and len(caught) == 1
 
 
 def test_two_dataloader_workers_share_one_cache(stores, proxy, digits_small, views, tmp_path):
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
-    data = dataset(digits_small, views, open_cache(url, shard_cache=tmp_path / "sc"))
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
+    data = dataset(digits_small, views, open_store(url, shard_cache=tmp_path / "sc"))
     loader = batch_loader(data, batch_size=32, seed=0, num_workers=2)
     marks = []
     for n in range(2):
@@ -210,8 +210,8 @@ def test_cached_file_changed_after_verification_is_refetched(stores, proxy, monk
     the verified ones; an edited file is deleted and the shard fetched and verified again."""
     url, local = stores
     monkeypatch.setattr("kdcache.store.arrays.DEFAULT_CHUNK_CACHE_BYTES", 1)  # one decoded chunk at a time
-    expected = open_cache(str(local)).sample_index()
-    cache = open_cache(url, shard_cache=tmp_path / "sc")
+    expected = open_store(str(local)).sample_index()
+    cache = open_store(url, shard_cache=tmp_path / "sc")
     reader = cache.array_reader(cache.manifest.samples.arrays["samples/index"], "samples", in_memory=False)
     rows = np.array([0, 299, 1])  # shard 0, then shard 4 (evicting shard 0's chunk), then shard 0 read again
     assert reader.read_rows(rows[:2]).tolist() == expected[rows[:2]].tolist()
@@ -248,12 +248,12 @@ def test_pipeline_key_puts_the_shard_cache_in_stage_two(tmp_path):
 def test_full_disk_streams_with_one_warning(stores, proxy, digits_small, views, tmp_path):
     """A cache directory on a disk that fills up (a 2-page tmpfs) keeps what fits and streams the rest."""
     url, local = stores
-    expected = epoch(digits_small, views, open_cache(str(local)), seed=0)
+    expected = epoch(digits_small, views, open_store(str(local)), seed=0)
     mount = tmp_path / "small-disk"
     mount_tmpfs(mount, 2 * 4096)
     try:
         with pytest.warns(UserWarning, match="the disk is full.*streamed from the store") as caught:
-            rows = epoch(digits_small, views, open_cache(url, shard_cache=mount), seed=1)
+            rows = epoch(digits_small, views, open_store(url, shard_cache=mount), seed=1)
         assert rows.tobytes() == expected.tobytes() and len(caught) == 1
         files = cached_files(mount)
         assert all(hashlib.sha256(raw).hexdigest() + ".shard" == n for n, raw in files.items())

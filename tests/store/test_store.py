@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from kdcache.datasets.fingerprint import dataset_fingerprint
-from kdcache.store import FORMAT_VERSION, open_cache, read_manifest
+from kdcache.store import FORMAT_VERSION, open_store, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.train import CachedDataset
 from tests.conftest import cache_digits
@@ -32,7 +32,7 @@ def live_logits(teacher, dataset, views) -> torch.Tensor:
 
 
 def test_logits_read_back_equal_teacher_up_to_fp16(store, teacher, digits_small, views):
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     reader = cache.array_reader(cache.teacher("t8").targets["logits"].arrays["logits"], "teachers/t8", in_memory=True)
     stored = reader.read_all()
     expected = live_logits(teacher, digits_small, views)
@@ -83,7 +83,7 @@ def test_manifest_records_fingerprints_commits_and_accuracy(store, digits_small,
 
 
 def test_streamed_reads_equal_in_memory_reads(store):
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     record = cache.teacher("t8").targets["logits"].arrays["logits"]
     rows = np.random.default_rng(0).permutation(300)[:77]
     in_ram = cache.array_reader(record, "teachers/t8", in_memory=True).read_rows(rows, np.zeros(77, dtype=np.int64))
@@ -110,7 +110,7 @@ def test_plain_zarr_users_decode_every_encoding_from_the_array_attributes(tmp_pa
     values, lse = group["teachers/t8/logits_topk/values"][:], group["teachers/t8/logits_topk/lse"][:]
     assert group["teachers/t8/logits_topk/lse"].attrs["kdcache"]["axes"] == ["sample", "view", "temperature"]
     p_top = np.exp(values.astype(np.float64) / 4.0 - lse[..., 1:2])  # T = 4, the second declared temperature
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     data = CachedDataset(digits_small, cache, teacher="t8", targets=["logits", "logits_int8", "logits_topk"],
                          views=views)[np.arange(300)].to("cpu")  # fmt: skip
     np.testing.assert_array_equal(bf16[:, 0], data.targets["logits"].numpy())
@@ -135,7 +135,7 @@ def test_a_chunk_read_again_is_checked_against_the_bytes_that_were_verified(
     torch.manual_seed(7)
     cache_digits(tmp_path / "other.zarr", DigitsCNN(10, width=8).eval(), digits_small, views, [logits_target])
     monkeypatch.setattr(arrays, "DEFAULT_CHUNK_CACHE_BYTES", 1)  # a cache of one chunk: every re-read is a miss
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     record = cache.teacher("t8").targets["logits"].arrays["logits"]
     reader = cache.array_reader(record, "teachers/t8", in_memory=False)
     rows, views_of = np.arange(300), np.zeros(300, dtype=np.int64)

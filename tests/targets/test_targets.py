@@ -8,7 +8,7 @@ import torch
 
 from kdcache.errors import ConfigError, LayerNotFoundError, NonFiniteTargetError, TargetOverflowError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import open_store, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.targets import TopKLogits, build_target, fsp_matrix
 from kdcache.train import CachedDataset, LiveTeacher, ViewDataset
@@ -31,7 +31,7 @@ def stores(tmp_path, teacher, digits_small, views):
     targets = [build_target(kind, params) for kind, params in SPECS]
     cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, targets)
     names = [t.name for t in targets]
-    cached = CachedDataset(digits_small, open_cache(str(tmp_path / "s.zarr")), teacher="t8", targets=names, views=views)
+    cached = CachedDataset(digits_small, open_store(str(tmp_path / "s.zarr")), teacher="t8", targets=names, views=views)
     live = LiveTeacher(teacher, targets, torch.device("cpu"))(ViewDataset(digits_small, views)[INDICES])
     return cached[INDICES].to("cpu").targets, live, {t.name: t for t in targets}
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdcache import CachedTokenDataset, batch_loader, open_cache, token_kd_divergence
+from kdcache import CachedTokenDataset, batch_loader, open_store, token_kd_divergence
 from kdcache.errors import ConfigError
 from kdcache.precompute import precompute
 from kdcache.targets import build_target
 from kdcache.targets.packing import pack_fields, packed_width, unpack_fields
 from kdcache.targets.tokens import top_log_probs
-from kdcache.tools.verify import recompute_check
+from kdcache.tools.recompute import recompute_check
 from kdcache.views import TokenViews
 
 PACKED = {"k": 8, "value_bits": 7, "index_bits": 17}
@@ -117,11 +117,11 @@ def test_a_packed_store_reads_through_the_public_api(tmp_path, lm_teacher, lm_tr
         precompute(lm_teacher, lm_train, str(tmp_path / f"{name}.zarr"), targets=[build_target("token_logits", params)],
                    views=TokenViews(), num_classes=300, teacher_name="lm", shard_samples=64, batch_size=16,
                    progress=False)  # fmt: skip
-        data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / f"{name}.zarr")), teacher="lm",
+        data = CachedTokenDataset(lm_train, open_store(str(tmp_path / f"{name}.zarr")), teacher="lm",
                                   targets=["token_logits_topk"])  # fmt: skip
         stores[name] = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")
-    packed_cache = open_cache(str(tmp_path / "packed.zarr"))
-    assert packed_cache.verify() == []  # digests, pinned attributes bound to the records, every row's invariants
+    packed_cache = open_store(str(tmp_path / "packed.zarr"))
+    assert packed_cache.check_digests() == []  # digests, pinned attributes bound to the records, every row's invariants
     report = recompute_check(packed_cache, lm_teacher, lm_train, TokenViews(), teacher_name="lm", pairs=8,
                              progress=False)  # fmt: skip
     assert report.passed and report.targets["token_logits_topk"].exact == 8  # the live teacher's bytes, every pair

@@ -12,10 +12,10 @@ from kdcache.datasets import ChatDataset
 from kdcache.errors import ConfigError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.targets.tokens import certain_logits
-from kdcache.tools.verify import recompute_check
+from kdcache.tools.recompute import recompute_check
 from kdcache.train import CachedTokenDataset, batch_loader
 from kdcache.views import TokenViews
 from tests.chatkit import chat_tokenizer, write_chat
@@ -36,7 +36,7 @@ def cache_chat(path, chat, masked):
     targets = [build_target("token_logits", {**t, "masked": masked}) for t in (TOPK, SAMPLED)]
     precompute(tiny_lm(300, seed=1).eval(), chat, str(path), targets=targets, views=TokenViews(), num_classes=300,
                teacher_name="lm", batch_size=2, progress=False)  # fmt: skip
-    return open_cache(str(path))
+    return open_store(str(path))
 
 
 @pytest.mark.parametrize("params", [TOPK, SAMPLED], ids=["topk", "sampled"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdcache.pipeline.report import OVERHEAD, SHARED, plot_storage, storage_breakdown
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from tests.conftest import cache_digits
 
@@ -14,7 +14,7 @@ def test_breakdown_attributes_every_byte_and_plots(tmp_path, teacher, digits_sma
     path = tmp_path / "train.zarr"
     targets = [build_target("logits", {}), build_target("logits", {"encoding": "topk", "k": 3})]
     cache_digits(path, teacher, digits_small, views, targets)
-    cache = open_cache(str(path))
+    cache = open_store(str(path))
     n = cache.num_samples
 
     rows = storage_breakdown(cache)

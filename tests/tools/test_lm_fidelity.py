@@ -19,7 +19,7 @@ from kdcache.errors import ConfigError
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import build_student, load_split, load_teacher, model_spec
 from kdcache.pipeline.distill import run_precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.lm_fidelity import pipeline_store_fidelity, pipeline_student, store_fidelity
 from kdcache.tools.token_fidelity import ENCODINGS, TokenBatch, measure, report_token_fidelity
 from tests.helpers import kdcache
@@ -52,7 +52,7 @@ def stored(report: dict, name: str) -> dict:
 
 def test_bytes_per_token_are_the_store_shard_files_over_its_tokens(raw, report):
     cfg = parse_pipeline(raw)
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     tokens = cache.num_samples * raw["data"]["args"]["seq_len"]
     assert report["sequences"] == cache.num_samples and report["student"].startswith("initial weights")
     for name in ("token_logits_topk", "token_logits_sampled"):
@@ -68,7 +68,7 @@ def test_tail_mass_is_the_hand_computation_from_the_stored_arrays(raw, report):
     group = zarr.open_group(cfg.store_url, mode="r")
     top = f"teachers/{cfg.teacher.name}/token_logits_topk"
     log_p, lse = (group[f"{top}/{a}"][:, 0].astype(np.float64) for a in ("values", "lse"))
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     _, labels = load_split(cfg, "train").get_batch(cache.sample_index())
     labelled = labels.numpy() != -100
     assert report["labelled"] == labelled.sum() and report["positions"] == labelled.size
@@ -83,7 +83,7 @@ def test_tail_mass_is_the_hand_computation_from_the_stored_arrays(raw, report):
 def test_stored_kl_kept_is_token_fidelitys_figure_for_the_same_encoding(raw, report):
     cfg = parse_pipeline(raw)
     teacher, student = load_teacher(cfg), build_student(cfg).eval()
-    inputs, labels = load_split(cfg, "train").get_batch(open_cache(cfg.store_url).sample_index())
+    inputs, labels = load_split(cfg, "train").get_batch(open_store(cfg.store_url).sample_index())
     batches = [TokenBatch(inputs[b : b + 5], labels[b : b + 5], np.arange(b, min(b + 5, len(inputs))))
                for b in range(0, len(inputs), 5)]  # fmt: skip
     topk = stored(report, "token_logits_topk")
@@ -134,7 +134,7 @@ class Relabelled(SampleDataset):
 
 def test_positions_without_a_label_count_nowhere(raw, report):
     cfg = parse_pipeline(raw)
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     inputs, labels = load_split(cfg, "train").get_batch(cache.sample_index())
     keep = [(0, 3), (1, 10), (4, 15), (6, 0)]  # four labelled positions; every other label is -100
     masked = torch.full_like(labels, -100)
@@ -195,7 +195,7 @@ def test_the_tokens_mode_still_measures_every_encoding():
 
 def test_sequences_without_any_label_are_refused(raw):
     cfg = parse_pipeline(raw)
-    cache = open_cache(cfg.store_url)
+    cache = open_store(cfg.store_url)
     train = load_split(cfg, "train")
     data = Relabelled(train, torch.full_like(train.get_batch(cache.sample_index())[1], -100))
     with pytest.raises(ConfigError, match=r"over labelled positions, and the 3 sequence\(s\) of .* have none"):

@@ -93,9 +93,9 @@ def test_stats_equal_a_direct_numpy_computation(store, temperature):
 def test_float32_stats_accuracy_equals_the_manifest_accuracy(store):
     """The manifest's accuracy comes from the live float32 logits; float32 storage is exact, so they agree (rounded
     float16/bfloat16 logits may flip a near-tie's arg-max)."""
-    from kdcache.store import open_cache
+    from kdcache.store import open_store
 
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     (fp32,) = [s for s in store_stats(cache, progress=False) if s.teacher == "fp32"]
     assert fp32.accuracy == pytest.approx(cache.teacher("fp32").accuracy, abs=1e-12)
 

@@ -13,7 +13,7 @@ import zarr
 
 from kdcache.errors import DestinationExistsError, StoreFormatError, StoreIncompleteError
 from kdcache.models import DigitsCNN
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import open_store, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.store.manifest import write_manifest
 from kdcache.targets import build_target
@@ -47,7 +47,7 @@ def test_round_trip_is_exact(store, tmp_path):
         assert '"dtype": "bfloat16"' in f["teachers/bf/logits"].attrs["kdcache.target"]  # ...and says so
 
     imported = import_hdf5(exported, str(tmp_path / "imported.zarr"), progress=False)
-    assert imported.verify() == []
+    assert imported.check_digests() == []
     assert read_manifest(imported.location) == read_manifest(StoreLocation(store))
     assert (tmp_path / "imported.zarr" / "kdcache.manifest.json").read_bytes() == (
         store / "kdcache.manifest.json"
@@ -109,4 +109,4 @@ def test_cli_export_then_import(store, tmp_path):
     imported = kdcache("import", str(tmp_path / "out.h5"), str(tmp_path / "back.zarr"), "--quiet")
     assert imported.returncode == 0, imported.stderr
     assert "300 samples, teachers ['bf', 't8']" in imported.stdout
-    assert open_cache(str(tmp_path / "back.zarr")).verify() == []
+    assert open_store(str(tmp_path / "back.zarr")).check_digests() == []

@@ -12,7 +12,7 @@ import pytest
 import torch
 import zarr
 
-from kdcache import CachedDataset, ViewTransform, build_view_op, open_cache
+from kdcache import CachedDataset, ViewTransform, build_view_op, open_store
 from kdcache.datasets import Subset
 from kdcache.errors import StoreFormatError, StoreMismatchError
 from kdcache.store import FORMAT_VERSION, scrub
@@ -36,7 +36,7 @@ def v1(tmp_path) -> Path:
 
 def test_a_format_one_store_is_refused_with_the_way_to_upgrade(v1):
     with pytest.raises(StoreFormatError, match=r"is format 1.*kdcache upgrade STORE --pipeline P.yaml"):
-        open_cache(str(v1))
+        open_store(str(v1))
 
 
 def test_the_upgraded_store_equals_a_fresh_one_except_the_old_log_sum_exp(v1, tmp_path):
@@ -91,7 +91,7 @@ and ``eval=v2.Identity()`` (count 3, seed 5, mean 0.5, std 0.25)."""
 def test_a_format_two_store_is_refused_with_the_way_to_upgrade(tmp_path):
     store = shutil.copytree(V2 / "ops", tmp_path / "ops.zarr")
     with pytest.raises(StoreFormatError, match=r"is format 2.*kdcache upgrade STORE --pipeline P.yaml"):
-        open_cache(str(store))
+        open_store(str(store))
 
 
 def test_a_format_two_store_of_kdcache_ops_upgrades_and_trains_with_every_view_proven(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.train.sampler import EpochBatchSampler, block_shuffle
 from tests.conftest import cache_digits, cached_dataset
@@ -44,7 +44,7 @@ def test_loader_covers_each_sample_once_per_epoch_in_a_seeded_order(cached):
 def test_streamed_dataset_uses_chunk_blocks_and_returns_the_same_targets(tmp_path, cached, digits_small, views):
     streamed = CachedDataset(
         digits_small,
-        open_cache(cached.readers["logits"]["logits"].location.url),
+        open_store(cached.readers["logits"]["logits"].location.url),
         teacher="t8",
         targets=["logits"],
         views=views,
@@ -82,13 +82,13 @@ def test_the_api_checks_what_the_cli_checks(tmp_path, cached, teacher, digits_sm
 
     url = cached.readers["logits"]["logits"].location.url
     path = save_model(teacher, tmp_path / "teacher.safetensors", spec={})
-    CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views, num_classes=10,
+    CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views, num_classes=10,
                   teacher_checkpoint=path)  # fmt: skip
     with pytest.raises(StoreMismatchError, match=r"has 10 classes, but the student is trained for 12"):
-        CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views, num_classes=12)
+        CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views, num_classes=12)
     with torch.no_grad():
         teacher.fc.bias += 1
     other = save_model(teacher, tmp_path / "other.safetensors", spec={})
     with pytest.raises(StoreMismatchError, match=r"weights: the checkpoint hashes to"):
-        CachedDataset(digits_small, open_cache(url), teacher="t8", targets=["logits"], views=views,
+        CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views,
                       teacher_checkpoint=other)  # fmt: skip

@@ -25,7 +25,7 @@ from kdcache.models import DigitsCNN, DigitsMLP
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.distill import checkpoint_path, run_precompute, train_student
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, StageConfig, fit
 from kdcache.train.samplelog import consumed_samples
@@ -57,7 +57,7 @@ def train_mlp(world: World, store: str, budget: int, log_dir: Path | None) -> tu
     """A BatchNorm-free student, global batch 64, trained from the cached logits."""
     views = ViewTransform(count=1, seed=0, mean=MEAN, std=STD)
     data = CachedDataset(
-        digits_subset(), open_cache(store), teacher="t8", targets=["logits"], views=views, ram_budget_bytes=budget
+        digits_subset(), open_store(store), teacher="t8", targets=["logits"], views=views, ram_budget_bytes=budget
     )
     torch.manual_seed(0)
     student = DigitsMLP(10, hidden=16)
@@ -242,7 +242,7 @@ def mismatch_worker(rank: int, rendezvous: str, store: str, out: str) -> None:
     edited = EditedOutsideProbes(HDF5Dataset(DIGITS, "train"), np.arange(SAMPLES), tag=f"first-{SAMPLES}")
 
     def train() -> None:
-        data = CachedDataset(edited, open_cache(store), teacher="t8", targets=["logits"], views=views)
+        data = CachedDataset(edited, open_store(store), teacher="t8", targets=["logits"], views=views)
         fit(DigitsMLP(10, hidden=16), data, None, stages=STAGES, setup=LossSetup(10), batch_size=64, seed=0,
             world=World(rank, 2, rank), progress=False)  # fmt: skip
 

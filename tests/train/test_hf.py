@@ -12,7 +12,7 @@ import torch
 from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedTokenDataset
 from kdcache.views import TokenViews
@@ -36,7 +36,7 @@ def cached(tmp_path, lm_teacher, lm_train):
     ]
     precompute(lm_teacher, lm_train, url, targets=targets, views=TokenViews(), num_classes=lm_train.vocab_size,
                teacher_name="lm", shard_samples=64, batch_size=16, progress=False)  # fmt: skip
-    return CachedTokenDataset(lm_train, open_cache(url), teacher="lm", targets=TARGETS, vocab_size=300)
+    return CachedTokenDataset(lm_train, open_store(url), teacher="lm", targets=TARGETS, vocab_size=300)
 
 
 def arguments(tmp_path, steps: int) -> TrainingArguments:
@@ -77,7 +77,7 @@ def test_the_trainer_trains_across_epochs_from_the_store(tmp_path, cached):
 
 
 def test_the_trainer_evaluates_on_another_cached_dataset(tmp_path, cached, lm_train):
-    store = open_cache(cached.url)
+    store = open_store(cached.url)
     evals = CachedTokenDataset(lm_train, store, teacher="lm", targets=TARGETS[:1], vocab_size=300)  # other source
     losses = [("next_token", 0.5, {}), ("token_kd", 0.5, {"target": TARGETS[0]})]
     trainer = KDTrainer(model=tiny_lm(300, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached,

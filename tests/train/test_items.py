@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.errors import ForeignItemsError, PerformanceWarning, UndecodedBatchError
 from kdcache.losses import kd_divergence
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import BlockShuffleSampler, CachedDataset
 from kdcache.views import ViewTransform, build_view_op
@@ -31,7 +31,7 @@ def store(tmp_path, teacher, digits_small, views):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_default_collation_equals_the_batch_path(store, digits_small, views, workers):
-    train = CachedDataset(digits_small, open_cache(store), views=views)  # one teacher, every target
+    train = CachedDataset(digits_small, open_store(store), views=views)  # one teacher, every target
     assert list(train.readers) == ["logits_int8"] and len(train.readers["logits_int8"]) == 3  # q, scale, offset
     sampler = BlockShuffleSampler(train, seed=5)
     sampler.set_epoch(1)
@@ -51,7 +51,7 @@ def test_default_collation_equals_the_batch_path(store, digits_small, views, wor
 def test_targets_read_before_to_device_are_refused_with_the_fix(store, digits_small, views, teacher):
     """A new user's loop that forgets ``.to(device)``: the targets are int8 codes, so reading them is refused with
     what to call, instead of ``AttributeError: 'dict' object has no attribute 'float'`` inside the loss."""
-    train = CachedDataset(digits_small, open_cache(store), views=views)
+    train = CachedDataset(digits_small, open_store(store), views=views)
     items = next(iter(DataLoader(train, batch_size=16, sampler=BlockShuffleSampler(train, seed=0))))
     batch = train.as_batch(items)
     assert batch.stored["logits_int8"]["logits_int8/q"].dtype == torch.int8  # what the store holds, still encoded
@@ -68,10 +68,10 @@ def test_targets_read_before_to_device_are_refused_with_the_fix(store, digits_sm
 
 
 def test_streamed_per_sample_reads_warn_unless_block_sampled(store, digits_small, views):
-    streamed = CachedDataset(digits_small, open_cache(store), views=views, ram_budget_bytes=0)
+    streamed = CachedDataset(digits_small, open_store(store), views=views, ram_budget_bytes=0)
     with pytest.warns(PerformanceWarning, match="BlockShuffleSampler"):
         streamed[3]
-    ordered = CachedDataset(digits_small, open_cache(store), views=views, ram_budget_bytes=0)
+    ordered = CachedDataset(digits_small, open_store(store), views=views, ram_budget_bytes=0)
     order = list(BlockShuffleSampler(ordered, seed=0))
     assert sorted(order) == list(range(len(digits_small)))
     assert len(np.unique(np.asarray(order[:64]) // ordered.read_block())) <= 8  # one window of chunks at a time
@@ -82,9 +82,9 @@ def test_streamed_per_sample_reads_warn_unless_block_sampled(store, digits_small
 
 
 def test_views_made_of_kdcache_ops_are_rebuilt_from_the_store(store, digits_small, views):
-    rebuilt = CachedDataset(digits_small, open_cache(store))  # no teacher, targets or views given
+    rebuilt = CachedDataset(digits_small, open_store(store))  # no teacher, targets or views given
     assert rebuilt.views.spec() == views.spec()
-    given = CachedDataset(digits_small, open_cache(store), views=views)
+    given = CachedDataset(digits_small, open_store(store), views=views)
     for epoch in (0, 1):
         rebuilt.set_epoch(epoch)
         given.set_epoch(epoch)
@@ -104,7 +104,7 @@ def test_items_of_another_dataset_are_refused(tmp_path, teacher, digits_small, v
     stores = {}
     for name, params in (("theirs", theirs), ("ours", ours)):
         cache_digits(tmp_path / f"{name}.zarr", teacher, digits_small, views, [build_target("logits", params)])
-        stores[name] = CachedDataset(digits_small, open_cache(tmp_path / f"{name}.zarr"), views=views)
+        stores[name] = CachedDataset(digits_small, open_store(tmp_path / f"{name}.zarr"), views=views)
     items = next(iter(DataLoader(stores["theirs"], batch_size=8, sampler=BlockShuffleSampler(stores["theirs"]))))
     assert items["source"].shape == (8, 2)
     with pytest.raises(ForeignItemsError, match=r"carry stored targets of another dataset .* not those of this "
@@ -116,7 +116,7 @@ def test_items_of_another_dataset_are_refused(tmp_path, teacher, digits_small, v
 
 
 def test_items_without_targets_are_refused_by_a_cached_dataset(store, digits_small, views):
-    train = CachedDataset(digits_small, open_cache(store), views=views)
+    train = CachedDataset(digits_small, open_store(store), views=views)
     items = next(iter(DataLoader(train, batch_size=4, sampler=BlockShuffleSampler(train))))
     del items["source"], items["targets"]  # what a plain dataset's items look like
     with pytest.raises(ForeignItemsError, match="these items carry no stored targets"):

@@ -10,7 +10,7 @@ import torch
 from kdcache.losses import LossSetup
 from kdcache.models import DigitsResNet
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, StageConfig, fit
 
@@ -32,7 +32,7 @@ def fsp_data(tmp_path, digits_small, views):
     )
     return CachedDataset(
         digits_small,
-        open_cache(str(tmp_path / "s.zarr")),
+        open_store(str(tmp_path / "s.zarr")),
         teacher="teacher",
         targets=["fsp/layer1__layer2", "features/layer2"],
         views=views,

@@ -11,7 +11,7 @@ import torch
 from kdcache.errors import TokenAlignmentError
 from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import TargetExtractor, build_target
 from kdcache.train import CachedTokenDataset, LiveTeacher, batch_loader, require_token_alignment
 from kdcache.views import TokenViews
@@ -37,7 +37,7 @@ def kd(target: str, temperature: float = 1.0, direction: str = "forward"):
 def test_topk_loss_from_the_cache_equals_the_loss_from_the_live_teacher(tmp_path, lm_teacher, lm_train, direction):
     report = cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [TOPK, SAMPLED])
     assert report.complete and 0 < report.accuracy < 1  # the teacher's next-token accuracy on the cached text
-    data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / "s.zarr")), teacher="lm",
+    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "s.zarr")), teacher="lm",
                               targets=["token_logits_topk", "token_logits_sampled"], vocab_size=300)  # fmt: skip
     target = build_target("token_logits", TOPK)
     student = tiny_lm(300, seed=3).eval()
@@ -64,7 +64,7 @@ def test_topk_loss_from_the_cache_equals_the_loss_from_the_live_teacher(tmp_path
 
 def test_k_equal_to_the_vocabulary_gives_dense_kd_from_the_cache(tmp_path, lm_teacher, lm_train):
     cache_lm(tmp_path / "full.zarr", lm_teacher, lm_train, [{"k": 300, "dtype": "float32"}])
-    data = CachedTokenDataset(lm_train, open_cache(str(tmp_path / "full.zarr")), teacher="lm",
+    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "full.zarr")), teacher="lm",
                               targets=["token_logits_topk"])  # fmt: skip
     live = LiveTeacher(lm_teacher, [build_target("token_logits", {"k": 300})], "cpu")
     student = tiny_lm(300, seed=3).eval()
@@ -79,7 +79,7 @@ def test_k_equal_to_the_vocabulary_gives_dense_kd_from_the_cache(tmp_path, lm_te
 def test_fp16_topk_is_close_to_dense_kd_and_keeps_the_mass(tmp_path, lm_teacher, lm_train):
     cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [{"k": 32}])
     data = CachedTokenDataset(
-        lm_train, open_cache(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"]
+        lm_train, open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"]
     )
     batch = data[np.arange(len(lm_train))].to("cpu")
     top = batch.targets["token_logits_topk"]
@@ -91,7 +91,7 @@ def test_a_dataset_tokenized_with_another_tokenizer_is_refused(tmp_path, lm_corp
     cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [TOPK])
     other = text_split(lm_corpus, train_wordlevel(lm_corpus, tmp_path / "words.json"))
     with pytest.raises(TokenAlignmentError) as error:
-        CachedTokenDataset(other, open_cache(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
+        CachedTokenDataset(other, open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
     message = str(error.value)
     assert "another tokenizer than the dataset's" in message and "vocab_size" in message
     assert "the store's has vocabulary 300" in message and f"the dataset's has vocabulary {other.vocab_size}" in message
@@ -101,15 +101,15 @@ def test_a_dataset_packed_differently_is_refused(tmp_path, lm_corpus, lm_tokeniz
     cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [TOPK])
     repacked = text_split(lm_corpus, lm_tokenizer, seq_len=12)
     with pytest.raises(TokenAlignmentError, match=r"packed another way \(seq_len: store 16, dataset 12"):
-        CachedTokenDataset(repacked, open_cache(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
+        CachedTokenDataset(repacked, open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
     reordered = text_split(lm_corpus[::-1], lm_tokenizer)
     with pytest.raises(Exception, match="different dataset"):  # same packing rules, other files: the dataset check
-        CachedTokenDataset(reordered, open_cache(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
+        CachedTokenDataset(reordered, open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=["token_logits_topk"])
 
 
 def test_a_student_of_another_vocabulary_or_tokenizer_is_refused(tmp_path, lm_corpus, lm_teacher, lm_train):
     cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [TOPK])
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     with pytest.raises(
         TokenAlignmentError, match="teacher 'lm' has a vocabulary of 300 tokens, but the student's is 512"
     ):

@@ -19,9 +19,9 @@ from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.distill import run_precompute, train_student
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
-from kdcache.tools.verify import recompute_pipeline_store
+from kdcache.tools.recompute import recompute_pipeline_store
 from kdcache.train import CachedTokenDataset, StoredTokens, batch_loader
 from kdcache.views import TokenViews
 from tests.chatkit import chat_tokenizer, write_chat
@@ -50,7 +50,7 @@ def own_corpus(tmp_path, lm_corpus):
 def test_a_student_trains_from_the_store_with_the_corpus_deleted(tmp_path, own_corpus, lm_tokenizer, lm_teacher):
     original = text_split(own_corpus, lm_tokenizer)
     cache_tokens(tmp_path / "s.zarr", lm_teacher, original, store_tokens=True)
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     expected = CachedTokenDataset(original, cache, teacher="lm", targets=TARGETS, vocab_size=300)
     reference = [b.to("cpu") for b in batch_loader(expected, batch_size=8, seed=0)]
     masks = [original.attention_mask(b.indices.numpy()) for b in reference]
@@ -59,7 +59,7 @@ def test_a_student_trains_from_the_store_with_the_corpus_deleted(tmp_path, own_c
     with pytest.raises(ConfigError, match="does not exist"):
         text_split(own_corpus, lm_tokenizer)  # the corpus is gone
 
-    data = CachedTokenDataset.from_store(open_cache(str(tmp_path / "s.zarr")), teacher="lm", targets=TARGETS,
+    data = CachedTokenDataset.from_store(open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=TARGETS,
                                          vocab_size=300)  # fmt: skip
     assert dataset_fingerprint(data.dataset, num_classes=300) == cache.manifest.dataset  # every refusal applies
     student = tiny_lm(300, seed=3)
@@ -86,7 +86,7 @@ def test_a_student_trains_from_the_store_with_the_corpus_deleted(tmp_path, own_c
 
 def test_the_token_arrays_are_narrow_and_committed_like_every_sample_array(tmp_path, lm_train, lm_teacher):
     cache_tokens(tmp_path / "s.zarr", lm_teacher, lm_train, store_tokens=True)
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     arrays = cache.manifest.samples.arrays
     n = len(lm_train)
     assert (arrays[TOKENS].dtype, arrays[TOKENS].shape) == ("uint16", [n, SEQ_LEN])  # 300 ids
@@ -94,7 +94,7 @@ def test_the_token_arrays_are_narrow_and_committed_like_every_sample_array(tmp_p
     assert (arrays[LENGTHS].dtype, arrays[LENGTHS].shape) == ("int64", [n])
     for commit in cache.commits_of("samples"):
         assert {TOKENS, LABELS, LENGTHS} <= set(commit.files)  # each with its SHA-256
-    assert cache.verify() == []
+    assert cache.check_digests() == []
     stored = StoredTokens(cache)
     inputs, labels = lm_train.get_batch(np.arange(n))
     assert torch.equal(stored.get_batch(np.arange(n))[0], inputs)
@@ -107,14 +107,14 @@ def test_a_corrupted_tokens_shard_is_refused(tmp_path, lm_train, lm_teacher):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 3] ^= 0x40
     shard.write_bytes(bytes(raw))
-    stored = StoredTokens(open_cache(str(tmp_path / "s.zarr")))
+    stored = StoredTokens(open_store(str(tmp_path / "s.zarr")))
     with pytest.raises(CorruptShardError, match="samples/tokens"):
         stored.get_batch(np.arange(4))
 
 
 def test_a_store_without_tokens_is_as_before_and_is_refused_for_stored_tokens(tmp_path, lm_train, lm_teacher):
     cache_tokens(tmp_path / "s.zarr", lm_teacher, lm_train)
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     assert set(cache.manifest.samples.arrays) == {"samples/index", "samples/digest", "samples/view_digest"}
     with pytest.raises(StoreMismatchError, match="holds no samples/tokens, samples/labels, samples/lengths: it was "
                        "built without store_tokens"):  # fmt: skip
@@ -126,7 +126,7 @@ def test_chat_sequences_come_back_with_their_masked_labels(tmp_path):
     chat = ChatDataset([str(data)], tokenizer=chat_tokenizer(tmp_path / "tok"), seq_len=64, pad_token="<|pad|>")
     cache_tokens(tmp_path / "c.zarr", tiny_lm(300, seed=1).eval(), chat, store_tokens=True)
     data.unlink()
-    stored = StoredTokens(open_cache(str(tmp_path / "c.zarr")))
+    stored = StoredTokens(open_store(str(tmp_path / "c.zarr")))
     every = np.arange(len(chat))
     for got, want in zip(stored.get_batch(every), chat.get_batch(every), strict=True):
         assert torch.equal(got, want)

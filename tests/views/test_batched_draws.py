@@ -12,7 +12,7 @@ from torch import nn
 
 from kdcache.datasets import Subset
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset
 from kdcache.train.epochs import EpochIndex
@@ -99,7 +99,7 @@ def test_a_real_stores_params_are_the_batched_and_the_view_by_view_draws(store):
 def test_a_batchs_view_ids_params_and_inputs_are_those_of_each_sample_read_alone(store, policy):
     path, data = store
     views = transform(count=VIEWS, ops=FIXED_DRAWS)
-    train = CachedDataset(data, open_cache(path), teacher="echo", targets=["logits"], views=views, policy=policy)
+    train = CachedDataset(data, open_store(path), teacher="echo", targets=["logits"], views=views, policy=policy)
     indices = np.random.default_rng(1).permutation(150)[:60]
     for epoch in (0, 3):
         batch = train.batch_of(indices, epoch=epoch)  # every check passes: params, digests, values

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from kdcache import CachedDataset, batch_loader, set_loader_epoch
 from kdcache.errors import ViewMismatchError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.views import ViewTransform
 from tests.conftest import ROOT
@@ -47,7 +47,7 @@ def build(images: str, store: str) -> None:
 
 def read(images: str, store: str) -> dict[str, object]:
     """Train-loop reads over every cached view: how many inputs differ from the teacher's, or the refusal."""
-    data = CachedDataset(torchvision.datasets.ImageFolder(images), open_cache(store), views=views())
+    data = CachedDataset(torchvision.datasets.ImageFolder(images), open_store(store), views=views())
     loader = batch_loader(data, batch_size=8, seed=0)
     wrong = 0
     try:

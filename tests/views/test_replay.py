@@ -18,7 +18,7 @@ from torch import nn
 
 from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache, read_manifest
+from kdcache.store import open_store, read_manifest
 from kdcache.store.location import StoreLocation
 from kdcache.targets import build_target
 from kdcache.train import CachedDataset, ViewDataset, batch_loader, set_loader_epoch
@@ -64,7 +64,7 @@ def as_bits(x: torch.Tensor) -> np.ndarray:
 def test_student_inputs_equal_teacher_inputs_bitwise_across_spawned_workers(echo_store, digits_small):
     data = CachedDataset(
         digits_small,
-        open_cache(echo_store),
+        open_store(echo_store),
         teacher="echo",
         targets=["logits"],
         views=transform(count=VIEWS),
@@ -113,7 +113,7 @@ def test_cycle_visits_every_cached_view_and_fresh_never_repeats(digits_small):
 
 
 def test_a_cache_refuses_fresh_views_other_view_specs_and_drifted_parameters(echo_store, digits_small):
-    cache = open_cache(echo_store)
+    cache = open_store(echo_store)
     with pytest.raises(ConfigError, match=r"policy 'fresh' draws views a cache does not hold"):
         CachedDataset(digits_small, cache, teacher="echo", targets=["logits"], views=transform(count=4), policy="fresh")
     with pytest.raises(StoreMismatchError, match=r"cached with other views: count: store 4, now 8\. Pass") as raised:

@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 from kdcache.errors import ConfigError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from kdcache.train import BlockShuffleSampler, CachedDataset, LiveTeacher, batch_loader, set_loader_epoch
 from kdcache.views import Mix, ViewTransform
@@ -62,7 +62,7 @@ def as_bits(x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_student_inputs_are_the_cached_teacher_inputs_bitwise(stores, folder, workers):
-    train = CachedDataset(folder, open_cache(stores["echo"]), views=views(), policy="random")
+    train = CachedDataset(folder, open_store(stores["echo"]), views=views(), policy="random")
     loader = batch_loader(train, batch_size=8, seed=1, num_workers=workers)
     seen_views, mixed = set(), 0
     for epoch in range(2):
@@ -77,7 +77,7 @@ def test_student_inputs_are_the_cached_teacher_inputs_bitwise(stores, folder, wo
 
 
 def test_cached_targets_are_the_live_teachers_on_the_same_inputs(stores, folder):
-    train = CachedDataset(folder, open_cache(stores["resnet18"]), teacher="resnet18", views=views())
+    train = CachedDataset(folder, open_store(stores["resnet18"]), teacher="resnet18", views=views())
     live = LiveTeacher(resnet(), [build_target("logits", {"dtype": "float16"})], "cpu")
     for epoch in range(VIEWS):  # the cycle policy visits every cached view
         train.set_epoch(epoch)
@@ -89,11 +89,11 @@ def test_cached_targets_are_the_live_teachers_on_the_same_inputs(stores, folder)
 
 def test_a_pipeline_store_asks_for_its_views(stores, folder):
     with pytest.raises(ConfigError, match=r"made by a torchvision pipeline .* pass views= the ViewTransform"):
-        CachedDataset(folder, open_cache(stores["echo"]))
+        CachedDataset(folder, open_store(stores["echo"]))
 
 
 def test_a_plain_dataloader_loop_gets_the_same_pairs(stores, folder):
-    train = CachedDataset(folder, open_cache(stores["echo"]), views=views(), policy="random")
+    train = CachedDataset(folder, open_store(stores["echo"]), views=views(), policy="random")
     sampler = BlockShuffleSampler(train, seed=3)
     sampler.set_epoch(2)
     for items in DataLoader(train, batch_size=5, sampler=sampler, num_workers=2):

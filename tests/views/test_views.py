@@ -9,7 +9,7 @@ import torch
 from kdcache.errors import ConfigError
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import eval_views, view_transform
-from kdcache.views import EVAL_VIEW, KeyedRandom, ViewTransform, build_pipeline, build_view_op
+from kdcache.views import EVAL_VIEW, KeyedRandom, ViewTransform, build_transform, build_view_op
 from tests.conftest import MEAN, STD, pipeline_dict
 
 ALL_OPS = [
@@ -167,5 +167,5 @@ def test_pipeline_views_are_validated_and_the_policy_is_not_in_the_spec(tmp_path
 def test_an_empty_view_pipeline_is_refused_by_name_in_python_too():
     """torchvision's Compose([]) raised a ValueError naming neither the argument nor the fix."""
     with pytest.raises(ConfigError, match=r"a view pipeline is an empty list; give at least one step, or None"):
-        build_pipeline([])
-    assert build_pipeline(None) is None
+        build_transform([])
+    assert build_transform(None) is None

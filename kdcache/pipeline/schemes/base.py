@@ -13,7 +13,7 @@ from kdcache.datasets import SampleDataset
 from kdcache.errors import StoreMismatchError
 from kdcache.losses import LossSetup
 from kdcache.pipeline.build import device_of, eval_views, output_path, view_transform
-from kdcache.pipeline.config import RunSettings
+from kdcache.pipeline.config import RunConfig
 from kdcache.pipeline.report import plot_curves
 from kdcache.precompute import PrecomputeReport, precompute
 from kdcache.tables import markdown_table, render_table, write_json
@@ -42,7 +42,7 @@ class Trained:
 
 
 def train(
-    cfg: RunSettings,
+    cfg: RunConfig,
     model: nn.Module,
     data: ViewDataset,
     test: SampleDataset | None,
@@ -72,14 +72,14 @@ def train(
     return Trained(model, result)
 
 
-def accuracy(cfg: RunSettings, model: nn.Module, dataset: SampleDataset) -> float:
+def accuracy(cfg: RunConfig, model: nn.Module, dataset: SampleDataset) -> float:
     """Test accuracy of ``model`` on ``dataset`` (view 0, eval transform)."""
     data = ViewDataset(dataset, eval_views(cfg))
     return evaluate(model, data, batch_size=256, device=device_of(cfg), ignore_index=cfg.data.ignore_index)["accuracy"]
 
 
 def cache_teacher(
-    cfg: RunSettings,
+    cfg: RunConfig,
     teacher: nn.Module,
     dataset: SampleDataset,
     *,
@@ -118,7 +118,7 @@ def cache_teacher(
 
 
 def report(
-    cfg: RunSettings,
+    cfg: RunConfig,
     header: list[str],
     rows: list[list[str]],
     summary: dict[str, Any],

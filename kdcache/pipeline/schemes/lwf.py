@@ -26,7 +26,7 @@ from kdcache.models import MultiHeadNet, build_model
 from kdcache.models.heads import CONCAT
 from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.cached import StoredTeacher, cached_data
-from kdcache.pipeline.config import RunSettings, TeacherConfig
+from kdcache.pipeline.config import RunConfig, TeacherConfig
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.schemes.base import (
     Phase,
@@ -79,7 +79,7 @@ class LwFSection(Section):
         return self
 
 
-class LwFPipeline(RunSettings):
+class LwFPipeline(RunConfig):
     """``method: lwf``: data, views and cache as in every pipeline, plus the ``lwf:`` section."""
 
     method: Literal["lwf"]
@@ -148,7 +148,7 @@ def run_lwf(cfg: LwFPipeline, *, progress: bool = True) -> dict[str, Any]:
     return report(cfg, header, rows, summary, curves, metric_label="new-task accuracy (joint training: both tasks)")
 
 
-def _task_splits(cfg: RunSettings, classes: list[int]) -> tuple[SampleDataset, SampleDataset]:
+def _task_splits(cfg: RunConfig, classes: list[int]) -> tuple[SampleDataset, SampleDataset]:
     """(train, test) of one task: the samples of ``classes``, relabelled 0..k-1."""
     train, test = (ClassSubset(load_split(cfg, split), classes) for split in (cfg.data.train_split, cfg.data.test_split))
     return train, test

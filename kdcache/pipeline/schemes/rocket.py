@@ -21,7 +21,7 @@ from kdcache.errors import ConfigError
 from kdcache.models import MultiHeadNet, build_model
 from kdcache.pipeline.build import load_split, view_transform
 from kdcache.pipeline.cached import StoredTeacher, cached_data
-from kdcache.pipeline.config import ModelConfig, RunSettings
+from kdcache.pipeline.config import ModelConfig, RunConfig
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.schemes.base import Phase, Trained, accuracy, cache_teacher, report, train
 from kdcache.tables import pct
@@ -59,7 +59,7 @@ class RocketSection(Section):
     rows: list[Row] = Field(default=list(ROWS), min_length=1)
 
 
-class RocketPipeline(RunSettings):
+class RocketPipeline(RunConfig):
     """``method: rocket``: data, views and cache as in every pipeline, plus the ``rocket:`` section."""
 
     method: Literal["rocket"]

@@ -19,7 +19,7 @@ from kdcache.datasets import SampleDataset
 from kdcache.models import build_model
 from kdcache.pipeline.build import device_of, eval_views, load_split, view_transform
 from kdcache.pipeline.cached import StoredTeacher, cached_data
-from kdcache.pipeline.config import ModelConfig, RunSettings, TrainConfig
+from kdcache.pipeline.config import ModelConfig, RunConfig, TrainConfig
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.schemes.base import Trained, accuracy, cache_teacher, report, train
 from kdcache.tables import pct
@@ -39,7 +39,7 @@ class SelfKDSection(Section):
     distill: list[StageConfig] = Field(min_length=1, description="stages of generations 1..n, reading gen k-1")
 
 
-class SelfKDPipeline(RunSettings):
+class SelfKDPipeline(RunConfig):
     """``method: selfkd``: data, views and cache as in every pipeline, plus the ``selfkd:`` section."""
 
     method: Literal["selfkd"]

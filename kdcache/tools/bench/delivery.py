@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.bench.reads import VIEWS, ReadStore, memmap_gather, reader_pass
 from kdcache.tools.bench.rounds import interleave, spread
 from kdcache.tools.bench.settings import BenchSettings, thread_settings
@@ -65,7 +65,7 @@ class DeliveryStore:
     def __init__(self, workdir: Path, settings: BenchSettings) -> None:
         self.store = ReadStore(workdir, settings.read_sizes[0], settings)
         self.data = CachedDataset(
-            self.store.dataset, open_cache(str(self.store.path)), teacher=TEACHER, targets=["logits"], views=VIEWS
+            self.store.dataset, open_store(str(self.store.path)), teacher=TEACHER, targets=["logits"], views=VIEWS
         )
         self.reader = self.data.readers["logits"]["logits"]
         self.raw = {"inputs": workdir / "inputs.npy", "labels": workdir / "labels.npy", "targets": self.store.raw}

@@ -22,7 +22,7 @@ import torch
 from kdcache.datasets import ChatDataset
 from kdcache.models import CausalLM
 from kdcache.precompute import precompute
-from kdcache.store import SAMPLES_OWNER, open_cache
+from kdcache.store import SAMPLES_OWNER, open_store
 from kdcache.targets import build_target
 from kdcache.views import TokenViews
 
@@ -55,7 +55,7 @@ def measure(teacher: torch.nn.Module, workdir: Path) -> dict[str, Any]:
         targets = [build_target("token_logits", {**t, "masked": masked}) for t in TARGETS.values()]
         precompute(teacher, train, str(store), targets=targets, views=TokenViews(), num_classes=train.vocab_size,
                    teacher_name="lm", batch_size=32, progress=False)  # fmt: skip
-        cache = open_cache(str(store))
+        cache = open_store(str(store))
         for owner, arrays in cache.owner_arrays().items():
             for path in arrays if owner != SAMPLES_OWNER else ():
                 row = out["arrays"].setdefault(path.split("/", 2)[-1], {})

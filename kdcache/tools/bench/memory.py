@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.bench.rounds import spread
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.tools.bench.workloads import TEACHER
@@ -30,7 +30,7 @@ VARIANTS = ("student-only", "cached KD", "cached KD (streamed)")
 
 def bytes_per_sample(store: Path, label: str) -> list[dict[str, Any]]:
     """One row per target of the store's teacher: raw and on-disk bytes per sample, dtype and codec."""
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     n = cache.num_samples
     rows = []
     for name, target in sorted(cache.teacher(TEACHER).targets.items()):
@@ -105,7 +105,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         budget = {"ram_budget_bytes": 0} if variant == "cached KD (streamed)" else {}
         data = CachedDataset(
-            w.train, open_cache(spec["store"]), teacher=TEACHER, targets=w.target_names, views=w.views, **budget
+            w.train, open_store(spec["store"]), teacher=TEACHER, targets=w.target_names, views=w.views, **budget
         )
         stages = w.distill
     w.fit_one_epoch(student, data, stages, settings.device)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.precompute import precompute
-from kdcache.store import ArrayReader, open_cache
+from kdcache.store import ArrayReader, open_store
 from kdcache.targets import build_target
 from kdcache.tools.bench import pagecache
 from kdcache.tools.bench.memory import bytes_per_sample
@@ -80,7 +80,7 @@ class ReadStore:
         """The store as stage two opens it when the targets do not fit the RAM budget."""
         return CachedDataset(
             self.dataset,
-            open_cache(str(self.path)),
+            open_store(str(self.path)),
             teacher=TEACHER,
             targets=["logits"],
             views=VIEWS,
@@ -89,7 +89,7 @@ class ReadStore:
 
     def in_ram(self) -> ArrayReader:
         """The reader stage two uses when the array fits its RAM budget: loaded (and verified) once."""
-        data = CachedDataset(self.dataset, open_cache(str(self.path)), teacher=TEACHER, targets=["logits"], views=VIEWS)
+        data = CachedDataset(self.dataset, open_store(str(self.path)), teacher=TEACHER, targets=["logits"], views=VIEWS)
         return data.readers["logits"]["logits"]
 
     def reader(self) -> ArrayReader:

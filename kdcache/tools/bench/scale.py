@@ -118,7 +118,7 @@ def stage_two_step(spec: dict[str, Any]) -> dict[str, Any]:
     """Every batch of one epoch through CachedTokenDataset and batch_loader; saves the batch order for the memmap."""
     import torch
 
-    from kdcache.store import open_cache
+    from kdcache.store import open_store
     from kdcache.train import CachedTokenDataset, batch_loader
     from kdcache.train.loader import set_loader_epoch
 
@@ -126,7 +126,7 @@ def stage_two_step(spec: dict[str, Any]) -> dict[str, Any]:
     data = _text(spec)
     baseline = process_memory()
     start = time.perf_counter()
-    train = CachedTokenDataset(data, open_cache(spec["store"]), teacher=TEACHER, targets=[TARGET_NAME],
+    train = CachedTokenDataset(data, open_store(spec["store"]), teacher=TEACHER, targets=[TARGET_NAME],
                                vocab_size=data.vocab_size, ram_budget_bytes=0)  # fmt: skip
     loader = batch_loader(train, batch_size=READ_BATCH, seed=0)
     set_loader_epoch(loader, 0)

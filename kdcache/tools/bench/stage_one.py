@@ -30,7 +30,7 @@ from torch import nn
 
 from kdcache.precompute import PrecomputeReport, TeacherRun, precompute
 from kdcache.precompute.fill import ShardFill
-from kdcache.store import StoreBuilder, open_cache
+from kdcache.store import StoreBuilder, open_store
 from kdcache.targets import Target
 from kdcache.tools.bench.rounds import Samples, interleave, spread
 from kdcache.tools.bench.settings import BenchSettings
@@ -146,7 +146,7 @@ def _stage_one_run(
         start = time.perf_counter()
         report = write_store(w, path, targets, batch_size=batch_size, shard_samples=shard_samples, device=str(device))
         end = time.perf_counter()
-    cache = open_cache(str(path))
+    cache = open_store(str(path))
     arrays = [a.path for t in cache.teacher(TEACHER).targets.values() for a in t.arrays.values()]
     parts = part_seconds(spans)
     last = max(e for name, _, e in spans if name == "views + forward (teacher's thread)")

@@ -33,7 +33,7 @@ import torch
 
 from kdcache.datasets.digest import sample_digests
 from kdcache.losses import StepOutputs, build_objective
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.tools.bench.rounds import Samples, interleave, spread, timed
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.tools.bench.workloads import TEACHER, Workload
@@ -44,7 +44,7 @@ from kdcache.train import (
     TargetSource,
     ViewDataset,
     batch_loader,
-    cached_targets,
+    batch_targets,
     set_loader_epoch,
 )
 from kdcache.train.sampler import steps_per_epoch
@@ -84,12 +84,12 @@ class _StepVariants:
         self.student = w.make_student()
         self.live = LiveTeacher(w.make_teacher(), w.targets, device)
         self.plain = ViewDataset(w.train, w.views)
-        self.in_ram = CachedDataset(w.train, open_cache(store), teacher=TEACHER, targets=w.target_names, views=w.views)
+        self.in_ram = CachedDataset(w.train, open_store(store), teacher=TEACHER, targets=w.target_names, views=w.views)
         self.steps = steps_per_epoch(len(w.train), w.batch_size)
         self.batches = self.epoch_of_batches(self.plain)
         self.cached_batches = self.epoch_of_batches(self.in_ram)
 
-    def train(self, data: ViewDataset, stages: list[StageConfig], targets: TargetSource = cached_targets) -> float:
+    def train(self, data: ViewDataset, stages: list[StageConfig], targets: TargetSource = batch_targets) -> float:
         """One epoch of ``fit`` on a fresh copy of the initial student."""
         student = copy.deepcopy(self.student)
         start = time.perf_counter()
@@ -100,7 +100,7 @@ class _StepVariants:
         """The targets streamed from the store by fresh readers (nothing verified or cached yet)."""
         w = self.w
         return CachedDataset(
-            w.train, open_cache(self.store), teacher=TEACHER, targets=w.target_names, views=w.views, ram_budget_bytes=0
+            w.train, open_store(self.store), teacher=TEACHER, targets=w.target_names, views=w.views, ram_budget_bytes=0
         )
 
     def epoch_of_batches(self, data: ViewDataset) -> list[Any]:

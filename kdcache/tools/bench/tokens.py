@@ -22,10 +22,10 @@ import torch
 
 from kdcache.datasets import TensorDataset
 from kdcache.models import build_model
-from kdcache.pipeline.build import build_student, cache_targets, loss_setup
+from kdcache.pipeline.build import build_student, targets_to_write, loss_setup
 from kdcache.pipeline.loading import parse_pipeline
 from kdcache.pipeline.plan import DISTILLKIT_BYTES_PER_TOKEN
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target
 from kdcache.tools.bench.reads import memmap_pass, reader_pass
@@ -102,7 +102,7 @@ def token_workload(settings: BenchSettings) -> tuple[Workload, int]:
         batch_size=cfg.student.train.batch_size,
         make_teacher=lambda: _seeded_teacher(cfg, settings.seed),
         make_student=lambda: build_student(cfg),
-        targets=cache_targets(cfg),
+        targets=targets_to_write(cfg),
         student_only=one_epoch("scratch"),
         distill=one_epoch("cached"),
         seed=settings.seed,
@@ -147,7 +147,7 @@ def measure_token_reads(
     """Each token target of ``store`` read streamed (a fresh reader, every shard verified beforehand) and in RAM
     (loaded and verified before the epoch) in stage two's block order, batches of ``token_batch``, against a memmap
     gather of the same rows of the same arrays (saved as ``.npy``, view 0), interleaved in rounds, page cache warm."""
-    cache = open_cache(str(store))
+    cache = open_store(str(store))
     return {
         name: _target_reads(cache, list(target.arrays.values()), workdir / f"tokens-{name}", settings, progress)
         for name, target in cache.teacher(TEACHER).targets.items()

@@ -23,11 +23,11 @@ from torch import nn
 from kdcache.datasets import SampleDataset, TensorDataset
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
-from kdcache.pipeline.build import build_student, cache_targets, load_split, loss_setup, view_transform
+from kdcache.pipeline.build import build_student, targets_to_write, load_split, loss_setup, view_transform
 from kdcache.pipeline.loading import parse_pipeline, with_overrides
 from kdcache.targets import Target, build_target
 from kdcache.tools.bench.settings import BenchSettings
-from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TargetSource, ViewDataset, cached_targets, fit
+from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TargetSource, ViewDataset, batch_targets, fit
 from kdcache.views import ViewTransform
 
 DIGITS_KD: dict[str, Any] = {  # pipelines/digits_kd.yaml, without its comments
@@ -94,7 +94,7 @@ class Workload:
         data: ViewDataset,
         stages: list[StageConfig],
         device: str,
-        targets: TargetSource = cached_targets,
+        targets: TargetSource = batch_targets,
     ) -> None:
         """Train ``student`` for ``stages`` (one epoch each in the bench) on ``data``, as stage two would."""
         fit(
@@ -167,7 +167,7 @@ def digits_workload(settings: BenchSettings) -> Workload:
         batch_size=cfg.student.train.batch_size,
         make_teacher=lambda: build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args),
         make_student=lambda: build_student(cfg),
-        targets=cache_targets(cfg),
+        targets=targets_to_write(cfg),
         student_only=one_epoch("scratch"),
         distill=one_epoch("cached"),
         seed=cfg.seed,

@@ -20,7 +20,7 @@ from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.schemes.base import train
 from kdcache.pipeline.schemes.lwf import FROZEN, LwFPipeline, lwf_network, row_stages
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
 from tests.conftest import ROOT
 from tests.helpers import kdcache, with_sets
@@ -186,7 +186,7 @@ def test_lwf_pipeline_end_to_end_keeps_the_old_task(tmp_path):
     assert rows["feature_extraction"]["old_task"] == summary["old_model"]["old_task"]  # θs, θo frozen: no change
     assert min(r["new_task"] for r in rows.values()) > 0.75 and rows["joint_training"]["old_task"] > 0.9
 
-    cache = open_cache(str(out / "cache" / "train-new-task.zarr"))  # stage one = LwF's first step
+    cache = open_store(str(out / "cache" / "train-new-task.zarr"))  # stage one = LwF's first step
     assert cache.teachers == ["old-cnn16"] and cache.manifest.dataset["source"]["classes"] == [5, 6, 7, 8, 9]
     cfg = small_lwf(tmp_path)
     old = load_model(MultiHeadNet.from_classifier(DigitsCNN(5, width=16), "fc", "old"), out / "old-model.safetensors")

@@ -15,7 +15,7 @@ from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import load_split
 from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.schemes.rocket import RocketPipeline, rocket_network, row_stages
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from tests.conftest import ROOT
 from tests.helpers import kdcache, with_sets
 
@@ -110,7 +110,7 @@ def test_rocket_pipeline_end_to_end(tmp_path):
     # the booster cached after co-training is the rocket row's booster, and the offline row trained from its store
     cfg = small_rocket(tmp_path)
     booster = load_model(rocket_network(cfg), out / "rocket.safetensors").keep(["booster"]).eval()
-    assert open_cache(cfg.store_url).teachers == ["booster"]
+    assert open_store(cfg.store_url).teachers == ["booster"]
     data = cached_data(cfg, load_split(cfg, "train"), ["logits"], StoredTeacher("booster"))
     batch = data[np.arange(len(data))].to("cpu")
     with torch.no_grad():

@@ -16,7 +16,7 @@ from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import load_split
 from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.schemes.selfkd import SelfKDPipeline, cache_generation, train_generation
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from tests.conftest import ROOT
 from tests.helpers import kdcache, with_sets
 
@@ -53,7 +53,7 @@ def test_each_generation_is_cached_and_the_next_learns_from_that_cache_alone(tmp
     assert all(g["test"] > 0.6 for g in summary["generations"].values()) and summary["ensemble"] > 0.6
 
     cfg = small_selfkd(out)
-    cache = open_cache(cfg.store_url)  # one store, a teacher per generation
+    cache = open_store(cfg.store_url)  # one store, a teacher per generation
     assert cache.teachers == ["gen0", "gen1", "gen2", "gen3"]
     train_set = load_split(cfg, "train")
     for k in range(4):  # generation k's cached logits are its saved weights' outputs

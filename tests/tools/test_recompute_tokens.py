@@ -10,9 +10,9 @@ import torch
 
 from kdcache.errors import ConfigError
 from kdcache.precompute import precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
-from kdcache.tools.verify import Tolerance, recompute_check
+from kdcache.tools.recompute import Tolerance, recompute_check
 from kdcache.views import TokenViews
 
 TOKEN_TARGETS = [{"k": 4, "temperatures": [1.0, 2.0]}, {"encoding": "sampled", "samples": 4}]
@@ -29,7 +29,7 @@ def store(tmp_path_factory, _lm_teacher, lm_train) -> str:
 
 def check(store: str, teacher, train, **options):  # noqa: ANN001, ANN201
     """recompute_check of every sequence of the store against ``teacher``."""
-    cache = open_cache(store)
+    cache = open_store(store)
     return recompute_check(cache, teacher, train, TokenViews(), teacher_name="lm", pairs=cache.num_samples,
                            progress=False, **options)  # fmt: skip
 
@@ -47,7 +47,7 @@ def perturbed(teacher, scale: float, seed: int = 0):  # noqa: ANN001, ANN201
 def test_recompute_is_exact_on_both_token_encodings(store, lm_teacher, lm_train):
     report = check(store, lm_teacher, lm_train)
     topk, sampled = report.targets["token_logits_topk"], report.targets["token_logits_sampled"]
-    assert report.passed and report.pairs == len(lm_train) and open_cache(store).verify() == []
+    assert report.passed and report.pairs == len(lm_train) and open_store(store).check_digests() == []
     assert (topk.exact, topk.max_abs_error, topk.lse_error, topk.ids_agreement) == (report.pairs, 0.0, 0.0, 1.0)
     assert 0 < topk.encoding_error < 0.02  # float16 rounding of log-probabilities in (-10, 0]
     assert (sampled.exact, sampled.max_abs_error, sampled.ids_agreement) == (report.pairs, 0.0, 1.0)

@@ -5,7 +5,7 @@ This is a stage-one-side check (it needs the teacher). For each pair the exact v
 with the live value *stored the way the cache stores it* (encoded, then decoded; sampled tokens re-drawn from the
 same keyed uniforms): on the machine and library versions that built the store an exact replay gives an error of 0,
 whatever the encoding. The encoding's own rounding (live float32 vs cache) is reported beside it. The comparison of
-each kind (dense, int8, top-k with its tail, sampled tokens) is in :mod:`kdcache.tools.verify_kinds`. Stored view
+each kind (dense, int8, top-k with its tail, sampled tokens) is in :mod:`kdcache.tools.recompute_kinds`. Stored view
 parameters (``views/params``) are compared bit for bit with the regenerated ones, and the teacher's fingerprint with
 the store's.
 """
@@ -25,13 +25,13 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
-from kdcache.pipeline import PipelineConfig
+from kdcache.pipeline import DistillConfig
 from kdcache.pipeline.build import device_of, load_teacher, model_spec, view_transform
 from kdcache.pipeline.cached import cached_train_split
-from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, Cache, Requirements, open_cache
+from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, StoreReader, Requirements, open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
-from kdcache.tools.verify_kinds import TargetFidelity, Tolerance, compare, kind_label
+from kdcache.tools.recompute_kinds import TargetFidelity, Tolerance, compare, kind_label
 from kdcache.views import Views
 from kdcache.views.digest import view_digests
 
@@ -65,7 +65,7 @@ def sample_pairs(num_rows: int, views: int, count: int, seed: int) -> tuple[np.n
 
 
 def recompute_check(
-    cache: Cache,
+    cache: StoreReader,
     teacher: nn.Module,
     dataset: SampleDataset | Dataset,
     views: Views,
@@ -83,7 +83,7 @@ def recompute_check(
     """Re-run ``teacher`` on ``pairs`` random (sample, view) pairs of ``cache`` and compare every cached target, or
     only those named in ``targets``.
 
-    >>> report = recompute_check(open_cache(url), teacher, train, views, teacher_name="cnn64", pairs=256)  # doctest: +SKIP
+    >>> report = recompute_check(open_store(url), teacher, train, views, teacher_name="cnn64", pairs=256)  # doctest: +SKIP
     >>> report.passed, report.targets["logits"].max_abs_error
     (True, 0.0)
     """
@@ -130,7 +130,7 @@ def same_teacher(live: dict, stored: dict) -> bool:
     return all(live.get(k) == stored.get(k) for k in keys)
 
 
-def select_targets(cache: Cache, teacher_name: str, names: Sequence[str] | None = None) -> dict[str, Target]:
+def select_targets(cache: StoreReader, teacher_name: str, names: Sequence[str] | None = None) -> dict[str, Target]:
     """The targets of ``teacher_name`` to check, by name: every one when ``names`` is None, else those named,
     refusing a name the teacher does not store with the list of those it does."""
     stored = cache.teacher(teacher_name).targets
@@ -144,7 +144,7 @@ def select_targets(cache: Cache, teacher_name: str, names: Sequence[str] | None 
     return {name: build_target(stored[name].kind, stored[name].params) for name in wanted}
 
 
-def pipeline_teacher(cfg: PipelineConfig, cache: Cache) -> tuple[nn.Module, dict]:
+def pipeline_teacher(cfg: DistillConfig, cache: StoreReader) -> tuple[nn.Module, dict]:
     """The teacher of pipeline ``cfg`` loaded from its checkpoint (never trained here), and its fingerprint over every
     layer the targets ``cache`` stores for it capture: what :func:`same_teacher` compares with the store's."""
     teacher = load_teacher(cfg)
@@ -154,7 +154,7 @@ def pipeline_teacher(cfg: PipelineConfig, cache: Cache) -> tuple[nn.Module, dict
 
 
 def recompute_pipeline_store(
-    cfg: PipelineConfig,
+    cfg: DistillConfig,
     store: str,
     *,
     pairs: int,
@@ -165,7 +165,7 @@ def recompute_pipeline_store(
 ) -> FidelityReport:
     """:func:`recompute_check` of ``store`` with the teacher (loaded from its checkpoint, never trained), train split
     and views of pipeline ``cfg``; ``targets`` as for :func:`recompute_check`."""
-    cache = open_cache(store)
+    cache = open_store(store)
     teacher, fingerprint = pipeline_teacher(cfg, cache)
     return recompute_check(
         cache,

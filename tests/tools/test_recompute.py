@@ -17,9 +17,9 @@ from kdcache.models import DigitsCNN
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import load_teacher, model_spec
 from kdcache.pipeline.distill import run_precompute
-from kdcache.store import open_cache
+from kdcache.store import open_store
 from kdcache.targets import build_target
-from kdcache.tools.verify import Tolerance, recompute_check, recompute_pipeline_store
+from kdcache.tools.recompute import Tolerance, recompute_check, recompute_pipeline_store
 from tests.conftest import cache_digits, pipeline_dict
 from tests.helpers import kdcache
 
@@ -129,7 +129,7 @@ def test_top_k_ids_may_differ_only_where_the_live_values_tie(tmp_path, digits_sm
     bias = [5.0, 4.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     cache_digits(tmp_path / "s.zarr", constant_teacher(bias), digits_small, views,
                  [build_target("logits", {"encoding": "topk", "k": 3})])  # fmt: skip
-    cache = open_cache(str(tmp_path / "s.zarr"))
+    cache = open_store(str(tmp_path / "s.zarr"))
     kept = int(cache.open_array("teachers/t8/logits_topk/indices")[0, 0, 2])
     assert kept in (2, 3)
     other = 5 - kept
@@ -199,7 +199,7 @@ def test_cli_scrub_reports_a_damaged_shard(built, tmp_path):
     store, _, _ = built
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store, copy)
-    cache = open_cache(str(copy))
+    cache = open_store(str(copy))
     key = cache.manifest.teachers["cnn16"].shards[0].files["teachers/cnn16/logits"].key
     shard = copy / key
     data = bytearray(shard.read_bytes())

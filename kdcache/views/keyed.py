@@ -31,8 +31,8 @@ from kdcache.registry import import_callable, is_import_path
 from kdcache.views.identity import describe_step
 from kdcache.views.rng import check_seed
 
-PIPELINE_DOMAIN, MIX_DOMAIN = 1, 2  # Philox counter word 1: 0 is kdcache's own ops, 1 the pipelines, 2 the mixing
-PIPELINE_RNG = "torch, random and numpy seeded from philox4x64-10; key=seed; counter=(0, 1, view, sample)"
+TRANSFORM_DOMAIN, MIX_DOMAIN = 1, 2  # Philox counter word 1: 0 is kdcache's own ops, 1 the pipelines, 2 the mixing
+TRANSFORM_RNG = "torch, random and numpy seeded from philox4x64-10; key=seed; counter=(0, 1, view, sample)"
 MIX_PARAMS = ("mix.partner", "mix.lambda", "mix.cx", "mix.cy")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -80,11 +80,11 @@ def one_thread() -> Iterator[None]:
 
 def run_keyed(transform: Transform, image: torch.Tensor, seed: int, sample: int, view: int) -> torch.Tensor:
     """``transform(image)`` for view ``view`` of sample ``sample``: the same pixels wherever it runs."""
-    with keyed_generators(keyed_seed(seed, sample, view, PIPELINE_DOMAIN)):
+    with keyed_generators(keyed_seed(seed, sample, view, TRANSFORM_DOMAIN)):
         return transform(image)
 
 
-def build_pipeline(spec: list[dict[str, Any]] | str | None, args: dict[str, Any] | None = None) -> Transform | None:
+def build_transform(spec: list[dict[str, Any]] | str | None, args: dict[str, Any] | None = None) -> Transform | None:
     """A transform from a pipeline file: a list of ``{name: RandomResizedCrop, size: 28, ...}`` (torchvision v2
     classes, or import paths of your own) composed in order, or one import path called with ``args``."""
     if spec is None:
@@ -106,7 +106,7 @@ def build_pipeline(spec: list[dict[str, Any]] | str | None, args: dict[str, Any]
     return v2.Compose(steps)
 
 
-def check_pipeline_names(spec: list[dict[str, Any]] | str | None) -> None:
+def check_transform_names(spec: list[dict[str, Any]] | str | None) -> None:
     """Refuse a pipeline file's unknown torchvision transform names before any data is read (import paths of the
     user's own transforms are checked when the pipeline is built)."""
     for entry in spec if isinstance(spec, list) else []:
@@ -150,7 +150,7 @@ def _call(factory: Callable[..., Any], options: dict[str, Any], name: str) -> Tr
     return made
 
 
-def describe_pipeline(transform: Transform) -> list[Any]:
+def describe_transform(transform: Transform) -> list[Any]:
     """The pipeline as recorded in the view spec: what each step is (:func:`describe_step`: class and every
     attribute, functions by code), never its ``repr``."""
     steps = transform.transforms if isinstance(transform, v2.Compose) else [transform]

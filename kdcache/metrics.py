@@ -8,15 +8,19 @@ processes, so a distributed evaluation sums the states of every rank and calls `
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 
 from kdcache.errors import ConfigError
 
+Task = Literal["classification", "segmentation", "language-model"]
+"""What a run learns, which decides the metrics evaluation reports: per sample, per pixel, or per next token."""
+TASKS: tuple[Task, ...] = get_args(Task)
+
 # The metrics each task reports, the primary one (compared and plotted) first.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
+TASK_METRICS: dict[Task, tuple[str, ...]] = {
     "classification": ("accuracy",),
     "segmentation": ("miou", "pixel_accuracy"),
     "language-model": ("perplexity", "token_accuracy"),
@@ -171,9 +175,11 @@ def segmentation_scores(matrix: torch.Tensor) -> dict[str, float]:
     }
 
 
-def task_metric(task: str, num_classes: int, ignore_index: int = -100) -> Metric:
+def task_metric(task: Task, num_classes: int, ignore_index: int = -100) -> Metric:
     """A fresh metric for ``task``: :class:`Accuracy` (classification), :class:`ConfusionMatrix` (segmentation) or
     :class:`Perplexity` (language-model)."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if task == "segmentation":
         return ConfusionMatrix(num_classes, ignore_index)
     if task == "language-model":

@@ -10,10 +10,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kdcache.errors import ConfigError
-
 if TYPE_CHECKING:
-    from kdcache.pipeline import RunConfig
+    from kdcache.pipeline import DistillConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -23,17 +21,12 @@ them equal), written here so the parser needs no torch; an unknown kind is refus
 kind's meaning."""
 
 
-def load(args: argparse.Namespace) -> RunConfig:
-    """The validated pipeline of ``args`` (its ``--set`` overrides applied); only ``run`` takes scheme pipelines."""
-    from kdcache.pipeline import load_pipeline
+def load(args: argparse.Namespace) -> DistillConfig:
+    """The validated method distill pipeline of ``args`` (its ``--set`` overrides applied): what ``precompute``,
+    ``train`` and ``plan`` take; only ``run`` takes scheme pipelines."""
+    from kdcache.pipeline import distill_pipeline, load_pipeline
 
-    cfg = load_pipeline(args.pipeline, args.set)
-    if cfg.method != "distill" and args.command != "run":
-        raise ConfigError(
-            f"{args.pipeline} is a method {cfg.method!r} pipeline, which only `kdcache run` runs (its stages depend "
-            f"on each other); `kdcache {args.command}` takes method distill pipelines"
-        )
-    return cfg
+    return distill_pipeline(load_pipeline(args.pipeline, args.set), f"`kdcache {args.command}` ({args.pipeline})")
 
 
 def precompute(args: argparse.Namespace) -> int:
@@ -69,9 +62,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdcache.pipeline import run_pipeline
+    from kdcache.pipeline import load_pipeline, run_pipeline
 
-    run_pipeline(load(args), progress=not args.quiet)
+    run_pipeline(load_pipeline(args.pipeline, args.set), progress=not args.quiet)
     return 0
 
 
@@ -82,16 +75,16 @@ def plan(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     rows = plan_storage(cfg)
-    tokens = any(r["bytes_per_token"] is not None for r in rows)  # text: a bytes/token column
+    tokens = any(r.bytes_per_token is not None for r in rows)  # text: a bytes/token column
     table = [
-        [r["target"], r["array"], str(tuple(r["shape"])), r["dtype"], f"{r['bytes_per_sample']:,}",
-         *([f"{r['bytes_per_token']:,.1f}"] if tokens else []), f"{r['total_bytes'] / 1e6:,.2f}",
-         str(r["chunk_samples"]), str(r["shard_samples"]), r["compressor"]]
+        [r.target, r.array, str(r.shape), r.dtype, f"{r.bytes_per_sample:,}",
+         *([f"{r.bytes_per_token:,.1f}"] if r.bytes_per_token is not None else []), f"{r.total_bytes / 1e6:,.2f}",
+         str(r.chunk_samples), str(r.shard_samples), r.compressor]
         for r in rows
     ]  # fmt: skip
-    total = sum(r["total_bytes"] for r in rows)
-    per_sample = sum(r["bytes_per_sample"] for r in rows)
-    per_token = [f"{sum(r['bytes_per_token'] for r in rows):,.1f}"] if tokens else []
+    total = sum(r.total_bytes for r in rows)
+    per_sample = sum(r.bytes_per_sample for r in rows)
+    per_token = [f"{sum(r.bytes_per_token or 0 for r in rows):,.1f}"] if tokens else []
     table.append(["total", "", "", "", f"{per_sample:,}", *per_token, f"{total / 1e6:,.2f}", "", "", ""])
     header = ["target", "array", "shape", "dtype", "bytes/sample", *(["bytes/token"] if tokens else []),
               "MB (uncompressed)", "chunk", "shard", "codec"]  # fmt: skip

@@ -65,11 +65,11 @@ def verify(args: argparse.Namespace) -> int:
 
     if args.recompute is None:
         return 0 if print_scrub(args.store) else 1
-    from kdcache.pipeline import load_pipeline
+    from kdcache.pipeline import distill_pipeline, load_pipeline
     from kdcache.tools.recompute import Tolerance, recompute_pipeline_store
 
     report = recompute_pipeline_store(
-        load_pipeline(args.pipeline, args.set),
+        distill_pipeline(load_pipeline(args.pipeline, args.set), f"verify --recompute ({args.pipeline})"),
         args.store,
         pairs=args.recompute,
         seed=args.seed,

@@ -25,13 +25,13 @@ def fidelity(args: argparse.Namespace) -> int:
 def store_fidelity(args: argparse.Namespace) -> int:
     """``fidelity --store``: the rich tables of :func:`~kdcache.tools.lm_fidelity.pipeline_store_fidelity`, and its
     JSON and markdown under ``--out`` when given."""
-    from kdcache.pipeline import load_pipeline
+    from kdcache.pipeline import distill_pipeline, load_pipeline
     from kdcache.tables import render_table
     from kdcache.tools.lm_fidelity import fidelity_tables, pipeline_store_fidelity, report_summary, write_report
 
     if not args.pipeline:
         raise ConfigError("fidelity --store needs --pipeline P.yaml (the teacher, student and data of the store)")
-    cfg = load_pipeline(args.pipeline, args.set)
+    cfg = distill_pipeline(load_pipeline(args.pipeline, args.set), f"fidelity --store ({args.pipeline})")
     report = pipeline_store_fidelity(cfg, args.store, sequences=args.sequences, seed=args.seed,
                                      progress=not args.quiet)  # fmt: skip
     print(report_summary(report))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from kdcache.errors import ConfigError
+from kdcache.metrics import Task
 from kdcache.registry import Registry
 
 
@@ -26,7 +27,7 @@ class LossSetup:
 
     num_classes: int
     ignore_index: int = -100
-    task: str = "classification"  # or "segmentation": which metrics evaluation reports (kdcache.metrics)
+    task: Task = "classification"  # which metrics evaluation reports (kdcache.metrics)
 
 
 def check_task_classes(logits: torch.Tensor, labels: torch.Tensor, setup: LossSetup) -> None:

@@ -49,5 +49,5 @@ def digits_rocket(
         backbone = nn.Identity()
         booster = OrderedDict(lower=_lower(in_channels, shared_width), **booster)
         light = OrderedDict(lower=_lower(in_channels, shared_width), **light)
-    heads = {"booster": nn.Sequential(booster), "light": nn.Sequential(light)}
+    heads: dict[str, nn.Module] = {"booster": nn.Sequential(booster), "light": nn.Sequential(light)}
     return MultiHeadNet(backbone, heads, output="light")

@@ -10,7 +10,7 @@ from kdcache.pipeline import compare as _compare  # noqa: F401  (registers the d
 from kdcache.pipeline import schemes as _schemes  # noqa: F401  (registers lwf, rocket, selfkd)
 from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.distill import StudentRun, run_precompute, train_student
-from kdcache.pipeline.loading import load_pipeline, parse_pipeline, with_overrides
+from kdcache.pipeline.loading import distill_pipeline, load_pipeline, parse_pipeline, with_overrides
 from kdcache.pipeline.methods import METHODS, Method, run_pipeline
 from kdcache.pipeline.plan import plan_storage
 from kdcache.registry import moved_names
@@ -21,6 +21,7 @@ __all__ = [
     "Method",
     "RunConfig",
     "StudentRun",
+    "distill_pipeline",
     "load_pipeline",
     "parse_pipeline",
     "plan_storage",

@@ -23,7 +23,7 @@ from kdcache.pipeline.config import DistillConfig, RunConfig
 from kdcache.pipeline.tokens import check_language_model
 from kdcache.registry import Factory, moved_names
 from kdcache.targets import Target, build_target
-from kdcache.views import Mix, TokenViews, ViewTransform, build_transform, build_view_op
+from kdcache.views import Mix, TokenViews, Views, ViewTransform, build_transform, build_view_op
 
 
 def device_of(cfg: RunConfig) -> torch.device:
@@ -46,7 +46,7 @@ def load_split(cfg: RunConfig, split: str) -> SampleDataset:
     return dataset
 
 
-def view_transform(cfg: RunConfig) -> ViewTransform | TokenViews:
+def view_transform(cfg: RunConfig) -> Views:
     """The pipeline's views: ``views.count`` views per sample made by ``views.augment`` ops or ``views.pipeline``
     (``views.eval`` for view 0), optionally mixed (``views.mix``), then ``data`` normalisation; for a language model
     (``data.task: language-model``) the token ids unchanged."""
@@ -65,7 +65,7 @@ def view_transform(cfg: RunConfig) -> ViewTransform | TokenViews:
     )
 
 
-def eval_views(cfg: RunConfig) -> ViewTransform | TokenViews:
+def eval_views(cfg: RunConfig) -> Views:
     """The eval view (view 0, no augmentation): what test-time evaluation always sees."""
     return view_transform(cfg).eval_view()
 

@@ -62,7 +62,7 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
                 },
                 "test": runs[v.name].metrics,
                 "seconds": runs[v.name].result.seconds,
-                "epochs_to_reach_scratch": None if reach[v.name] is None else reach[v.name].epoch + 1,
+                "epochs_to_reach_scratch": None if (hit := reach[v.name]) is None else hit.epoch + 1,
                 "curve": [log.metrics.get(primary) for log in runs[v.name].result.history],
             }
             for v in cfg.compare

@@ -14,10 +14,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdcache.errors import ConfigError, RegistryError, UnsafeNameError
+from kdcache.metrics import Task
 from kdcache.names import check_safe_name
 from kdcache.registry import RegisteredEntry, moved_names
 from kdcache.targets import TARGETS, build_target
 from kdcache.train import LossConfig, StageConfig
+from kdcache.train.epochs import ViewPolicy
 from kdcache.train.stages import Section
 from kdcache.views import VIEW_OPS
 from kdcache.views.keyed import check_transform_names
@@ -50,7 +52,7 @@ class DataConfig(Section):
     args: dict[str, Any] = {}
     splits: dict[str, dict[str, Any]] = {}
     num_classes: int = Field(gt=1)
-    task: Literal["classification", "segmentation", "language-model"] = "classification"
+    task: Task = "classification"
     ignore_index: int = -100
     train_split: str = "train"
     test_split: str = "test"
@@ -128,7 +130,7 @@ class ViewsConfig(Section):
 
     count: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**128)
-    policy: Literal["cycle", "random", "fresh"] = "cycle"
+    policy: ViewPolicy = "cycle"
     augment: list[ViewOpConfig] = []
     pipeline: list[dict[str, Any]] | str | None = None
     pipeline_args: dict[str, Any] = {}
@@ -242,6 +244,10 @@ class CacheConfig(Section):
         return value
 
 
+TargetSource = Literal["none", "cached", "online"]
+"""Where a student variant's teacher targets come from: none (scratch), the cached store, or a live teacher."""
+
+
 class VariantConfig(Section):
     """A student run of ``kdcache run`` / ``kdcache train --variant``: where teacher targets come from (``none``,
     the ``cached`` store, or an ``online`` live teacher), optionally stages of its own, and ``set`` overrides of the
@@ -249,7 +255,7 @@ class VariantConfig(Section):
     set: [views.count=16]}`` trains from the 16-view store."""
 
     name: str
-    source: Literal["none", "cached", "online"]
+    source: TargetSource
     stages: list[StageConfig] | None = Field(default=None, min_length=1)
     set: list[str] = []
 
@@ -262,7 +268,7 @@ class VariantConfig(Section):
         return items
 
 
-SHORTHAND_VARIANTS = {"scratch": "none", "online": "online", "cached": "cached"}
+SHORTHAND_VARIANTS: dict[str, TargetSource] = {"scratch": "none", "online": "online", "cached": "cached"}
 SEED_LIMIT = 2**32  # the range every generator a run seeds accepts (numpy's legacy one is the narrowest)
 
 

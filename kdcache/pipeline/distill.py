@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdcache.checkpoint import load_state_dict, save_model, state_digest
+from kdcache.checkpoint import save_model
 from kdcache.datasets import SampleDataset
-from kdcache.datasets.tokenizer import load_tokenizer
 from kdcache.errors import ConfigError, speaking
 from kdcache.pipeline.build import (
     build_student,
@@ -28,30 +27,24 @@ from kdcache.pipeline.build import (
     teacher_directory,
     view_transform,
 )
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.config import DistillConfig, VariantConfig
 from kdcache.pipeline.loading import with_overrides
 from kdcache.pipeline.teacher import ensure_teacher
-from kdcache.pipeline.tokens import check_language_model, student_tokenizer
 from kdcache.precompute import PrecomputeReport, StageOneJob, check_cluster, run_local, run_on_dask
 from kdcache.registry import Factory
-from kdcache.store import Requirements, StoreReader, open_store
 from kdcache.targets import Ensemble
 from kdcache.train import (
-    CachedDataset,
     Checkpointing,
     LiveTeacher,
     StageConfig,
-    StoredTokens,
     TrainResult,
     ViewDataset,
     World,
     fit,
     process_group,
-    require_fresh_teacher,
-    require_token_alignment,
     teacher_targets,
 )
-from kdcache.train.tokens import require_store_tokenizer
 
 
 @dataclass
@@ -101,73 +94,28 @@ def run_precompute(
     teacher and the data from the pipeline (:func:`~kdcache.pipeline.build.pipeline_factories`; this process then
     builds neither, so the model and dataset code need only be importable on the workers). ``break_lock``
     takes over the store's writer lock from a writer that died."""
-    options = {"shard_samples": cfg.cache.shard_samples, "progress": progress, "break_lock": break_lock}
     if workers is None and scheduler is None:
         teacher = ensure_teacher(cfg, progress=progress)
         job = stage_one_job(cfg, teacher=teacher, dataset=load_split(cfg, cfg.data.train_split))
-        return run_local(job, cfg.store_url, **options)
+        return run_local(job, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress,
+                         break_lock=break_lock)  # fmt: skip
     check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
     if teacher_directory(cfg) is None and not cfg.teacher_checkpoint.exists():  # trained here once; then only the
         ensure_teacher(cfg, progress=progress)  # workers build it (from its checkpoint or its directory)
     teacher_factory, dataset_factory = pipeline_factories(cfg)
     job = stage_one_job(cfg, teacher=teacher_factory, dataset=dataset_factory)
-    return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, **options)
+    return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, shard_samples=cfg.cache.shard_samples,
+                       progress=progress, break_lock=break_lock)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ stage two
-def cached_train_split(cfg: DistillConfig, cache: StoreReader) -> SampleDataset:
-    """The training split as the cached variants read it: with ``cache.store_tokens`` the sequences the store holds
-    (no corpus needed), refused when ``data.args.tokenizer`` — which tokenizes the evaluation split — is on disk and
-    is another tokenizer than the store's; else the split's files."""
-    if not cfg.cache.store_tokens:
-        return load_split(cfg, cfg.data.train_split)
-    train = StoredTokens(cache, ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2)
-    path = cfg.data.args.get("tokenizer")
-    if path is not None and Path(path).exists():
-        require_store_tokenizer(cache, load_tokenizer(path).fingerprint(), "data.args.tokenizer")
-    return train
-
-
-def cached_data(cfg: DistillConfig, train: SampleDataset | None, targets: list[str]) -> CachedDataset:
-    """The training split (``None``: the sequences the store holds, :class:`~kdcache.train.StoredTokens`) joined
-    with the store's ``targets``, refused unless the store fits this pipeline: complete,
-    made from this data, views and class count and — for one teacher — by the pipeline's teacher: its architecture,
-    and its weights when the checkpoint is still on disk (hashed; the model is never built), or every file of its
-    transformers directory when the teacher is one, used as it is (:func:`~kdcache.train.require_fresh_teacher`).
-    ``cache.allow_teacher_mismatch`` trains from the stored outputs anyway, with a warning."""
-    cache = open_store(cfg.store_url, shard_cache=cfg.cache.shard_cache,
-                       shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
-    if train is None:
-        train = cached_train_split(cfg, cache)
-        check_language_model(cfg, train)
-    if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
-        require_token_alignment(cache, train, teacher=stage_two_teacher(cfg), vocab_size=cfg.data.num_classes,
-                                tokenizer=student_tokenizer(cfg))  # fmt: skip
-    directory = teacher_directory(cfg)
-    if directory is not None and directory.is_dir():  # the teacher is its files (when still on disk): unchanged?
-        require_fresh_teacher(cache, cfg.teacher.name, directory)
-    teachers = tuple(cfg.teacher_names)
-    cache.require(Requirements(teachers=teachers, num_classes=cfg.data.num_classes))
-    if cfg.teacher.ensemble is None:
-        path = cfg.teacher_checkpoint
-        cache.require(
-            Requirements(
-                teachers=teachers,
-                teacher_spec=model_spec(cfg, "teacher"),
-                teacher_state=state_digest(load_state_dict(path)) if path.exists() else None,
-                allow_teacher_mismatch=cfg.cache.allow_teacher_mismatch,
-            )
-        )
-    return CachedDataset(
-        train,
-        cache,
-        teacher=stage_two_teacher(cfg),
-        targets=targets,
-        views=view_transform(cfg),
-        policy=cfg.views.policy,
-        ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
-        num_classes=cfg.data.num_classes,
-    )
+def stored_teacher(cfg: DistillConfig) -> StoredTeacher:
+    """The pipeline's teacher as stage two requires it of the store: ``teacher.name`` (or the ensemble of
+    ``teacher.ensemble``) with its architecture, its checkpoint's weights when still on disk (hashed; the model is
+    never built), and every file of its transformers directory when the teacher is one, used as it is."""
+    if cfg.teacher.ensemble is not None:
+        return StoredTeacher(stage_two_teacher(cfg))
+    return StoredTeacher(cfg.teacher.name, model_spec(cfg, "teacher"), cfg.teacher_checkpoint, teacher_directory(cfg))
 
 
 @speaking("pipeline")
@@ -244,7 +192,7 @@ def _student_data(
     needed = teacher_targets(stages)
     if source == "cached":  # with cache.store_tokens the sequences come from the store: no corpus is read
         train = None if cfg.cache.store_tokens else load_split(cfg, cfg.data.train_split)
-        return cached_data(cfg, train, needed), None
+        return cached_data(cfg, train, needed, stored_teacher(cfg)), None
     train = load_split(cfg, cfg.data.train_split)
     live = None
     if source == "online":

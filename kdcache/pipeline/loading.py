@@ -30,7 +30,19 @@ def with_overrides(cfg: DistillConfig, overrides: list[str], *, source: str = "<
     raw = cfg.model_dump(mode="json")
     for item in overrides:
         _apply_override(raw, item)
-    return parse_pipeline(raw, source=source)  # type: ignore[return-value]
+    return distill_pipeline(parse_pipeline(raw, source=source), source)
+
+
+def distill_pipeline(cfg: RunConfig, what: str) -> DistillConfig:
+    """``cfg`` as the method ``distill`` pipeline that ``what`` (a command, a tool) takes; a scheme pipeline (lwf,
+    rocket, selfkd: no single teacher and student to read) is refused, naming its method and what runs it."""
+    if not isinstance(cfg, DistillConfig):
+        raise ConfigError(
+            f"{what} takes a method distill pipeline, and {cfg.name!r} is a method {cfg.method!r} one: its stages "
+            "depend on each other, so only `kdcache run` runs it; give a pipeline file without `method:` (or "
+            "`method: distill`)"
+        )
+    return cfg
 
 
 def parse_pipeline(raw: dict[str, Any], *, source: str = "<dict>") -> RunConfig:

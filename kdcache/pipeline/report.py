@@ -76,7 +76,8 @@ def plot_storage(cache: StoreReader, path: Path) -> Path:
     rows = storage_breakdown(cache)
     parts = sum(len(r) for r in rows.values())
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.5 * len(rows) + 0.18 * parts))
-    colors = iter(plt.get_cmap("tab20").colors * 4)
+    cmap = plt.get_cmap("tab20")
+    colors = iter([cmap(i) for i in range(cmap.N)] * 4)
     widest = 0.0
     for y, (row, sizes) in enumerate(rows.items()):
         left = 0.0

@@ -23,7 +23,7 @@ from kdcache.store import StoreReader, open_store, row_nbytes
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target, TopKLogits, build_target
 from kdcache.train import CachedDataset, ViewDataset
-from kdcache.views import ViewTransform
+from kdcache.views import Views, ViewTransform
 
 TOP_K = (1, 5, 10, 20)
 
@@ -59,7 +59,7 @@ def gaussian_classes(num_classes: int, num_samples: int, *, seed: int = 0) -> Te
 
 
 def train_teacher(
-    dataset: SampleDataset, num_classes: int, views: ViewTransform, *, epochs: int, seed: int, hidden: int = 256
+    dataset: SampleDataset, num_classes: int, views: Views, *, epochs: int, seed: int, hidden: int = 256
 ) -> torch.nn.Module:
     """A digits-mlp (hidden 256: the teacher) trained with cross-entropy: realistic, peaked-but-not-onehot logits;
     with a small ``hidden`` and few epochs, a student part-way through training."""
@@ -123,7 +123,7 @@ def measure(
 def _encoding_row(
     cache: StoreReader,
     dataset: SampleDataset,
-    views: ViewTransform,
+    views: Views,
     label: str,
     target: Target,
     live: torch.Tensor,

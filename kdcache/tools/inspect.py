@@ -56,9 +56,9 @@ def print_store(cache: StoreReader, console: Console | None = None) -> None:
     labels = cache.labels()
     if labels is not None:
         counts = np.bincount(labels).tolist()
-        names = m.dataset.get("class_names")
-        if names and len(names) >= len(counts):
-            console.print("samples per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts, strict=False)))
+        classes = m.dataset.get("class_names")
+        if classes and len(classes) >= len(counts):
+            console.print("samples per class: " + ", ".join(f"{n} {c}" for n, c in zip(classes, counts, strict=False)))
         else:
             console.print(f"labels: {counts} per class")
 

@@ -28,7 +28,7 @@ from kdcache.datasets.text import tokens_per_sample
 from kdcache.errors import ConfigError
 from kdcache.pipeline import DistillConfig
 from kdcache.pipeline.build import build_student, device_of
-from kdcache.pipeline.distill import cached_train_split
+from kdcache.pipeline.cached import cached_train_split
 from kdcache.store import Requirements, StoreReader, open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import SampledTokens, Target, TargetExtractor, TokenTopK, build_target

@@ -27,12 +27,12 @@ from kdcache.errors import ConfigError
 from kdcache.models.fingerprint import teacher_fingerprint
 from kdcache.pipeline import DistillConfig
 from kdcache.pipeline.build import device_of, load_teacher, model_spec, view_transform
-from kdcache.pipeline.distill import cached_train_split
+from kdcache.pipeline.cached import cached_train_split
 from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, VIEW_PARAMS, Requirements, StoreReader, open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import Target, TargetExtractor, build_target
 from kdcache.tools.recompute_kinds import TargetFidelity, Tolerance, compare, kind_label
-from kdcache.views import ViewTransform
+from kdcache.views import Views
 from kdcache.views.digest import view_digests
 
 DEFAULT_TOLERANCE = Tolerance()
@@ -68,7 +68,7 @@ def recompute_check(
     cache: StoreReader,
     teacher: nn.Module,
     dataset: SampleDataset | Dataset,
-    views: ViewTransform,
+    views: Views,
     *,
     teacher_name: str,
     pairs: int,
@@ -110,7 +110,7 @@ def recompute_check(
         for b in tqdm(range(0, len(rows), batch_size), desc="verify", unit="batch", disable=not progress):
             r, v = rows[b : b + batch_size], view_ids[b : b + batch_size]
             made = views.batch(dataset, index[r], v)
-            if params_reader is not None:
+            if params_reader is not None and report.params_mismatches is not None:
                 stored = params_reader.read_rows(r, v)
                 drawn = made.params
                 report.params_mismatches += int((drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1).sum())

@@ -44,14 +44,14 @@ from kdcache.store.layout import ArraySpec
 from kdcache.store.manifest import ArrayRecord, Manifest, TargetRecord, read_manifest
 from kdcache.store.writer import expected_metadata
 from kdcache.targets import build_target
-from kdcache.views import TokenViews, ViewTransform, views_from_spec
+from kdcache.views import Views, views_from_spec
 
 
 def upgrade_store(
     url: str,
     dataset: SampleDataset,
     *,
-    views: ViewTransform | TokenViews | None = None,
+    views: Views | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> StoreReader:
@@ -121,7 +121,7 @@ def _require_dataset(url: str, manifest: Manifest, dataset: SampleDataset) -> No
         )
 
 
-def _format_three(url: str, manifest: Manifest, views: ViewTransform | TokenViews) -> Manifest:
+def _format_three(url: str, manifest: Manifest, views: Views) -> Manifest:
     """The manifest with the views described by content, once the given views prove to be the recorded ones.
 
     Views made by code (a torchvision pipeline, an eval pipeline, mixing) were recorded by ``repr`` in format 2, which
@@ -196,7 +196,7 @@ def _describe_arrays(builder: StoreBuilder, dataset: SampleDataset) -> None:
 def _write_digests(
     builder: StoreBuilder,
     dataset: SampleDataset,
-    views: ViewTransform | TokenViews,
+    views: Views,
     batch_size: int,
     progress: bool,
     old: int,

@@ -141,6 +141,9 @@ class Batch:
                 name: self.decoders[name].decode({k: v.to(device, non_blocking=True) for k, v in arrays.items()})
                 for name, arrays in self.stored.items()
             }
+        mix = self.mix
+        if mix is not None:
+            mix = (mix[0].to(device, non_blocking=True), mix[1].to(device, non_blocking=True))
         return replace(
             self,
             inputs=self.inputs.to(device, non_blocking=True),
@@ -148,7 +151,7 @@ class Batch:
             stored={},
             decoded=decoded,
             decoders={},
-            mix=None if self.mix is None else tuple(t.to(device, non_blocking=True) for t in self.mix),
+            mix=mix,
         )
 
 

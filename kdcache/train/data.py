@@ -9,8 +9,9 @@ index, never by position in the batch. Targets travel as their stored dtype (flo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -27,11 +28,11 @@ from kdcache.store.manifest import ArrayRecord
 from kdcache.targets import Ensemble, EnsembleDecoder, Target
 from kdcache.train.batch import Batch, source_identity
 from kdcache.train.decoding import check_values, checked_target, value_checks
-from kdcache.train.epochs import POLICIES, EpochBatch, EpochGuard, view_ids_for
+from kdcache.train.epochs import POLICIES, EpochBatch, EpochGuard, ViewPolicy, view_ids_for
 from kdcache.train.pinning import source_record
 from kdcache.train.samplecheck import SampleCheck
 from kdcache.train.viewcheck import ViewCheck
-from kdcache.views import ViewBatch, ViewTransform, views_from_spec
+from kdcache.views import ViewBatch, Views, views_from_spec
 
 SINGLE_READS_WARNED = 1024  # single-index reads after which a dataset warns that batches would be far cheaper
 
@@ -45,7 +46,7 @@ class ViewDataset(Dataset):
       (online KD and scratch training; a cache holds only views ``0 .. count-1``).
     """
 
-    def __init__(self, dataset: SampleDataset | Dataset, views: ViewTransform, *, policy: str = "cycle") -> None:
+    def __init__(self, dataset: SampleDataset | Dataset, views: Views, *, policy: ViewPolicy = "cycle") -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown view policy {policy!r}; valid policies: {', '.join(POLICIES)}")
         self.dataset = as_sample_dataset(dataset)
@@ -80,7 +81,13 @@ class ViewDataset(Dataset):
         """The view each sample gets in ``epoch`` (default: the dataset's own), by the dataset's policy."""
         return view_ids_for(self.views, self.policy, indices, self.epoch if epoch is None else epoch)
 
-    def __getitem__(self, key: int | list[int] | np.ndarray | EpochBatch) -> Batch | dict[str, Any]:
+    @overload
+    def __getitem__(self, key: int | np.integer) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, key: list[int] | np.ndarray | EpochBatch) -> Batch: ...
+
+    def __getitem__(self, key: int | np.integer | list[int] | np.ndarray | EpochBatch) -> Batch | dict[str, Any]:
         """A batch of samples for a batch of indices (:func:`batch_loader`), or one sample's dict for one index (a
         plain ``DataLoader``; turn its collated batches into :class:`Batch` with :meth:`as_batch`). Indices from
         kdcache's samplers carry their epoch (:mod:`kdcache.train.epochs`); others are read at :attr:`epoch`."""
@@ -101,7 +108,7 @@ class ViewDataset(Dataset):
         self._warn_per_item()
         return self._items(keys)
 
-    def _items(self, keys: list[int]) -> list[dict[str, Any]]:
+    def _items(self, keys: Sequence[int | np.integer]) -> list[dict[str, Any]]:
         """The dicts of samples ``keys``, read as one batch at their epoch (kdcache's samplers' indices carry it;
         others are read at :attr:`epoch` under the epoch guard); keys of several epochs are read epoch by epoch."""
         epochs = {getattr(key, "epoch", None) for key in keys}
@@ -158,14 +165,13 @@ class ViewDataset(Dataset):
 
     def make_batch(self, indices: np.ndarray, view_ids: np.ndarray, made: ViewBatch) -> Batch:
         """The training batch of samples ``indices`` from their views ``view_ids`` (this epoch's, by the policy)."""
-        mix = None if made.partners is None else (made.partner_labels, made.weights)
         return Batch(
             inputs=made.inputs,
             labels=made.labels,
             indices=torch.from_numpy(indices),
             views=torch.from_numpy(view_ids),
             params=torch.from_numpy(made.params),
-            mix=mix,
+            mix=made.mix,
         )
 
 
@@ -193,6 +199,8 @@ class CachedDataset(ViewDataset):
     ...     batch = batch.to(device)  # batch.targets["logits"] is (64, 10) float32
     """
 
+    url: str  # the store it reads (a plain ViewDataset has none)
+
     def __init__(
         self,
         dataset: SampleDataset,
@@ -200,8 +208,8 @@ class CachedDataset(ViewDataset):
         *,
         teacher: str | Ensemble | None = None,
         targets: list[str] | None = None,
-        views: ViewTransform | None = None,
-        policy: str = "cycle",
+        views: Views | None = None,
+        policy: ViewPolicy = "cycle",
         ram_budget_bytes: float = 2 * 1024**3,
         num_classes: int | None = None,
         teacher_checkpoint: str | Path | None = None,
@@ -220,7 +228,7 @@ class CachedDataset(ViewDataset):
         members = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
         if targets is None:  # every target all members hold
             targets = sorted(set.intersection(*(set(cache.teacher(m).targets) for m in members)))
-        stored_classes = cache.manifest.dataset.get("num_classes")
+        stored_classes = cache.manifest.dataset["num_classes"]  # recorded by stage one's dataset_fingerprint
         cache.require(
             Requirements(
                 teachers=tuple(members),
@@ -276,15 +284,17 @@ class CachedDataset(ViewDataset):
         made = self.views.batch(self.dataset, indices, view_ids)
         self.check(indices, rows, made.raw, made.labels)
         if made.partners is not None and (mixed := made.partners >= 0).any():  # the partners' content is cached too
+            partner_raw, partner_labels = made.partner_raw, made.partner_labels
+            assert partner_raw is not None and partner_labels is not None  # ViewTransform.batch sets them with partners
             self.check(
                 made.partners[mixed],
                 self.row_of[made.partners[mixed]],
-                made.partner_raw,
-                made.partner_labels[torch.from_numpy(mixed)],
+                partner_raw,
+                partner_labels[torch.from_numpy(mixed)],
             )
         batch = self.make_batch(indices, view_ids, made)
         if self.params_reader is not None:  # first: drifted numbers name the numbers, the digest only the pairs
-            self._check_params(batch, self.params_reader.read_rows(rows, view_ids))
+            self._check_params(batch, made.params, self.params_reader.read_rows(rows, view_ids))
         self.check_views(indices, view_ids, rows, made.inputs)
         stored = {
             name: {rel: reader.read_rows(rows, view_ids) for rel, reader in arrays.items()}
@@ -296,9 +306,8 @@ class CachedDataset(ViewDataset):
         batch.source = self.source
         return batch
 
-    def _check_params(self, batch: Batch, stored: np.ndarray) -> None:
-        """Refuse a batch whose regenerated view numbers differ (bitwise) from what stage one stored."""
-        drawn = batch.params.numpy()
+    def _check_params(self, batch: Batch, drawn: np.ndarray, stored: np.ndarray) -> None:
+        """Refuse a batch whose regenerated view numbers ``drawn`` differ (bitwise) from what stage one stored."""
         bad = (drawn.view(np.uint32) != stored.view(np.uint32)).any(axis=1)
         if bad.any():
             pairs = list(zip(batch.indices.numpy()[bad].tolist(), batch.views.numpy()[bad].tolist(), strict=True))

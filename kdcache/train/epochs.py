@@ -16,6 +16,7 @@ the same sample twice at one epoch (the sign of an epoch that did not arrive).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,8 +24,11 @@ from torch.utils.data import get_worker_info
 
 from kdcache.errors import ConfigError
 from kdcache.train.seeded import keyed_integers
+from kdcache.views import Views
 
-POLICIES = ("cycle", "random", "fresh")
+ViewPolicy = Literal["cycle", "random", "fresh"]
+"""How stage two picks each sample's view per epoch (:class:`~kdcache.train.ViewDataset`); not part of the view spec."""
+POLICIES: tuple[ViewPolicy, ...] = get_args(ViewPolicy)
 FIX = (
     "Give the loader kdcache's sampler, which hands each index its epoch: DataLoader(train, batch_size=B, "
     "sampler=BlockShuffleSampler(train, seed=S)) and sampler.set_epoch(epoch) before each epoch, or "
@@ -60,17 +64,16 @@ class EpochBatch:
     epoch: int
 
 
-def view_ids_for(views: object, policy: str, indices: np.ndarray, epoch: int) -> np.ndarray:
+def view_ids_for(views: Views, policy: ViewPolicy, indices: np.ndarray, epoch: int) -> np.ndarray:
     """The view each sample gets in ``epoch`` under ``policy`` (see :class:`~kdcache.train.ViewDataset`)."""
-    count = int(getattr(views, "count"))  # noqa: B009 - ViewTransform and TokenViews alike
+    count = views.count
     if policy == "fresh":
         return np.full(len(indices), 1 + epoch, dtype=np.int64)
     if count == 1:
         return np.zeros(len(indices), dtype=np.int64)
     if policy == "cycle":
         return (indices + epoch) % count
-    seed = int(getattr(views, "seed"))  # noqa: B009
-    return keyed_integers(seed, epoch, indices, count)  # default_rng([seed, epoch, i]).integers(count), batched
+    return keyed_integers(views.seed, epoch, indices, count)  # default_rng([seed, epoch, i]).integers(count), batched
 
 
 class EpochGuard:

@@ -6,9 +6,10 @@ time in one call per array; streamed stores are visited in blocks of whole chunk
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch.utils.data import DataLoader
 
-from kdcache.train.batch import Batch
 from kdcache.train.data import ViewDataset
 from kdcache.train.sampler import EpochBatchSampler
 from kdcache.train.world import World
@@ -50,9 +51,9 @@ def batch_loader(
 def set_loader_epoch(loader: DataLoader, epoch: int, *, start_step: int = 0) -> None:
     """Select epoch ``epoch``'s order and views (call before iterating the loader); iteration begins at global batch
     ``start_step`` (a resumed epoch)."""
-    loader.sampler.set_epoch(epoch, start_step=start_step)  # type: ignore[union-attr]
-    loader.dataset.set_epoch(epoch)  # type: ignore[union-attr]
+    loader.sampler.set_epoch(epoch, start_step=start_step)  # type: ignore[attr-defined]  # batch_loader's sampler
+    loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]  # batch_loader's dataset: a ViewDataset
 
 
-def _identity(batch: Batch) -> Batch:
+def _identity(batch: Any) -> Any:  # batch_size=None: the loader hands over each Batch as it is
     return batch

@@ -172,11 +172,14 @@ def check_record(
             )
         log.warning("resuming from %s, written before run settings were pinned: only stages and sampler checked", path)
         return
-    refused, accepted = [], []
+    refused: list[tuple[str, Any, Any, str | None]] = []
+    accepted: list[tuple[str, Any, Any, str]] = []
     for field, old, new in json_differences(saved, now):
         override = next((name for pattern, name in _OVERRIDE_OF if pattern.fullmatch(field)), None)
-        item = (field_name(field, speaks), old, new, override)
-        (accepted if override in allowed else refused).append(item)
+        if override is not None and override in allowed:
+            accepted.append((field_name(field, speaks), old, new, override))
+        else:
+            refused.append((field_name(field, speaks), old, new, override))
     if refused:
         raise CheckpointError(_refusal(path, refused, speaks))
     for name, old, new, override in accepted:
@@ -204,7 +207,7 @@ def _refusal(path: str, refused: list[tuple[str, Any, Any, str | None]], speaks:
     more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
     fix = f"resume with the original setting{'s' if len(refused) > 1 else ''}, or start a new run ({_new_run(speaks)})"
     if all(override for *_, override in refused):  # every difference is one a resume may accept
-        allow = ", ".join(_allow_text(o, speaks) for o in sorted({o for *_, o in refused}))
+        allow = ", ".join(_allow_text(o, speaks) for o in sorted({o for *_, o in refused if o is not None}))
         fix += f", or accept the change ({allow}, logged)"
     return (
         f"cannot resume from {path!r}: this run differs from the one that wrote the checkpoint in {shown}{more}. "

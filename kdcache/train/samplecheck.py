@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdcache.datasets.base import SampleDataset
-from kdcache.datasets.digest import sample_digests
+from kdcache.datasets.digest import Inputs, sample_digests
 from kdcache.errors import SampleMismatchError
 from kdcache.store import ArrayReader
 
@@ -37,7 +37,7 @@ class SampleCheck:
                 url,
             )
 
-    def __call__(self, indices: np.ndarray, rows: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    def __call__(self, indices: np.ndarray, rows: np.ndarray, inputs: Inputs, labels: torch.Tensor) -> None:
         found = sample_digests(inputs, labels)
         stored = self.digests.read_rows(rows)
         bad = np.flatnonzero((found != stored).any(axis=1))

@@ -69,7 +69,7 @@ def rank_part(global_batch: np.ndarray, world: World, *, by_index: bool = False)
     return np.array_split(members, world.world_size)[world.rank]
 
 
-class EpochBatchSampler(Sampler[np.ndarray]):
+class EpochBatchSampler(Sampler[np.ndarray | EpochBatch]):
     """This rank's batches of sample indices for one epoch at a time; ``set_epoch`` selects the epoch. With
     ``with_epoch`` each batch is an :class:`~kdcache.train.epochs.EpochBatch`, so the epoch reaches every worker.
 

@@ -70,7 +70,7 @@ class _Hash:
 
 
 def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    result = _MIX_L * x - _MIX_R * y
+    result: np.ndarray = _MIX_L * x - _MIX_R * y
     return result ^ (result >> np.uint32(16))
 
 

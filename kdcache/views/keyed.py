@@ -5,7 +5,8 @@ A torchvision v2 pipeline draws its randomness from torch's global generator (an
 block of its own, restored afterwards — it gives the same pixels in stage one and stage two, whatever the batch,
 DataLoader worker, process or machine (with the same torch and torchvision versions, which the view spec records). A
 transform that draws from a source the key does not control (``numpy.random.default_rng()``, ``os.urandom``, its own
-``torch.Generator``) is detected by running the pipeline twice under the same key (:func:`check_replayable`).
+``torch.Generator``) is detected by running the pipeline twice under the same key
+(:func:`~kdcache.views.check_replayable`).
 
 MixUp and CutMix (Zhang et al. 2018; Yun et al. 2019) mix view ``v`` of sample ``i`` with view ``v`` of a partner
 sample; the partner, λ ~ Beta(α, α) and CutMix's box centre come from the key too, so the teacher's output on the
@@ -202,21 +203,3 @@ class Mix:
         mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
         return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
 
-
-def check_replayable(views: Any, dataset: Any, samples: int = 4) -> None:
-    """Refuse views that do not replay: the same (seed, sample, view) must give the same pixels twice. Run by stage
-    one before anything is cached, on the first ``samples`` samples and their last view."""
-    count = min(samples, len(dataset))
-    if count == 0:
-        return
-    indices = np.arange(count, dtype=np.int64)
-    view_ids = np.full(count, views.count - 1, dtype=np.int64)
-    first, second = views.batch(dataset, indices, view_ids).inputs, views.batch(dataset, indices, view_ids).inputs
-    if not torch.equal(first, second):
-        bad = int(torch.nonzero((first != second).flatten(1).any(dim=1))[0])
-        raise ConfigError(
-            f"the view transform is not replayable: view {int(view_ids[bad])} of sample {bad} came out different "
-            "twice under the same (seed, sample, view). A step draws from a random source kdcache does not seed "
-            "(numpy.random.default_rng(), random.SystemRandom, os.urandom, time, a torch.Generator of its own); make "
-            "it draw from torch's global generator, as torchvision v2 transforms do, or compute it in the dataset"
-        )

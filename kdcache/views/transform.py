@@ -53,6 +53,13 @@ class ViewBatch:
     partner_labels: torch.Tensor | None = None
     weights: torch.Tensor | None = None
 
+    @property
+    def mix(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For mixed views, ``(partner labels, weight of labels)`` of every sample (what a training batch carries)."""
+        if self.partner_labels is None or self.weights is None:
+            return None
+        return self.partner_labels, self.weights
+
 
 class ViewTransform:
     """Turns raw inputs of given (sample, view) pairs into model inputs.

@@ -24,13 +24,13 @@ def lm_raw(tmp_path, lm_corpus, lm_tokenizer) -> dict:
 
 def test_plan_gives_bytes_per_token_before_any_teacher_runs(lm_raw, tmp_path):
     cfg = parse_pipeline(lm_raw)
-    rows = {r["array"]: r for r in plan_storage(cfg)}
-    assert rows["token_logits_topk/values"]["bytes_per_sample"] == SEQ_LEN * 8 * 2
-    assert rows["token_logits_topk/indices"]["dtype"] == "uint16"  # 300 tokens
-    per_token = {a: r["bytes_per_token"] for a, r in rows.items()}
+    rows = {r.array: r for r in plan_storage(cfg)}
+    assert rows["token_logits_topk/values"].bytes_per_sample == SEQ_LEN * 8 * 2
+    assert rows["token_logits_topk/indices"].dtype == "uint16"  # 300 tokens
+    per_token = {a: r.bytes_per_token for a, r in rows.items()}
     assert sum(v for a, v in per_token.items() if a.startswith("token_logits_topk")) == 4 + 4 * 8
     assert sum(v for a, v in per_token.items() if a.startswith("token_logits_sampled")) == 8 * (2 + 1)
-    megabytes = rows["token_logits_topk/values"]["shape"][0] * SEQ_LEN * 36 / 1e6  # every token of the split
+    megabytes = rows["token_logits_topk/values"].shape[0] * SEQ_LEN * 36 / 1e6  # every token of the split
     assert token_budget(cfg, list(rows.values())) == [
         f"token_logits_topk: 36.0 B/token at k=8, {megabytes:,.2f} MB for the dataset's tokens (goal ≤ 4 + 6·k = 52 B; DistillKit ≈ 300 B/token at k=128)"
     ]

@@ -20,7 +20,8 @@ import s3fs
 from kdcache.models import DigitsCNN
 from kdcache.pipeline import parse_pipeline
 from kdcache.pipeline.build import load_split
-from kdcache.pipeline.distill import cached_data, run_precompute
+from kdcache.pipeline.cached import cached_data
+from kdcache.pipeline.distill import run_precompute, stored_teacher
 from kdcache.precompute import precompute
 from kdcache.store import StoreReader, open_store
 from kdcache.targets import build_target
@@ -237,7 +238,7 @@ def test_pipeline_key_puts_the_shard_cache_in_stage_two(tmp_path):
         "ram_budget_mb": 0,
     }
     cfg = parse_pipeline(raw)
-    data = cached_data(cfg, load_split(cfg, cfg.data.train_split), ["logits"])
+    data = cached_data(cfg, load_split(cfg, cfg.data.train_split), ["logits"], stored_teacher(cfg))
     reader = next(iter(data.readers["logits"].values()))
     assert reader.shard_cache is not None and reader.shard_cache.max_bytes == 1024**2
     assert len(data[np.arange(240)].stored["logits"]["logits"]) == 240

@@ -16,10 +16,9 @@ from kdcache.pipeline.build import device_of, eval_views, output_path, view_tran
 from kdcache.pipeline.config import RunConfig
 from kdcache.pipeline.report import plot_curves
 from kdcache.precompute import PrecomputeReport, precompute
-from kdcache.store import open_store
 from kdcache.tables import markdown_table, render_table, write_json
 from kdcache.targets import Target
-from kdcache.train import CachedDataset, OptimizerConfig, StageConfig, TrainResult, ViewDataset, evaluate, fit
+from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TrainResult, ViewDataset, evaluate, fit
 from kdcache.train.stages import Section
 
 
@@ -30,7 +29,8 @@ class Phase(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
 
     def stage(self, name: str, losses: list[dict[str, Any]], freeze: list[str] | None = None) -> StageConfig:
-        return StageConfig(name=name, epochs=self.epochs, optimizer=self.optimizer, losses=losses, freeze=freeze or [])
+        return StageConfig(name=name, epochs=self.epochs, optimizer=self.optimizer, losses=[LossConfig.model_validate(loss) for loss in losses],
+                           freeze=freeze or [])  # fmt: skip
 
 
 @dataclass
@@ -115,16 +115,6 @@ def cache_teacher(
             f"{exc}. Pipeline {cfg.name!r} caches the {name!r} it trained in this run; the store was written by an "
             f"earlier run with other settings. Delete {store} or set cache.store to a new path"
         ) from None
-
-
-def cached_data(
-    cfg: RunConfig, dataset: SampleDataset, *, store: str, teacher: str, targets: list[str], num_classes: int
-) -> CachedDataset:
-    """``dataset`` joined with ``teacher``'s cached ``targets``; refuses a store that is incomplete for that teacher
-    or was made from other data, views or class count. The teacher itself is never built."""
-    return CachedDataset(
-        dataset, open_store(store), teacher=teacher, targets=targets, views=view_transform(cfg), num_classes=num_classes
-    )
 
 
 def report(

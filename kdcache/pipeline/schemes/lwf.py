@@ -25,6 +25,7 @@ from kdcache.errors import CheckpointError
 from kdcache.models import MultiHeadNet, build_model
 from kdcache.models.heads import CONCAT
 from kdcache.pipeline.build import load_split, view_transform
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.config import RunConfig, TeacherConfig
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.schemes.base import (
@@ -32,7 +33,6 @@ from kdcache.pipeline.schemes.base import (
     Trained,
     accuracy,
     cache_teacher,
-    cached_data,
     report,
     stage_losses,
     train,
@@ -150,7 +150,8 @@ def run_lwf(cfg: LwFPipeline, *, progress: bool = True) -> dict[str, Any]:
 
 def _task_splits(cfg: RunConfig, classes: list[int]) -> tuple[SampleDataset, SampleDataset]:
     """(train, test) of one task: the samples of ``classes``, relabelled 0..k-1."""
-    return tuple(ClassSubset(load_split(cfg, split), classes) for split in (cfg.data.train_split, cfg.data.test_split))
+    train, test = (ClassSubset(load_split(cfg, split), classes) for split in (cfg.data.train_split, cfg.data.test_split))
+    return train, test
 
 
 def _spec(cfg: LwFPipeline, heads: list[str]) -> dict[str, Any]:
@@ -225,9 +226,8 @@ def _train_row(
     classes = len(s.new_classes)
     train_set, test_set = task[NEW]
     if row == "lwf":
-        data: ViewDataset = cached_data(
-            cfg, train_set, store=cfg.store_url, teacher=s.old_model.name, targets=["logits"], num_classes=classes
-        )
+        teacher = StoredTeacher(s.old_model.name)
+        data: ViewDataset = cached_data(cfg, train_set, ["logits"], teacher, num_classes=classes)
     elif row == "joint_training":  # one classifier over both heads (old labels first), trained on both tasks' data
         net.output, classes = CONCAT, len(s.old_classes) + len(s.new_classes)
         train_set, test_set = _task_splits(cfg, s.old_classes + s.new_classes)

@@ -20,9 +20,10 @@ from kdcache.datasets import SampleDataset
 from kdcache.errors import ConfigError
 from kdcache.models import MultiHeadNet, build_model
 from kdcache.pipeline.build import load_split, view_transform
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.config import ModelConfig, RunConfig
 from kdcache.pipeline.methods import METHODS, Method
-from kdcache.pipeline.schemes.base import Phase, Trained, accuracy, cache_teacher, cached_data, report, train
+from kdcache.pipeline.schemes.base import Phase, Trained, accuracy, cache_teacher, report, train
 from kdcache.tables import pct
 from kdcache.targets import build_target
 from kdcache.train import LossConfig, StageConfig, ViewDataset
@@ -116,9 +117,7 @@ def run_rocket(cfg: RocketPipeline, *, progress: bool = True) -> dict[str, Any]:
         if row == "offline_kd":  # stage two from the store: the booster is not built
             needed = sorted({t for loss in s.offline_losses for t in loss.teacher_targets()})
             classes = cfg.data.num_classes
-            data = cached_data(
-                cfg, train_set, store=cfg.store_url, teacher=s.teacher_name, targets=needed, num_classes=classes
-            )
+            data = cached_data(cfg, train_set, needed, StoredTeacher(s.teacher_name), num_classes=classes)
         trained = train(
             cfg,
             net,

@@ -18,9 +18,10 @@ from kdcache.checkpoint import save_model
 from kdcache.datasets import SampleDataset
 from kdcache.models import build_model
 from kdcache.pipeline.build import device_of, eval_views, load_split, view_transform
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.config import ModelConfig, RunConfig, TrainConfig
 from kdcache.pipeline.methods import METHODS, Method
-from kdcache.pipeline.schemes.base import Trained, accuracy, cache_teacher, cached_data, report, train
+from kdcache.pipeline.schemes.base import Trained, accuracy, cache_teacher, report, train
 from kdcache.tables import pct
 from kdcache.targets import build_target
 from kdcache.train import StageConfig, ViewDataset
@@ -107,14 +108,7 @@ def train_generation(
     else:
         needed = sorted({t for stage in s.distill for loss in stage.losses for t in loss.teacher_targets()})
         stages = s.distill
-        data = cached_data(
-            cfg,
-            train_set,
-            store=cfg.store_url,
-            teacher=cfg.teacher_name(generation - 1),
-            targets=needed,
-            num_classes=cfg.data.num_classes,
-        )
+        data = cached_data(cfg, train_set, needed, StoredTeacher(cfg.teacher_name(generation - 1)))
     name = cfg.teacher_name(generation)
     trained = train(
         cfg,

@@ -16,7 +16,8 @@ from kdcache.losses import LossSetup, StepOutputs, build_objective
 from kdcache.models import DigitsCNN, MultiHeadNet
 from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import load_split, view_transform
-from kdcache.pipeline.schemes.base import cached_data, train
+from kdcache.pipeline.cached import StoredTeacher, cached_data
+from kdcache.pipeline.schemes.base import train
 from kdcache.pipeline.schemes.lwf import FROZEN, LwFPipeline, lwf_network, row_stages
 from kdcache.precompute import precompute
 from kdcache.store import open_store
@@ -77,7 +78,7 @@ def lwf_setup(tmp_path, digits_train):
     old = MultiHeadNet.from_classifier(DigitsCNN(5, width=2), "fc", "old")
     new_task = ClassSubset(digits_train, [5, 6, 7, 8, 9])
     new_task.indices = new_task.indices[:200]
-    store = str(tmp_path / "store.zarr")
+    store = cfg.store_url  # where the pipeline reads its cached targets
     targets = [build_target("logits", {"dtype": "float16"})]
     precompute(
         old,
@@ -89,7 +90,7 @@ def lwf_setup(tmp_path, digits_train):
         shard_samples=128,
         progress=False,
     )
-    data = cached_data(cfg, new_task, store=store, teacher="teacher", targets=["logits"], num_classes=5)
+    data = cached_data(cfg, new_task, ["logits"], StoredTeacher("teacher"), num_classes=5)
     return cfg, old, new_task, data
 
 
@@ -110,6 +111,18 @@ def unchanged(before: dict, model: torch.nn.Module, prefix: str) -> bool:
     """Every parameter and buffer (BatchNorm running statistics, batch counters) under ``prefix`` is bit-identical."""
     items = [(k, v) for k, v in model.state_dict().items() if k.startswith(prefix + ".")]
     return bool(items) and all(torch.equal(before[k], v) for k, v in items)
+
+
+def test_a_schemes_cached_data_reads_with_the_pipelines_cache_settings_and_view_policy(tmp_path, lwf_setup):
+    """The schemes read their stores through the one ``cached_data`` of the distill method: ``cache.shard_cache``,
+    ``cache.ram_budget_mb`` and ``views.policy`` reach a scheme's stage two (they used to be dropped there)."""
+    _, _, new_task, _ = lwf_setup
+    sets = ["views.policy=random", f"cache.shard_cache={tmp_path / 'sc'}", "cache.shard_cache_mb=1", "cache.ram_budget_mb=0"]
+    cfg = small_lwf(tmp_path, *sets)
+    data = cached_data(cfg, new_task, ["logits"], StoredTeacher("teacher"), num_classes=5)
+    reader = next(iter(data.readers["logits"].values()))
+    assert data.policy == "random" and reader.shard_cache is not None and reader.shard_cache.max_bytes == 1024**2
+    assert len(data[np.arange(200)].stored["logits"]["logits"]) == 200
 
 
 def test_warmup_trains_only_the_new_head_then_joint_phase_trains_everything(lwf_setup):
@@ -149,6 +162,17 @@ def test_lwf_pipeline_validation(tmp_path):
         small_lwf(tmp_path, "method=lfw")
 
 
+def test_tools_that_read_one_teacher_refuse_a_scheme_pipeline_by_name(tmp_path):
+    """``verify --recompute`` and ``fidelity --store`` read a distill pipeline's teacher and student; given a scheme
+    pipeline (which has neither) they refuse it with a typed error naming its method, not an AttributeError."""
+    store = str(tmp_path / "none.zarr")
+    for args in (["verify", store, "--recompute", "2"], ["fidelity", "--store", store]):
+        refused = kdcache(*args, "--pipeline", str(PIPELINE), "--quiet")
+        assert refused.returncode == 2, refused.stderr
+        assert "takes a method distill pipeline, and 'digits_lwf' is a method 'lwf' one" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
 @pytest.mark.slow
 def test_lwf_pipeline_end_to_end_keeps_the_old_task(tmp_path):
     out = tmp_path / "run"
@@ -167,7 +191,7 @@ def test_lwf_pipeline_end_to_end_keeps_the_old_task(tmp_path):
     cfg = small_lwf(tmp_path)
     old = load_model(MultiHeadNet.from_classifier(DigitsCNN(5, width=16), "fc", "old"), out / "old-model.safetensors")
     new_task = ClassSubset(load_split(cfg, "train"), [5, 6, 7, 8, 9])  # what the run cached: first 400, digits 5-9
-    data = cached_data(cfg, new_task, store=cache.url, teacher="old-cnn16", targets=["logits"], num_classes=5)
+    data = cached_data(cfg, new_task, ["logits"], StoredTeacher("old-cnn16"), num_classes=5)
     batch = data[np.arange(len(data))].to("cpu")
     with torch.no_grad():
         assert torch.equal(batch.targets["logits"], old.eval()(batch.inputs).half().float())

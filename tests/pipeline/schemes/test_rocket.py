@@ -13,7 +13,7 @@ from kdcache.checkpoint import load_model
 from kdcache.losses import LossSetup, StepOutputs, build_objective, logit_hint
 from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import load_split
-from kdcache.pipeline.schemes.base import cached_data
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.schemes.rocket import RocketPipeline, rocket_network, row_stages
 from kdcache.store import open_store
 from tests.conftest import ROOT
@@ -111,9 +111,7 @@ def test_rocket_pipeline_end_to_end(tmp_path):
     cfg = small_rocket(tmp_path)
     booster = load_model(rocket_network(cfg), out / "rocket.safetensors").keep(["booster"]).eval()
     assert open_store(cfg.store_url).teachers == ["booster"]
-    data = cached_data(
-        cfg, load_split(cfg, "train"), store=cfg.store_url, teacher="booster", targets=["logits"], num_classes=10
-    )
+    data = cached_data(cfg, load_split(cfg, "train"), ["logits"], StoredTeacher("booster"))
     batch = data[np.arange(len(data))].to("cpu")
     with torch.no_grad():
         assert torch.equal(batch.targets["logits"], booster(batch.inputs).half().float())

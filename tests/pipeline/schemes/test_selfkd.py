@@ -14,7 +14,7 @@ from kdcache.errors import ConfigError, StoreMismatchError
 from kdcache.models import DigitsCNN
 from kdcache.pipeline import load_pipeline
 from kdcache.pipeline.build import load_split
-from kdcache.pipeline.schemes.base import cached_data
+from kdcache.pipeline.cached import StoredTeacher, cached_data
 from kdcache.pipeline.schemes.selfkd import SelfKDPipeline, cache_generation, train_generation
 from kdcache.store import open_store
 from tests.conftest import ROOT
@@ -58,7 +58,7 @@ def test_each_generation_is_cached_and_the_next_learns_from_that_cache_alone(tmp
     train_set = load_split(cfg, "train")
     for k in range(4):  # generation k's cached logits are its saved weights' outputs
         model = load_model(DigitsCNN(10, width=4), out / f"gen{k}.safetensors").eval()
-        data = cached_data(cfg, train_set, store=cfg.store_url, teacher=f"gen{k}", targets=["logits"], num_classes=10)
+        data = cached_data(cfg, train_set, ["logits"], StoredTeacher(f"gen{k}"))
         batch = data[np.arange(len(data))].to("cpu")
         with torch.no_grad():
             assert torch.equal(batch.targets["logits"], model(batch.inputs).half().float()), k

@@ -171,6 +171,7 @@ def test_process_killed_mid_fetch_leaves_only_whole_shards(stores, digits_small,
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+        child.stdout.close()
     files = cached_files(directory)
     assert files and all(hashlib.sha256(raw).hexdigest() + ".shard" == n for n, raw in files.items())
     expected = epoch(digits_small, views, open_store(str(local)), seed=0)

@@ -21,7 +21,8 @@ test: venv
 	$(BIN)/python -m pytest -ra
 
 lint: venv
-	$(BIN)/ruff check kdcache tests
+	$(BIN)/ruff check kdcache tests data
+	$(BIN)/ruff format --check kdcache tests data pipelines
 	$(BIN)/mypy
 
 bench: venv

@@ -25,11 +25,37 @@ from kdcache.datasets.chat import save_chat_tokenizer
 OUT = Path("data/chat")
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPLITS = {
-    "train": ["os.path", "shutil", "json", "re", "functools", "itertools", "textwrap", "string", "glob", "fnmatch",
-              "random", "statistics", "math", "operator", "copy", "heapq", "bisect", "base64", "zlib", "inspect",
-              "typing", "tempfile", "pathlib", "subprocess", "threading", "collections", "dataclasses"],
+    "train": [
+        "os.path",
+        "shutil",
+        "json",
+        "re",
+        "functools",
+        "itertools",
+        "textwrap",
+        "string",
+        "glob",
+        "fnmatch",
+        "random",
+        "statistics",
+        "math",
+        "operator",
+        "copy",
+        "heapq",
+        "bisect",
+        "base64",
+        "zlib",
+        "inspect",
+        "typing",
+        "tempfile",
+        "pathlib",
+        "subprocess",
+        "threading",
+        "collections",
+        "dataclasses",
+    ],
     "test": ["os", "shlex", "pprint", "difflib", "calendar", "html", "csv", "secrets", "uuid"],
-}  # fmt: skip
+}
 QUESTIONS = ("What does `{}` do?", "Explain `{}`.", "In Python, what is `{}` for?", "Tell me about `{}`.")
 SYSTEM = "You answer questions about the Python standard library in one paragraph."
 MAX_ANSWER = 400  # characters: one paragraph, so a conversation fits a 256-token sample
@@ -59,8 +85,10 @@ def functions(module_name: str) -> list[tuple[str, object]]:
 def conversation(index: int, qualified: str, obj: object, answer: str) -> list[dict[str, str]]:
     """Turns for one function: system (every third), question, answer, and (every fourth) the signature."""
     messages = [{"role": "system", "content": SYSTEM}] if index % 3 == 0 else []
-    messages += [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)].format(qualified)},
-                 {"role": "assistant", "content": answer}]  # fmt: skip
+    messages += [
+        {"role": "user", "content": QUESTIONS[index % len(QUESTIONS)].format(qualified)},
+        {"role": "assistant", "content": answer},
+    ]
     if index % 4 == 1:
         try:
             signature = str(inspect.signature(obj))  # type: ignore[arg-type]
@@ -68,8 +96,10 @@ def conversation(index: int, qualified: str, obj: object, answer: str) -> list[d
             return messages
         if " at 0x" in signature:  # a default's repr holds a memory address: not deterministic
             return messages
-        messages += [{"role": "user", "content": "What is its signature?"},
-                     {"role": "assistant", "content": f"`{qualified.rsplit('.', 1)[1]}{signature}`"}]  # fmt: skip
+        messages += [
+            {"role": "user", "content": "What is its signature?"},
+            {"role": "assistant", "content": f"`{qualified.rsplit('.', 1)[1]}{signature}`"},
+        ]
     return messages
 
 
@@ -88,8 +118,12 @@ def train_tokenizer(texts: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 

@@ -40,7 +40,7 @@ TEACHER = {
                 "n_positions": 192,
                 "bos_token_id": 0,
                 "eos_token_id": 0,
-            },  # fmt: skip
+            },
         },
     },
     "train": {
@@ -51,7 +51,7 @@ TEACHER = {
                 "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.01},
                 "losses": [{"name": "next_token"}],
             }
-        ],  # fmt: skip
+        ],
     },
 }
 

@@ -49,20 +49,45 @@ _EXPORTS = {
 }
 
 _PACKAGE_OF_MOVED = {
-    "kdcache.datasets": ("ChatDataset", "ClassSubset", "DigitsSegmentation", "HDF5Dataset", "ItemDataset",
-                         "SampleDataset", "TensorDataset", "TextDataset", "VOCSegmentation", "as_sample_dataset"),
+    "kdcache.datasets": (
+        "ChatDataset",
+        "ClassSubset",
+        "DigitsSegmentation",
+        "HDF5Dataset",
+        "ItemDataset",
+        "SampleDataset",
+        "TensorDataset",
+        "TextDataset",
+        "VOCSegmentation",
+        "as_sample_dataset",
+    ),
     "kdcache.losses": ("LOSSES", "build_objective", "logit_hint", "token_kd_divergence"),
     "kdcache.models": ("MultiHeadNet",),
     "kdcache.precompute": ("PrecomputeReport", "StageOneJob"),
     "kdcache.registry": ("Factory",),
     "kdcache.targets": ("TARGETS", "Ensemble", "ProbabilityEnsemble"),
-    "kdcache.tools": ("FidelityReport", "TeacherStats", "Tolerance", "export_hdf5", "import_hdf5", "recompute_check",
-                      "store_stats"),
+    "kdcache.tools": (
+        "FidelityReport",
+        "TeacherStats",
+        "Tolerance",
+        "export_hdf5",
+        "import_hdf5",
+        "recompute_check",
+        "store_stats",
+    ),
     "kdcache.store": ("Requirements",),
-    "kdcache.train": ("Batch", "LossConfig", "OptimizerConfig", "StageConfig", "ViewDataset",
-                      "World", "process_group", "set_loader_epoch"),
+    "kdcache.train": (
+        "Batch",
+        "LossConfig",
+        "OptimizerConfig",
+        "StageConfig",
+        "ViewDataset",
+        "World",
+        "process_group",
+        "set_loader_epoch",
+    ),
     "kdcache.views": ("VIEW_OPS", "Mix", "TokenViews", "build_view_op"),
-}  # fmt: skip
+}
 """Names the front door exported before it was made small: deprecated here, each at home in its package."""
 
 _RENAMED = {

@@ -116,12 +116,21 @@ def load_model(model: nn.Module, path: str | Path) -> nn.Module:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]  # fmt: skip
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shapes (checkpoint vs model)", shapes)) if keys]  # fmt: skip
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shapes (checkpoint vs model)", shapes),
+            )
+            if keys
+        ]
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(parts)}. Build the model with "
             "the arguments the checkpoint was trained with, or point at its own checkpoint"

@@ -15,15 +15,19 @@ PLAIN_TEMPLATE = GENERATION_TEMPLATE.replace("{% generation %}", "").replace("{%
 """The same rendering without generation blocks: assistant tokens are found from rendered prefixes."""
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "what does the cache hold"},
-     {"role": "assistant", "content": "every token of the teacher"}],
-    [{"role": "system", "content": "answer briefly"},
-     {"role": "user", "content": "who reads it back"},
-     {"role": "assistant", "content": "the student"},
-     {"role": "user", "content": "and the loss"},
-     {"role": "assistant", "content": "compares both"}],
+    [
+        {"role": "user", "content": "what does the cache hold"},
+        {"role": "assistant", "content": "every token of the teacher"},
+    ],
+    [
+        {"role": "system", "content": "answer briefly"},
+        {"role": "user", "content": "who reads it back"},
+        {"role": "assistant", "content": "the student"},
+        {"role": "user", "content": "and the loss"},
+        {"role": "assistant", "content": "compares both"},
+    ],
     [{"role": "user", "content": "the next token"}, {"role": "assistant", "content": "of a packed sequence"}],
-]  # fmt: skip
+]
 
 
 def write_chat(directory: Path, conversations: list = CONVERSATIONS, name: str = "chat.jsonl") -> Path:

@@ -92,11 +92,21 @@ def logits_target():
     return build_target("logits", {"dtype": "float16"})
 
 
-def cache_digits(path: Path, teacher: torch.nn.Module, dataset: Any, views: ViewTransform, targets: list, *,
-                 teacher_name: str = "t8") -> PrecomputeReport:  # fmt: skip
+def cache_digits(
+    path: Path, teacher: torch.nn.Module, dataset: Any, views: ViewTransform, targets: list, *, teacher_name: str = "t8"
+) -> PrecomputeReport:
     """Stage one of ``teacher`` on ``dataset`` into ``path``, in shards of 128 (three for the 300 digits)."""
-    return precompute(teacher, dataset, path, targets=targets, views=views, num_classes=10, teacher_name=teacher_name,
-                      shard_samples=128, progress=False)  # fmt: skip
+    return precompute(
+        teacher,
+        dataset,
+        path,
+        targets=targets,
+        views=views,
+        num_classes=10,
+        teacher_name=teacher_name,
+        shard_samples=128,
+        progress=False,
+    )
 
 
 def cached_dataset(

@@ -52,8 +52,12 @@ def train_bpe(files: list[Path], path: Path, *, vocab_size: int = 300, specials:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train([str(f) for f in files], trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
@@ -72,15 +76,24 @@ def train_wordlevel(files: list[Path], path: Path) -> Path:
 
 
 def text_split(files: list[Path], tokenizer: Path, *, seq_len: int = SEQ_LEN, split: str = "train") -> TextDataset:
-    return TextDataset([str(f) for f in files], tokenizer=tokenizer, seq_len=seq_len, split=split,
-                       pad_token="<|pad|>")  # fmt: skip
+    return TextDataset([str(f) for f in files], tokenizer=tokenizer, seq_len=seq_len, split=split, pad_token="<|pad|>")
 
 
 def tiny_lm(vocab_size: int, *, seed: int = 0, layers: int = 1, width: int = 32) -> CausalLM:
     """A seeded GPT-2 of ``layers`` blocks of ``width`` built from a config (dropout 0: every forward is exact)."""
     torch.manual_seed(seed)
-    config = {"model_type": "gpt2", "n_layer": layers, "n_embd": width, "n_head": 2, "n_positions": 64,
-              "bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # fmt: skip
+    config = {
+        "model_type": "gpt2",
+        "n_layer": layers,
+        "n_embd": width,
+        "n_head": 2,
+        "n_positions": 64,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
     return CausalLM(vocab_size, config=config, pad_token_id=1)
 
 
@@ -149,17 +162,39 @@ def lm_teacher(_lm_teacher: CausalLM) -> CausalLM:
     return copy.deepcopy(_lm_teacher)
 
 
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "bos_token_id": 0,
-             "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # fmt: skip
+TINY_GPT2 = {
+    "model_type": "gpt2",
+    "n_layer": 1,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_positions": 64,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
 
 
 def lm_pipeline_dict(root: Path, corpus: list[Path], tokenizer: Path, *, vocab_size: int = 300) -> dict:
     """A language-model pipeline sized for tests: the corpus's first documents train, the last one tests; a 2-block
     teacher and a 1-block student (GPT-2 configs), top-k and sampled targets, absolute paths (workers resolve them)."""
-    stages = [{"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.01},
-               "losses": [{"name": "next_token", "weight": 0.5}, {"name": "token_kd", "weight": 0.5}]}]  # fmt: skip
-    sampled = [{**stages[0], "losses": [{"name": "next_token", "weight": 0.5},
-                                        {"name": "token_kd", "weight": 0.5, "target": "token_logits_sampled"}]}]  # fmt: skip
+    stages = [
+        {
+            "epochs": 2,
+            "optimizer": {"name": "adamw", "lr": 0.01},
+            "losses": [{"name": "next_token", "weight": 0.5}, {"name": "token_kd", "weight": 0.5}],
+        }
+    ]
+    sampled = [
+        {
+            **stages[0],
+            "losses": [
+                {"name": "next_token", "weight": 0.5},
+                {"name": "token_kd", "weight": 0.5, "target": "token_logits_sampled"},
+            ],
+        }
+    ]
     model = {"arch": "causal-lm", "args": {"pad_token_id": 1, "config": TINY_GPT2}}
     return {
         "name": "test_lm",
@@ -184,7 +219,7 @@ def lm_pipeline_dict(root: Path, corpus: list[Path], tokenizer: Path, *, vocab_s
                 "stages": [
                     {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.01}, "losses": [{"name": "next_token"}]}
                 ],
-            },  # fmt: skip
+            },
         },
         "student": {"model": model, "train": {"batch_size": 16, "stages": stages}},
         "scratch_losses": [{"name": "next_token"}],

@@ -191,8 +191,9 @@ def mismatches(doc: DocSignature, obj: Any) -> list[str]:
             problems.append(f"{name!r} is {param.kind.description}, shown {kind.description}")
         if (default is None) != (param.default is P.empty) and kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD):
             shown_default = "no default" if default is None else "a default"
-            problems.append(f"{name!r} has {'no default' if param.default is P.empty else 'a default'}, shown "
-                            f"{shown_default}")  # fmt: skip
+            problems.append(
+                f"{name!r} has {'no default' if param.default is P.empty else 'a default'}, shown {shown_default}"
+            )
         elif default is not None and not (isinstance(default, ast.Constant) and default.value is Ellipsis):
             value, real_default = _default(default, obj), _real_default(obj, param)
             if value != real_default:

@@ -35,8 +35,11 @@ def test_a_wrong_layer_lists_the_nearest_paths() -> None:
 def test_the_extractor_gives_every_target_from_one_forward_pass() -> None:
     torch.manual_seed(0)
     model = DigitsCNN(10, width=4)
-    targets = [build_target("logits", {}), build_target("embedding", {"layer": "pool"}),
-               build_target("fsp", {"layers": ["layer2", "layer3"]})]  # fmt: skip
+    targets = [
+        build_target("logits", {}),
+        build_target("embedding", {"layer": "pool"}),
+        build_target("fsp", {"layers": ["layer2", "layer3"]}),
+    ]
     x = torch.rand(5, 1, 8, 8)
     with TargetExtractor(model, targets, "cpu") as extract:
         logits, values = extract(x)

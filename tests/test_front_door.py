@@ -72,8 +72,15 @@ def test_top_level_is_small_and_every_name_resolves() -> None:
     assert kdcache.__version__ == importlib.metadata.version("kdcache")
 
 
-@pytest.mark.parametrize(("name", "home"), [("TextDataset", "kdcache.datasets"), ("logit_hint", "kdcache.losses"),
-                                            ("store_stats", "kdcache.tools"), ("World", "kdcache.train")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("TextDataset", "kdcache.datasets"),
+        ("logit_hint", "kdcache.losses"),
+        ("store_stats", "kdcache.tools"),
+        ("World", "kdcache.train"),
+    ],
+)
 def test_names_that_left_the_top_level_warn_and_resolve(name: str, home: str) -> None:
     with pytest.warns(DeprecationWarning, match=rf"kdcache\.{name} is deprecated: use {home}\.{name} "):
         value = getattr(kdcache, name)

@@ -10,8 +10,12 @@ import pytest
 
 from tests.conftest import ROOT
 
-DOCS = [ROOT / "README.md", ROOT / "pipelines" / "README.md", ROOT / "tests" / "README.md",
-        *sorted((ROOT / "docs").glob("*.md"))]  # fmt: skip
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "pipelines" / "README.md",
+    ROOT / "tests" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 SEPARATOR = re.compile(r"^\|?(\s*:?-+:?\s*\|)*\s*:?-+:?\s*\|?$")
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
@@ -48,8 +52,10 @@ def table_problems(text: str, name: str) -> list[str]:
             continue
         for number, row in rest:
             if cells(row) != width:
-                problems.append(f"{name}:{number}: {cells(row)} cells, the header has {width} (escape a pipe "
-                                f"inside a cell as \\|): {row[:80]}")  # fmt: skip
+                problems.append(
+                    f"{name}:{number}: {cells(row)} cells, the header has {width} (escape a pipe "
+                    f"inside a cell as \\|): {row[:80]}"
+                )
     return problems
 
 
@@ -59,10 +65,20 @@ def test_markdown_tables_are_well_formed(doc: Path) -> None:
 
 
 def test_the_table_lint_can_fail() -> None:
-    text = "\n".join([
-        "| a | b |", "|---|---|", "| `x \\| y` | ok |", "| `none|cached` | raw pipe |", "",
-        "```", "| not | a | table |", "```", "| no | separator |", "| c | d |",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "| a | b |",
+            "|---|---|",
+            "| `x \\| y` | ok |",
+            "| `none|cached` | raw pipe |",
+            "",
+            "```",
+            "| not | a | table |",
+            "```",
+            "| no | separator |",
+            "| c | d |",
+        ]
+    )
     assert table_problems(text, "t.md") == [
         "t.md:4: 3 cells, the header has 2 (escape a pipe inside a cell as \\|): | `none|cached` | raw pipe |",
         "t.md:9: the table header is not followed by a separator row (|---|---|)",

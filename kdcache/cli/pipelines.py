@@ -53,8 +53,14 @@ def train(args: argparse.Namespace) -> int:
 
     check_overrides(tuple(args.resume_allow))
     world = World.from_env()  # the one place that reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
-    run = train_student(load(args), args.variant, progress=not args.quiet, world=world, resume=args.resume,
-                        resume_allow=tuple(args.resume_allow))  # fmt: skip
+    run = train_student(
+        load(args),
+        args.variant,
+        progress=not args.quiet,
+        world=world,
+        resume=args.resume,
+        resume_allow=tuple(args.resume_allow),
+    )
     if world.is_main:
         metrics = ", ".join(f"{k} {metric_text(k, v)}" for k, v in run.metrics.items())
         print(f"student ({args.variant}): {metrics} in {run.result.seconds:.1f} s")
@@ -77,17 +83,36 @@ def plan(args: argparse.Namespace) -> int:
     rows = plan_storage(cfg)
     tokens = any(r.bytes_per_token is not None for r in rows)  # text: a bytes/token column
     table = [
-        [r.target, r.array, str(r.shape), r.dtype, f"{r.bytes_per_sample:,}",
-         *([f"{r.bytes_per_token:,.1f}"] if r.bytes_per_token is not None else []), f"{r.total_bytes / 1e6:,.2f}",
-         str(r.chunk_samples), str(r.shard_samples), r.compressor]
+        [
+            r.target,
+            r.array,
+            str(r.shape),
+            r.dtype,
+            f"{r.bytes_per_sample:,}",
+            *([f"{r.bytes_per_token:,.1f}"] if r.bytes_per_token is not None else []),
+            f"{r.total_bytes / 1e6:,.2f}",
+            str(r.chunk_samples),
+            str(r.shard_samples),
+            r.compressor,
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     total = sum(r.total_bytes for r in rows)
     per_sample = sum(r.bytes_per_sample for r in rows)
     per_token = [f"{sum(r.bytes_per_token or 0 for r in rows):,.1f}"] if tokens else []
     table.append(["total", "", "", "", f"{per_sample:,}", *per_token, f"{total / 1e6:,.2f}", "", "", ""])
-    header = ["target", "array", "shape", "dtype", "bytes/sample", *(["bytes/token"] if tokens else []),
-              "MB (uncompressed)", "chunk", "shard", "codec"]  # fmt: skip
+    header = [
+        "target",
+        "array",
+        "shape",
+        "dtype",
+        "bytes/sample",
+        *(["bytes/token"] if tokens else []),
+        "MB (uncompressed)",
+        "chunk",
+        "shard",
+        "codec",
+    ]
     render_table("storage plan", header, table)
     for line in token_budget(cfg, rows):
         print(line)
@@ -100,26 +125,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "precompute", precompute, "stage one: run the teacher once and write its targets to the store"
     )
     cluster = p.add_mutually_exclusive_group()
-    cluster.add_argument("--workers", type=int, default=None, metavar="N",
-                         help="run on a dask LocalCluster of N one-thread worker processes, one task per shard range "
-                              "(without --workers or --scheduler: in this process)")  # fmt: skip
-    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                         help="run on the existing dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)")  # fmt: skip
-    p.add_argument("--break-lock", action="store_true",
-                   help="take over the store's writer lock left by a writer that died (never while it still runs)")  # fmt: skip
-    p = _pipeline_parser(sub, "train", train,
-                         "stage two: train the student from the store (under torchrun: DDP, one rank per process)")  # fmt: skip
-    p.add_argument("--variant", default="cached",
-                   help="a variant of the pipeline's compare list, or scratch / online / cached (the target source)")  # fmt: skip
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start "
-                        "if absent); refused when the pipeline changed a setting that decides the remaining steps")  # fmt: skip
-    p.add_argument("--resume-allow", action="append", default=[], metavar="CHANGE",
-                   help=f"with --resume, accept this kind of change (logged; repeat for several): "
-                        f"{', '.join(RESUME_CHANGES)} (docs/distributed-training.md says what each means)")  # fmt: skip
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run on a dask LocalCluster of N one-thread worker processes, one task per shard range "
+        "(without --workers or --scheduler: in this process)",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on the existing dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)",
+    )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the store's writer lock left by a writer that died (never while it still runs)",
+    )
+    p = _pipeline_parser(
+        sub, "train", train, "stage two: train the student from the store (under torchrun: DDP, one rank per process)"
+    )
+    p.add_argument(
+        "--variant",
+        default="cached",
+        help="a variant of the pipeline's compare list, or scratch / online / cached (the target source)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <output_dir>/checkpoints/student-<variant>.state.safetensors (from the start "
+        "if absent); refused when the pipeline changed a setting that decides the remaining steps",
+    )
+    p.add_argument(
+        "--resume-allow",
+        action="append",
+        default=[],
+        metavar="CHANGE",
+        help=f"with --resume, accept this kind of change (logged; repeat for several): "
+        f"{', '.join(RESUME_CHANGES)} (docs/distributed-training.md says what each means)",
+    )
     _pipeline_parser(sub, "plan", plan, "bytes per sample and store size of each target, before any teacher runs")
-    _pipeline_parser(sub, "run", run,
-                     "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)")  # fmt: skip
+    _pipeline_parser(
+        sub, "run", run, "teacher, stage one and the compared students, or a scheme (method: lwf, rocket, selfkd)"
+    )
 
 
 def _pipeline_parser(
@@ -129,8 +179,13 @@ def _pipeline_parser(
         name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("pipeline", help="pipeline YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. student.train.stages.0.epochs=2")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. student.train.stages.0.epochs=2",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=func)
     return p

@@ -90,8 +90,10 @@ def upgrade(args: argparse.Namespace) -> int:
     split = load_split(cfg, cfg.data.train_split)
     cache = upgrade_store(args.store, split, views=view_transform(cfg), progress=not args.quiet)
     views = cache.manifest.views.get("count", 1)
-    print(f"upgraded {cache.url} to format {cache.manifest.format_version}: digests of {cache.num_samples} samples "
-          f"and {cache.num_samples * views} views")  # fmt: skip
+    print(
+        f"upgraded {cache.url} to format {cache.manifest.format_version}: digests of {cache.num_samples} samples "
+        f"and {cache.num_samples * views} views"
+    )
     return 0
 
 
@@ -107,8 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _store_parser(sub, "import", import_, "build a new store from an HDF5 file made by `kdcache export`")
     p.add_argument("file", type=Path, help="HDF5 file made by `kdcache export`")
     p.add_argument("store", help="store path or URL to create")
-    p = _store_parser(sub, "stats", stats,
-                      "per-teacher accuracy, entropy, calibration (ECE, reliability PNG) and top-k mass")  # fmt: skip
+    p = _store_parser(
+        sub, "stats", stats, "per-teacher accuracy, entropy, calibration (ECE, reliability PNG) and top-k mass"
+    )
     p.add_argument("store", help="store path or URL")
     p.add_argument("--out", type=Path, default=Path("runs/stats"), help="folder for stats.json and reliability.png")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of the probabilities")
@@ -130,9 +133,14 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance per element")
     p.add_argument("--rtol", type=float, default=1e-2, help="relative tolerance per element")
     p.add_argument("--min-cosine", type=float, default=0.999, help="lowest cosine similarity a dense pair may have")
-    p.add_argument("--max-sampled-mismatch", type=float, default=0.0, metavar="FRACTION",
-                   help="fraction of sampled-token positions whose re-drawn tokens may differ (0: the same machine "
-                   "draws the same tokens; raise it slightly only to compare across machines)")  # fmt: skip
+    p.add_argument(
+        "--max-sampled-mismatch",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of sampled-token positions whose re-drawn tokens may differ (0: the same machine "
+        "draws the same tokens; raise it slightly only to compare across machines)",
+    )
     p.add_argument("--targets", type=_names, metavar="A,B", help="check only these targets (default: every one)")
 
 

@@ -32,8 +32,7 @@ def store_fidelity(args: argparse.Namespace) -> int:
     if not args.pipeline:
         raise ConfigError("fidelity --store needs --pipeline P.yaml (the teacher, student and data of the store)")
     cfg = distill_pipeline(load_pipeline(args.pipeline, args.set), f"fidelity --store ({args.pipeline})")
-    report = pipeline_store_fidelity(cfg, args.store, sequences=args.sequences, seed=args.seed,
-                                     progress=not args.quiet)  # fmt: skip
+    report = pipeline_store_fidelity(cfg, args.store, sequences=args.sequences, seed=args.seed, progress=not args.quiet)
     print(report_summary(report))
     for title, header, rows in fidelity_tables(report):
         render_table(title, header, rows)
@@ -60,8 +59,9 @@ def bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the measurement commands to the ``kdcache`` parser."""
     defaults = argparse.ArgumentDefaultsHelpFormatter
-    p = sub.add_parser("fidelity", help="bytes and KL of each logits encoding, measured on real stores",
-                       formatter_class=defaults)  # fmt: skip
+    p = sub.add_parser(
+        "fidelity", help="bytes and KL of each logits encoding, measured on real stores", formatter_class=defaults
+    )
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="teacher widths to measure")
     p.add_argument(
         "--out",
@@ -79,9 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="--store: which random sequences")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=fidelity)
-    p = sub.add_parser("bench", formatter_class=defaults,
-                       help="measure what caching costs and saves here: step time, stage-one and read throughput, "
-                            "bytes, memory")  # fmt: skip
+    p = sub.add_parser(
+        "bench",
+        formatter_class=defaults,
+        help="measure what caching costs and saves here: step time, stage-one and read throughput, bytes, memory",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes on 2 cores)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json and bench.md go")
     p.add_argument(

@@ -97,8 +97,11 @@ class ChatDataset(TokenSequences):
         files, paths = [name for name, _ in sources], [path for _, path in sources]
         digests = [source_sha256(p) for p in paths]
         check_pins(files, digests, sha256 or {})
-        records = [(f"{name}:{n}", c) for name, p in zip(files, paths, strict=True)
-                   for n, c in read_conversations(p, messages_field, tuple(roles), train_on)]  # fmt: skip
+        records = [
+            (f"{name}:{n}", c)
+            for name, p in zip(files, paths, strict=True)
+            for n, c in read_conversations(p, messages_field, tuple(roles), train_on)
+        ]
         rendered = [self._render(where, c) for where, c in tqdm(records, desc="render", disable=not progress)]
         self.inputs = torch.from_numpy(np.stack([r[0] for r in rendered]))
         self.labels = torch.from_numpy(np.stack([r[1] for r in rendered]))
@@ -129,8 +132,13 @@ class ChatDataset(TokenSequences):
                 f"{where}: the conversation renders to {len(ids)} tokens, more than seq_len={self.seq_len}; samples "
                 "never span two sequences. Raise data.args.seq_len, shorten the conversation, or set truncate: true"
             )
-        return sample_arrays(ids, marked if self.train_on == "assistant" else np.ones_like(marked),
-                             seq_len=self.seq_len, pad_id=self.pad_id, ignore_index=self.ignore_index)  # fmt: skip
+        return sample_arrays(
+            ids,
+            marked if self.train_on == "assistant" else np.ones_like(marked),
+            seq_len=self.seq_len,
+            pad_id=self.pad_id,
+            ignore_index=self.ignore_index,
+        )
 
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -160,19 +168,23 @@ class ChatRenderer:
         try:
             from transformers import PreTrainedTokenizerFast
         except ImportError:
-            raise ConfigError("chat data needs transformers; install the language-model extra: pip install "
-                              "'kdcache[lm]'") from None  # fmt: skip
+            raise ConfigError(
+                "chat data needs transformers; install the language-model extra: pip install 'kdcache[lm]'"
+            ) from None
         self.hf = PreTrainedTokenizerFast(tokenizer_file=str(local.path), chat_template=local.chat_template)
         self.marks_generation = bool(GENERATION_TAG.search(local.chat_template))
 
     def render(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, marked)``: int64 token ids and int64 1 where the token is the assistant's."""
         if self.marks_generation:
-            out = self.hf.apply_chat_template(conversation, tokenize=True, return_dict=True,
-                                              return_assistant_tokens_mask=True)  # fmt: skip
+            out = self.hf.apply_chat_template(
+                conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
             if not isinstance(out, Mapping):
-                raise ConfigError(f"the chat template rendered {type(out).__name__}, not token ids and an assistant "
-                                  "mask; use a tokenizer whose chat template transformers can apply")  # fmt: skip
+                raise ConfigError(
+                    f"the chat template rendered {type(out).__name__}, not token ids and an assistant "
+                    "mask; use a tokenizer whose chat template transformers can apply"
+                )
             return np.asarray(out["input_ids"], dtype=np.int64), np.asarray(out["assistant_masks"], dtype=np.int64)
         text = self._text(conversation)
         encoded = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -186,8 +198,10 @@ class ChatRenderer:
         """``conversation`` rendered by the chat template as text."""
         text = self.hf.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
         if not isinstance(text, str):
-            raise ConfigError(f"the chat template rendered {type(text).__name__}, not text; use a tokenizer whose "
-                              "chat template renders a conversation as one string")  # fmt: skip
+            raise ConfigError(
+                f"the chat template rendered {type(text).__name__}, not text; use a tokenizer whose "
+                "chat template renders a conversation as one string"
+            )
         return text
 
     def _assistant_spans(self, conversation: Conversation, text: str) -> list[tuple[int, int]]:
@@ -242,17 +256,23 @@ def _conversation(line: str, field: str, roles: tuple[str, ...], train_on: Train
         raise ConfigError(f"{where}: not valid JSON ({exc}); JSON lines files hold one object per line") from None
     messages = record.get(field) if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
-        raise ConfigError(f"{where}: expected a JSON object with a non-empty list {field!r} of {{role, content}} "
-                          "messages. Set data.args.messages_field to the field that holds them")  # fmt: skip
+        raise ConfigError(
+            f"{where}: expected a JSON object with a non-empty list {field!r} of {{role, content}} "
+            "messages. Set data.args.messages_field to the field that holds them"
+        )
     for k, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise ConfigError(f"{where}: message {k} is not an object with a string 'content': {message!r}")
         if message.get("role") not in roles:
-            raise ConfigError(f"{where}: message {k} has role {message.get('role')!r}; known roles are "
-                              f"{list(roles)}. Fix the record, or list the role in data.args.roles")  # fmt: skip
+            raise ConfigError(
+                f"{where}: message {k} has role {message.get('role')!r}; known roles are "
+                f"{list(roles)}. Fix the record, or list the role in data.args.roles"
+            )
     if train_on == "assistant" and not any(m["role"] == "assistant" for m in messages):
-        raise ConfigError(f"{where}: the conversation has no assistant message, so nothing of it would be trained "
-                          "on (train_on: assistant). Drop the record, or set train_on: all")  # fmt: skip
+        raise ConfigError(
+            f"{where}: the conversation has no assistant message, so nothing of it would be trained "
+            "on (train_on: assistant). Drop the record, or set train_on: all"
+        )
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 

@@ -207,9 +207,11 @@ def _columns(path: Path, kind: DocumentFormat, field: str) -> Iterator[Any]:
         except pa.ArrowInvalid:
             reader = pa.ipc.open_file(source)
         _require_column(path, field, reader.schema.names)
-        batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
-            reader.get_batch(i) for i in range(reader.num_record_batches)
-        )  # fmt: skip
+        batches = (
+            reader
+            if isinstance(reader, pa.ipc.RecordBatchStreamReader)
+            else (reader.get_batch(i) for i in range(reader.num_record_batches))
+        )
         yield from (b.column(field) for b in batches)
 
 

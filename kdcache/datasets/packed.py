@@ -79,8 +79,10 @@ def token_rows(dataset: SampleDataset, lo: int, hi: int) -> dict[str, np.ndarray
     bad = (inputs < 0) | (inputs >= vocab)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ConfigError(f"sample {lo + row} holds token id {inputs[row, col]} at position {col}, outside the "
-                          f"vocabulary of {vocab} ids; it cannot be stored as samples/tokens")  # fmt: skip
+        raise ConfigError(
+            f"sample {lo + row} holds token id {inputs[row, col]} at position {col}, outside the "
+            f"vocabulary of {vocab} ids; it cannot be stored as samples/tokens"
+        )
     return {
         TOKENS: inputs.astype(token_dtype(vocab)),
         LABELS: labels.astype(label_dtype(vocab, ignore)),
@@ -95,10 +97,15 @@ def token_array_facts(dataset: SampleDataset) -> list[tuple[str, tuple[int, ...]
     labels = f"each position's label as the dataset gives it; {ignore} where it has none"
     return [
         (TOKENS, (seq_len,), token_dtype(vocab).name, "zstd", _described(TOKENS, ["sample", "position"], tokens)),
-        (LABELS, (seq_len,), label_dtype(vocab, ignore).name, "zstd",
-         _described(LABELS, ["sample", "position"], labels) | {"ignore_index": ignore}),
+        (
+            LABELS,
+            (seq_len,),
+            label_dtype(vocab, ignore).name,
+            "zstd",
+            _described(LABELS, ["sample", "position"], labels) | {"ignore_index": ignore},
+        ),
         (LENGTHS, (), "int64", "none", _described(LENGTHS, ["sample"], "real tokens of each sequence (attention 1)")),
-    ]  # fmt: skip
+    ]
 
 
 def _described(path: str, axes: list[str], meaning: str) -> dict[str, Any]:

@@ -116,15 +116,35 @@ class TextDataset(TokenSequences):
         check_pins([name for name, _ in sources], digests, sha256 or {})
         kinds = [format_of(path, format) for _, path in sources]
         self.stream = token_stream(
-            [path for _, path in sources], digests, kinds, tokenizer=self.tokenizer, text_field=text_field,
-            eos_id=self.eos_id, seq_len=self.seq_len, cache_dir=Path(cache_dir or default_cache_dir()), progress=progress,
-        )  # fmt: skip
+            [path for _, path in sources],
+            digests,
+            kinds,
+            tokenizer=self.tokenizer,
+            text_field=text_field,
+            eos_id=self.eos_id,
+            seq_len=self.seq_len,
+            cache_dir=Path(cache_dir or default_cache_dir()),
+            progress=progress,
+        )
         self.num_tokens = len(self.stream)
         if self.num_tokens < 2:
             raise ConfigError(f"the text holds {self.num_tokens} token(s); a language model needs at least 2")
         n = -(-(self.num_tokens - 1) // self.seq_len)
         self.lengths = np.clip(self.num_tokens - np.arange(n) * self.seq_len, 0, self.seq_len).astype(np.int64)
-        self._source = {
+        self._source = self._record(root, sources, digests, format, text_field, eos_token, pad_token)
+
+    def _record(
+        self,
+        root: str | None,
+        sources: list[tuple[str, Path]],
+        digests: list[str],
+        format: DocumentFormat,
+        text_field: str,
+        eos_token: str,
+        pad_token: str | None,
+    ) -> dict[str, Any]:
+        """What the manifest records of this text: its files by content, how they were read, tokenized and packed."""
+        return {
             "kind": "text",
             "root": root,
             "files": [[name, digest] for (name, _), digest in zip(sources, digests, strict=True)],
@@ -135,15 +155,20 @@ class TextDataset(TokenSequences):
                 "seq_len": self.seq_len,
                 "separator": [self.eos_id, eos_token],
                 "pad": [self.pad_id, pad_token or eos_token],
-                "ignore_index": ignore_index,
+                "ignore_index": self.ignore_index,
                 "documents": "files in the order listed, each followed by the separator",
                 "stream_tokens": self.num_tokens,
             },
         }
 
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = sequences(self.stream, np.asarray(indices, dtype=np.int64), seq_len=self.seq_len,
-                                   pad_id=self.pad_id, ignore_index=self.ignore_index)  # fmt: skip
+        inputs, labels = sequences(
+            self.stream,
+            np.asarray(indices, dtype=np.int64),
+            seq_len=self.seq_len,
+            pad_id=self.pad_id,
+            ignore_index=self.ignore_index,
+        )
         release_pages(self.stream)  # the pages read leave this process's RSS: it holds a batch's, not the corpus's
         return torch.from_numpy(inputs), torch.from_numpy(labels)
 
@@ -246,8 +271,9 @@ def token_stream(
 
     def chunks() -> Iterator[np.ndarray]:
         for path, kind in zip(paths, kinds, strict=True):
-            yield from token_chunks(path, kind, text_field=text_field, tokenizer=tokenizer, eos_id=eos_id,
-                                    seq_len=seq_len)  # fmt: skip
+            yield from token_chunks(
+                path, kind, text_field=text_field, tokenizer=tokenizer, eos_id=eos_id, seq_len=seq_len
+            )
 
     return cached_stream(facts, chunks, vocab_size=tokenizer.vocab_size, cache_dir=cache_dir, progress=progress)
 
@@ -272,7 +298,8 @@ def pack(
     if len(stream) < 2:
         raise ConfigError(f"the text holds {len(stream)} token(s); a language model needs at least 2")
     n = -(-(len(stream) - 1) // seq_len)
-    inputs, labels = sequences(np.asarray(stream), np.arange(n), seq_len=seq_len, pad_id=pad_id,
-                               ignore_index=ignore_index)  # fmt: skip
+    inputs, labels = sequences(
+        np.asarray(stream), np.arange(n), seq_len=seq_len, pad_id=pad_id, ignore_index=ignore_index
+    )
     lengths = np.clip(len(stream) - np.arange(n) * seq_len, 0, seq_len).astype(np.int64)
     return inputs, labels, lengths

@@ -31,4 +31,6 @@ __all__ = [
     "with_overrides",
 ]
 
-__getattr__ = moved_names(__name__, {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig"})
+__getattr__ = moved_names(
+    __name__, {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig"}
+)

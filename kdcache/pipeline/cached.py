@@ -56,16 +56,18 @@ def cached_data(
     views and class count (``num_classes``, default ``data.num_classes``) and by ``teacher`` as it describes it.
     ``cache.allow_teacher_mismatch`` trains from the stored outputs of another teacher anyway, with a warning."""
     classes = cfg.data.num_classes if num_classes is None else num_classes
-    cache = open_store(cfg.store_url, shard_cache=cfg.cache.shard_cache,
-                       shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2))  # fmt: skip
+    cache = open_store(
+        cfg.store_url, shard_cache=cfg.cache.shard_cache, shard_cache_bytes=int(cfg.cache.shard_cache_mb * 1024**2)
+    )
     if train is None:
         train = cached_train_split(cfg, cache)
         check_language_model(cfg, train)
     if cfg.data.task == "language-model":  # tokenizer, packing and vocabulary first: the errors that name them
         if not isinstance(cfg, DistillConfig):
             raise ConfigError(f"a language model trains from a store in a method distill pipeline, not {cfg.method!r}")
-        require_token_alignment(cache, train, teacher=teacher.name, vocab_size=classes,
-                                tokenizer=student_tokenizer(cfg))  # fmt: skip
+        require_token_alignment(
+            cache, train, teacher=teacher.name, vocab_size=classes, tokenizer=student_tokenizer(cfg)
+        )
     if teacher.directory is not None and teacher.directory.is_dir():  # the teacher is its files: unchanged?
         require_fresh_teacher(cache, teacher.members[0], teacher.directory)
     cache.require(Requirements(teachers=teacher.members, num_classes=classes))
@@ -79,9 +81,16 @@ def cached_data(
                 allow_teacher_mismatch=cfg.cache.allow_teacher_mismatch,
             )
         )
-    return CachedDataset(train, cache, teacher=teacher.name, targets=targets, views=view_transform(cfg),
-                         policy=cfg.views.policy, ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
-                         num_classes=classes)  # fmt: skip
+    return CachedDataset(
+        train,
+        cache,
+        teacher=teacher.name,
+        targets=targets,
+        views=view_transform(cfg),
+        policy=cfg.views.policy,
+        ram_budget_bytes=cfg.cache.ram_budget_mb * 1024**2,
+        num_classes=classes,
+    )
 
 
 def cached_train_split(cfg: RunConfig, cache: StoreReader) -> SampleDataset:

@@ -94,8 +94,13 @@ def _report(
     """The results and store tables (terminal and results.md), the primary metric's curves (curves.png) and the
     pipeline store's bytes per sample by array (storage.png)."""
     metrics = TASK_METRICS[cfg.data.task]
-    header = ["model", "views", *(f"test {METRIC_TITLES[m]}" for m in metrics), "epochs to reach scratch's final",
-              "wall time (s)"]  # fmt: skip
+    header = [
+        "model",
+        "views",
+        *(f"test {METRIC_TITLES[m]}" for m in metrics),
+        "epochs to reach scratch's final",
+        "wall time (s)",
+    ]
     teacher_views = views_text(cfg.views, "fresh") if cfg.teacher.train is not None else "—"
     rows = [["teacher", teacher_views, *(metric_text(m, teacher_metrics[m]) for m in metrics), "", "—"]]
     rows += [
@@ -108,20 +113,7 @@ def _report(
         ]
         for name, run in runs.items()
     ]
-    store_header = ["store", "views", "bytes on disk", "bytes / sample", "target bytes / sample",
-                    "params B / sample", "precompute samples/s"]  # fmt: skip
-    store_rows = [
-        [
-            s["url"],
-            str(s["views"]),
-            f"{s['bytes']:,}",
-            f"{s['bytes_per_sample']:.1f}",
-            _per_sample_text(s),
-            f"{s['params_bytes_per_sample']:.1f}",
-            rate_text(s["samples_per_second"]) + _token_rate_text(s),
-        ]
-        for s in stores.values()
-    ]
+    store_header, store_rows = _store_table(stores)
     render_table(f"{cfg.name}: test split", header, rows)
     render_table("cache", store_header, store_rows)
     output_path(cfg, "results.md").write_text(
@@ -135,6 +127,32 @@ def _report(
         title=cfg.name,
     )
     plot_storage(open_store(cfg.store_url), output_path(cfg, "storage.png"))
+
+
+def _store_table(stores: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the cache table: every store's size, bytes per sample and stage one's rate."""
+    store_header = [
+        "store",
+        "views",
+        "bytes on disk",
+        "bytes / sample",
+        "target bytes / sample",
+        "params B / sample",
+        "precompute samples/s",
+    ]
+    rows = [
+        [
+            s["url"],
+            str(s["views"]),
+            f"{s['bytes']:,}",
+            f"{s['bytes_per_sample']:.1f}",
+            _per_sample_text(s),
+            f"{s['params_bytes_per_sample']:.1f}",
+            rate_text(s["samples_per_second"]) + _token_rate_text(s),
+        ]
+        for s in stores.values()
+    ]
+    return store_header, rows
 
 
 def _epochs_text(log: EpochLog | None, result: TrainResult) -> str:

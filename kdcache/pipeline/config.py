@@ -395,4 +395,6 @@ class DistillConfig(RunConfig):
         return f"-{self.views.count}views" if self.views.count > 1 else ""
 
 
-__getattr__ = moved_names(__name__, {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig"})
+__getattr__ = moved_names(
+    __name__, {"PipelineConfig": "kdcache.pipeline:DistillConfig", "RunSettings": "kdcache.pipeline:RunConfig"}
+)

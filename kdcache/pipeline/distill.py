@@ -60,9 +60,7 @@ class StudentRun:
 
 
 # ------------------------------------------------------------------------------------------------ stage one
-def stage_one_job(
-    cfg: DistillConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory
-) -> StageOneJob:
+def stage_one_job(cfg: DistillConfig, *, teacher: nn.Module | Factory, dataset: SampleDataset | Factory) -> StageOneJob:
     """The pipeline's stage one: ``teacher`` and ``dataset`` are objects (this process) or factories (dask)."""
     return StageOneJob(
         teacher=teacher,
@@ -97,15 +95,23 @@ def run_precompute(
     if workers is None and scheduler is None:
         teacher = ensure_teacher(cfg, progress=progress)
         job = stage_one_job(cfg, teacher=teacher, dataset=load_split(cfg, cfg.data.train_split))
-        return run_local(job, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress,
-                         break_lock=break_lock)  # fmt: skip
+        return run_local(
+            job, cfg.store_url, shard_samples=cfg.cache.shard_samples, progress=progress, break_lock=break_lock
+        )
     check_cluster(workers, scheduler)  # before the teacher is trained: a typo costs nothing
     if teacher_directory(cfg) is None and not cfg.teacher_checkpoint.exists():  # trained here once; then only the
         ensure_teacher(cfg, progress=progress)  # workers build it (from its checkpoint or its directory)
     teacher_factory, dataset_factory = pipeline_factories(cfg)
     job = stage_one_job(cfg, teacher=teacher_factory, dataset=dataset_factory)
-    return run_on_dask(job, cfg.store_url, workers=workers, scheduler=scheduler, shard_samples=cfg.cache.shard_samples,
-                       progress=progress, break_lock=break_lock)  # fmt: skip
+    return run_on_dask(
+        job,
+        cfg.store_url,
+        workers=workers,
+        scheduler=scheduler,
+        shard_samples=cfg.cache.shard_samples,
+        progress=progress,
+        break_lock=break_lock,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ stage two

@@ -269,5 +269,13 @@ def precompute_on_dask(
         allow_tokenizer_mismatch=allow_tokenizer_mismatch,
         store_tokens=store_tokens,
     )
-    return run_on_dask(job, store, shard_samples=shard_samples, workers=workers, scheduler=scheduler, client=client,
-                       progress=progress, break_lock=break_lock)  # fmt: skip
+    return run_on_dask(
+        job,
+        store,
+        shard_samples=shard_samples,
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        progress=progress,
+        break_lock=break_lock,
+    )

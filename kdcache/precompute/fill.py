@@ -78,11 +78,15 @@ class ShardFill:
         self.run, self.work, self.builder = run, work, builder
         n = work.stop - work.start
         self.teacher = run.owner in work.owners
-        self.buffers = {
-            spec.path: np.empty(spec.shape(n), dtype=spec.dtype)
-            for layout in run.layouts.values()
-            for spec in layout.arrays.values()
-        } if self.teacher else {}  # fmt: skip
+        self.buffers = (
+            {
+                spec.path: np.empty(spec.shape(n), dtype=spec.dtype)
+                for layout in run.layouts.values()
+                for spec in layout.arrays.values()
+            }
+            if self.teacher
+            else {}
+        )
         self.facts = SampleFacts.empty(n, run.views)
         self.accuracy = Accuracy(run.job.ignore_index)
 
@@ -116,8 +120,14 @@ class ShardFill:
         elif SAMPLES_OWNER in work.owners:  # the teacher's shard is committed already: read the samples once more
             facts = read_facts(run.dataset, run.views, work.start, work.stop, run.job.batch_size)
         if SAMPLES_OWNER in work.owners:
-            out.append((SAMPLES_OWNER, work.index, sample_rows(run.dataset, run.sample_arrays, work.start,
-                                                               work.stop, facts), {}))  # fmt: skip
+            out.append(
+                (
+                    SAMPLES_OWNER,
+                    work.index,
+                    sample_rows(run.dataset, run.sample_arrays, work.start, work.stop, facts),
+                    {},
+                )
+            )
         return out
 
     def _require_store_inputs(self, stored: np.ndarray) -> None:

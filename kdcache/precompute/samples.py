@@ -47,16 +47,26 @@ def sample_arrays(
         )
     )
     meaning = f"{VIEW_DIGEST_HASH}: the exact tensor the teacher was given for (sample, view)"
-    specs.append(ArraySpec(VIEW_DIGEST, (VIEW_DIGEST_BYTES,), "uint8", views=view_count,
-                           attributes=_described(VIEW_DIGEST, ["sample", "view", "byte"], meaning)))  # fmt: skip
+    specs.append(
+        ArraySpec(
+            VIEW_DIGEST,
+            (VIEW_DIGEST_BYTES,),
+            "uint8",
+            views=view_count,
+            attributes=_described(VIEW_DIGEST, ["sample", "view", "byte"], meaning),
+        )
+    )
     if param_names and view_count > 1:
         meaning = "the numbers each view's augmentation was drawn with (view 0: the identity numbers)"
         attributes = _described(VIEW_PARAMS, ["sample", "view", "param"], meaning) | {"params": list(param_names)}
-        specs.append(ArraySpec(VIEW_PARAMS, (len(param_names),), "float32", "zstd", views=view_count,
-                               attributes=attributes))  # fmt: skip
+        specs.append(
+            ArraySpec(VIEW_PARAMS, (len(param_names),), "float32", "zstd", views=view_count, attributes=attributes)
+        )
     if store_tokens:
-        specs += [ArraySpec(path, shape, dtype, codec, attributes=attrs)  # type: ignore[arg-type]
-                  for path, shape, dtype, codec, attrs in token_array_facts(dataset)]  # fmt: skip
+        specs += [
+            ArraySpec(path, shape, dtype, codec, attributes=attrs)  # type: ignore[arg-type]
+            for path, shape, dtype, codec, attrs in token_array_facts(dataset)
+        ]
     return specs
 
 

@@ -222,16 +222,29 @@ class ArrayReader:
             out[part] = got if views is None else got[np.arange(len(part)), views[part]]
         return out
 
-    def _gather_whole(self, cids: np.ndarray, at: np.ndarray, local: np.ndarray, views: np.ndarray | None,
-                      out: np.ndarray, sel: np.ndarray | None) -> None:  # fmt: skip
+    def _gather_whole(
+        self,
+        cids: np.ndarray,
+        at: np.ndarray,
+        local: np.ndarray,
+        views: np.ndarray | None,
+        out: np.ndarray,
+        sel: np.ndarray | None,
+    ) -> None:
         """``out[sel]`` (all of ``out`` when ``sel`` is None) = row ``local[j]`` of chunk ``cids[at[j]]``, the chunks
         loaded into the chunk cache as needed; a cache-full of chunks at a time when a call wants more."""
         slab = self._chunk_slab()
         if len(cids) > slab.capacity:
             for first in range(0, len(cids), slab.capacity):
                 pos = np.nonzero((at >= first) & (at < first + slab.capacity))[0]
-                self._gather_whole(cids[first : first + slab.capacity], at[pos] - first, local[pos],
-                                   None if views is None else views[pos], out, pos if sel is None else sel[pos])  # fmt: skip
+                self._gather_whole(
+                    cids[first : first + slab.capacity],
+                    at[pos] - first,
+                    local[pos],
+                    None if views is None else views[pos],
+                    out,
+                    pos if sel is None else sel[pos],
+                )
             return
         slots = np.fromiter((slab.slot(c, self._load) for c in cids.tolist()), dtype=np.int64, count=len(cids))
         slab.gather(slots[at] * self.chunk + local, views, out, sel)
@@ -275,8 +288,10 @@ class ArrayReader:
             self.chunks_read.update(np.unique(cids).tolist())
             return got
         slab = self._chunk_slab()
-        found = [slab.block(slab.slot(c, self._load))[r - c * self.chunk].copy()  # copied before the next
-                 for c, r in zip(cids.tolist(), rows.tolist(), strict=True)]  # load can reuse the slot  # fmt: skip
+        found = [
+            slab.block(slab.slot(c, self._load))[r - c * self.chunk].copy()  # copied before the next
+            for c, r in zip(cids.tolist(), rows.tolist(), strict=True)
+        ]  # load can reuse the slot
         return np.stack(found)
 
     def _local_file(self, index: int) -> str | None:
@@ -351,8 +366,11 @@ class ArrayReader:
         )
 
     def _changed(self, index: int, local: int) -> CorruptShardError:
-        return self._corrupt(index, f"inner chunk {local} read again differs from the bytes whose sha256 was checked "
-                             "when the shard was first read; the file changed while it was being trained on")  # fmt: skip
+        return self._corrupt(
+            index,
+            f"inner chunk {local} read again differs from the bytes whose sha256 was checked "
+            "when the shard was first read; the file changed while it was being trained on",
+        )
 
     def _reread(self, index: int, span: ChunkSpan) -> bytes:
         """An inner chunk's bytes read again: from the shard cache's file when it still holds the verified bytes (a

@@ -42,8 +42,16 @@ def check_digest(location: StoreLocation, path: str, index: int, start: int, sto
         raise corrupt_shard(location.url, path, index, start, stop, digest, None) from None
     except StoreFormatError:  # not a regular file, or more bytes than recorded: refused before it is read
         size = location.size(digest.key)
-        raise corrupt_shard(location.url, path, index, start, stop, digest, size, ", not read (not a regular file "
-                            "or larger than recorded)") from None  # fmt: skip
+        raise corrupt_shard(
+            location.url,
+            path,
+            index,
+            start,
+            stop,
+            digest,
+            size,
+            ", not read (not a regular file or larger than recorded)",
+        ) from None
     if len(raw) != digest.nbytes:
         raise corrupt_shard(location.url, path, index, start, stop, digest, len(raw))
     actual = hashlib.sha256(raw).hexdigest()
@@ -168,8 +176,10 @@ def scrub_problems(
     names, every commit record's place, every array's layout, shard counts of complete owners, and the size and
     SHA-256 of every committed shard file. Unlike opening a store it does not stop at the first one."""
     problems = metadata_problems(location, manifest) + record_problems(location.url, manifest)
-    for check in [lambda: check_commits(location.url, manifest, owners),
-                  *(lambda r=r: check_array_metadata(location, r) for rs in owners.values() for r in rs.values())]:  # fmt: skip
+    for check in [
+        lambda: check_commits(location.url, manifest, owners),
+        *(lambda r=r: check_array_metadata(location, r) for rs in owners.values() for r in rs.values()),
+    ]:
         try:
             check()
         except StoreFormatError as exc:

@@ -295,4 +295,6 @@ def library_versions() -> dict[str, str]:
 
 def _upgrade() -> str:
     """How an older store is upgraded in place, in the caller's words."""
-    return say("kdcache.tools.upgrade.upgrade_store(url, dataset, views=...)", "`kdcache upgrade STORE --pipeline P.yaml`")
+    return say(
+        "kdcache.tools.upgrade.upgrade_store(url, dataset, views=...)", "`kdcache upgrade STORE --pipeline P.yaml`"
+    )

@@ -18,7 +18,6 @@ from kdcache.store.manifest import Manifest, TeacherRecord
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Requirements:
     """What a run needs of a store. Every field left ``None`` (or empty) is not checked.
@@ -86,7 +85,9 @@ def require_targets(manifest: Manifest, url: str, teacher: str, targets: tuple[s
     if missing := sorted(set(targets) - set(held)):
         raise StoreMismatchError(
             f"store {url!r}, teacher {teacher!r} has no target(s) {missing}; it holds {sorted(held)}. "
-            + say("Cache them: precompute(..., targets=[...])", "Add them to cache.targets and run `kdcache precompute`")
+            + say(
+                "Cache them: precompute(..., targets=[...])", "Add them to cache.targets and run `kdcache precompute`"
+            )
         )
 
 

@@ -51,11 +51,13 @@ class ShardCache:
     Picklable: a DataLoader worker or DDP rank gets the directory and the bound, and re-verifies what it uses.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_SHARD_CACHE_BYTES, *,
-                 prefetch: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_SHARD_CACHE_BYTES, *, prefetch: int = 2
+    ) -> None:
         if max_bytes < 0 or prefetch < 0:
-            raise ConfigError(f"shard cache {directory}: shard_cache_bytes ({max_bytes}) and prefetch ({prefetch}) "
-                              "must be >= 0")  # fmt: skip
+            raise ConfigError(
+                f"shard cache {directory}: shard_cache_bytes ({max_bytes}) and prefetch ({prefetch}) must be >= 0"
+            )
         self.directory = Path(directory).resolve()
         self.max_bytes = int(max_bytes)
         self.prefetch_depth = prefetch
@@ -66,8 +68,10 @@ class ShardCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"shard cache directory {str(self.directory)!r} cannot be created ({exc}); pass a "
-                              "writable directory as shard_cache, or none to stream from the store") from None  # fmt: skip
+            raise ConfigError(
+                f"shard cache directory {str(self.directory)!r} cannot be created ({exc}); pass a "
+                "writable directory as shard_cache, or none to stream from the store"
+            ) from None
 
     def __repr__(self) -> str:
         return f"ShardCache({str(self.directory)!r}, max_bytes={self.max_bytes:,})"
@@ -117,8 +121,11 @@ class ShardCache:
         """Delete a cached file that does not hold the shard's bytes, with a warning naming it."""
         path = self.file_of(digest)
         path.unlink(missing_ok=True)
-        warnings.warn(f"shard cache {str(self.directory)!r}: {path.name} {why}; deleted, the shard is fetched "
-                      "again from the store", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"shard cache {str(self.directory)!r}: {path.name} {why}; deleted, the shard is fetched "
+            "again from the store",
+            stacklevel=3,
+        )
 
     def prefetch(self, jobs: list[tuple[FileDigest, Callable[[], bytes]]]) -> None:
         """Fetch these shards in the background (one thread per process, at most ``prefetch`` queued)."""
@@ -168,9 +175,12 @@ class ShardCache:
         """Write the verified shard atomically (:mod:`kdcache.atomic`) after evicting LRU files to make room;
         a shard over the bound or a write that fails (disk full) is not kept, with one warning."""
         if len(raw) > self.max_bytes:
-            self._warn_once("small", f"shard cache {str(self.directory)!r}: shard {digest.key} ({len(raw):,} bytes) "
-                            f"is larger than shard_cache_bytes ({self.max_bytes:,}); shards are streamed from the "
-                            "store instead. Raise shard_cache_bytes above the shard size to cache them")  # fmt: skip
+            self._warn_once(
+                "small",
+                f"shard cache {str(self.directory)!r}: shard {digest.key} ({len(raw):,} bytes) "
+                f"is larger than shard_cache_bytes ({self.max_bytes:,}); shards are streamed from the "
+                "store instead. Raise shard_cache_bytes above the shard size to cache them",
+            )
             return
         try:
             with self._locked():
@@ -178,9 +188,12 @@ class ShardCache:
                 atomic_write_bytes(self.file_of(digest), raw)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            self._warn_once("write", f"shard cache {str(self.directory)!r}: cannot keep shard {digest.key} "
-                            f"({'the disk is full' if full else exc}); shards are streamed from the store instead. "
-                            "Free space or point shard_cache at another directory")  # fmt: skip
+            self._warn_once(
+                "write",
+                f"shard cache {str(self.directory)!r}: cannot keep shard {digest.key} "
+                f"({'the disk is full' if full else exc}); shards are streamed from the store instead. "
+                "Free space or point shard_cache at another directory",
+            )
 
     def _evict(self, need: int) -> None:
         """Delete least recently used shard files until ``need`` more bytes fit the bound, and stale temp files."""

@@ -62,18 +62,32 @@ class ShardEncoder:
             ("inner codecs", [inner[0]["name"], inner[-1]], ["bytes", CRC32C]),
             ("byte order", inner[0].get("configuration", LITTLE["configuration"]), LITTLE["configuration"]),
             ("compression", len(inner), 3 if blosc else 2),
-            ("blosc block size and shuffle", blosc and (blosc["configuration"]["blocksize"],
-             blosc["configuration"]["shuffle"], blosc["configuration"]["typesize"]), blosc and (0, "shuffle",
-             dtype.itemsize)),
+            (
+                "blosc block size and shuffle",
+                blosc
+                and (
+                    blosc["configuration"]["blocksize"],
+                    blosc["configuration"]["shuffle"],
+                    blosc["configuration"]["typesize"],
+                ),
+                blosc and (0, "shuffle", dtype.itemsize),
+            ),
             ("index codecs", config["index_codecs"], [LITTLE, CRC32C]),
             ("index location", config["index_location"], "end"),
             ("fill value", meta["fill_value"], "NaN" if np.issubdtype(dtype, np.floating) else 0),
-        ]  # fmt: skip
+        ]
         for what, found, expected in layout:
             if found != expected:
                 raise ValueError(f"{what}: {found!r}, where kdcache writes {expected!r}")
-        return cls(shape[0], shard[0], chunk[0], dtype, tuple(shape[1:]), blosc and blosc["configuration"],
-                   FILL[meta["fill_value"]])  # fmt: skip
+        return cls(
+            shape[0],
+            shard[0],
+            chunk[0],
+            dtype,
+            tuple(shape[1:]),
+            blosc and blosc["configuration"],
+            FILL[meta["fill_value"]],
+        )
 
     @cached_property
     def _blosc(self) -> Blosc | None:
@@ -86,8 +100,10 @@ class ShardEncoder:
         """The bytes of shard ``index`` holding ``rows`` (every row of its range, in the array's dtype)."""
         start, stop = shard_range(index, self.num_samples, self.shard_samples)
         if rows.shape != (stop - start, *self.tail) or rows.dtype != self.dtype:
-            raise ValueError(f"shard {index} needs rows {(stop - start, *self.tail)} of {self.dtype}, got "
-                             f"{rows.shape} of {rows.dtype}")  # fmt: skip
+            raise ValueError(
+                f"shard {index} needs rows {(stop - start, *self.tail)} of {self.dtype}, got "
+                f"{rows.shape} of {rows.dtype}"
+            )
         written = shard_count(stop - start, self.chunk_samples)  # chunks holding a sample of the array
         if self._blosc is None:
             return self._plain(rows, written)

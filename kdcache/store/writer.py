@@ -284,8 +284,10 @@ class StoreBuilder:
             key = shard_key(path, index, len(record.shape))
             self.location.write_bytes(key, raw, durable=False)
             if self.location.size(key) != len(raw):
-                raise StoreFormatError(f"{key}: {self.location.size(key)} bytes stored of the {len(raw)} written; "
-                                       "the storage lost part of the shard. Check it and run precompute again")  # fmt: skip
+                raise StoreFormatError(
+                    f"{key}: {self.location.size(key)} bytes stored of the {len(raw)} written; "
+                    "the storage lost part of the shard. Check it and run precompute again"
+                )
             files[path] = FileDigest(key=key, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
         commit = ShardCommit(owner=owner, index=index, start=start, stop=stop, files=files, stats=stats or {})
         write_commit(self.location, commit)

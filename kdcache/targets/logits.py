@@ -129,7 +129,7 @@ class LogitsTarget(Target):
                 axes=("rank",),
                 decodes_to=p.dtype,
                 meaning="the k largest raw logits, largest first",
-            ),  # fmt: skip
+            ),
             f"{name}/indices": StoredArray((p.top_k,), index, axes=("rank",), meaning="class index of each value"),
             f"{name}/lse": StoredArray((len(p.temperatures),), "float32", axes=("temperature",), meaning=LSE_MEANING),
         }

@@ -77,8 +77,9 @@ class TokenTopK:
 
     def flat(self) -> TopKLogits:
         """Every position as one row, ``(B·L, k)`` (views, no copy): what the top-k losses take."""
-        return TopKLogits(self.values.flatten(0, -2), self.indices.flatten(0, -2), self.lse.flatten(0, -2),
-                          self.temperatures)  # fmt: skip
+        return TopKLogits(
+            self.values.flatten(0, -2), self.indices.flatten(0, -2), self.lse.flatten(0, -2), self.temperatures
+        )
 
 
 @dataclass
@@ -95,8 +96,9 @@ class SampledTokens:
 
     def flat(self) -> SampledTokens:
         """Every position as one row, ``(B·L, slots)``."""
-        return SampledTokens(self.ids.flatten(0, -2), self.counts.flatten(0, -2), self.samples, self.temperature,
-                             self.vocab_size)  # fmt: skip
+        return SampledTokens(
+            self.ids.flatten(0, -2), self.counts.flatten(0, -2), self.samples, self.temperature, self.vocab_size
+        )
 
     @property
     def weights(self) -> torch.Tensor:
@@ -204,8 +206,10 @@ class TokenLogitsTarget(Target):
         p = self.params
         if p.encoding == "sampled":
             # a position rarely draws n distinct tokens: the empty slots (id 0, count 0) compress to almost nothing
-            return {f"{self.name}/ids": StoredArray((positions, p.draws), ids, "zstd"),
-                    f"{self.name}/counts": StoredArray((positions, p.draws), "uint8", "zstd")}  # fmt: skip
+            return {
+                f"{self.name}/ids": StoredArray((positions, p.draws), ids, "zstd"),
+                f"{self.name}/counts": StoredArray((positions, p.draws), "uint8", "zstd"),
+            }
         if p.top_k > vocab:
             raise ConfigError(f"top-k with k={p.top_k} but the vocabulary has {vocab} tokens; use k <= {vocab}")
         arrays = {
@@ -221,8 +225,10 @@ class TokenLogitsTarget(Target):
         p = self.params
         if p.value_bits is None:
             return StoredArray((positions, p.top_k), storage_dtype(p.dtype))
-        meaning = (f"{p.top_k} codes of {p.value_bits} bits per position, little-endian bit-packed; "
-                   f"log p = -code * {p.value_step}")  # fmt: skip
+        meaning = (
+            f"{p.top_k} codes of {p.value_bits} bits per position, little-endian bit-packed; "
+            f"log p = -code * {p.value_step}"
+        )
         return StoredArray((positions, packed_width(p.top_k, p.value_bits)), "uint8", meaning=meaning)
 
     def _indices_array(self, positions: int, vocab: int) -> StoredArray:
@@ -265,16 +271,20 @@ class TokenLogitsTarget(Target):
             return self.encode(value)
         p, name = self.params, self.name
         positions = value.shape[1]
-        uniforms = np.stack([
-            KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM).uniforms(positions * p.draws)
-            for sample, view in zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
-        ]).reshape(-1, p.draws)  # fmt: skip
+        uniforms = np.stack(
+            [
+                KeyedRandom(p.seed, sample=sample, view=view, stream=SAMPLE_STREAM).uniforms(positions * p.draws)
+                for sample, view in zip(np.asarray(samples).tolist(), np.asarray(views).tolist(), strict=True)
+            ]
+        ).reshape(-1, p.draws)
         # every position of the batch in one pass (each position's draws depend on its own row only)
         drawn = draw_tokens(value.flatten(0, 1), torch.from_numpy(uniforms), p.sample_temperature)
         ids, counts = distinct_counts(drawn)
         shape = (*value.shape[:2], p.draws)
-        return {f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
-                f"{name}/counts": counts.astype(np.uint8).reshape(shape)}  # fmt: skip
+        return {
+            f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
+            f"{name}/counts": counts.astype(np.uint8).reshape(shape),
+        }
 
     def masked(self, value: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``value`` as ``masked: skip`` stores it: the logits of every position whose label is negative (the
@@ -326,8 +336,7 @@ class TokenLogitsTarget(Target):
             return ""
         codes = unpack_fields(torch.from_numpy(np.asarray(arrays[f"{name}/values"])), p.top_k, p.value_bits)
         values = (codes.double() * -p.value_step).numpy()
-        return topk_problem(values, arrays[f"{name}/lse"], p.temperatures, value_shape[-1], "float64",
-                            p.value_step / 2)  # fmt: skip
+        return topk_problem(values, arrays[f"{name}/lse"], p.temperatures, value_shape[-1], "float64", p.value_step / 2)
 
 
 def certain_logits(vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

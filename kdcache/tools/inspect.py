@@ -67,16 +67,38 @@ def _targets_table(cache: StoreReader) -> Table:
     """Every target array of every teacher: shape, dtype, parameters, chunking, codec and bytes on disk."""
     m = cache.manifest
     table = Table(title="targets")
-    for column in ("teacher", "target", "array", "shape", "dtype", "params", "chunk", "shard", "codec", "bytes",
-                   "B/sample"):  # fmt: skip
+    for column in (
+        "teacher",
+        "target",
+        "array",
+        "shape",
+        "dtype",
+        "params",
+        "chunk",
+        "shard",
+        "codec",
+        "bytes",
+        "B/sample",
+    ):
         table.add_column(column)
     for name, teacher in sorted(m.teachers.items()):
         for target_name, target in sorted(teacher.targets.items()):
             for rel, rec in sorted(target.arrays.items()):
                 size = cache.array_bytes(rec.path)
                 params = " ".join(f"{k}={v}" for k, v in sorted(target.params.items()))
-                table.add_row(name, target_name, rel, str(tuple(rec.shape)), rec.dtype, params, str(rec.chunks[0]),
-                              str(rec.shards[0]), rec.compressor, f"{size:,}", f"{size / max(m.num_samples, 1):.1f}")  # fmt: skip
+                table.add_row(
+                    name,
+                    target_name,
+                    rel,
+                    str(tuple(rec.shape)),
+                    rec.dtype,
+                    params,
+                    str(rec.chunks[0]),
+                    str(rec.shards[0]),
+                    rec.compressor,
+                    f"{size:,}",
+                    f"{size / max(m.num_samples, 1):.1f}",
+                )
     return table
 
 
@@ -106,8 +128,18 @@ def print_fidelity(report: FidelityReport, console: Console | None = None) -> No
         f"{report.store}: teacher {report.teacher!r} re-run on {report.pairs} (sample, view) pairs", soft_wrap=True
     )
     table = Table()
-    columns = ("target", "stored as", "pairs", "max abs error", "encoding error", "lse error", "ids agree",
-               "min cosine", "exact pairs", "result")  # fmt: skip
+    columns = (
+        "target",
+        "stored as",
+        "pairs",
+        "max abs error",
+        "encoding error",
+        "lse error",
+        "ids agree",
+        "min cosine",
+        "exact pairs",
+        "result",
+    )
     for column in columns:
         table.add_column(column)
     for name, t in sorted(report.targets.items()):

@@ -49,8 +49,9 @@ from kdcache.views import TokenViews
 def tail_mass(decoded: TokenTopK) -> torch.Tensor:
     """``(..., len(temperatures))`` float64: 1 − Σ of the kept tokens' p_T = exp(log p / T − lse_T), at each T."""
     values, lse = decoded.values.double(), decoded.lse.double()
-    return torch.stack([1 - (values / t - lse[..., m : m + 1]).exp().sum(-1) for m, t in enumerate(decoded.temperatures)],
-                       dim=-1)  # fmt: skip
+    return torch.stack(
+        [1 - (values / t - lse[..., m : m + 1]).exp().sum(-1) for m, t in enumerate(decoded.temperatures)], dim=-1
+    )
 
 
 def temperatures_of(target: Target) -> tuple[float, ...]:
@@ -79,8 +80,10 @@ class StoredTokens:
 
     def __call__(self, live: torch.Tensor, batch: TokenBatch) -> TokenTopK | SampledTokens:
         views = np.zeros(len(batch.rows), dtype=np.int64)
-        arrays = {rel: torch.from_numpy(np.ascontiguousarray(r.read_rows(batch.rows, views)))
-                  for rel, r in self.readers.items()}  # fmt: skip
+        arrays = {
+            rel: torch.from_numpy(np.ascontiguousarray(r.read_rows(batch.rows, views)))
+            for rel, r in self.readers.items()
+        }
         decoded = self.target.decode(arrays)
         if isinstance(decoded, TokenTopK):
             self.tails.append(tail_mass(decoded)[batch.labels != IGNORE_INDEX].numpy())
@@ -97,17 +100,27 @@ def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Targ
     bits = max(1, (vocab - 1).bit_length())
     encodings = dict(ENCODINGS)
     if bits != 17:
-        encodings |= {f"{bits}-bit ids (narrowest)": {"index_bits": bits},
-                      f"7-bit values + {bits}-bit ids": {"value_bits": 7, "index_bits": bits}}  # fmt: skip
-    made = [(label, build_target("token_logits", {"k": k, "temperatures": temperatures, **params}))
-            for label, params in encodings.items()]  # fmt: skip
+        encodings |= {
+            f"{bits}-bit ids (narrowest)": {"index_bits": bits},
+            f"7-bit values + {bits}-bit ids": {"value_bits": 7, "index_bits": bits},
+        }
+    made = [
+        (label, build_target("token_logits", {"k": k, "temperatures": temperatures, **params}))
+        for label, params in encodings.items()
+    ]
     n = sampled.samples if sampled else k
-    return made + [(f"{n} sampled tokens", build_target("token_logits", {"encoding": "sampled", "samples": n,
-                                                                          "sample_temperature": t}))
-                   for t in temperatures]  # fmt: skip
+    return made + [
+        (
+            f"{n} sampled tokens",
+            build_target("token_logits", {"encoding": "sampled", "samples": n, "sample_temperature": t}),
+        )
+        for t in temperatures
+    ]
 
 
-def token_batches(cache: StoreReader, dataset: SampleDataset, sequences: int, seed: int, batch_size: int) -> list[TokenBatch]:
+def token_batches(
+    cache: StoreReader, dataset: SampleDataset, sequences: int, seed: int, batch_size: int
+) -> list[TokenBatch]:
     """``sequences`` random rows of ``cache`` (sorted: chunk-sequential reads), in batches, with the dataset's ids and
     labels for them."""
     rows, _ = sample_pairs(cache.num_samples, 1, sequences, seed)
@@ -130,10 +143,21 @@ def _logits(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], 
     return lambda ids: getattr(out := model(ids.to(device)), "logits", out)
 
 
-def store_fidelity(cache: StoreReader, teacher: nn.Module, student: nn.Module, dataset: SampleDataset, *, teacher_name: str,
-                   sequences: int, seed: int = 0, batch_size: int = 16, device: str | torch.device = "cpu",
-                   student_name: str = "student", fingerprint: dict | None = None,
-                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def store_fidelity(
+    cache: StoreReader,
+    teacher: nn.Module,
+    student: nn.Module,
+    dataset: SampleDataset,
+    *,
+    teacher_name: str,
+    sequences: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    student_name: str = "student",
+    fingerprint: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The fidelity report (a JSON-ready dict) of every token target ``cache`` holds for ``teacher_name``, measured
     over ``sequences`` random sequences of ``dataset`` (the data the store was cached from) with the live
     ``teacher`` and ``student``.
@@ -146,11 +170,7 @@ def store_fidelity(cache: StoreReader, teacher: nn.Module, student: nn.Module, d
     tokens = tokens_per_sample(cache.manifest.dataset.get("source", {}))
     if tokens is None:
         raise ConfigError(f"kdcache fidelity --store needs a store of text; {cache.url} was cached from other data")
-    stored = [StoredTokens(cache, teacher_name, name) for name, t in cache.teacher(teacher_name).targets.items()
-              if t.kind == "token_logits"]  # fmt: skip
-    if not stored:
-        raise ConfigError(f"teacher {teacher_name!r} of {cache.url} stores no token_logits target to measure")
-    vocab = int(cache.teacher(teacher_name).targets[stored[0].name].params["vocab_size"])
+    stored, vocab = _token_targets(cache, teacher_name)
     others = alternatives(stored, vocab)
     scored = [Scored(s.name, s, temperatures_of(s.target)) for s in stored]
     scored += [Scored(label, live_decoder(t), temperatures_of(t)) for label, t in others]
@@ -168,23 +188,50 @@ def store_fidelity(cache: StoreReader, teacher: nn.Module, student: nn.Module, d
     positions = cache.num_samples * tokens
     matches = None if fingerprint is None else same_teacher(fingerprint, cache.teacher(teacher_name).fingerprint)
     return {
-        "store": cache.url, "teacher": teacher_name, "student": student_name, "fingerprint_matches": matches,
-        "sequences": sum(len(b.rows) for b in batches), "positions": sum(b.labels.numel() for b in batches),
-        "labelled": labelled, "temperatures": [f"T={t:g}" for t in temperatures],
+        "store": cache.url,
+        "teacher": teacher_name,
+        "student": student_name,
+        "fingerprint_matches": matches,
+        "sequences": sum(len(b.rows) for b in batches),
+        "positions": sum(b.labels.numel() for b in batches),
+        "labelled": labelled,
+        "temperatures": [f"T={t:g}" for t in temperatures],
         "targets": [_stored_row(s, sums, positions, vocab) for s in stored],
         "alternatives": _alternative_rows(others, sums, vocab),
-    }  # fmt: skip
+    }
+
+
+def _token_targets(cache: StoreReader, teacher_name: str) -> tuple[list[StoredTokens], int]:
+    """Every ``token_logits`` target ``teacher_name`` stores, and the vocabulary width they were cached at."""
+    stored = [
+        StoredTokens(cache, teacher_name, name)
+        for name, t in cache.teacher(teacher_name).targets.items()
+        if t.kind == "token_logits"
+    ]
+    if not stored:
+        raise ConfigError(f"teacher {teacher_name!r} of {cache.url} stores no token_logits target to measure")
+    return stored, int(cache.teacher(teacher_name).targets[stored[0].name].params["vocab_size"])
 
 
 def _stored_row(s: StoredTokens, sums: dict, positions: int, vocab: int) -> dict[str, Any]:
     """One stored target's row: bytes per token, tail mass (top-k) and KL kept at each of its temperatures."""
     tails = np.concatenate(s.tails) if s.tails else None
-    tail = None if tails is None else {
-        f"T={t:g}": {"mean": float(tails[:, m].mean()), "p90": float(np.quantile(tails[:, m], 0.9))}
-        for m, t in enumerate(temperatures_of(s.target))}  # fmt: skip
-    return {"target": s.name, "encoding": kind_label(s.target), "bytes/token on disk": s.disk_bytes / positions,
-            "bytes/token laid out": bytes_per_token(s.target, vocab), "tail": tail,
-            "KL kept": _kept(sums, s.name, temperatures_of(s.target))}  # fmt: skip
+    tail = (
+        None
+        if tails is None
+        else {
+            f"T={t:g}": {"mean": float(tails[:, m].mean()), "p90": float(np.quantile(tails[:, m], 0.9))}
+            for m, t in enumerate(temperatures_of(s.target))
+        }
+    )
+    return {
+        "target": s.name,
+        "encoding": kind_label(s.target),
+        "bytes/token on disk": s.disk_bytes / positions,
+        "bytes/token laid out": bytes_per_token(s.target, vocab),
+        "tail": tail,
+        "KL kept": _kept(sums, s.name, temperatures_of(s.target)),
+    }
 
 
 def _alternative_rows(others: list[tuple[str, Target]], sums: dict, vocab: int) -> list[dict[str, Any]]:
@@ -206,17 +253,28 @@ def pipeline_student(cfg: DistillConfig) -> tuple[nn.Module, str]:
     return build_student(cfg).eval(), f"initial weights (seed {cfg.seed}; no cached-KD student in {cfg.out})"
 
 
-def pipeline_store_fidelity(cfg: DistillConfig, store: str, *, sequences: int, seed: int = 0,
-                            progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def pipeline_store_fidelity(
+    cfg: DistillConfig, store: str, *, sequences: int, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
     """:func:`store_fidelity` of ``store`` with pipeline ``cfg``'s teacher (loaded from its checkpoint, as ``verify
     --recompute`` does), student (:func:`pipeline_student`) and train split."""
     cache = open_store(store)
     teacher, fingerprint = pipeline_teacher(cfg, cache)
     student, described = pipeline_student(cfg)
-    return store_fidelity(cache, teacher, student, cached_train_split(cfg, cache),
-                          teacher_name=cfg.teacher.name, sequences=sequences, seed=seed,
-                          batch_size=cfg.cache.batch_size, device=device_of(cfg), student_name=described,
-                          fingerprint=fingerprint, progress=progress)  # fmt: skip
+    return store_fidelity(
+        cache,
+        teacher,
+        student,
+        cached_train_split(cfg, cache),
+        teacher_name=cfg.teacher.name,
+        sequences=sequences,
+        seed=seed,
+        batch_size=cfg.cache.batch_size,
+        device=device_of(cfg),
+        student_name=described,
+        fingerprint=fingerprint,
+        progress=progress,
+    )
 
 
 def _kept_cells(row: dict[str, Any], temperatures: list[str]) -> list[str]:
@@ -231,21 +289,39 @@ def _tail_cell(row: dict[str, Any], temperature: str) -> str:
 def fidelity_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(title, header, rows)`` of the stored targets and of the alternative encodings."""
     temps = report["temperatures"]
-    stored = [[r["target"], r["encoding"], f"{r['bytes/token on disk']:.1f}", str(r["bytes/token laid out"]),
-               *(_tail_cell(r, t) for t in temps), *_kept_cells(r, temps)] for r in report["targets"]]  # fmt: skip
-    header = ["target", "stored as", "B/token on disk", "B/token laid out",
-              *(f"tail mean / p90 {t}" for t in temps), *(f"KL kept {t}" for t in temps)]  # fmt: skip
+    stored = [
+        [
+            r["target"],
+            r["encoding"],
+            f"{r['bytes/token on disk']:.1f}",
+            str(r["bytes/token laid out"]),
+            *(_tail_cell(r, t) for t in temps),
+            *_kept_cells(r, temps),
+        ]
+        for r in report["targets"]
+    ]
+    header = [
+        "target",
+        "stored as",
+        "B/token on disk",
+        "B/token laid out",
+        *(f"tail mean / p90 {t}" for t in temps),
+        *(f"KL kept {t}" for t in temps),
+    ]
     others = [[r["encoding"], str(r["bytes/token"]), *_kept_cells(r, temps)] for r in report["alternatives"]]
-    return [("stored token targets", header, stored),
-            ("re-encoded from the live logits", ["encoding", "B/token laid out", *(f"KL kept {t}" for t in temps)],
-             others)]  # fmt: skip
+    return [
+        ("stored token targets", header, stored),
+        ("re-encoded from the live logits", ["encoding", "B/token laid out", *(f"KL kept {t}" for t in temps)], others),
+    ]
 
 
 def report_summary(report: dict[str, Any]) -> str:
     """What was measured, in one paragraph: store, teacher, student, sequences and labelled positions."""
-    line = (f"{report['store']}: teacher {report['teacher']!r}, student: {report['student']}; "
-            f"{report['sequences']} sequences, {report['labelled']:,} of {report['positions']:,} positions labelled "
-            "(KL kept and tails over those only)")  # fmt: skip
+    line = (
+        f"{report['store']}: teacher {report['teacher']!r}, student: {report['student']}; "
+        f"{report['sequences']} sequences, {report['labelled']:,} of {report['positions']:,} positions labelled "
+        "(KL kept and tails over those only)"
+    )
     if report["fingerprint_matches"] is False:
         line += (
             ". WARNING: the teacher's fingerprint differs from the store's, so the stored targets are another model's"

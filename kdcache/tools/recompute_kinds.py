@@ -197,8 +197,11 @@ def _topk(
     distinct = (ordered[:, 1:] != ordered[:, :-1]).all(dim=1)
     temperatures = torch.tensor(cached.temperatures, dtype=torch.float32)
     lse_diff = (cached.lse - stored.lse).abs()
-    lse_bound = (tolerance.atol + (tolerance.rtol + torch.finfo(torch.float32).eps) * stored.lse.abs()
-                 + step.amax(dim=1, keepdim=True) / temperatures)  # fmt: skip
+    lse_bound = (
+        tolerance.atol
+        + (tolerance.rtol + torch.finfo(torch.float32).eps) * stored.lse.abs()
+        + step.amax(dim=1, keepdim=True) / temperatures
+    )
     exact = (cached.values == stored.values).all(1) & (cached.indices == stored.indices).all(1)
     exact &= (cached.lse == stored.lse).all(1)
     out.max_abs_error = max(out.max_abs_error, float(diff.max()))

@@ -168,11 +168,28 @@ def plot_reliability(stats: list[TeacherStats], path: Path) -> Path:
         lower = [b.lower for b in filled]
         accuracy = [b.accuracy for b in filled]
         confidence = [b.confidence for b in filled]
-        ax.bar(lower, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.5,
-               label="accuracy")  # fmt: skip
-        ax.bar(lower, [abs(c - a) for a, c in zip(accuracy, confidence, strict=True)],
-               bottom=[min(a, c) for a, c in zip(accuracy, confidence, strict=True)], width=width, align="edge",
-               fill=False, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")  # fmt: skip
+        ax.bar(
+            lower,
+            accuracy,
+            width=width,
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            lower,
+            [abs(c - a) for a, c in zip(accuracy, confidence, strict=True)],
+            bottom=[min(a, c) for a, c in zip(accuracy, confidence, strict=True)],
+            width=width,
+            align="edge",
+            fill=False,
+            hatch="//",
+            edgecolor="tab:red",
+            linewidth=0.5,
+            label="gap to mean confidence",
+        )
         ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
         ax.set_title(f"{s.teacher}: ECE {100 * s.ece:.2f}% (T={s.temperature:g})")

@@ -75,8 +75,13 @@ def live_decoder(target: Target) -> Decoder:
     return decode
 
 
-def kd_sum(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | TokenTopK | SampledTokens,
-           temperature: float, live: torch.Tensor) -> float:  # fmt: skip
+def kd_sum(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor | TokenTopK | SampledTokens,
+    temperature: float,
+    live: torch.Tensor,
+) -> float:
     """T² · the ``token_kd`` divergence summed over labelled positions (its mean times their count, so batches of
     any mask add up); for sampled tokens less T² · the teacher's entropy there (``live``), which makes the
     cross-entropy an unbiased estimate of the KL."""
@@ -88,8 +93,14 @@ def kd_sum(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | To
     return total
 
 
-def kl_sums(teacher: Callable, student: Callable, batches: Iterable[TokenBatch], scored: list[Scored],
-            temperatures: Iterable[float], progress: bool = True) -> dict[tuple[str, float], float]:  # fmt: skip
+def kl_sums(
+    teacher: Callable,
+    student: Callable,
+    batches: Iterable[TokenBatch],
+    scored: list[Scored],
+    temperatures: Iterable[float],
+    progress: bool = True,
+) -> dict[tuple[str, float], float]:
     """Σ over labelled positions of T² · KL(student ‖ each encoding), keyed ``(label, T)``; ``("full", T)`` is the
     divergence from the teacher's full logits at every T of ``temperatures``."""
     sums: dict[tuple[str, float], float] = {}
@@ -120,21 +131,35 @@ def as_token_batch(batch: TokenBatch | torch.Tensor, number: int) -> TokenBatch:
     return TokenBatch(batch, torch.zeros_like(batch), np.arange(number * len(batch), (number + 1) * len(batch)))
 
 
-def measure(teacher: Callable, student: Callable, batches: list[TokenBatch | torch.Tensor], k: int,
-            temperature: float = 1.0, progress: bool = True) -> list[dict]:  # fmt: skip
+def measure(
+    teacher: Callable,
+    student: Callable,
+    batches: list[TokenBatch | torch.Tensor],
+    k: int,
+    temperature: float = 1.0,
+    progress: bool = True,
+) -> list[dict]:
     """One row per encoding of :data:`ENCODINGS` at ``k``: bytes per token and KL kept (over ``batches``'s labelled
     positions; a batch of ids alone labels every position) against the full logits, and against today's layout."""
     batches = [as_token_batch(b, i) for i, b in enumerate(batches)]
-    targets = {label: build_target("token_logits", {"k": k, "temperatures": [temperature], **params})
-               for label, params in ENCODINGS.items()}  # fmt: skip
+    targets = {
+        label: build_target("token_logits", {"k": k, "temperatures": [temperature], **params})
+        for label, params in ENCODINGS.items()
+    }
     scored = [Scored(label, live_decoder(target), (temperature,)) for label, target in targets.items()]
     sums = kl_sums(teacher, student, batches, scored, [temperature], progress)
     with torch.no_grad():
         vocab = int(teacher(batches[0].inputs[:1, :1]).shape[-1])
     today = sums[next(iter(targets)), temperature]
-    return [{"encoding": label, "bytes/token": bytes_per_token(target, vocab),
-             "KL kept": sums[label, temperature] / sums["full", temperature],
-             "vs today": sums[label, temperature] / today} for label, target in targets.items()]  # fmt: skip
+    return [
+        {
+            "encoding": label,
+            "bytes/token": bytes_per_token(target, vocab),
+            "KL kept": sums[label, temperature] / sums["full", temperature],
+            "vs today": sums[label, temperature] / today,
+        }
+        for label, target in targets.items()
+    ]
 
 
 def tiny_llama(vocab: int, seed: int, init: float) -> torch.nn.Module:
@@ -142,9 +167,16 @@ def tiny_llama(vocab: int, seed: int, init: float) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, initializer_range=init,
-                         tie_word_embeddings=False)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        initializer_range=init,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).eval()
     return lambda ids: model(ids).logits
 
@@ -156,8 +188,9 @@ def report_token_fidelity(vocab: int, tokens: int, k: int, init: float = 0.5, pr
     batches = list(torch.from_numpy(ids).long().view(-1, 1, 256))
     rows = measure(tiny_llama(vocab, 0, init), tiny_llama(vocab, 1, 0.02), batches, k, progress=progress)
     header = ["encoding", "bytes/token", "KL kept", "vs today"]
-    return markdown_table(header, [[r["encoding"], str(r["bytes/token"]), f"{r['KL kept']:.4f}",
-                                    f"{r['vs today']:.4f}"] for r in rows])  # fmt: skip
+    return markdown_table(
+        header, [[r["encoding"], str(r["bytes/token"]), f"{r['KL kept']:.4f}", f"{r['vs today']:.4f}"] for r in rows]
+    )
 
 
 def main() -> None:

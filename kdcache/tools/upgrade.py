@@ -155,7 +155,7 @@ def _format_two(manifest: Manifest) -> Manifest:
                     for t, rec in teacher.targets.items()
                 }
             }
-        )  # fmt: skip
+        )
         for name, teacher in manifest.teachers.items()
     }
     return manifest.model_copy(update={"format_version": FORMAT_VERSION, "teachers": teachers})
@@ -204,9 +204,11 @@ def _write_digests(
     """Recommit the sample arrays shard by shard with the digests a format-``old`` store lacks (the other sample
     arrays keep their bytes)."""
     cache = StoreReader(builder.location, builder.manifest)
-    readers = {path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
-               for path, rec in builder.manifest.samples.arrays.items()
-               if path != VIEW_DIGEST and (old == 2 or path != SAMPLE_DIGEST)}  # fmt: skip
+    readers = {
+        path: cache.array_reader(rec, SAMPLES_OWNER, in_memory=False)
+        for path, rec in builder.manifest.samples.arrays.items()
+        if path != VIEW_DIGEST and (old == 2 or path != SAMPLE_DIGEST)
+    }
     ranges = shard_ranges(builder.manifest.num_samples, builder.manifest.shard_samples)
     for index, (lo, hi) in enumerate(tqdm(ranges, desc="upgrade", unit="shard", disable=not progress)):
         rows: dict[str, np.ndarray] = {path: reader.read_shard(index) for path, reader in readers.items()}
@@ -244,5 +246,10 @@ def _spec_of(record: ArrayRecord) -> ArraySpec:
     """The spec that created ``record``: teacher arrays have a view axis, sample arrays other than views/params not."""
     views = record.path.startswith(("teachers/", "views/"))
     head = 2 if views else 1
-    return ArraySpec(record.path, tuple(record.shape[head:]), record.dtype, record.compressor,  # type: ignore[arg-type]
-                     views=record.shape[1] if views else None)  # fmt: skip
+    return ArraySpec(
+        record.path,
+        tuple(record.shape[head:]),
+        record.dtype,
+        record.compressor,  # type: ignore[arg-type]
+        views=record.shape[1] if views else None,
+    )

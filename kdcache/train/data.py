@@ -252,8 +252,14 @@ class CachedDataset(ViewDataset):
         digests = cache.array_reader(cache.manifest.samples.arrays[SAMPLE_DIGEST], SAMPLES_OWNER, in_memory=True)
         self.check = SampleCheck(cache.url, self.dataset, digests, allow_mismatch=allow_sample_mismatch)
         inputs = cache.array_reader(cache.manifest.samples.arrays[VIEW_DIGEST], SAMPLES_OWNER, in_memory=True)
-        self.check_views = ViewCheck(cache.url, self.dataset, views, inputs, allow_mismatch=allow_sample_mismatch,
-                                     built_on=cache.manifest.library.get("torch_cpu_capability"))  # fmt: skip
+        self.check_views = ViewCheck(
+            cache.url,
+            self.dataset,
+            views,
+            inputs,
+            allow_mismatch=allow_sample_mismatch,
+            built_on=cache.manifest.library.get("torch_cpu_capability"),
+        )
         self.store_record = source_record(cache, teacher, targets)  # what a resumed run must find unchanged
 
     def resume_record(self) -> dict[str, Any]:

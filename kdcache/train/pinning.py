@@ -123,10 +123,13 @@ def architecture_digest(model: nn.Module) -> str:
 def stage_record(stage: StageConfig) -> dict[str, Any]:
     """A stage as recorded: its settings, with each loss term's parameters resolved (defaults filled in)."""
     losses = [
-        {"name": loss.name, "weight": loss.weight,
-         **LOSSES.get(loss.name).Params.model_validate(loss.params).model_dump(mode="json")}
+        {
+            "name": loss.name,
+            "weight": loss.weight,
+            **LOSSES.get(loss.name).Params.model_validate(loss.params).model_dump(mode="json"),
+        }
         for loss in stage.losses
-    ]  # fmt: skip
+    ]
     return stage.model_dump(mode="json", exclude={"losses"}) | {"losses": losses}
 
 
@@ -155,9 +158,7 @@ def _of_teacher(section: str, teacher: str) -> bool:
     return section.startswith((f"teachers.{teacher}.", f"metadata.teachers/{teacher}/"))
 
 
-def check_record(
-    saved: dict[str, Any] | None, now: dict[str, Any], *, path: str, allowed: tuple[str, ...]
-) -> None:
+def check_record(saved: dict[str, Any] | None, now: dict[str, Any], *, path: str, allowed: tuple[str, ...]) -> None:
     """Refuse to resume from checkpoint ``path`` (pinned record ``saved``) into a run whose record is ``now``, unless
     every difference is one the caller ``allowed``; each allowed difference is logged as a warning. Fields are named
     as the caller writes them (:func:`kdcache.errors.current_speaker`)."""
@@ -185,8 +186,13 @@ def check_record(
     for name, old, new, override in accepted:
         log.warning(
             "resuming from %s with %s: checkpoint %s, now %s (%s): %s",
-            path, name, _value(old), _value(new), _allow_text(override, speaks), OVERRIDES[override],
-        )  # fmt: skip
+            path,
+            name,
+            _value(old),
+            _value(new),
+            _allow_text(override, speaks),
+            OVERRIDES[override],
+        )
 
 
 def field_name(field: str, speaks: Speaker) -> str:

@@ -133,8 +133,11 @@ def _same_vocabulary(cache: StoreReader, teacher: str | Ensemble | None, vocab_s
     names = teacher.members if isinstance(teacher, Ensemble) else (teacher,)
     for name in names:
         record = cache.teacher(name)
-        widths = {int(t.params["vocab_size"]) for t in record.targets.values()
-                  if t.kind == "token_logits" and t.params.get("vocab_size") is not None}  # fmt: skip
+        widths = {
+            int(t.params["vocab_size"])
+            for t in record.targets.values()
+            if t.kind == "token_logits" and t.params.get("vocab_size") is not None
+        }
         if widths and widths != {vocab_size}:
             raise TokenAlignmentError(
                 f"store {cache.url!r}: teacher {name or cache.teachers[0]!r} has a vocabulary of "

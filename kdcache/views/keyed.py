@@ -202,4 +202,3 @@ class Mix:
         mixed = image.clone()
         mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
         return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
-

@@ -67,8 +67,13 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path):
 )
 def test_a_student_with_too_few_classes_is_refused_before_training(tmp_path: Path, sets: list[str], message: str):
     """Cross-entropy used to end this run with ``IndexError: Target 7 is out of bounds`` and a traceback."""
-    small = ["data.max_train_samples=64", "data.max_test_samples=32", "student.train.batch_size=32",
-             "student.train.stages.0.epochs=1", f"output_dir={tmp_path}"]  # fmt: skip
+    small = [
+        "data.max_train_samples=64",
+        "data.max_test_samples=32",
+        "student.train.batch_size=32",
+        "student.train.stages.0.epochs=1",
+        f"output_dir={tmp_path}",
+    ]
     result = kdcache("train", "pipelines/digits_kd.yaml", "--variant", "scratch", "--quiet", *with_sets(small + sets))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -30,13 +30,17 @@ SEQ = 64
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
-    return {"data": write_chat(root), "generation": chat_tokenizer(root / "gen"),
-            "plain": chat_tokenizer(root / "plain", PLAIN_TEMPLATE)}  # fmt: skip
+    return {
+        "data": write_chat(root),
+        "generation": chat_tokenizer(root / "gen"),
+        "plain": chat_tokenizer(root / "plain", PLAIN_TEMPLATE),
+    }
 
 
 def chat(chat_dir, template: str = "generation", **options) -> ChatDataset:
-    return ChatDataset([str(chat_dir["data"])], tokenizer=chat_dir[template], seq_len=options.pop("seq_len", SEQ),
-                       **options)  # fmt: skip
+    return ChatDataset(
+        [str(chat_dir["data"])], tokenizer=chat_dir[template], seq_len=options.pop("seq_len", SEQ), **options
+    )
 
 
 def hf_tokenizer(directory):
@@ -65,7 +69,7 @@ def test_labels_are_the_assistant_tokens_of_a_two_turn_conversation(chat_dir, te
     first = ids.index(assistant) + 2  # "<|assistant|>", "\n", then the answer
     last = len(ids) - 2 if template == "generation" else len(ids) - 1  # "<|end|>" ("\n" too without generation tags)
     assert ids[last - (template == "plain")] == end
-    assert hf.decode(ids[first:last + 1]).startswith("every token of the teacher<|end|>")  # fmt: skip
+    assert hf.decode(ids[first : last + 1]).startswith("every token of the teacher<|end|>")
     expected = [-100] * SEQ
     expected[first - 1 : last] = ids[first : last + 1]  # position t is labelled with the assistant token t + 1
     assert labels == expected
@@ -91,8 +95,11 @@ def test_no_sample_mixes_two_conversations(chat_dir) -> None:
         assert mask[i].tolist() == [1] * n + [0] * (SEQ - n)
         assert (inputs[i, n:] == data.pad_id).all() and (labels[i, n - 1 :] == -100).all()
         assert int(inputs[i, 0]) in starts  # every sample opens with its conversation's first turn
-        roles = [t for t in hf.convert_ids_to_tokens(inputs[i, :n].tolist()) if t in {"<|system|>", "<|user|>",
-                                                                                     "<|assistant|>"}]  # fmt: skip
+        roles = [
+            t
+            for t in hf.convert_ids_to_tokens(inputs[i, :n].tolist())
+            if t in {"<|system|>", "<|user|>", "<|assistant|>"}
+        ]
         assert roles == [f"<|{m['role']}|>" for m in conversation]  # its own turns, no other conversation's
 
 
@@ -169,10 +176,24 @@ def hand_topk_kl(student: torch.Tensor, values: torch.Tensor, indices: torch.Ten
 def test_a_cached_topk_loss_sees_only_the_assistant_positions(chat_dir, tmp_path) -> None:
     data = chat(chat_dir)
     teacher = trained_lm(data, data.vocab_size, steps=10)
-    precompute(teacher, data, str(tmp_path / "chat.zarr"), targets=[build_target("token_logits", {"k": 8})],
-               views=TokenViews(), num_classes=data.vocab_size, teacher_name="lm", batch_size=2, progress=False)  # fmt: skip
-    cached = CachedTokenDataset(data, open_store(str(tmp_path / "chat.zarr")), teacher="lm",
-                                targets=["token_logits_topk"], vocab_size=data.vocab_size)  # fmt: skip
+    precompute(
+        teacher,
+        data,
+        str(tmp_path / "chat.zarr"),
+        targets=[build_target("token_logits", {"k": 8})],
+        views=TokenViews(),
+        num_classes=data.vocab_size,
+        teacher_name="lm",
+        batch_size=2,
+        progress=False,
+    )
+    cached = CachedTokenDataset(
+        data,
+        open_store(str(tmp_path / "chat.zarr")),
+        teacher="lm",
+        targets=["token_logits_topk"],
+        vocab_size=data.vocab_size,
+    )
     batch = next(iter(batch_loader(cached, batch_size=len(data), seed=0))).to("cpu")
     student = trained_lm(data, data.vocab_size, seed=5, steps=3)
     with torch.no_grad():
@@ -225,10 +246,30 @@ def test_a_teacher_directory_caches_chat_data_as_the_same_teacher_in_memory(chat
     directory = save_teacher_dir(teacher, tmp_path / "teacher", chat_dir["generation"] / "tokenizer.json")
     target = [build_target("token_logits", {"k": 8})]
     for name, model in (("memory", teacher), ("dir", CausalLM(data.vocab_size, path=str(directory), pad_token_id=1))):
-        precompute(model.eval(), data, str(tmp_path / f"{name}.zarr"), targets=target, views=TokenViews(),
-                   num_classes=data.vocab_size, teacher_name="lm", batch_size=3, progress=False)  # fmt: skip
-    read = [next(iter(batch_loader(CachedTokenDataset(data, open_store(str(tmp_path / f"{n}.zarr")), teacher="lm",
-                                                      targets=["token_logits_topk"]), batch_size=3, seed=0))).to("cpu")
-            for n in ("memory", "dir")]  # fmt: skip
+        precompute(
+            model.eval(),
+            data,
+            str(tmp_path / f"{name}.zarr"),
+            targets=target,
+            views=TokenViews(),
+            num_classes=data.vocab_size,
+            teacher_name="lm",
+            batch_size=3,
+            progress=False,
+        )
+    read = [
+        next(
+            iter(
+                batch_loader(
+                    CachedTokenDataset(
+                        data, open_store(str(tmp_path / f"{n}.zarr")), teacher="lm", targets=["token_logits_topk"]
+                    ),
+                    batch_size=3,
+                    seed=0,
+                )
+            )
+        ).to("cpu")
+        for n in ("memory", "dir")
+    ]
     memory, from_dir = (r.targets["token_logits_topk"] for r in read)
     assert torch.equal(memory.indices, from_dir.indices) and torch.equal(memory.values, from_dir.values)

@@ -48,9 +48,12 @@ def texts(lm_corpus: list[Path]) -> list[str]:
 
 
 def same_sequences(data: TextDataset, plain: TextDataset) -> bool:
-    return data.num_tokens == plain.num_tokens and torch.equal(data.inputs, plain.inputs) and torch.equal(
-        data.labels, plain.labels
-    ) and bool((data.lengths == plain.lengths).all())  # fmt: skip
+    return (
+        data.num_tokens == plain.num_tokens
+        and torch.equal(data.inputs, plain.inputs)
+        and torch.equal(data.labels, plain.labels)
+        and bool((data.lengths == plain.lengths).all())
+    )
 
 
 def compressed_jsonl(lm_corpus: list[Path], path: Path) -> Path:
@@ -112,8 +115,16 @@ def test_globs_and_directories_are_recorded_as_concrete_files_by_content(lm_toke
     again = build(["docs"], lm_tokenizer, tmp_path / "cache", root=str(tmp_path))
     assert again.describe()["files"] == files
     pin = {"docs/doc0.txt": files[0][1]}  # a pin names a concrete file a glob expands to
-    pinned = text_dataset("train", splits={"train": ["docs/*.txt"]}, sha256=pin, tokenizer=lm_tokenizer,
-                          seq_len=SEQ_LEN, pad_token="<|pad|>", root=str(tmp_path), cache_dir=tmp_path / "cache")  # fmt: skip
+    pinned = text_dataset(
+        "train",
+        splits={"train": ["docs/*.txt"]},
+        sha256=pin,
+        tokenizer=lm_tokenizer,
+        seq_len=SEQ_LEN,
+        pad_token="<|pad|>",
+        root=str(tmp_path),
+        cache_dir=tmp_path / "cache",
+    )
     assert same_sequences(pinned, plain)
 
 
@@ -131,8 +142,9 @@ def test_pre_tokenized_streams_and_packed_sequences(lm_corpus, lm_tokenizer, pla
     assert (packed.lengths == lengths).all()
 
 
-def test_the_stream_is_tokenized_once_and_a_corrupted_cache_is_rebuilt(lm_corpus, lm_tokenizer, plain, tmp_path,
-                                                                       monkeypatch):  # fmt: skip
+def test_the_stream_is_tokenized_once_and_a_corrupted_cache_is_rebuilt(
+    lm_corpus, lm_tokenizer, plain, tmp_path, monkeypatch
+):
     calls = []
     encode = LocalTokenizer.encode
     monkeypatch.setattr(LocalTokenizer, "encode", lambda self, batch: calls.append(len(batch)) or encode(self, batch))
@@ -170,8 +182,9 @@ def test_another_process_maps_the_stream_without_tokenizing(lm_corpus, lm_tokeni
     cache = tmp_path / "cache"
     build([str(f) for f in lm_corpus], lm_tokenizer, cache)
     argument = json.dumps([[str(f) for f in lm_corpus], str(lm_tokenizer), str(cache)])
-    done = subprocess.run([sys.executable, "-c", CHILD, argument], cwd=ROOT, capture_output=True, text=True,
-                          check=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, argument], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    )
     calls, inputs = json.loads(done.stdout.strip().splitlines()[-1])
     assert calls == 0 and inputs == plain.inputs.tolist()
 
@@ -194,11 +207,14 @@ def test_a_cache_copied_under_another_key_is_refused(lm_corpus, lm_tokenizer, tm
     ("name", "content", "message"),
     [
         ("bad.txt", b"caf\xc3\xa9 ok \xff rest", r"'.*bad.txt' is not UTF-8 text: byte offset 9 is b'\\xff'"),
-        ("bad.jsonl.gz", gzip.compress(b'{"text": "a"}\n{"text": "\xfe"}\n'),
-         r"bad.jsonl.gz' is not UTF-8 text: decompressed byte offset 24"),
+        (
+            "bad.jsonl.gz",
+            gzip.compress(b'{"text": "a"}\n{"text": "\xfe"}\n'),
+            r"bad.jsonl.gz' is not UTF-8 text: decompressed byte offset 24",
+        ),
     ],
     ids=["text", "gzip-jsonl"],
-)  # fmt: skip
+)
 def test_bytes_that_are_not_utf8_name_the_file_and_offset(name, content, message, lm_tokenizer, tmp_path):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ConfigError, match=message):
@@ -246,8 +262,9 @@ def test_missing_sources_are_named(lm_corpus, lm_tokenizer, tmp_path):
     ],
     ids=["zstandard", "datasets"],
 )
-def test_a_missing_optional_library_names_the_extra(module, make, message, lm_corpus, lm_tokenizer, tmp_path,
-                                                    monkeypatch):  # fmt: skip
+def test_a_missing_optional_library_names_the_extra(
+    module, make, message, lm_corpus, lm_tokenizer, tmp_path, monkeypatch
+):
     path = make(lm_corpus, tmp_path)
     monkeypatch.setitem(sys.modules, module, None)  # what `import` meets where the library is not installed
     with pytest.raises(ConfigError, match=rf"{message}; pip install 'kdcache\[lm\]'"):

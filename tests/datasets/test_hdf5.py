@@ -20,8 +20,19 @@ def test_an_nhwc_hdf5_file_from_yaml(tmp_path):
         for split in ("train", "test"):
             f[f"{split}/x"] = images
             f[f"{split}/y"] = np.arange(12) % 3
-    data = {"dataset": "hdf5", "args": {"path": str(tmp_path / "mine.h5"), "images": "{split}/x", "labels": "{split}/y",
-            "layout": "NHWC", "pixel_max": 255}, "num_classes": 3, "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
+    data = {
+        "dataset": "hdf5",
+        "args": {
+            "path": str(tmp_path / "mine.h5"),
+            "images": "{split}/x",
+            "labels": "{split}/y",
+            "layout": "NHWC",
+            "pixel_max": 255,
+        },
+        "num_classes": 3,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
     cfg = parse_pipeline(pipeline_dict(tmp_path, data=data))
     train = load_split(cfg, "train")
     raw, labels = train.get_batch(np.array([0, 11]))

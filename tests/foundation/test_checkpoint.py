@@ -28,10 +28,15 @@ def test_safetensors_round_trip_with_its_spec(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "wrap",
-    [lambda s: s, lambda s: {"state_dict": s, "epoch": 3}, lambda s: {"model": s, "optimizer": {}},
-     lambda s: {f"module.{k}": v for k, v in s.items()}, lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}}],
+    [
+        lambda s: s,
+        lambda s: {"state_dict": s, "epoch": 3},
+        lambda s: {"model": s, "optimizer": {}},
+        lambda s: {f"module.{k}": v for k, v in s.items()},
+        lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+    ],
     ids=["plain", "state_dict-wrapper", "model-wrapper", "ddp-prefix", "wrapped-ddp"],
-)  # fmt: skip
+)
 def test_pt_checkpoints_load_with_weights_only_in_the_common_wrappers(tmp_path, wrap) -> None:
     model = _model(0)
     torch.save(wrap(model.state_dict()), tmp_path / "m.pth")

@@ -67,8 +67,11 @@ def test_objective_mixes_ce_and_kd_by_weight():
 def test_kd_refuses_a_teacher_of_another_width_naming_both():
     """Widths 5 and 10 gave a raw size-mismatch RuntimeError; now both widths and the fix are named."""
     student, teacher = torch.zeros(4, 5), torch.zeros(4, 10)
-    with pytest.raises(TargetMismatchError, match=r"teacher's logits have 10 classes \(shape \(4, 10\)\), the "
-                       r"student's 5 \(shape \(4, 5\)\).*num_classes in student\.model\.args"):  # fmt: skip
+    with pytest.raises(
+        TargetMismatchError,
+        match=r"teacher's logits have 10 classes \(shape \(4, 10\)\), the "
+        r"student's 5 \(shape \(4, 5\)\).*num_classes in student\.model\.args",
+    ):
         kd_divergence(student, teacher, 4.0)
     with pytest.raises(TargetMismatchError, match=r"have 10 classes"):
         kd_divergence(student, ProbabilityEnsemble(torch.zeros(2, 4, 10)), 4.0)
@@ -82,12 +85,16 @@ def test_kd_refuses_a_teacher_of_another_width_naming_both():
 @pytest.mark.parametrize(
     ("logits", "labels", "message"),
     [
-        (torch.zeros(3, 5), torch.tensor([0, 1, 2]), r"the student outputs 5 classes .* build the student with "
-         r"num_classes=10 \(a pipeline passes data.num_classes"),
+        (
+            torch.zeros(3, 5),
+            torch.tensor([0, 1, 2]),
+            r"the student outputs 5 classes .* build the student with "
+            r"num_classes=10 \(a pipeline passes data.num_classes",
+        ),
         (torch.zeros(3, 10), torch.tensor([0, -100, 12]), r"the labels reach class 12, but the task has 10 classes"),
     ],
     ids=["student-width", "label-past-classes"],
-)  # fmt: skip
+)
 def test_a_student_or_labels_that_do_not_fit_the_class_count_are_refused(logits, labels, message):
     setup = LossSetup(num_classes=10)
     with pytest.raises(ConfigError, match=message):

@@ -111,8 +111,9 @@ def test_reverse_kl_floors_a_vanishing_teacher_tail() -> None:
 
 def test_sampled_tokens_give_the_weighted_cross_entropy() -> None:
     student = torch.tensor([[[1.0, 0.0, -1.0, 0.5]]])
-    drawn = SampledTokens(ids=torch.tensor([[[0, 3, 0]]]), counts=torch.tensor([[[3.0, 1.0, 0.0]]]), samples=4,
-                          temperature=1.0)  # fmt: skip
+    drawn = SampledTokens(
+        ids=torch.tensor([[[0, 3, 0]]]), counts=torch.tensor([[[3.0, 1.0, 0.0]]]), samples=4, temperature=1.0
+    )
     log_q = F.log_softmax(student[0, 0], dim=-1).tolist()
     expected = -(0.75 * log_q[0] + 0.25 * log_q[3])
     out = StepOutputs(student, torch.tensor([[2]]), teacher={"token_logits_sampled": drawn})
@@ -131,8 +132,11 @@ def test_the_sampled_estimate_averages_to_the_cross_entropy_to_the_teacher() -> 
     for sample in range(3000):  # 3000 independently keyed draws of 8 tokens for the same position
         arrays = target.encode_at(teacher, np.array([sample]), np.array([0]))
         drawn = target.decode({k: torch.from_numpy(v) for k, v in arrays.items()})
-        values.append(term("token_kd", target="token_logits_sampled")(StepOutputs(student, torch.tensor([[0]]),
-                                                                                   teacher={"token_logits_sampled": drawn})).item())  # fmt: skip
+        values.append(
+            term("token_kd", target="token_logits_sampled")(
+                StepOutputs(student, torch.tensor([[0]]), teacher={"token_logits_sampled": drawn})
+            ).item()
+        )
     cross_entropy = -(F.softmax(teacher[0, 0], -1) * F.log_softmax(student[0, 0], -1)).sum().item()
     assert np.mean(values) == pytest.approx(cross_entropy, abs=4 * np.std(values) / np.sqrt(len(values)))
 

@@ -45,8 +45,9 @@ def test_a_sharded_directory_loads_as_it_is_and_records_every_file(tmp_path, lm_
     tokens = torch.randint(0, 300, (2, 12))
     assert torch.equal(loaded(tokens), model(tokens))
     files = loaded.source["files"]
-    assert sorted(files) == sorted(["config.json", "model.safetensors.index.json", "tokenizer.json",
-                                    "tokenizer_config.json", *shards])  # fmt: skip
+    assert sorted(files) == sorted(
+        ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", *shards]
+    )
     assert files["config.json"] == hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
     assert loaded.source["tokenizer"]["vocab_size"] == 300 and loaded.get_input_embeddings().num_embeddings == 300
     half = CausalLM(300, path=str(directory), dtype="bfloat16").eval()

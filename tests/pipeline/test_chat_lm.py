@@ -19,8 +19,13 @@ TEACHER_DIR = ROOT / "data" / "chat" / "teacher"
 
 
 def test_chat_lm_runs_on_a_subset_from_the_teacher_directory(tmp_path):
-    sets = ["data.max_train_samples=32", "data.max_test_samples=16", "student.train.stages.0.epochs=1",
-            "compare.3.stages.0.epochs=1", f"output_dir={tmp_path}"]  # fmt: skip
+    sets = [
+        "data.max_train_samples=32",
+        "data.max_test_samples=16",
+        "student.train.stages.0.epochs=1",
+        "compare.3.stages.0.epochs=1",
+        f"output_dir={tmp_path}",
+    ]
     summary = run_pipeline(load_pipeline(PIPELINE, sets), progress=False)
     assert set(summary["students"]) == {"scratch", "online", "cached-topk", "cached-sampled"}
     assert summary["store"]["tokens_per_sample"] == 192
@@ -43,7 +48,10 @@ def test_chat_lm_runs_on_a_subset_from_the_teacher_directory(tmp_path):
 
 def test_a_missing_teacher_directory_names_the_script_that_writes_it(tmp_path):
     cfg = load_pipeline(PIPELINE, [f"teacher.model.args.path={tmp_path / 'teacher'}", f"output_dir={tmp_path}"])
-    with pytest.raises(CheckpointError, match=r"'gpt2-4x128-chat' is the transformers directory .*teacher'.*does not "
-                                              r"exist: run `python data/make_chat_teacher.py` to write it"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"'gpt2-4x128-chat' is the transformers directory .*teacher'.*does not "
+        r"exist: run `python data/make_chat_teacher.py` to write it",
+    ):
         run_pipeline(cfg, progress=False)
     assert not any(tmp_path.iterdir())  # refused before any data is rendered or store written

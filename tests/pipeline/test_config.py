@@ -123,13 +123,26 @@ def test_a_variant_without_a_teacher_cannot_read_targets(tmp_path):
         ("student.train.stages.0.optimizer.lr=.nan", r"optimizer\.lr: Input should be a finite number"),
         ("seed=-1", r"seed: seed -1 is outside 0\.\.4294967295, the range every generator a run seeds accepts"),
         ("seed=1.0e+23", r"seed: seed 1e\+23 is outside 0\.\.4294967295"),
-        ("teacher.name=cnn64/logits", r"teacher name 'cnn64/logits' is not allowed: .* may not contain '/'.*'cnn64-logits'"),
+        (
+            "teacher.name=cnn64/logits",
+            r"teacher name 'cnn64/logits' is not allowed: .* may not contain '/'.*'cnn64-logits'",
+        ),
         ("teacher.name=../x", r"teacher name '\.\./x' is not allowed"),
         ("teacher.name=a b", r"teacher name 'a b' is not allowed: use letters, digits"),
     ],
-    ids=["nan-weight", "inf-weight", "nan-temperature", "inf-temperature", "nan-lr", "negative-seed", "huge-seed",
-         "nested-teacher-name", "escaping-teacher-name", "space-in-teacher-name"],
-)  # fmt: skip
+    ids=[
+        "nan-weight",
+        "inf-weight",
+        "nan-temperature",
+        "inf-temperature",
+        "nan-lr",
+        "negative-seed",
+        "huge-seed",
+        "nested-teacher-name",
+        "escaping-teacher-name",
+        "space-in-teacher-name",
+    ],
+)
 def test_values_the_run_cannot_use_are_refused_at_load(tmp_path, override, message):
     """``.nan`` in YAML would train a NaN student and exit 0; a seed out of range or a teacher name that nests in
     another's arrays would fail later with a raw ValueError: all are ConfigErrors naming the file and the key."""

@@ -93,8 +93,14 @@ def test_language_model_mistakes_are_refused_before_training(lm_raw, change, mes
 def test_stdlib_lm_runs_on_a_subset(tmp_path):
     """The shipped pipeline on 48 training sequences and one epoch each: the real stdlib files (pinned), the shipped
     tokenizer, every variant; the full run's figures are in pipelines/README.md."""
-    sets = ["data.max_train_samples=48", "data.max_test_samples=16", "teacher.train.stages.0.epochs=1",
-            "student.train.stages.0.epochs=1", "compare.3.stages.0.epochs=1", f"output_dir={tmp_path}"]  # fmt: skip
+    sets = [
+        "data.max_train_samples=48",
+        "data.max_test_samples=16",
+        "teacher.train.stages.0.epochs=1",
+        "student.train.stages.0.epochs=1",
+        "compare.3.stages.0.epochs=1",
+        f"output_dir={tmp_path}",
+    ]
     summary = run_pipeline(load_pipeline(ROOT / "pipelines" / "stdlib_lm.yaml", sets), progress=False)
     assert set(summary["students"]) == {"scratch", "online", "cached-topk", "cached-sampled"}
     assert summary["store"]["tokens_per_sample"] == 128
@@ -109,8 +115,10 @@ def hf_teacher_raw(lm_raw, tmp_path, lm_teacher, lm_tokenizer) -> dict:
     """The test pipeline with a save_pretrained directory (sharded, its own config and tokenizer) as the teacher,
     as it is: no teacher.train, no teacher.checkpoint."""
     directory = save_teacher_dir(lm_teacher, tmp_path / "hf-teacher", lm_tokenizer)
-    lm_raw["teacher"] = {"name": "hf-gpt2", "model": {"arch": "causal-lm", "args": {"path": str(directory),
-                                                                                   "pad_token_id": 1}}}  # fmt: skip
+    lm_raw["teacher"] = {
+        "name": "hf-gpt2",
+        "model": {"arch": "causal-lm", "args": {"path": str(directory), "pad_token_id": 1}},
+    }
     lm_raw["student"]["train"]["stages"][0]["epochs"] = 1
     lm_raw["cache"]["store"] = str(tmp_path / "train.zarr")
     return lm_raw
@@ -147,12 +155,18 @@ def test_a_directory_teacher_needs_no_checkpoint_and_its_own_weights_are_not_one
     for weights in (tmp_path / "hf-teacher" / "model-00001-of-00004.safetensors", tmp_path / "hf-teacher"):
         raw = json.loads(json.dumps(hf_teacher_raw))
         raw["teacher"]["checkpoint"] = str(weights)
-        with pytest.raises(CheckpointError, match=r"is in a transformers model directory .* Use the directory as it "
-                           r"is: remove teacher.checkpoint"):  # fmt: skip
+        with pytest.raises(
+            CheckpointError,
+            match=r"is in a transformers model directory .* Use the directory as it "
+            r"is: remove teacher.checkpoint",
+        ):
             load_teacher(parse_pipeline(raw))
     hf_teacher_raw["teacher"]["model"]["args"] = {"pad_token_id": 1, "config": {"model_type": "gpt2", "n_layer": 1}}
-    with pytest.raises(CheckpointError, match=r"no teacher.train: point teacher.checkpoint at a kdcache checkpoint, "
-                       r"add teacher.train .* or use a transformers directory as it is"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"no teacher.train: point teacher.checkpoint at a kdcache checkpoint, "
+        r"add teacher.train .* or use a transformers directory as it is",
+    ):
         ensure_teacher(parse_pipeline(hf_teacher_raw), progress=False)
 
 

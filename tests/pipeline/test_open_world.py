@@ -42,7 +42,7 @@ def user_pipeline(root: Path, checkpoint: Path) -> Path:
             "pipeline": [
                 {"name": "RandomResizedCrop", "size": 32, "scale": [0.5, 1.0]},
                 {"name": "RandomHorizontalFlip"},
-            ],  # fmt: skip
+            ],
             "eval": [{"name": "Resize", "size": 36}, {"name": "CenterCrop", "size": 32}],
         },
         "teacher": {
@@ -55,7 +55,7 @@ def user_pipeline(root: Path, checkpoint: Path) -> Path:
             "train": {
                 "batch_size": 8,
                 "stages": [{"epochs": 1, "losses": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]}],
-            },  # fmt: skip
+            },
         },
         "cache": {"targets": [{"kind": "logits", "dtype": "float32"}], "batch_size": 8},
     }
@@ -84,8 +84,12 @@ def test_a_torchvision_teacher_and_imagefolder_from_a_pipeline_file(world, check
     path = user_pipeline(root, root / checkpoint)
     store = str(root / "run" / "cache" / "train-2views.zarr")
     outputs = {}
-    commands = (["precompute", str(path), "--quiet"], ["train", str(path), "--quiet"], ["inspect", store],
-                ["verify", store, "--recompute", "6", "--pipeline", str(path), "--quiet"])  # fmt: skip
+    commands = (
+        ["precompute", str(path), "--quiet"],
+        ["train", str(path), "--quiet"],
+        ["inspect", store],
+        ["verify", store, "--recompute", "6", "--pipeline", str(path), "--quiet"],
+    )
     for command in commands:
         done = kdcache(*command)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -150,8 +154,12 @@ def write_cifar10(root: Path, *, per_batch: int = 10) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
-        batch = {"batch_label": name, "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, per_batch).tolist(), "filenames": [f"{k}.png" for k in range(per_batch)]}  # fmt: skip
+        batch = {
+            "batch_label": name,
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, per_batch).tolist(),
+            "filenames": [f"{k}.png" for k in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
     meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))

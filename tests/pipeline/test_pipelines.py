@@ -63,8 +63,13 @@ def test_mnist_resnet_runs_on_real_digits_written_as_png(tmp_path):
     subprocess.run([sys.executable, script, "--out", data, "--train-per-class", "30"], check=True, timeout=300)
     assert len(list((data / "train").glob("*/*.png"))) == 300 and len(list((data / "test").glob("*/*.png"))) == 1000
     path = ROOT / "pipelines" / "mnist_resnet.yaml"
-    overrides = [f"data.splits.train.root={data / 'train'}", f"data.splits.test.root={data / 'test'}",
-                 "data.max_test_samples=1000", "teacher.train.stages.0.epochs=3", "views.count=2"]  # fmt: skip
+    overrides = [
+        f"data.splits.train.root={data / 'train'}",
+        f"data.splits.test.root={data / 'test'}",
+        "data.max_test_samples=1000",
+        "teacher.train.stages.0.epochs=3",
+        "views.count=2",
+    ]
     summary = run_pipeline(load_pipeline(path, [*overrides, *shrink_student(path, tmp_path)]), progress=False)
     assert set(summary["students"]) == {"scratch", "online", "cached-1view", "cached-8views"}
     assert summary["teacher"]["test"]["accuracy"] > 0.5  # three epochs on 300 real digits, tested on 1,000

@@ -156,8 +156,15 @@ def test_a_store_made_in_python_fits_a_pipeline_run_of_the_same_weights(tmp_path
     torch.manual_seed(0)
     teacher = DigitsCNN(10, width=2).eval()
     store = str(tmp_path / "store.zarr")
-    precompute(teacher, digits_small, store, targets=[build_target("logits", {})],
-               views=ViewTransform(count=1, seed=0), teacher_name="t2", progress=False)  # fmt: skip
+    precompute(
+        teacher,
+        digits_small,
+        store,
+        targets=[build_target("logits", {})],
+        views=ViewTransform(count=1, seed=0),
+        teacher_name="t2",
+        progress=False,
+    )
     cache = open_store(store)
     spec = {"arch": "digits-cnn", "args": {"width": 2}, "num_classes": 10}
     weights = state_digest(teacher.state_dict())

@@ -64,17 +64,17 @@ def pipeline(root: Path, name: str) -> Path:
             "args": {"count": 200},
             "splits": {"train": {"seed": 1}, "test": {"seed": 2}},
             "num_classes": 4,
-        },  # fmt: skip
+        },
         "views": {"count": 2, "pipeline": [{"name": "RandomRotation", "degrees": 15}]},
         "teacher": {
             "name": "tiny",
             "model": {"arch": "userkd:TinyNet", "args": {"width": 8}},
             "checkpoint": str(root / "tiny.safetensors"),
-        },  # fmt: skip
+        },
         "student": {
             "model": {"arch": "userkd:TinyNet", "args": {"width": 2}},
             "train": {"stages": [{"epochs": 1, "losses": [{"name": "kd"}]}]},
-        },  # fmt: skip
+        },
         "cache": {"shard_samples": 64, "batch_size": 32, "targets": [{"kind": "logits", "dtype": "float32"}]},
     }
     path = root / f"{name}.yaml"
@@ -91,9 +91,16 @@ def user(tmp_path) -> Path:
     code = tmp_path / "usercode"
     code.mkdir()
     (code / "userkd.py").write_text(textwrap.dedent(USER_MODULE))
-    made = run([sys.executable, "-c", "import torch, userkd; from safetensors.torch import save_file; "
-                "torch.manual_seed(0); save_file(userkd.TinyNet(4, width=8).state_dict(), 'tiny.safetensors')"],
-               {**os.environ, "PYTHONPATH": str(code)}, tmp_path)  # fmt: skip
+    made = run(
+        [
+            sys.executable,
+            "-c",
+            "import torch, userkd; from safetensors.torch import save_file; "
+            "torch.manual_seed(0); save_file(userkd.TinyNet(4, width=8).state_dict(), 'tiny.safetensors')",
+        ],
+        {**os.environ, "PYTHONPATH": str(code)},
+        tmp_path,
+    )
     assert made.returncode == 0, made.stderr
     return tmp_path
 
@@ -104,17 +111,40 @@ def cluster(user) -> Iterator[str]:
     dask = str(Path(sys.executable).parent / "dask")
     worker_env = {**os.environ, "PYTHONPATH": str(user / "usercode"), "OMP_NUM_THREADS": "1"}
     file = user / "scheduler.json"
-    processes = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(file), "--port", "0",
-                                   "--no-dashboard"], cwd=user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--scheduler-file", str(file), "--port", "0", "--no-dashboard"],
+            cwd=user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
         while not file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(file.read_text())["address"]
         for k in range(2):
-            processes.append(subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--name", f"w{k}"],
-                cwd=user, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+            processes.append(
+                subprocess.Popen(
+                    [
+                        dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{k}",
+                    ],
+                    cwd=user,
+                    env=worker_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         _wait_for_workers(address, 2)
         yield address
     finally:
@@ -134,8 +164,11 @@ def _wait_for_workers(address: str, count: int) -> None:
 def test_kdcache_precompute_on_a_command_line_cluster_with_worker_only_code(user, cluster):
     coordinator_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert run([sys.executable, "-c", "import userkd"], coordinator_env, user).returncode != 0  # not importable here
-    on_dask = run([sys.executable, "-m", "kdcache", "precompute", str(pipeline(user, "dask")), "--scheduler", cluster,
-                   "--quiet"], coordinator_env, user)  # fmt: skip
+    on_dask = run(
+        [sys.executable, "-m", "kdcache", "precompute", str(pipeline(user, "dask")), "--scheduler", cluster, "--quiet"],
+        coordinator_env,
+        user,
+    )
     assert on_dask.returncode == 0, on_dask.stderr[-3000:]
     local_env = {**os.environ, "PYTHONPATH": str(user / "usercode"), "OMP_NUM_THREADS": "1"}
     local = run(

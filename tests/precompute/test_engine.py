@@ -32,8 +32,17 @@ def targets() -> list:
 
 
 def run_objects(path: Path) -> Path:
-    precompute(digits_teacher(8, 3), digits_train(str(DIGITS)), str(path), targets=targets(), views=views(),
-               num_classes=10, teacher_spec=SPEC, shard_samples=128, progress=False)  # fmt: skip
+    precompute(
+        digits_teacher(8, 3),
+        digits_train(str(DIGITS)),
+        str(path),
+        targets=targets(),
+        views=views(),
+        num_classes=10,
+        teacher_spec=SPEC,
+        shard_samples=128,
+        progress=False,
+    )
     return path
 
 
@@ -43,20 +52,47 @@ def reference(tmp_path_factory) -> dict[str, bytes]:
 
 
 def test_factories_in_one_process_give_the_objects_bytes(tmp_path, reference):
-    precompute(TEACHER, DATASET, str(tmp_path / "f.zarr"), targets=targets(), views=views(), num_classes=10,
-               teacher_spec=SPEC, shard_samples=128, progress=False)  # fmt: skip
+    precompute(
+        TEACHER,
+        DATASET,
+        str(tmp_path / "f.zarr"),
+        targets=targets(),
+        views=views(),
+        num_classes=10,
+        teacher_spec=SPEC,
+        shard_samples=128,
+        progress=False,
+    )
     assert all_files(tmp_path / "f.zarr") == reference
 
 
 @pytest.mark.distributed
 def test_dask_from_python_without_a_pipeline_gives_the_same_bytes(tmp_path, reference):
     with dask_client(workers=2) as client:
-        report = precompute_on_dask(TEACHER, DATASET, str(tmp_path / "factories.zarr"), targets=targets(),
-                                    views=views(), num_classes=10, teacher_spec=SPEC, shard_samples=128,
-                                    client=client, progress=False)  # fmt: skip
-        objects = precompute_on_dask(digits_teacher(8, 3), digits_train(str(DIGITS)), str(tmp_path / "objects.zarr"),
-                                     targets=targets(), views=views(), num_classes=10, teacher_spec=SPEC,
-                                     shard_samples=128, client=client, progress=False)  # fmt: skip
+        report = precompute_on_dask(
+            TEACHER,
+            DATASET,
+            str(tmp_path / "factories.zarr"),
+            targets=targets(),
+            views=views(),
+            num_classes=10,
+            teacher_spec=SPEC,
+            shard_samples=128,
+            client=client,
+            progress=False,
+        )
+        objects = precompute_on_dask(
+            digits_teacher(8, 3),
+            digits_train(str(DIGITS)),
+            str(tmp_path / "objects.zarr"),
+            targets=targets(),
+            views=views(),
+            num_classes=10,
+            teacher_spec=SPEC,
+            shard_samples=128,
+            client=client,
+            progress=False,
+        )
     assert (report.shards_written, report.complete, objects.complete) == (3, True, True)
     assert all_files(tmp_path / "factories.zarr") == reference
     assert all_files(tmp_path / "objects.zarr") == reference
@@ -82,11 +118,22 @@ def test_a_class_sorted_dataset_with_an_all_zero_label_shard_is_cached(tmp_path)
     from kdcache.datasets import TensorDataset
 
     labels = torch.sort(torch.arange(256) % 4).values  # the first shard of 64 is all class 0 (the fill value)
-    data = TensorDataset(torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)), labels,
-                         split="train", source={"kind": "class-sorted"})  # fmt: skip
+    data = TensorDataset(
+        torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+        labels,
+        split="train",
+        source={"kind": "class-sorted"},
+    )
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
-    report = precompute(teacher, data, str(tmp_path / "sorted.zarr"), targets=[build_target("logits", {})],
-                        views=views(), shard_samples=64, progress=False)  # fmt: skip
+    report = precompute(
+        teacher,
+        data,
+        str(tmp_path / "sorted.zarr"),
+        targets=[build_target("logits", {})],
+        views=views(),
+        shard_samples=64,
+        progress=False,
+    )
     assert report.complete and (tmp_path / "sorted.zarr" / "samples/label/c/0").stat().st_size > 0
     stored = open_store(str(tmp_path / "sorted.zarr")).labels()
     np.testing.assert_array_equal(stored, labels.numpy())

@@ -27,9 +27,18 @@ TARGETS = [{"k": 8, "temperatures": [1.0, 2.0]}, {"encoding": "sampled", "sample
 
 
 def run(teacher, dataset, path):
-    return precompute(teacher, dataset, str(path), targets=[build_target("token_logits", t) for t in TARGETS],
-                      views=TokenViews(), num_classes=300, teacher_name="lm", shard_samples=64, batch_size=16,
-                      progress=False)  # fmt: skip
+    return precompute(
+        teacher,
+        dataset,
+        str(path),
+        targets=[build_target("token_logits", t) for t in TARGETS],
+        views=TokenViews(),
+        num_classes=300,
+        teacher_name="lm",
+        shard_samples=64,
+        batch_size=16,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize(("stop_at", "committed"), [(80, 1), (128, 2)], ids=["mid-shard-1", "in-shard-2"])
@@ -53,18 +62,31 @@ def test_interrupted_stage_one_resumes_byte_identical(tmp_path, lm_teacher, lm_t
 def test_two_dask_workers_write_the_same_bytes_as_one_process(tmp_path, lm_corpus, lm_tokenizer):
     raw = lm_pipeline_dict(tmp_path, lm_corpus, lm_tokenizer)
     raw["teacher"]["checkpoint"] = str(tmp_path / "teacher.safetensors")
-    single = run_precompute(parse_pipeline({**raw, "cache": {**raw["cache"], "store": str(tmp_path / "one.zarr")}}),
-                            progress=False)  # fmt: skip
-    dask = run_precompute(parse_pipeline({**raw, "cache": {**raw["cache"], "store": str(tmp_path / "two.zarr")}}),
-                          progress=False, workers=2)  # fmt: skip
+    single = run_precompute(
+        parse_pipeline({**raw, "cache": {**raw["cache"], "store": str(tmp_path / "one.zarr")}}), progress=False
+    )
+    dask = run_precompute(
+        parse_pipeline({**raw, "cache": {**raw["cache"], "store": str(tmp_path / "two.zarr")}}),
+        progress=False,
+        workers=2,
+    )
     assert (dask.shards_written, dask.complete, dask.accuracy) == (single.shards_written, True, single.accuracy)
     assert single.shards_written == 2
     assert all_files(tmp_path / "two.zarr") == all_files(tmp_path / "one.zarr")
 
 
 def topk_store(teacher, dataset, path, **options):
-    return precompute(teacher, dataset, str(path), targets=[build_target("token_logits", {"k": 8})],
-                      views=TokenViews(), shard_samples=64, batch_size=32, progress=False, **options)  # fmt: skip
+    return precompute(
+        teacher,
+        dataset,
+        str(path),
+        targets=[build_target("token_logits", {"k": 8})],
+        views=TokenViews(),
+        shard_samples=64,
+        batch_size=32,
+        progress=False,
+        **options,
+    )
 
 
 def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm_train, lm_tokenizer):
@@ -87,8 +109,9 @@ def test_a_raw_transformers_model_is_a_teacher_as_it_is(tmp_path, lm_teacher, lm
     assert record["spec"] == {"class": "GPT2LMHeadModel"} and record["source"]["path"] == str(directory)
     assert record["source"]["tokenizer"] == lm_train.describe()["tokenizer"] and "files" not in record["source"]
     assert record["source"]["chat_template_sha256"] is not None  # recorded apart: plain text uses no template
-    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "raw.zarr")), teacher="teacher",
-                              targets=["token_logits_topk"])  # fmt: skip
+    data = CachedTokenDataset(
+        lm_train, open_store(str(tmp_path / "raw.zarr")), teacher="teacher", targets=["token_logits_topk"]
+    )
     batch = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")
     target = batch.targets["token_logits_topk"]
     assert target.vocab_size == 300
@@ -120,8 +143,11 @@ def test_a_teacher_shipping_another_tokenizer_is_refused(tmp_path, lm_train, wid
         tokenizer = train_wordlevel(other, tmp_path / "words.json")
     directory = save_teacher_dir(tiny_lm(width), tmp_path / "teacher", tokenizer)
     teacher = CausalLM(width, path=str(directory))
-    with pytest.raises(TokenAlignmentError, match=r"teacher 'teacher' ships another tokenizer than the data's "
-                       r"\(they differ in (vocab_size, )?vocab_sha256.*\): the teacher's, in '.*teacher'"):  # fmt: skip
+    with pytest.raises(
+        TokenAlignmentError,
+        match=r"teacher 'teacher' ships another tokenizer than the data's "
+        r"\(they differ in (vocab_size, )?vocab_sha256.*\): the teacher's, in '.*teacher'",
+    ):
         topk_store(teacher, lm_train, tmp_path / "refused.zarr")
     assert not (tmp_path / "refused.zarr").exists()
     report = topk_store(teacher, lm_train, tmp_path / "allowed.zarr", allow_tokenizer_mismatch=True)
@@ -130,6 +156,9 @@ def test_a_teacher_shipping_another_tokenizer_is_refused(tmp_path, lm_train, wid
 
 def test_a_teacher_narrower_than_the_token_ids_is_refused(tmp_path, lm_train):
     """A 200-token teacher over text of a 300-token tokenizer: a typed error before it runs, not an IndexError."""
-    with pytest.raises(TokenAlignmentError, match=r"takes 200 token ids \(its input embedding\), but the data's "
-                       r"tokenizer produces 300"):  # fmt: skip
+    with pytest.raises(
+        TokenAlignmentError,
+        match=r"takes 200 token ids \(its input embedding\), but the data's "
+        r"tokenizer produces 300",
+    ):
         topk_store(tiny_lm(200).model, lm_train, tmp_path / "narrow.zarr")

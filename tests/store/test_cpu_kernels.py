@@ -56,10 +56,21 @@ def build_stores(corpus: Path, root: Path) -> str:
     with. The manifest records the corpus paths, so the stores compared share one corpus."""
     build_golden_store(root / "golden.zarr")
     data = text_split(sorted(corpus.glob("doc*.txt")), corpus / "tokenizer.json")
-    targets = [build_target("token_logits", {"k": 8, "temperatures": [1.0, 2.0]}),
-               build_target("token_logits", {"encoding": "sampled", "samples": 12, "seed": 3})]  # fmt: skip
-    precompute(DyadicLM(data.vocab_size), data, str(root / "tokens.zarr"), targets=targets, views=TokenViews(),
-               num_classes=data.vocab_size, teacher_name="lm", shard_samples=64, progress=False)  # fmt: skip
+    targets = [
+        build_target("token_logits", {"k": 8, "temperatures": [1.0, 2.0]}),
+        build_target("token_logits", {"encoding": "sampled", "samples": 12, "seed": 3}),
+    ]
+    precompute(
+        DyadicLM(data.vocab_size),
+        data,
+        str(root / "tokens.zarr"),
+        targets=targets,
+        views=TokenViews(),
+        num_classes=data.vocab_size,
+        teacher_name="lm",
+        shard_samples=64,
+        progress=False,
+    )
     return torch.backends.cpu.get_cpu_capability()
 
 

@@ -24,17 +24,26 @@ from kdcache.views import TokenViews, ViewTransform
 from tests.conftest import MEAN, STD, cache_digits
 
 IMAGE_STORES = {
-    "fp16": [build_target("logits", {"dtype": "float16"}), build_target("logits", {"encoding": "int8"}),
-             build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]}),
-             build_target("features", {"layer": "layer2"}), build_target("fsp", {"layers": ["layer1", "layer2"]})],
-    "bf16": [build_target("logits", {"dtype": "bfloat16"}),
-             build_target("features", {"layer": "layer2", "dtype": "float32", "compressor": "none"}),
-             build_target("fsp", {"layers": ["layer1", "layer2"], "compressor": "lz4"})],
-}  # fmt: skip
+    "fp16": [
+        build_target("logits", {"dtype": "float16"}),
+        build_target("logits", {"encoding": "int8"}),
+        build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]}),
+        build_target("features", {"layer": "layer2"}),
+        build_target("fsp", {"layers": ["layer1", "layer2"]}),
+    ],
+    "bf16": [
+        build_target("logits", {"dtype": "bfloat16"}),
+        build_target("features", {"layer": "layer2", "dtype": "float32", "compressor": "none"}),
+        build_target("fsp", {"layers": ["layer1", "layer2"], "compressor": "lz4"}),
+    ],
+}
 TOKEN_STORES = {
-    "tokens": [build_target("token_logits", {"k": 4}), build_target("token_logits", {"encoding": "sampled", "samples": 8})],
+    "tokens": [
+        build_target("token_logits", {"k": 4}),
+        build_target("token_logits", {"encoding": "sampled", "samples": 8}),
+    ],
     "packed": [build_target("token_logits", {"k": 8, "value_bits": 7, "index_bits": 17})],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +57,18 @@ def stores(tmp_path_factory, _trained_teacher, digits_small, _lm_teacher, lm_tra
         cache_digits(made[name], _trained_teacher, digits_small, views, targets)
     for name, targets in TOKEN_STORES.items():
         made[name] = root / f"{name}.zarr"
-        precompute(_lm_teacher, lm_train, str(made[name]), targets=targets, views=TokenViews(), num_classes=300,
-                   teacher_name="lm", shard_samples=64, batch_size=16, progress=False)  # fmt: skip
+        precompute(
+            _lm_teacher,
+            lm_train,
+            str(made[name]),
+            targets=targets,
+            views=TokenViews(),
+            num_classes=300,
+            teacher_name="lm",
+            shard_samples=64,
+            batch_size=16,
+            progress=False,
+        )
     return made
 
 
@@ -148,8 +167,14 @@ def test_a_chunk_failing_its_crc32c_is_named() -> None:
     """The crc32c kdcache's layout stores after each chunk's values is checked when its shard is verified."""
     layout = DirectLayout([4, 3], "float16")
     values = np.arange(12, dtype="<f2").tobytes()
-    array = zarr.create_array(zarr.storage.MemoryStore(), shape=(4, 3), chunks=(4, 3), shards=(4, 3), dtype="float16",
-                              compressors=[zarr.codecs.Crc32cCodec()])  # fmt: skip
+    array = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=(4, 3),
+        chunks=(4, 3),
+        shards=(4, 3),
+        dtype="float16",
+        compressors=[zarr.codecs.Crc32cCodec()],
+    )
     array[...] = np.arange(12, dtype="<f2").reshape(4, 3)
     stored = bytes(array.store._store_dict["c/0/0"].to_bytes())[: len(values) + 4]  # the shard's first inner chunk
     assert stored[: len(values)] == values and layout.check_chunk(memoryview(stored)) is None
@@ -167,8 +192,9 @@ def test_uniform_dataloader_over_a_streamed_store_returns_the_memmap_rows(stores
     raw = tmp_path / "logits.npy"
     np.save(raw, engines(stores["fp16"], "teachers/t8/logits"))
     mapped = np.load(raw, mmap_mode="r")
-    data = CachedDataset(digits_small, open_store(str(stores["fp16"])), teacher="t8", targets=["logits"],
-                         views=views, ram_budget_bytes=0)  # fmt: skip
+    data = CachedDataset(
+        digits_small, open_store(str(stores["fp16"])), teacher="t8", targets=["logits"], views=views, ram_budget_bytes=0
+    )
     assert not data.readers["logits"]["logits"].in_memory
     data.set_epoch(0)
     torch.manual_seed(0)

@@ -89,8 +89,17 @@ def test_a_store_read_by_owner_and_by_its_plain_string_holds_the_same_rows(tmp_p
     images = torch.from_numpy(rng.random((70, 1, 2, 2))).float()
     data = TensorDataset(images, torch.arange(70) % 3, split="train", source={"kind": "x"})
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
-    precompute(teacher, data, str(tmp_path / "s"), targets=[build_target("logits", {})],
-               views=ViewTransform(count=1, seed=0), num_classes=3, teacher_name="lin", shard_samples=64, progress=False)  # fmt: skip
+    precompute(
+        teacher,
+        data,
+        str(tmp_path / "s"),
+        targets=[build_target("logits", {})],
+        views=ViewTransform(count=1, seed=0),
+        num_classes=3,
+        teacher_name="lin",
+        shard_samples=64,
+        progress=False,
+    )
     store = open_store(str(tmp_path / "s"))
     assert (tmp_path / "s" / MANIFEST_KEY).is_file()
     record = store.manifest.teachers["lin"].targets["logits"].arrays["logits"]

@@ -123,9 +123,13 @@ def test_credentials_in_storage_options_are_used_but_never_pickled(s3_store, dig
     location = StoreLocation(s3_store, options)
     assert location.fs.key == OTHER_KEY_ID  # used for this process's I/O
     data = CachedDataset(
-        digits_small, open_store(s3_store, storage_options=options), teacher="t4", targets=["logits"],
-        views=views_module, ram_budget_bytes=0,
-    )  # fmt: skip
+        digits_small,
+        open_store(s3_store, storage_options=options),
+        teacher="t4",
+        targets=["logits"],
+        views=views_module,
+        ram_budget_bytes=0,
+    )
     order = np.array([3, 290, 130])
     blobs = [pickle.dumps(location), pickle.dumps(data), cloudpickle.dumps(data)]
     assert_no_credentials(*blobs, repr(location), repr(data.readers["logits"]["logits"].location))

@@ -43,8 +43,16 @@ def test_a_620_sample_store_costs_83_not_132_bytes_per_sample(tmp_path: Path) ->
     images = torch.from_numpy(rng.random((620, 1, 4, 4))).float()
     data = TensorDataset(images, torch.from_numpy(rng.integers(0, 40, 620)), split="train", source={"kind": "x"})
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 40)).eval()
-    precompute(teacher, data, str(tmp_path / "s.zarr"), targets=[build_target("logits", {"dtype": "float16"})],
-               views=ViewTransform(count=1, seed=0), num_classes=40, teacher_name="t", progress=False)  # fmt: skip
+    precompute(
+        teacher,
+        data,
+        str(tmp_path / "s.zarr"),
+        targets=[build_target("logits", {"dtype": "float16"})],
+        views=ViewTransform(count=1, seed=0),
+        num_classes=40,
+        teacher_name="t",
+        progress=False,
+    )
     cache = open_store(str(tmp_path / "s.zarr"))
     assert cache.manifest.shard_samples == 640
     per_sample = cache.array_bytes("teachers/t/logits") / 620

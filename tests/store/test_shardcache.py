@@ -43,8 +43,17 @@ def views() -> ViewTransform:
 @pytest.fixture(scope="module")
 def stores(s3_env, digits_small, views, tmp_path_factory) -> tuple[str, Path]:
     """The store on S3, and a byte-for-byte local copy of it."""
-    precompute(DigitsCNN(10, width=4).eval(), digits_small, URL, targets=[build_target("logits", {})], views=views,
-               num_classes=10, teacher_name="t4", shard_samples=64, progress=False)  # fmt: skip
+    precompute(
+        DigitsCNN(10, width=4).eval(),
+        digits_small,
+        URL,
+        targets=[build_target("logits", {})],
+        views=views,
+        num_classes=10,
+        teacher_name="t4",
+        shard_samples=64,
+        progress=False,
+    )
     local = tmp_path_factory.mktemp("local") / "train.zarr"
     s3fs.S3FileSystem().get(URL.removeprefix("s3://"), str(local), recursive=True)
     return URL, local
@@ -162,8 +171,12 @@ def test_process_killed_mid_fetch_leaves_only_whole_shards(stores, digits_small,
     url, local = stores
     sizes = sorted(p.stat().st_size for p in (local / "teachers").rglob("*") if p.is_file() and "c" in p.parts)
     directory = tmp_path / "sc"
-    child = subprocess.Popen([sys.executable, "-c", FETCH_FOREVER, url, str(directory), str(sizes[-1] * 2)],
-                             cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", FETCH_FOREVER, url, str(directory), str(sizes[-1] * 2)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(3):  # several passes done: the kill lands in the middle of fetches and writes
             assert child.stdout.readline() == "pass\n"

@@ -96,8 +96,11 @@ def test_plain_zarr_users_decode_every_encoding_from_the_array_attributes(tmp_pa
     kdcache; the values equal what kdcache's own decoders give."""
     from kdcache.targets import build_target
 
-    targets = [build_target("logits", {"dtype": "bfloat16"}), build_target("logits", {"encoding": "int8"}),
-               build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]})]  # fmt: skip
+    targets = [
+        build_target("logits", {"dtype": "bfloat16"}),
+        build_target("logits", {"encoding": "int8"}),
+        build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]}),
+    ]
     cache_digits(tmp_path / "s.zarr", teacher, digits_small, views, targets)
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     logits = group["teachers/t8/logits"]
@@ -111,8 +114,9 @@ def test_plain_zarr_users_decode_every_encoding_from_the_array_attributes(tmp_pa
     assert group["teachers/t8/logits_topk/lse"].attrs["kdcache"]["axes"] == ["sample", "view", "temperature"]
     p_top = np.exp(values.astype(np.float64) / 4.0 - lse[..., 1:2])  # T = 4, the second declared temperature
     cache = open_store(str(tmp_path / "s.zarr"))
-    data = CachedDataset(digits_small, cache, teacher="t8", targets=["logits", "logits_int8", "logits_topk"],
-                         views=views)[np.arange(300)].to("cpu")  # fmt: skip
+    data = CachedDataset(
+        digits_small, cache, teacher="t8", targets=["logits", "logits_int8", "logits_topk"], views=views
+    )[np.arange(300)].to("cpu")
     np.testing.assert_array_equal(bf16[:, 0], data.targets["logits"].numpy())
     np.testing.assert_allclose(int8[:, 0], data.targets["logits_int8"].numpy(), rtol=0, atol=1e-5)
     topk = data.targets["logits_topk"]
@@ -147,7 +151,10 @@ def test_a_chunk_read_again_is_checked_against_the_bytes_that_were_verified(
     assert len(other) == (store / key).stat().st_size and other != (store / key).read_bytes()
     (store / key).write_bytes(other)
     reader.read_rows(rows[200:], views_of[200:])  # chunks 1 and 2: chunk 0 evicted again
-    with pytest.raises(CorruptShardError, match=r"shard 0 \(samples 0\.\.127, file teachers/t8/logits/c/0/0/0\): "
-                       r"inner chunk 0 read again differs from the bytes whose sha256 was checked"):  # fmt: skip
+    with pytest.raises(
+        CorruptShardError,
+        match=r"shard 0 \(samples 0\.\.127, file teachers/t8/logits/c/0/0/0\): "
+        r"inner chunk 0 read again differs from the bytes whose sha256 was checked",
+    ):
         reader.read_rows(rows[:5], views_of[:5])
     assert reader.chunks_read == {0: 2, 1: 2, 2: 2}  # 0, 1, 2; 0; 1, 2 (the refused read is not counted)

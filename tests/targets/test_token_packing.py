@@ -97,11 +97,14 @@ def test_padding_bits_are_refused() -> None:
     assert "bits set after its 3 fields" in target.stored_problem(arrays, (4, 400))
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"k": 4, "value_step": 0.1, "value_bits": 7}, "power of two"),
-    ({"k": 4, "value_step": 0.25}, "only with value_bits"),
-    ({"encoding": "sampled", "samples": 4, "index_bits": 17}, "do not apply"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"k": 4, "value_step": 0.1, "value_bits": 7}, "power of two"),
+        ({"k": 4, "value_step": 0.25}, "only with value_bits"),
+        ({"encoding": "sampled", "samples": 4, "index_bits": 17}, "do not apply"),
+    ],
+)
 def test_invalid_packed_parameters(params, message) -> None:
     with pytest.raises(ValidationError, match=message):
         build_target("token_logits", params)
@@ -115,16 +118,27 @@ def test_too_few_index_bits_name_the_fix() -> None:
 def test_a_packed_store_reads_through_the_public_api(tmp_path, lm_teacher, lm_train) -> None:
     stores = {}
     for name, params in {"packed": {**PACKED, "index_bits": 9}, "fp16": {"k": 8}}.items():
-        precompute(lm_teacher, lm_train, str(tmp_path / f"{name}.zarr"), targets=[build_target("token_logits", params)],
-                   views=TokenViews(), num_classes=300, teacher_name="lm", shard_samples=64, batch_size=16,
-                   progress=False)  # fmt: skip
-        data = CachedTokenDataset(lm_train, open_store(str(tmp_path / f"{name}.zarr")), teacher="lm",
-                                  targets=["token_logits_topk"])  # fmt: skip
+        precompute(
+            lm_teacher,
+            lm_train,
+            str(tmp_path / f"{name}.zarr"),
+            targets=[build_target("token_logits", params)],
+            views=TokenViews(),
+            num_classes=300,
+            teacher_name="lm",
+            shard_samples=64,
+            batch_size=16,
+            progress=False,
+        )
+        data = CachedTokenDataset(
+            lm_train, open_store(str(tmp_path / f"{name}.zarr")), teacher="lm", targets=["token_logits_topk"]
+        )
         stores[name] = next(iter(batch_loader(data, batch_size=8, seed=0))).to("cpu")
     packed_cache = open_store(str(tmp_path / "packed.zarr"))
     assert packed_cache.check_digests() == []  # digests, pinned attributes bound to the records, every row's invariants
-    report = recompute_check(packed_cache, lm_teacher, lm_train, TokenViews(), teacher_name="lm", pairs=8,
-                             progress=False)  # fmt: skip
+    report = recompute_check(
+        packed_cache, lm_teacher, lm_train, TokenViews(), teacher_name="lm", pairs=8, progress=False
+    )
     assert report.passed and report.targets["token_logits_topk"].exact == 8  # the live teacher's bytes, every pair
     assert report.targets["token_logits_topk"].max_abs_error <= 0.0625  # codes within half a step of live log p
     packed, fp16 = (stores[n].targets["token_logits_topk"] for n in ("packed", "fp16"))

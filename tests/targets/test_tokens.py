@@ -43,8 +43,13 @@ def test_topk_layout_costs_4_plus_4k_bytes_per_token_in_fp16() -> None:
         "token_logits_topk/indices": "uint16",
         "token_logits_topk/lse": "float32",
     }
-    assert target.describe() == {"encoding": "topk", "k": 32, "dtype": "float16", "temperatures": [1.0],
-                                 "vocab_size": 1024}  # fmt: skip
+    assert target.describe() == {
+        "encoding": "topk",
+        "k": 32,
+        "dtype": "float16",
+        "temperatures": [1.0],
+        "vocab_size": 1024,
+    }
 
 
 def test_topk_stores_log_probs_and_the_exact_lse_at_every_temperature() -> None:

@@ -28,14 +28,24 @@ SAMPLED = {"encoding": "sampled", "samples": 12}
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory) -> ChatDataset:
     root = tmp_path_factory.mktemp("chat")
-    return ChatDataset([str(write_chat(root / "data"))], tokenizer=chat_tokenizer(root / "tok"), seq_len=64,
-                       pad_token="<|pad|>")  # fmt: skip
+    return ChatDataset(
+        [str(write_chat(root / "data"))], tokenizer=chat_tokenizer(root / "tok"), seq_len=64, pad_token="<|pad|>"
+    )
 
 
 def cache_chat(path, chat, masked):
     targets = [build_target("token_logits", {**t, "masked": masked}) for t in (TOPK, SAMPLED)]
-    precompute(tiny_lm(300, seed=1).eval(), chat, str(path), targets=targets, views=TokenViews(), num_classes=300,
-               teacher_name="lm", batch_size=2, progress=False)  # fmt: skip
+    precompute(
+        tiny_lm(300, seed=1).eval(),
+        chat,
+        str(path),
+        targets=targets,
+        views=TokenViews(),
+        num_classes=300,
+        teacher_name="lm",
+        batch_size=2,
+        progress=False,
+    )
     return open_store(str(path))
 
 
@@ -81,8 +91,10 @@ def test_a_masked_chat_store_is_smaller_trains_the_same_and_verifies(tmp_path, c
     assert (chat.labels < 0).float().mean() > 0.6
     setup = LossSetup(num_classes=300, task="language-model")
     student = tiny_lm(300, seed=3).eval()
-    data = [CachedTokenDataset(chat, c, teacher="lm", targets=["token_logits_topk", "token_logits_sampled"])
-            for c in (keep, skip)]  # fmt: skip
+    data = [
+        CachedTokenDataset(chat, c, teacher="lm", targets=["token_logits_topk", "token_logits_sampled"])
+        for c in (keep, skip)
+    ]
     for a, b in zip(*(batch_loader(d, batch_size=2, seed=0) for d in data), strict=True):
         a, b = a.to("cpu"), b.to("cpu")
         logits = student(a.inputs)
@@ -92,7 +104,8 @@ def test_a_masked_chat_store_is_smaller_trains_the_same_and_verifies(tmp_path, c
                 term = loss.terms["token_kd"]
                 same = [term(StepOutputs(logits, x.labels, teacher=x.targets)).item() for x in (a, b)]
                 assert same[0] == same[1]  # the constant positions carry no label: no loss reads them
-    report = recompute_check(skip, tiny_lm(300, seed=1).eval(), chat, TokenViews(), teacher_name="lm", pairs=3,
-                             progress=False)  # fmt: skip
+    report = recompute_check(
+        skip, tiny_lm(300, seed=1).eval(), chat, TokenViews(), teacher_name="lm", pairs=3, progress=False
+    )
     assert report.passed and report.targets["token_logits_topk"].exact == 3
     assert report.targets["token_logits_sampled"].exact == 3

@@ -166,8 +166,18 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why
     markdown = (out / "bench.md").read_text()
-    headings = ("Goals", "1. Stage-two step time", "2. Stage-one", "3. Target reads", "4. Bytes", "5. Scaling",
-                "6. Token-level stage one", "7. Writes", "8. Target reads against other formats", "9. In-RAM")  # fmt: skip
+    headings = (
+        "Goals",
+        "1. Stage-two step time",
+        "2. Stage-one",
+        "3. Target reads",
+        "4. Bytes",
+        "5. Scaling",
+        "6. Token-level stage one",
+        "7. Writes",
+        "8. Target reads against other formats",
+        "9. In-RAM",
+    )
     for heading in headings:
         assert heading in markdown
     assert "kdcache bench --quick" in markdown

@@ -25,8 +25,10 @@ from kdcache.tools.token_fidelity import ENCODINGS, TokenBatch, measure, report_
 from tests.helpers import kdcache
 from tests.lmkit import lm_pipeline_dict
 
-TARGETS = [{"kind": "token_logits", "encoding": "topk", "k": 8, "temperatures": [1.0, 2.0]},
-           {"kind": "token_logits", "encoding": "sampled", "samples": 8}]  # fmt: skip
+TARGETS = [
+    {"kind": "token_logits", "encoding": "topk", "k": 8, "temperatures": [1.0, 2.0]},
+    {"kind": "token_logits", "encoding": "sampled", "samples": 8},
+]
 TODAY = next(iter(ENCODINGS))
 
 
@@ -84,8 +86,10 @@ def test_stored_kl_kept_is_token_fidelitys_figure_for_the_same_encoding(raw, rep
     cfg = parse_pipeline(raw)
     teacher, student = load_teacher(cfg), build_student(cfg).eval()
     inputs, labels = load_split(cfg, "train").get_batch(open_store(cfg.store_url).sample_index())
-    batches = [TokenBatch(inputs[b : b + 5], labels[b : b + 5], np.arange(b, min(b + 5, len(inputs))))
-               for b in range(0, len(inputs), 5)]  # fmt: skip
+    batches = [
+        TokenBatch(inputs[b : b + 5], labels[b : b + 5], np.arange(b, min(b + 5, len(inputs))))
+        for b in range(0, len(inputs), 5)
+    ]
     topk = stored(report, "token_logits_topk")
     for t in (1.0, 2.0):
         direct = next(r for r in measure(teacher, student, batches, 8, t, progress=False) if r["encoding"] == TODAY)
@@ -142,8 +146,7 @@ def test_positions_without_a_label_count_nowhere(raw, report):
         masked[b, t] = labels[b, t]
     data = Relabelled(load_split(cfg, "train"), masked)
     teacher, student = load_teacher(cfg), build_student(cfg).eval()
-    got = store_fidelity(cache, teacher, student, data, teacher_name=cfg.teacher.name, sequences=10_000,
-                         progress=False)  # fmt: skip
+    got = store_fidelity(cache, teacher, student, data, teacher_name=cfg.teacher.name, sequences=10_000, progress=False)
     assert got["labelled"] == len(keep)
     group = zarr.open_group(cfg.store_url, mode="r")
     top = f"teachers/{cfg.teacher.name}/token_logits_topk"
@@ -152,8 +155,9 @@ def test_positions_without_a_label_count_nowhere(raw, report):
         live, own = teacher(inputs).double().numpy(), student(inputs).double().numpy()
     for m, t in enumerate((1.0, 2.0)):
         full = sum(hand_kl(live[b, p], own[b, p], t) for b, p in keep)
-        kept = sum(hand_topk_kl(log_p[b, p].astype(np.float64), ids[b, p], float(lse[b, p, m]), own[b, p], t)
-                   for b, p in keep)  # fmt: skip
+        kept = sum(
+            hand_topk_kl(log_p[b, p].astype(np.float64), ids[b, p], float(lse[b, p, m]), own[b, p], t) for b, p in keep
+        )
         row = stored(got, "token_logits_topk")
         assert row["KL kept"][f"T={t:g}"] == pytest.approx(kept / full, rel=1e-4)
         tails = [1 - np.exp(log_p[b, p].astype(np.float64) / t - float(lse[b, p, m])).sum() for b, p in keep]
@@ -177,8 +181,18 @@ def test_the_cli_prints_the_tables_and_writes_json_and_markdown(raw, report, tmp
     path = tmp_path / "lm.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = parse_pipeline(raw)
-    done = kdcache("fidelity", "--store", cfg.store_url, "--pipeline", str(path), "--sequences", "10000",
-                   "--out", str(tmp_path / "out"), "--quiet")  # fmt: skip
+    done = kdcache(
+        "fidelity",
+        "--store",
+        cfg.store_url,
+        "--pipeline",
+        str(path),
+        "--sequences",
+        "10000",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     assert "stored token targets" in done.stdout and "7-bit values + 9-bit ids" in done.stdout
     written = json.loads((tmp_path / "out" / "token_fidelity.json").read_text())
@@ -199,5 +213,12 @@ def test_sequences_without_any_label_are_refused(raw):
     train = load_split(cfg, "train")
     data = Relabelled(train, torch.full_like(train.get_batch(cache.sample_index())[1], -100))
     with pytest.raises(ConfigError, match=r"over labelled positions, and the 3 sequence\(s\) of .* have none"):
-        store_fidelity(cache, load_teacher(cfg), build_student(cfg), data, teacher_name=cfg.teacher.name,
-                       sequences=3, progress=False)  # fmt: skip
+        store_fidelity(
+            cache,
+            load_teacher(cfg),
+            build_student(cfg),
+            data,
+            teacher_name=cfg.teacher.name,
+            sequences=3,
+            progress=False,
+        )

@@ -108,8 +108,9 @@ def test_recompute_fails_the_targets_another_teacher_changes(built, tmp_path):
     assert topk.ids_agreement < 0.5 and topk.max_abs_error > 0.1
     assert topk.lse_error < 1e-4  # the same numbers under other ids: only the ids and values by id tell
 
-    chosen = recompute_pipeline_store(parse_pipeline(moved), str(store), pairs=50, targets=["features/layer2"],
-                                      progress=False)  # fmt: skip
+    chosen = recompute_pipeline_store(
+        parse_pipeline(moved), str(store), pairs=50, targets=["features/layer2"], progress=False
+    )
     assert list(chosen.targets) == ["features/layer2"] and chosen.passed
 
 
@@ -127,8 +128,13 @@ def test_top_k_ids_may_differ_only_where_the_live_values_tie(tmp_path, digits_sm
     by 1e-4 (less than float16's rounding at 3) picks it instead: tied, so it passes, with 2 of 3 ids agreeing. Lifted
     by 0.5 it is no tie and fails."""
     bias = [5.0, 4.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    cache_digits(tmp_path / "s.zarr", constant_teacher(bias), digits_small, views,
-                 [build_target("logits", {"encoding": "topk", "k": 3})])  # fmt: skip
+    cache_digits(
+        tmp_path / "s.zarr",
+        constant_teacher(bias),
+        digits_small,
+        views,
+        [build_target("logits", {"encoding": "topk", "k": 3})],
+    )
     cache = open_store(str(tmp_path / "s.zarr"))
     kept = int(cache.open_array("teachers/t8/logits_topk/indices")[0, 0, 2])
     assert kept in (2, 3)
@@ -136,8 +142,9 @@ def test_top_k_ids_may_differ_only_where_the_live_values_tie(tmp_path, digits_sm
     reports = {}
     for lift in (1e-4, 0.5):
         live = constant_teacher([b + lift * (c == other) for c, b in enumerate(bias)])
-        reports[lift] = recompute_check(cache, live, digits_small, views, teacher_name="t8", pairs=60,
-                                        progress=False).targets["logits_topk"]  # fmt: skip
+        reports[lift] = recompute_check(
+            cache, live, digits_small, views, teacher_name="t8", pairs=60, progress=False
+        ).targets["logits_topk"]
     tied, apart = reports[1e-4], reports[0.5]
     assert tied.passed(Tolerance()) and tied.ids_agreement == pytest.approx(2 / 3) and tied.max_abs_error == 0.0
     assert tied.lse_error < 1e-4 and tied.exact == 0
@@ -167,14 +174,31 @@ def test_cli_verify_exit_codes(built, tmp_path, capsys):
 
     status, out = verify(capsys, str(store), "--recompute", "64", "--pipeline", str(pipeline), "--quiet")
     assert status == 0, out
-    for text in ("re-run on 64 (sample, view) pairs", "64/64", "view parameters: 64/64 identical", "PASSED",
-                 "ids agree", "lse error", "logits top-3 bfloat16", "fsp/layer1__layer2", "100.0000%"):  # fmt: skip
+    for text in (
+        "re-run on 64 (sample, view) pairs",
+        "64/64",
+        "view parameters: 64/64 identical",
+        "PASSED",
+        "ids agree",
+        "lse error",
+        "logits top-3 bfloat16",
+        "fsp/layer1__layer2",
+        "100.0000%",
+    ):
         assert text in out
     assert out.count(" pass ") == len(TARGETS)
 
     relabelled = relabelled_teacher(raw, tmp_path / "relabelled.safetensors")
-    moved = [str(store), "--recompute", "32", "--pipeline", str(pipeline), "--quiet",
-             "--set", f"teacher.checkpoint={relabelled}"]  # fmt: skip
+    moved = [
+        str(store),
+        "--recompute",
+        "32",
+        "--pipeline",
+        str(pipeline),
+        "--quiet",
+        "--set",
+        f"teacher.checkpoint={relabelled}",
+    ]
     status, out = verify(capsys, *moved, "--targets", "features/layer2,embedding/layer3")
     assert status == 0 and "PASSED" in out and "embedding/layer3" in out and "logits" not in out.split("PASSED")[0]
     status, out = verify(capsys, *moved, "--targets", "features/layer2,logits_topk")

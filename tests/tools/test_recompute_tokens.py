@@ -22,16 +22,25 @@ TOKEN_TARGETS = [{"k": 4, "temperatures": [1.0, 2.0]}, {"encoding": "sampled", "
 def store(tmp_path_factory, _lm_teacher, lm_train) -> str:
     """Both token encodings of the tiny trained LM over the test corpus."""
     path = str(tmp_path_factory.mktemp("verify-tokens") / "s.zarr")
-    precompute(_lm_teacher, lm_train, path, targets=[build_target("token_logits", p) for p in TOKEN_TARGETS],
-               views=TokenViews(), num_classes=300, teacher_name="lm", progress=False)  # fmt: skip
+    precompute(
+        _lm_teacher,
+        lm_train,
+        path,
+        targets=[build_target("token_logits", p) for p in TOKEN_TARGETS],
+        views=TokenViews(),
+        num_classes=300,
+        teacher_name="lm",
+        progress=False,
+    )
     return path
 
 
 def check(store: str, teacher, train, **options):
     """recompute_check of every sequence of the store against ``teacher``."""
     cache = open_store(store)
-    return recompute_check(cache, teacher, train, TokenViews(), teacher_name="lm", pairs=cache.num_samples,
-                           progress=False, **options)  # fmt: skip
+    return recompute_check(
+        cache, teacher, train, TokenViews(), teacher_name="lm", pairs=cache.num_samples, progress=False, **options
+    )
 
 
 def perturbed(teacher, scale: float, seed: int = 0):
@@ -64,8 +73,13 @@ def test_recompute_fails_another_lm_and_reports_the_fraction_of_draws_that_diffe
     slightly = check(store, perturbed(lm_teacher, 1e-3), lm_train, targets=["token_logits_sampled"])
     moved = 1 - slightly.targets["token_logits_sampled"].ids_agreement
     assert list(slightly.targets) == ["token_logits_sampled"] and 0 < moved < 0.2 and not slightly.passed
-    allowed = check(store, perturbed(lm_teacher, 1e-3), lm_train, targets=["token_logits_sampled"],
-                    tolerance=Tolerance(sampled_mismatch=moved))  # fmt: skip
+    allowed = check(
+        store,
+        perturbed(lm_teacher, 1e-3),
+        lm_train,
+        targets=["token_logits_sampled"],
+        tolerance=Tolerance(sampled_mismatch=moved),
+    )
     assert (
         allowed.passed
         and allowed.targets["token_logits_sampled"].ids_same == slightly.targets["token_logits_sampled"].ids_same

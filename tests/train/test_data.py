@@ -82,13 +82,21 @@ def test_the_api_checks_what_the_cli_checks(tmp_path, cached, teacher, digits_sm
 
     url = cached.readers["logits"]["logits"].location.url
     path = save_model(teacher, tmp_path / "teacher.safetensors", spec={})
-    CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views, num_classes=10,
-                  teacher_checkpoint=path)  # fmt: skip
+    CachedDataset(
+        digits_small,
+        open_store(url),
+        teacher="t8",
+        targets=["logits"],
+        views=views,
+        num_classes=10,
+        teacher_checkpoint=path,
+    )
     with pytest.raises(StoreMismatchError, match=r"has 10 classes, but the student is trained for 12"):
         CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views, num_classes=12)
     with torch.no_grad():
         teacher.fc.bias += 1
     other = save_model(teacher, tmp_path / "other.safetensors", spec={})
     with pytest.raises(StoreMismatchError, match=r"weights: the checkpoint hashes to"):
-        CachedDataset(digits_small, open_store(url), teacher="t8", targets=["logits"], views=views,
-                      teacher_checkpoint=other)  # fmt: skip
+        CachedDataset(
+            digits_small, open_store(url), teacher="t8", targets=["logits"], views=views, teacher_checkpoint=other
+        )

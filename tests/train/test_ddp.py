@@ -243,8 +243,17 @@ def mismatch_worker(rank: int, rendezvous: str, store: str, out: str) -> None:
 
     def train() -> None:
         data = CachedDataset(edited, open_store(store), teacher="t8", targets=["logits"], views=views)
-        fit(DigitsMLP(10, hidden=16), data, None, stages=STAGES, setup=LossSetup(10), batch_size=64, seed=0,
-            world=World(rank, 2, rank), progress=False)  # fmt: skip
+        fit(
+            DigitsMLP(10, hidden=16),
+            data,
+            None,
+            stages=STAGES,
+            setup=LossSetup(10),
+            batch_size=64,
+            seed=0,
+            world=World(rank, 2, rank),
+            progress=False,
+        )
 
     record_rank_outcome(rank, out, train)
 

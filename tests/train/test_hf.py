@@ -34,15 +34,34 @@ def cached(tmp_path, lm_teacher, lm_train):
         build_target("token_logits", {"k": 8, "temperatures": [1.0, 2.0]}),
         build_target("token_logits", {"encoding": "sampled", "samples": 8}),
     ]
-    precompute(lm_teacher, lm_train, url, targets=targets, views=TokenViews(), num_classes=lm_train.vocab_size,
-               teacher_name="lm", shard_samples=64, batch_size=16, progress=False)  # fmt: skip
+    precompute(
+        lm_teacher,
+        lm_train,
+        url,
+        targets=targets,
+        views=TokenViews(),
+        num_classes=lm_train.vocab_size,
+        teacher_name="lm",
+        shard_samples=64,
+        batch_size=16,
+        progress=False,
+    )
     return CachedTokenDataset(lm_train, open_store(url), teacher="lm", targets=TARGETS, vocab_size=300)
 
 
 def arguments(tmp_path, steps: int) -> TrainingArguments:
-    return TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=8,
-                             learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                             seed=0, dataloader_num_workers=0)  # fmt: skip
+    return TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -80,8 +99,13 @@ def test_the_trainer_evaluates_on_another_cached_dataset(tmp_path, cached, lm_tr
     store = open_store(cached.url)
     evals = CachedTokenDataset(lm_train, store, teacher="lm", targets=TARGETS[:1], vocab_size=300)  # other source
     losses = [("next_token", 0.5, {}), ("token_kd", 0.5, {"target": TARGETS[0]})]
-    trainer = KDTrainer(model=tiny_lm(300, seed=3).model, args=arguments(tmp_path, 1), train_dataset=cached,
-                        eval_dataset=evals, losses=losses)  # fmt: skip
+    trainer = KDTrainer(
+        model=tiny_lm(300, seed=3).model,
+        args=arguments(tmp_path, 1),
+        train_dataset=cached,
+        eval_dataset=evals,
+        losses=losses,
+    )
     inputs = next(iter(trainer.get_eval_dataloader()))
     assert sorted(inputs["kd_batch"].targets) == TARGETS[:1]  # collated by the eval dataset, not the train one
     assert np.isfinite(trainer.evaluate()["eval_loss"])
@@ -103,8 +127,12 @@ def test_a_collator_that_drops_the_targets_is_refused(tmp_path, cached):
 
     tokenizer = transformers_tokenizer(cached)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # a Trainer user's usual collator: no targets
-    trainer = KDTrainer(model=tiny_lm(300).model, args=arguments(tmp_path, 1), train_dataset=cached,
-                        data_collator=lambda items: collator([{"input_ids": item["inputs"]} for item in items]))  # fmt: skip
+    trainer = KDTrainer(
+        model=tiny_lm(300).model,
+        args=arguments(tmp_path, 1),
+        train_dataset=cached,
+        data_collator=lambda items: collator([{"input_ids": item["inputs"]} for item in items]),
+    )
     with pytest.raises(ConfigError, match="not kd_batch and attention_mask: keep its KDCollator"):
         trainer.train()
 
@@ -112,10 +140,12 @@ def test_a_collator_that_drops_the_targets_is_refused(tmp_path, cached):
 def test_trl_sft_trainer_refuses_the_cached_dataset(tmp_path, cached):
     """What docs/language-models.md says of TRL: SFTTrainer takes only a ``datasets`` dataset it prepares itself."""
     import trl  # in the dev extra
+
     config = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, report_to=[], use_cpu=True)
     with pytest.raises(TypeError, match="must be a `Dataset` or `IterableDataset`, got `CachedTokenDataset`"):
-        trl.SFTTrainer(model=tiny_lm(300).model, args=config, train_dataset=cached,
-                       processing_class=transformers_tokenizer(cached))  # fmt: skip
+        trl.SFTTrainer(
+            model=tiny_lm(300).model, args=config, train_dataset=cached, processing_class=transformers_tokenizer(cached)
+        )
 
 
 def transformers_tokenizer(cached: CachedTokenDataset):
@@ -130,8 +160,17 @@ def test_the_docs_trainer_example_runs(tmp_path, monkeypatch, lm_teacher, lm_tra
     section = text.split("## The Hugging Face Trainer")[1].split("\n## ")[0]
     (block,) = re.findall(r"```py\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)
-    precompute(lm_teacher, lm_train, "runs/my_lm/store.zarr", targets=[build_target("token_logits", {"k": 8})],
-               views=TokenViews(), num_classes=300, teacher_name="my-gpt2", batch_size=16, progress=False)  # fmt: skip
+    precompute(
+        lm_teacher,
+        lm_train,
+        "runs/my_lm/store.zarr",
+        targets=[build_target("token_logits", {"k": 8})],
+        views=TokenViews(),
+        num_classes=300,
+        teacher_name="my-gpt2",
+        batch_size=16,
+        progress=False,
+    )
     tiny_lm(300, seed=3).model.save_pretrained("students/tiny")
     namespace = {"train": lm_train}
     exec(compile(block.replace("max_steps=1000", "max_steps=2"), "docs/language-models.md", "exec"), namespace)

@@ -55,8 +55,11 @@ def test_targets_read_before_to_device_are_refused_with_the_fix(store, digits_sm
     items = next(iter(DataLoader(train, batch_size=16, sampler=BlockShuffleSampler(train, seed=0))))
     batch = train.as_batch(items)
     assert batch.stored["logits_int8"]["logits_int8/q"].dtype == torch.int8  # what the store holds, still encoded
-    with pytest.raises(UndecodedBatchError, match=r"\['logits_int8'\] are still the store's encoded arrays; call "
-                       r"batch = batch.to\(device\) first"):  # fmt: skip
+    with pytest.raises(
+        UndecodedBatchError,
+        match=r"\['logits_int8'\] are still the store's encoded arrays; call "
+        r"batch = batch.to\(device\) first",
+    ):
         kd_divergence(teacher(batch.inputs), batch.targets["logits_int8"], 4.0)
     moved = batch.to("cpu")
     assert moved.targets["logits_int8"].shape == (16, 10) and moved.targets["logits_int8"].dtype == torch.float32
@@ -107,8 +110,11 @@ def test_items_of_another_dataset_are_refused(tmp_path, teacher, digits_small, v
         stores[name] = CachedDataset(digits_small, open_store(tmp_path / f"{name}.zarr"), views=views)
     items = next(iter(DataLoader(stores["theirs"], batch_size=8, sampler=BlockShuffleSampler(stores["theirs"]))))
     assert items["source"].shape == (8, 2)
-    with pytest.raises(ForeignItemsError, match=r"carry stored targets of another dataset .* not those of this "
-                       r"CachedDataset of store '.*ours\.zarr'"):  # fmt: skip
+    with pytest.raises(
+        ForeignItemsError,
+        match=r"carry stored targets of another dataset .* not those of this "
+        r"CachedDataset of store '.*ours\.zarr'",
+    ):
         stores["ours"].as_batch(items)
     own = stores["theirs"].as_batch(items).to("cpu")  # the dataset that made them takes them
     reference = stores["theirs"][own.indices.numpy()].to("cpu")

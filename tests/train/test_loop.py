@@ -137,8 +137,16 @@ def test_fit_leaves_the_callers_random_state_as_it_found_it(fsp_data):
         np.random.seed(caller_seed)
         before = torch.get_rng_state(), random.getstate(), np.random.get_state()
         trained = copy.deepcopy(student)
-        fit(trained, fsp_data, None, stages=[stage("task", [{"name": "ce"}])], setup=LossSetup(10), batch_size=64,
-            seed=seed, progress=False)  # fmt: skip
+        fit(
+            trained,
+            fsp_data,
+            None,
+            stages=[stage("task", [{"name": "ce"}])],
+            setup=LossSetup(10),
+            batch_size=64,
+            seed=seed,
+            progress=False,
+        )
         assert torch.equal(torch.get_rng_state(), before[0])
         assert random.getstate() == before[1]
         assert np.array_equal(np.random.get_state()[1], before[2][1])

@@ -22,9 +22,19 @@ SAMPLED = {"encoding": "sampled", "samples": 12}
 
 
 def cache_lm(path, teacher, dataset, targets, **options):
-    return precompute(teacher, dataset, str(path), targets=[build_target("token_logits", t) for t in targets],
-                      views=TokenViews(), num_classes=dataset.vocab_size, teacher_name="lm", shard_samples=64,
-                      batch_size=16, progress=False, **options)  # fmt: skip
+    return precompute(
+        teacher,
+        dataset,
+        str(path),
+        targets=[build_target("token_logits", t) for t in targets],
+        views=TokenViews(),
+        num_classes=dataset.vocab_size,
+        teacher_name="lm",
+        shard_samples=64,
+        batch_size=16,
+        progress=False,
+        **options,
+    )
 
 
 def kd(target: str, temperature: float = 1.0, direction: str = "forward"):
@@ -37,8 +47,13 @@ def kd(target: str, temperature: float = 1.0, direction: str = "forward"):
 def test_topk_loss_from_the_cache_equals_the_loss_from_the_live_teacher(tmp_path, lm_teacher, lm_train, direction):
     report = cache_lm(tmp_path / "s.zarr", lm_teacher, lm_train, [TOPK, SAMPLED])
     assert report.complete and 0 < report.accuracy < 1  # the teacher's next-token accuracy on the cached text
-    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "s.zarr")), teacher="lm",
-                              targets=["token_logits_topk", "token_logits_sampled"], vocab_size=300)  # fmt: skip
+    data = CachedTokenDataset(
+        lm_train,
+        open_store(str(tmp_path / "s.zarr")),
+        teacher="lm",
+        targets=["token_logits_topk", "token_logits_sampled"],
+        vocab_size=300,
+    )
     target = build_target("token_logits", TOPK)
     student = tiny_lm(300, seed=3).eval()
     checked = 0
@@ -64,8 +79,9 @@ def test_topk_loss_from_the_cache_equals_the_loss_from_the_live_teacher(tmp_path
 
 def test_k_equal_to_the_vocabulary_gives_dense_kd_from_the_cache(tmp_path, lm_teacher, lm_train):
     cache_lm(tmp_path / "full.zarr", lm_teacher, lm_train, [{"k": 300, "dtype": "float32"}])
-    data = CachedTokenDataset(lm_train, open_store(str(tmp_path / "full.zarr")), teacher="lm",
-                              targets=["token_logits_topk"])  # fmt: skip
+    data = CachedTokenDataset(
+        lm_train, open_store(str(tmp_path / "full.zarr")), teacher="lm", targets=["token_logits_topk"]
+    )
     live = LiveTeacher(lm_teacher, [build_target("token_logits", {"k": 300})], "cpu")
     student = tiny_lm(300, seed=3).eval()
     batch = data[np.arange(32)].to("cpu")

@@ -38,8 +38,21 @@ def lm_pipeline(tmp_path_factory, lm_corpus, lm_tokenizer) -> tuple[Path, int]:
 
 
 def torchrun(pipeline: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kdcache",
-               "train", str(pipeline), "--quiet", "--set", f"output_dir={out}", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "kdcache",
+        "train",
+        str(pipeline),
+        "--quiet",
+        "--set",
+        f"output_dir={out}",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

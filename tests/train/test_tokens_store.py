@@ -35,8 +35,19 @@ def cache_tokens(path, teacher, dataset, **options):
         build_target("token_logits", {"k": 8}),
         build_target("token_logits", {"encoding": "sampled", "samples": 4}),
     ]
-    return precompute(teacher, dataset, str(path), targets=targets, views=TokenViews(), num_classes=300,
-                      teacher_name="lm", shard_samples=64, batch_size=16, progress=False, **options)  # fmt: skip
+    return precompute(
+        teacher,
+        dataset,
+        str(path),
+        targets=targets,
+        views=TokenViews(),
+        num_classes=300,
+        teacher_name="lm",
+        shard_samples=64,
+        batch_size=16,
+        progress=False,
+        **options,
+    )
 
 
 @pytest.fixture
@@ -59,13 +70,15 @@ def test_a_student_trains_from_the_store_with_the_corpus_deleted(tmp_path, own_c
     with pytest.raises(ConfigError, match="does not exist"):
         text_split(own_corpus, lm_tokenizer)  # the corpus is gone
 
-    data = CachedTokenDataset.from_store(open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=TARGETS,
-                                         vocab_size=300)  # fmt: skip
+    data = CachedTokenDataset.from_store(
+        open_store(str(tmp_path / "s.zarr")), teacher="lm", targets=TARGETS, vocab_size=300
+    )
     assert dataset_fingerprint(data.dataset, num_classes=300) == cache.manifest.dataset  # every refusal applies
     student = tiny_lm(300, seed=3)
     optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
-    loss = build_objective([("token_kd", 1.0, {"target": "token_logits_topk"})],
-                           LossSetup(num_classes=300, task="language-model")).terms["token_kd"]  # fmt: skip
+    loss = build_objective(
+        [("token_kd", 1.0, {"target": "token_logits_topk"})], LossSetup(num_classes=300, task="language-model")
+    ).terms["token_kd"]
     steps = 0
     for batch, want, mask in zip(batch_loader(data, batch_size=8, seed=0), reference, masks, strict=True):
         batch = batch.to("cpu")
@@ -116,8 +129,10 @@ def test_a_store_without_tokens_is_as_before_and_is_refused_for_stored_tokens(tm
     cache_tokens(tmp_path / "s.zarr", lm_teacher, lm_train)
     cache = open_store(str(tmp_path / "s.zarr"))
     assert set(cache.manifest.samples.arrays) == {"samples/index", "samples/digest", "samples/view_digest"}
-    with pytest.raises(StoreMismatchError, match="holds no samples/tokens, samples/labels, samples/lengths: it was "
-                       "built without store_tokens"):  # fmt: skip
+    with pytest.raises(
+        StoreMismatchError,
+        match="holds no samples/tokens, samples/labels, samples/lengths: it was built without store_tokens",
+    ):
         StoredTokens(cache)
 
 

@@ -79,9 +79,16 @@ def store(tmp_path_factory, digits_small) -> tuple[str, Subset]:
     """A real store of 4 views of kdcache's fixed-draw ops over 150 digits, cached by an echo teacher."""
     data = Subset(digits_small, np.arange(150), tag="first-150")
     path = str(tmp_path_factory.mktemp("draws") / "train.zarr")
-    precompute(nn.Flatten(), data, path, targets=[build_target("logits", {"dtype": "float32"})],
-               views=transform(count=VIEWS, ops=FIXED_DRAWS), teacher_name="echo", shard_samples=64,
-               progress=False)  # fmt: skip
+    precompute(
+        nn.Flatten(),
+        data,
+        path,
+        targets=[build_target("logits", {"dtype": "float32"})],
+        views=transform(count=VIEWS, ops=FIXED_DRAWS),
+        teacher_name="echo",
+        shard_samples=64,
+        progress=False,
+    )
     return path, data
 
 

@@ -36,14 +36,28 @@ NATIVE = torch.backends.cpu.get_cpu_capability().lower()
 
 def views() -> ViewTransform:
     pipeline = v2.Compose([v2.RandomResizedCrop(32, antialias=True), v2.RandAugment(), v2.RandomAffine(10)])
-    return ViewTransform(count=3, seed=7, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), pipeline=pipeline,
-                         eval=v2.Resize((32, 32), antialias=True))  # fmt: skip
+    return ViewTransform(
+        count=3,
+        seed=7,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        pipeline=pipeline,
+        eval=v2.Resize((32, 32), antialias=True),
+    )
 
 
 def build(images: str, store: str) -> None:
     folder = torchvision.datasets.ImageFolder(images)
-    precompute(nn.Flatten(), folder, store, targets=[build_target("logits", {"dtype": "float32"})], views=views(),
-               teacher_name="echo", shard_samples=16, progress=False)  # fmt: skip
+    precompute(
+        nn.Flatten(),
+        folder,
+        store,
+        targets=[build_target("logits", {"dtype": "float32"})],
+        views=views(),
+        teacher_name="echo",
+        shard_samples=16,
+        progress=False,
+    )
 
 
 def read(images: str, store: str) -> dict[str, object]:

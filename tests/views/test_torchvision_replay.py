@@ -51,8 +51,17 @@ def stores(tmp_path_factory, folder) -> dict[str, str]:
     made = {}
     for name, teacher, dtype in (("echo", nn.Flatten(), "float32"), ("resnet18", resnet(), "float16")):
         made[name] = str(root / f"{name}.zarr")
-        precompute(teacher, folder, made[name], targets=[build_target("logits", {"dtype": dtype})], views=views(),
-                   teacher_name=name, shard_samples=10, batch_size=7, progress=False)  # fmt: skip
+        precompute(
+            teacher,
+            folder,
+            made[name],
+            targets=[build_target("logits", {"dtype": dtype})],
+            views=views(),
+            teacher_name=name,
+            shard_samples=10,
+            batch_size=7,
+            progress=False,
+        )
     return made
 
 
@@ -114,7 +123,7 @@ def test_pipelines_that_cannot_replay_or_give_varying_sizes_are_refused(tmp_path
     cases = {
         "not replayable": ViewTransform(
             count=2, seed=0, pipeline=v2.Compose([v2.Resize((SIZE, SIZE)), noisy]), eval=v2.Resize((SIZE, SIZE))
-        ),  # fmt: skip
+        ),
         "different sizes": ViewTransform(count=2, seed=0, pipeline=v2.RandomCrop(16), eval=None),
     }
     for expected, bad in cases.items():

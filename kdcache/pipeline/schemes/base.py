@@ -29,8 +29,13 @@ class Phase(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
 
     def stage(self, name: str, losses: list[dict[str, Any]], freeze: list[str] | None = None) -> StageConfig:
-        return StageConfig(name=name, epochs=self.epochs, optimizer=self.optimizer, losses=[LossConfig.model_validate(loss) for loss in losses],
-                           freeze=freeze or [])  # fmt: skip
+        return StageConfig(
+            name=name,
+            epochs=self.epochs,
+            optimizer=self.optimizer,
+            losses=[LossConfig.model_validate(loss) for loss in losses],
+            freeze=freeze or [],
+        )
 
 
 @dataclass

@@ -150,7 +150,9 @@ def run_lwf(cfg: LwFPipeline, *, progress: bool = True) -> dict[str, Any]:
 
 def _task_splits(cfg: RunConfig, classes: list[int]) -> tuple[SampleDataset, SampleDataset]:
     """(train, test) of one task: the samples of ``classes``, relabelled 0..k-1."""
-    train, test = (ClassSubset(load_split(cfg, split), classes) for split in (cfg.data.train_split, cfg.data.test_split))
+    train, test = (
+        ClassSubset(load_split(cfg, split), classes) for split in (cfg.data.train_split, cfg.data.test_split)
+    )
     return train, test
 
 

@@ -136,7 +136,14 @@ def run_rocket(cfg: RocketPipeline, *, progress: bool = True) -> dict[str, Any]:
             stage_one = _cache_booster(cfg, net, train_set, progress=progress)
     header = ["model", "light net", "booster", "light params", "booster params", "training time (s)"]
     rows = [
-        [ROW_TITLES[r], pct(v.get("light")), pct(v.get("booster")), _count(v, "light"), _count(v, "booster"), f"{v['seconds']:.1f}"]
+        [
+            ROW_TITLES[r],
+            pct(v.get("light")),
+            pct(v.get("booster")),
+            _count(v, "light"),
+            _count(v, "booster"),
+            f"{v['seconds']:.1f}",
+        ]
         for r, v in results.items()
     ]
     summary = {"rows": results, "hint_weight": s.hint_weight, "store": {"url": cfg.store_url, **stage_one}}

@@ -85,7 +85,12 @@ def run_selfkd(cfg: SelfKDPipeline, *, progress: bool = True) -> dict[str, Any]:
     base = results[cfg.teacher_name(0)]["test"]
     header = ["model", "test accuracy", "vs generation 0 (points)", "training time (s)"]
     rows = [
-        [f"generation {k}" + (" (labels only)" if k == 0 else f" (from the cache of {cfg.teacher_name(k - 1)})"), pct(v["test"]), f"{100 * (v['test'] - base):+.2f}", f"{v['seconds']:.1f}"]
+        [
+            f"generation {k}" + (" (labels only)" if k == 0 else f" (from the cache of {cfg.teacher_name(k - 1)})"),
+            pct(v["test"]),
+            f"{100 * (v['test'] - base):+.2f}",
+            f"{v['seconds']:.1f}",
+        ]
         for k, v in enumerate(results.values())
     ]
     rows.append(

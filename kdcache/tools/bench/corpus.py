@@ -42,8 +42,12 @@ def train_tokenizer(path: Path, files: list[Path], vocab_size: int = 8192) -> Pa
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train([str(f) for f in files[:300]], trainer)
     tokenizer.save(str(path))
     return path
@@ -105,8 +109,12 @@ def measure(workdir: Path, tokens: int) -> dict[str, Any]:
     spec = {"glob": str(corpus / "*.jsonl"), "tokenizer": str(tokenizer), "cache": str(workdir / f"cache-{tokens}")}
     runs = {}
     for name in ("tokenize", "cached"):
-        done = subprocess.run([sys.executable, "-m", "kdcache.tools.bench.corpus", "--child", json.dumps(spec)], capture_output=True,
-                              text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "kdcache.tools.bench.corpus", "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
     runs["tokens_per_second"] = runs["tokenize"]["tokens"] / runs["tokenize"]["seconds"]
     return runs

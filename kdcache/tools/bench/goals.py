@@ -136,23 +136,53 @@ def _reads(figures: dict[str, Any]) -> list[dict[str, Any]]:
         if state not in store:
             continue
         for which in ("pass 1", "pass 2"):
-            rows.append(_row("3", f"target reads / memmap, {state} page cache, {which}",
-                             store[state]["ratio_to_memmap"][which], ">=", goal, why))  # fmt: skip
+            rows.append(
+                _row(
+                    "3",
+                    f"target reads / memmap, {state} page cache, {which}",
+                    store[state]["ratio_to_memmap"][which],
+                    ">=",
+                    goal,
+                    why,
+                )
+            )
     for size, entry in figures["scaling"]["sizes"].items():
         if "uniform_over_block" in entry["warm"]:
-            rows.append(_row("3", f"target reads, uniform / block order, {size} samples (warm page cache, pass 2)",
-                             entry["warm"]["uniform_over_block"], ">=", UNIFORM_GOAL,
-                             f"uniform order reads a few rows of each chunk per batch, one pread and XXH3 each; "
-                             f"{why}"))  # fmt: skip
+            rows.append(
+                _row(
+                    "3",
+                    f"target reads, uniform / block order, {size} samples (warm page cache, pass 2)",
+                    entry["warm"]["uniform_over_block"],
+                    ">=",
+                    UNIFORM_GOAL,
+                    f"uniform order reads a few rows of each chunk per batch, one pread and XXH3 each; {why}",
+                )
+            )
     token_reads = figures.get("tokens", {}).get("reads", {})
     for name, entry in token_reads.items():
-        rows.append(_row("6", f"tokens: streamed {name} reads / memmap", entry["ratio_to_memmap"], ">=",
-                         TOKEN_READ_GOAL, f"arrays {entry['arrays']}; compressed arrays are decoded by "
-                         "zarr-python, uncompressed ones read directly"))  # fmt: skip
+        rows.append(
+            _row(
+                "6",
+                f"tokens: streamed {name} reads / memmap",
+                entry["ratio_to_memmap"],
+                ">=",
+                TOKEN_READ_GOAL,
+                f"arrays {entry['arrays']}; compressed arrays are decoded by "
+                "zarr-python, uncompressed ones read directly",
+            )
+        )
         if "in_ram_ratio_to_memmap" in entry:
-            rows.append(_row("6", f"tokens: in-RAM {name} reads / memmap", entry["in_ram_ratio_to_memmap"], ">=",
-                             TOKEN_READ_GOAL, "a (row, view) gather per array of the batch: numpy's fancy indexing "
-                             "over two axes, against one np.take of the same rows"))  # fmt: skip
+            rows.append(
+                _row(
+                    "6",
+                    f"tokens: in-RAM {name} reads / memmap",
+                    entry["in_ram_ratio_to_memmap"],
+                    ">=",
+                    TOKEN_READ_GOAL,
+                    "a (row, view) gather per array of the batch: numpy's fancy indexing "
+                    "over two axes, against one np.take of the same rows",
+                )
+            )
     return rows
 
 

@@ -28,8 +28,15 @@ from kdcache.views import TokenViews
 
 TARGETS = {"topk": {"k": 32, "temperatures": [1.0]}, "sampled": {"encoding": "sampled", "samples": 32}}
 CHAT = {"tokenizer": "data/chat/tokenizer", "seq_len": 192, "pad_token": "<|pad|>", "train_on": "assistant"}
-TEACHER = {"model_type": "gpt2", "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 192, "bos_token_id": 0,
-           "eos_token_id": 0}  # fmt: skip
+TEACHER = {
+    "model_type": "gpt2",
+    "n_layer": 4,
+    "n_embd": 128,
+    "n_head": 4,
+    "n_positions": 192,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
 
 
 def zstd_bytes(cache: Any, path: str) -> int:
@@ -53,8 +60,17 @@ def measure(teacher: torch.nn.Module, workdir: Path) -> dict[str, Any]:
     for masked in ("keep", "skip"):
         store = workdir / f"chat-{masked}.zarr"
         targets = [build_target("token_logits", {**t, "masked": masked}) for t in TARGETS.values()]
-        precompute(teacher, train, str(store), targets=targets, views=TokenViews(), num_classes=train.vocab_size,
-                   teacher_name="lm", batch_size=32, progress=False)  # fmt: skip
+        precompute(
+            teacher,
+            train,
+            str(store),
+            targets=targets,
+            views=TokenViews(),
+            num_classes=train.vocab_size,
+            teacher_name="lm",
+            batch_size=32,
+            progress=False,
+        )
         cache = open_store(str(store))
         for owner, arrays in cache.owner_arrays().items():
             for path in arrays if owner != SAMPLES_OWNER else ():

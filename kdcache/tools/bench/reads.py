@@ -149,10 +149,10 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         else:
             pagecache.warm(store.files())
 
-    def first() -> float:
-        reader = store.reader()
+    def read(batches: list[np.ndarray], *, verified: bool) -> float:
+        reader = store.verified_reader() if verified else store.reader()
         prepare()
-        return reader_pass(reader, store.epochs[0])
+        return reader_pass(reader, batches)
 
     def second() -> float:
         reader = store.verified_reader()
@@ -161,17 +161,17 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         state["chunks_read"].append(sum(reader.chunks_read.values()))
         return seconds
 
-    def uniform() -> float:
-        reader = store.verified_reader()
-        prepare()
-        return reader_pass(reader, store.uniform)
-
     def memmap(batches: list[np.ndarray]) -> float:
         prepare()
         return memmap_pass(store.raw, batches)
 
-    variants = {"library, pass 1": first, "library, pass 2": second, "library, uniform": uniform,
-                "memmap": partial(memmap, store.epochs[0]), "memmap, uniform": partial(memmap, store.uniform)}  # fmt: skip
+    variants = {
+        "library, pass 1": partial(read, store.epochs[0], verified=False),
+        "library, pass 2": second,
+        "library, uniform": partial(read, store.uniform, verified=True),
+        "memmap": partial(memmap, store.epochs[0]),
+        "memmap, uniform": partial(memmap, store.uniform),
+    }
     samples = interleave(
         variants,
         rounds=settings.read_rounds,

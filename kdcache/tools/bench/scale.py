@@ -48,8 +48,15 @@ READ_BATCH = 32
 TEACHER = "gpt2-1x32"
 TARGET = {"encoding": "sampled", "samples": 8}
 TARGET_NAME = "token_logits_sampled"
-TEACHER_CONFIG = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": SEQ_LEN,
-                  "bos_token_id": 0, "eos_token_id": 0}  # fmt: skip
+TEACHER_CONFIG = {
+    "model_type": "gpt2",
+    "n_layer": 1,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_positions": SEQ_LEN,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
 STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
@@ -90,8 +97,12 @@ def tokenize_step(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = process_memory()
     start = time.perf_counter()
     data = _text(spec)
-    return {"seconds": time.perf_counter() - start, "tokens": data.num_tokens, "sequences": len(data),
-            "baseline": baseline}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - start,
+        "tokens": data.num_tokens,
+        "sequences": len(data),
+        "baseline": baseline,
+    }
 
 
 def stage_one_step(spec: dict[str, Any]) -> dict[str, Any]:
@@ -109,8 +120,17 @@ def stage_one_step(spec: dict[str, Any]) -> dict[str, Any]:
     teacher = CausalLM(data.vocab_size, config=TEACHER_CONFIG)
     baseline = process_memory()
     start = time.perf_counter()
-    precompute(teacher, data, spec["store"], targets=[build_target("token_logits", TARGET)], views=TokenViews(),
-               num_classes=data.vocab_size, teacher_name=TEACHER, batch_size=STAGE_ONE_BATCH, progress=False)  # fmt: skip
+    precompute(
+        teacher,
+        data,
+        spec["store"],
+        targets=[build_target("token_logits", TARGET)],
+        views=TokenViews(),
+        num_classes=data.vocab_size,
+        teacher_name=TEACHER,
+        batch_size=STAGE_ONE_BATCH,
+        progress=False,
+    )
     return {"seconds": time.perf_counter() - start, "tokens": data.num_tokens, "baseline": baseline}
 
 
@@ -126,8 +146,14 @@ def stage_two_step(spec: dict[str, Any]) -> dict[str, Any]:
     data = _text(spec)
     baseline = process_memory()
     start = time.perf_counter()
-    train = CachedTokenDataset(data, open_store(spec["store"]), teacher=TEACHER, targets=[TARGET_NAME],
-                               vocab_size=data.vocab_size, ram_budget_bytes=0)  # fmt: skip
+    train = CachedTokenDataset(
+        data,
+        open_store(spec["store"]),
+        teacher=TEACHER,
+        targets=[TARGET_NAME],
+        vocab_size=data.vocab_size,
+        ram_budget_bytes=0,
+    )
     loader = batch_loader(train, batch_size=READ_BATCH, seed=0)
     set_loader_epoch(loader, 0)
     order, labelled, real = [], 0, 0
@@ -137,8 +163,13 @@ def stage_two_step(spec: dict[str, Any]) -> dict[str, Any]:
         real += int(data.lengths[batch.indices.numpy()].sum())
     seconds = time.perf_counter() - start
     np.save(spec["order"], np.concatenate(order))
-    return {"seconds": seconds, "tokens": real, "labelled_tokens": labelled, "batches": len(order),
-            "baseline": baseline}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "tokens": real,
+        "labelled_tokens": labelled,
+        "batches": len(order),
+        "baseline": baseline,
+    }
 
 
 def memmap_step(spec: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +196,11 @@ STEPS = {"tokenize": tokenize_step, "stage_one": stage_one_step, "stage_two": st
 
 def run_step(step: str, spec: dict[str, Any]) -> dict[str, Any]:
     """``step`` in a fresh process; its result with the process's memory at the end (``end``)."""
-    done = subprocess.run([sys.executable, "-m", "kdcache.tools.bench.scale", "--child", step, json.dumps(spec)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "kdcache.tools.bench.scale", "--child", step, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bench step {step!r} failed:\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -204,8 +238,13 @@ def measure(workdir: Path, tokens: int, *, keep: bool = False) -> dict[str, Any]
     here = workdir / f"size-{tokens}"
     shutil.rmtree(here, ignore_errors=True)
     shards = write_corpus(here / "corpus", tokenizer, tokens)
-    spec = {"glob": str(here / "corpus" / "*.jsonl.gz"), "tokenizer": str(tokenizer), "cache": str(here / "cache"),
-            "store": str(here / "store.zarr"), "order": str(here / "order.npy")}  # fmt: skip
+    spec = {
+        "glob": str(here / "corpus" / "*.jsonl.gz"),
+        "tokenizer": str(tokenizer),
+        "cache": str(here / "cache"),
+        "store": str(here / "store.zarr"),
+        "order": str(here / "order.npy"),
+    }
     steps = {"tokenize": run_step("tokenize", spec), "stage_one": run_step("stage_one", spec)}
     store_bytes = directory_bytes(here / "store.zarr")
     steps["stage_two"] = run_step("stage_two", spec)

@@ -227,8 +227,16 @@ def _tokens(tokens: dict[str, Any]) -> str:
         ]
         for name, kind in tokens["kinds"].items()
     ]
-    header = ["target", "params", "raw B/token", "disk B/token", "goal B/token (4 + 6k)", "bare tokens/s",
-              "stage one tokens/s", "ratio"]  # fmt: skip
+    header = [
+        "target",
+        "params",
+        "raw B/token",
+        "disk B/token",
+        "goal B/token (4 + 6k)",
+        "bare tokens/s",
+        "stage one tokens/s",
+        "ratio",
+    ]
     steps = tokens["step_time"]
     return (
         f"Teacher: {tokens['workload']}; {tokens['samples']} sequences, batch {tokens['batch_size']}. DistillKit "

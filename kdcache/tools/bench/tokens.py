@@ -46,29 +46,49 @@ STDLIB_LM: dict[str, Any] = {  # pipelines/stdlib_lm.yaml's models and targets (
     "data": {"dataset": "text", "task": "language-model", "num_classes": 1024, "args": {"seq_len": 128}},
     "teacher": {
         "name": "gpt2-4x128",
-        "model": {"arch": "causal-lm", "args": {"pad_token_id": 1, "config": {**GPT2, "n_layer": 4, "n_embd": 128, "n_head": 4}}},
+        "model": {
+            "arch": "causal-lm",
+            "args": {"pad_token_id": 1, "config": {**GPT2, "n_layer": 4, "n_embd": 128, "n_head": 4}},
+        },
         "train": {
             "batch_size": 16,
-            "stages": [{"epochs": 5, "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.01},
-                        "losses": [{"name": "next_token"}]}],
+            "stages": [
+                {
+                    "epochs": 5,
+                    "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.01},
+                    "losses": [{"name": "next_token"}],
+                }
+            ],
         },
     },
     "student": {
-        "model": {"arch": "causal-lm", "args": {"pad_token_id": 1, "config": {**GPT2, "n_layer": 2, "n_embd": 64, "n_head": 2}}},
+        "model": {
+            "arch": "causal-lm",
+            "args": {"pad_token_id": 1, "config": {**GPT2, "n_layer": 2, "n_embd": 64, "n_head": 2}},
+        },
         "train": {
             "batch_size": 16,
-            "stages": [{"epochs": 3, "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
-                        "losses": [{"name": "next_token", "weight": 0.5},
-                                   {"name": "token_kd", "weight": 0.5, "temperature": 1, "target": "token_logits_topk"}]}],
+            "stages": [
+                {
+                    "epochs": 3,
+                    "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
+                    "losses": [
+                        {"name": "next_token", "weight": 0.5},
+                        {"name": "token_kd", "weight": 0.5, "temperature": 1, "target": "token_logits_topk"},
+                    ],
+                }
+            ],
         },
     },
     "scratch_losses": [{"name": "next_token"}],
     "cache": {
         "batch_size": 32,
-        "targets": [{"kind": "token_logits", "encoding": "topk", "k": 32, "temperatures": [1.0]},
-                    {"kind": "token_logits", "encoding": "sampled", "samples": 32}],
+        "targets": [
+            {"kind": "token_logits", "encoding": "topk", "k": 32, "temperatures": [1.0]},
+            {"kind": "token_logits", "encoding": "sampled", "samples": 32},
+        ],
     },
-}  # fmt: skip
+}
 
 
 class GeneratedTokens(TensorDataset):
@@ -80,8 +100,13 @@ class GeneratedTokens(TensorDataset):
         self.inputs = stream[:-1].view(count, seq_len)
         self.labels = stream[1:].reshape(count, seq_len)
         self.split = "train"
-        self._source = {"kind": "generated-tokens", "count": count, "seq_len": seq_len, "vocab": vocab_size,
-                        "seed": seed}  # fmt: skip
+        self._source = {
+            "kind": "generated-tokens",
+            "count": count,
+            "seq_len": seq_len,
+            "vocab": vocab_size,
+            "seed": seed,
+        }
 
 
 def token_workload(settings: BenchSettings) -> tuple[Workload, int]:
@@ -133,8 +158,14 @@ def measure_tokens(workdir: Path, settings: BenchSettings, *, progress: bool = T
         kind["disk_bytes_per_token"] = kind["disk_bytes_per_sample"] / seq_len
         kind.update(_raw_bytes(kinds[name][0], seq_len, workload.setup.num_classes))
     store = workdir / "tokens.zarr"
-    write_store(workload, store, workload.targets, batch_size=settings.token_batch, shard_samples=settings.token_shard,
-                device=settings.device)  # fmt: skip
+    write_store(
+        workload,
+        store,
+        workload.targets,
+        batch_size=settings.token_batch,
+        shard_samples=settings.token_shard,
+        device=settings.device,
+    )
     result["reads"] = measure_token_reads(store, workdir, settings, progress=progress)
     rounds = replace(settings, step_rounds=settings.token_step_rounds)
     result["step_time"] = measure_steps(workload, str(store), rounds, progress=progress)
@@ -180,8 +211,13 @@ def _target_reads(cache: Any, records: list, prefix: Path, settings: BenchSettin
         return sum(memmap_pass(raw, batches) for raw in raws)
 
     variants = {"library": library, "library, in RAM": in_ram, "memmap": memmap}
-    samples = interleave(variants, rounds=settings.read_rounds, warmup=settings.warmup,
-                         desc=f"fig 6 reads {prefix.name}", progress=progress)  # fmt: skip
+    samples = interleave(
+        variants,
+        rounds=settings.read_rounds,
+        warmup=settings.warmup,
+        desc=f"fig 6 reads {prefix.name}",
+        progress=progress,
+    )
     result = {
         "ratio_to_memmap": samples.ratio("memmap", "library"),
         "in_ram_ratio_to_memmap": samples.ratio("memmap", "library, in RAM"),

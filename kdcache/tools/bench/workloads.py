@@ -45,7 +45,7 @@ DIGITS_KD: dict[str, Any] = {  # pipelines/digits_kd.yaml, without its comments
                     "epochs": 30,
                     "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.0001},
                     "losses": [{"name": "ce"}],
-                }  # fmt: skip
+                }
             ],
         },
     },
@@ -58,7 +58,7 @@ DIGITS_KD: dict[str, Any] = {  # pipelines/digits_kd.yaml, without its comments
                     "epochs": 40,
                     "optimizer": {"name": "adam", "lr": 0.01},
                     "losses": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4}],
-                }  # fmt: skip
+                }
             ],
         },
     },

@@ -195,10 +195,13 @@ def _zarr(rows: torch.Tensor, path: Path, sizes: WriteSizes) -> float:
 def render_writes(writes: dict[str, Any]) -> str:
     """The figure as markdown: samples/s and the ratio to h5py of every writer, then kdcache's parts."""
     table = [
-        [name, f"{rate['median']:,.0f} [{rate['min']:,.0f}–{rate['max']:,.0f}]",
-         f"{writes['ratio_to_h5py'][name]['median']:.2f}"]
+        [
+            name,
+            f"{rate['median']:,.0f} [{rate['min']:,.0f}–{rate['max']:,.0f}]",
+            f"{writes['ratio_to_h5py'][name]['median']:.2f}",
+        ]
         for name, rate in writes["samples_per_second"].items()
-    ]  # fmt: skip
+    ]
     parts = [[name, f"{p['median']:.3f}"] for name, p in writes["kdcache_parts_seconds"].items()]
     return (
         f"#### 7. Writes: {writes['rows']}, shards of {writes['shard_samples']:,}, stage-one batch {writes['batch_size']}"

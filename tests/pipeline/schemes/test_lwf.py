@@ -117,7 +117,12 @@ def test_a_schemes_cached_data_reads_with_the_pipelines_cache_settings_and_view_
     """The schemes read their stores through the one ``cached_data`` of the distill method: ``cache.shard_cache``,
     ``cache.ram_budget_mb`` and ``views.policy`` reach a scheme's stage two (they used to be dropped there)."""
     _, _, new_task, _ = lwf_setup
-    sets = ["views.policy=random", f"cache.shard_cache={tmp_path / 'sc'}", "cache.shard_cache_mb=1", "cache.ram_budget_mb=0"]
+    sets = [
+        "views.policy=random",
+        f"cache.shard_cache={tmp_path / 'sc'}",
+        "cache.shard_cache_mb=1",
+        "cache.ram_budget_mb=0",
+    ]
     cfg = small_lwf(tmp_path, *sets)
     data = cached_data(cfg, new_task, ["logits"], StoredTeacher("teacher"), num_classes=5)
     reader = next(iter(data.readers["logits"].values()))

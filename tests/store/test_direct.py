@@ -184,6 +184,8 @@ def test_a_chunk_failing_its_crc32c_is_named() -> None:
     assert layout.check_chunk(memoryview(stored[:-1])) == f"is {len(stored) - 1} bytes where its shape needs 28"
 
 
+# per-sample reads in random order are this test's point; the advice they draw is tested in tests/train/test_items.py
+@pytest.mark.filterwarnings("ignore::kdcache.errors.PerformanceWarning")
 def test_uniform_dataloader_over_a_streamed_store_returns_the_memmap_rows(stores, tmp_path, digits_small, monkeypatch):
     """A plain ``DataLoader(shuffle=True)`` of two workers over the streamed store (a one-chunk cache: every sample
     is a row read) gives exactly the rows a memmap of the same array gives."""

@@ -159,9 +159,17 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         if name != "memmap gather":
             _positive_spread(delivery["ratio_to_memmap"][name])
     assert all(ms >= 0 for ms in delivery["parts_ms_per_batch"].values())
+    startup = figures["startup"]  # figure 10: commands that need no torch start without it
+    assert set(startup["seconds"]) == {"kdcache --help", "import kdcache.store", "import torch"}
+    for seconds in startup["seconds"].values():
+        _positive_spread(seconds)
+        assert len(seconds["rounds"]) == report["settings"]["startup_rounds"]
+    for name, loaded in startup["loaded"].items():
+        assert loaded["torch"] is False and loaded["kdcache_modules"] >= 1, name
+        _positive_spread(startup["ratio_to_import_torch"][name])
 
     goals = report["goals"]
-    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7", "9"}
+    assert {g["figure"] for g in goals} == {"1a", "1b", "2", "3", "4", "6", "7", "9", "10"}
     for goal in goals:
         assert goal["value"] > 0 and isinstance(goal["met"], bool)
         assert goal["met"] or goal["why"]  # a missed goal says why
@@ -177,6 +185,7 @@ def test_quick_bench_writes_every_figure_and_judges_every_goal(tmp_path: Path):
         "7. Writes",
         "8. Target reads against other formats",
         "9. In-RAM",
+        "10. Start time",
     )
     for heading in headings:
         assert heading in markdown

@@ -17,6 +17,7 @@ def judge(figures: dict[str, Any]) -> list[dict[str, Any]]:
         *_tokens(figures),
         *_writes(figures),
         *_delivery(figures),
+        *_startup(figures),
     ]
 
 
@@ -285,3 +286,16 @@ def _delivery(figures: dict[str, Any]) -> list[dict[str, Any]]:
         _row("9", f"in-RAM delivery: {name} / memmap gather", delivery["ratio_to_memmap"][name], ">=", 0.8, text)
         for name, text in why.items()
     ]
+
+
+def _startup(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """``kdcache --help`` starts within a second: it needs argparse, not torch."""
+    startup = figures["startup"]
+    help_loaded = startup["loaded"]["kdcache --help"]
+    torch = startup["seconds"]["import torch"]["median"]
+    why = (
+        f"it loads {help_loaded['kdcache_modules']} kdcache modules"
+        + (" and torch" if help_loaded["torch"] else ", not torch")
+        + f"; a bare `import torch` takes {torch:.2f} s here"
+    )
+    return [_row("10", "`kdcache --help` start, seconds", startup["seconds"]["kdcache --help"], "<=", 1.0, why)]

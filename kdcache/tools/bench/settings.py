@@ -51,6 +51,8 @@ class BenchSettings:
     token_batch: int = 32
     token_shard: int = 128
     token_step_rounds: int = 3
+    # figure 10: start time of commands that need no torch
+    startup_rounds: int = 5
 
     @classmethod
     def full(cls, *, threads: int | None = None, device: str = "cpu") -> BenchSettings:
@@ -76,6 +78,7 @@ class BenchSettings:
             token_sequences=64,
             token_shard=32,
             token_step_rounds=2,
+            startup_rounds=3,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from kdcache.tools.bench.peers import measure_peers
 from kdcache.tools.bench.reads import measure_scaling
 from kdcache.tools.bench.settings import BenchSettings, thread_settings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
+from kdcache.tools.bench.startup import measure_startup
 from kdcache.tools.bench.steps import measure_digests_at, measure_steps
 from kdcache.tools.bench.table import render_markdown
 from kdcache.tools.bench.tokens import measure_tokens
@@ -94,6 +95,8 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
     clock.lap("peers")
     delivery = measure_delivery(settings, work, progress=progress)
     clock.lap("delivery")
+    startup = measure_startup(settings, progress=progress)
+    clock.lap("startup")
     return {
         "step_time": steps,
         "digests": digests,
@@ -109,6 +112,7 @@ def _figures(work: Path, settings: BenchSettings, progress: bool) -> dict[str, A
         "writes": writes,
         "peers": peers,
         "delivery": delivery,
+        "startup": startup,
         "seconds": clock.laps,
     }
 

@@ -7,6 +7,7 @@ from typing import Any
 from kdcache.tables import markdown_table
 from kdcache.tools.bench.delivery import render as render_delivery
 from kdcache.tools.bench.peers import ASSUMED_GPU_STUDENTS
+from kdcache.tools.bench.startup import render_startup
 from kdcache.tools.bench.writes import render_writes
 
 
@@ -32,6 +33,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         render_writes(f["writes"]),
         "#### 8. Target reads against other formats, block and uniform order\n\n" + _peers(f["peers"]),
         "#### 9. In-RAM batch delivery vs a memmap gather of the same rows\n\n" + render_delivery(f["delivery"]),
+        render_startup(f["startup"]),
     ]
     return "\n\n".join(part.strip() for part in parts) + "\n"
 

@@ -13,7 +13,7 @@ from kdcache.fingerprint import with_digest
 CONTENT_PROBES = 16  # samples hashed for the content fingerprint: evenly spaced, always including the first and last
 
 
-def dataset_fingerprint(dataset: SampleDataset, *, num_classes: int) -> dict[str, Any]:
+def dataset_fingerprint(dataset: SampleDataset, *, num_classes: int | None) -> dict[str, Any]:
     """Length, source, ordered labels and a content hash of probe samples: enough to tell two datasets apart."""
     n = len(dataset)
     probes = np.unique(np.linspace(0, n - 1, num=min(CONTENT_PROBES, n)).round().astype(np.int64))

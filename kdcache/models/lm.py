@@ -15,13 +15,16 @@ a raw ``transformers`` model (its output's ``.logits`` are read, :func:`kdcache.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from kdcache.errors import ConfigError
 from kdcache.models.hfdir import directory_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -80,12 +83,14 @@ class CausalLM(nn.Module):
                 "directory written by save_pretrained)"
             )
         self.pad_token_id = pad_token_id
-        self.model = (
+        self.model: PreTrainedModel = (
             _from_config(num_classes, config, pad_token_id) if config is not None else _from_dir(num_classes, path)
         )
         self.source = None if path is None else directory_source(path)  # the files, as they were loaded
         if dtype is not None:
-            self.model.to(_torch_dtype(dtype))
+            # PreTrainedModel.to is typed as functools.wraps(nn.Module.to), the unbound function: call it as a Module
+            module: nn.Module = self.model
+            module.to(_torch_dtype(dtype))
         self.register_state_dict_post_hook(_untie)
 
     @property
@@ -106,7 +111,7 @@ class CausalLM(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
 
-def _from_config(num_classes: int, config: dict[str, Any], pad_token_id: int | None) -> nn.Module:
+def _from_config(num_classes: int, config: dict[str, Any], pad_token_id: int | None) -> PreTrainedModel:
     transformers = require_transformers()
     options = dict(config)
     model_type = options.pop("model_type", None)
@@ -126,7 +131,7 @@ def _from_config(num_classes: int, config: dict[str, Any], pad_token_id: int | N
     return transformers.AutoModelForCausalLM.from_config(hf_config)
 
 
-def _from_dir(num_classes: int, path: str | None) -> nn.Module:
+def _from_dir(num_classes: int, path: str | None) -> PreTrainedModel:
     transformers = require_transformers()
     directory = Path(str(path))
     if not (directory / "config.json").is_file():

@@ -47,7 +47,7 @@ from kdcache.precompute.job import StageOneJob
 from kdcache.registry import Factory
 from kdcache.store import StoreBuilder, StoreLocation, read_manifest
 from kdcache.targets import Target
-from kdcache.views import ViewTransform
+from kdcache.views import Views
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -229,7 +229,7 @@ def precompute_on_dask(
     store: str | StoreLocation,
     *,
     targets: list[Target],
-    views: ViewTransform,
+    views: Views,
     num_classes: int | None = None,
     teacher_name: str = "teacher",
     teacher_spec: dict[str, Any] | None = None,

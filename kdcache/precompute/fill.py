@@ -24,7 +24,7 @@ from kdcache.precompute.job import StageOneJob
 from kdcache.precompute.samples import SampleFacts, read_facts, sample_rows
 from kdcache.store import SAMPLES_OWNER, VIEW_DIGEST, ArraySpec, Owner, StoreBuilder, TargetLayout
 from kdcache.targets import Target
-from kdcache.views import ViewBatch, ViewTransform
+from kdcache.views import ViewBatch, Views
 
 ShardRows = tuple[Owner, int, dict[str, np.ndarray], dict[str, float]]
 """``(owner, shard index, rows by array path, stats)``: the arguments of :meth:`StoreBuilder.commit`."""
@@ -52,7 +52,7 @@ class FillSource(Protocol):
     owner: Owner
     targets: list[Target]
     layouts: dict[str, TargetLayout]
-    views: ViewTransform
+    views: Views
     dataset: SampleDataset
     sample_arrays: list[ArraySpec]
     job: StageOneJob

@@ -19,7 +19,7 @@ from kdcache.datasets.items import as_sample_dataset
 from kdcache.errors import ConfigError
 from kdcache.registry import Factory
 from kdcache.targets import Target
-from kdcache.views import ViewTransform
+from kdcache.views import Views
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +42,7 @@ class StageOneJob:
     teacher: nn.Module | Factory
     dataset: SampleDataset | Factory
     targets: tuple[Target, ...]
-    views: ViewTransform
+    views: Views
     num_classes: int | None = None
     teacher_name: str = "teacher"
     teacher_spec: dict[str, Any] | None = None

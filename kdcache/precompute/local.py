@@ -33,7 +33,7 @@ from kdcache.precompute.job import StageOneJob
 from kdcache.registry import Factory
 from kdcache.store import StoreBuilder, StoreLocation
 from kdcache.targets import Target
-from kdcache.views import ViewTransform
+from kdcache.views import Views
 
 WriterItem = tuple[ShardFill, TeacherBatch | None]
 """What the teacher's thread hands the writer: a batch to add to a shard's fill, or ``None``: the shard is done."""
@@ -147,7 +147,7 @@ def precompute(
     store: str | StoreLocation,
     *,
     targets: list[Target],
-    views: ViewTransform,
+    views: Views,
     num_classes: int | None = None,
     teacher_name: str = "teacher",
     teacher_spec: dict[str, Any] | None = None,

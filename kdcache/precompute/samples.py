@@ -13,7 +13,7 @@ from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.digest import DIGEST_BYTES, DIGEST_HASH, Inputs, sample_digests
 from kdcache.datasets.packed import TOKENS, token_array_facts, token_rows
 from kdcache.store import SAMPLE_DIGEST, SAMPLE_INDEX, SAMPLE_LABEL, VIEW_DIGEST, VIEW_PARAMS, ArraySpec
-from kdcache.views import ViewBatch, ViewTransform
+from kdcache.views import ViewBatch, Views
 from kdcache.views.digest import VIEW_DIGEST_BYTES, VIEW_DIGEST_HASH, view_digests
 
 
@@ -93,7 +93,7 @@ def select(raw: Inputs, mask: np.ndarray) -> Inputs:
     return [raw[int(k)] for k in rows]
 
 
-def read_facts(dataset: SampleDataset, views: ViewTransform, lo: int, hi: int, batch_size: int) -> SampleFacts:
+def read_facts(dataset: SampleDataset, views: Views, lo: int, hi: int, batch_size: int) -> SampleFacts:
     """The content digests ``(n, 16)``, view input digests ``(n, V, 16)`` and view numbers ``(n, V, P)`` of samples
     ``[lo, hi)``, made from the dataset a batch at a time with no teacher (what the samples owner needs when the
     teacher's shard is committed already)."""
@@ -113,7 +113,7 @@ class SampleFacts:
         self.digests, self.inputs, self.params = digests, inputs, params
 
     @classmethod
-    def empty(cls, count: int, views: ViewTransform) -> SampleFacts:
+    def empty(cls, count: int, views: Views) -> SampleFacts:
         v = views.count
         return cls(
             np.empty((count, DIGEST_BYTES), dtype=np.uint8),

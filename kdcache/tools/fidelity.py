@@ -90,7 +90,7 @@ def measure(
         source = f"generated Gaussian classes ({samples} samples), digits-mlp teacher"
     views = ViewTransform(count=1, seed=seed, mean=(0.5,), std=(0.25,))
     teacher = train_teacher(dataset, num_classes, views, epochs=15, seed=seed)
-    specs = {"dense fp16": {"dtype": "float16"}, "int8": {"encoding": "int8"}}
+    specs: dict[str, dict[str, object]] = {"dense fp16": {"dtype": "float16"}, "int8": {"encoding": "int8"}}
     specs |= {
         f"top-{k}": {"encoding": "topk", "k": k, "temperatures": list(temperatures)} for k in TOP_K if k < num_classes
     }
@@ -101,7 +101,7 @@ def measure(
         precompute(
             teacher,
             dataset,
-            store,
+            str(store),
             targets=[target],
             views=views,
             num_classes=num_classes,

@@ -25,15 +25,16 @@ from kdcache.checkpoint import load_model
 from kdcache.datasets.base import SampleDataset
 from kdcache.datasets.items import as_sample_dataset
 from kdcache.datasets.text import tokens_per_sample
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.pipeline import DistillConfig
 from kdcache.pipeline.build import build_student, device_of
 from kdcache.pipeline.cached import cached_train_split
 from kdcache.store import Requirements, StoreReader, open_store
 from kdcache.store.layout import owner_of_teacher
 from kdcache.targets import SampledTokens, Target, TargetExtractor, TokenTopK, build_target
+from kdcache.targets.tokens import TokenLogitsParams
 from kdcache.tools.recompute import pipeline_teacher, same_teacher, sample_pairs
-from kdcache.tools.recompute_kinds import kind_label
+from kdcache.tools.recompute_kinds import kind_label, params_as
 from kdcache.tools.token_fidelity import (
     ENCODINGS,
     IGNORE_INDEX,
@@ -56,14 +57,17 @@ def tail_mass(decoded: TokenTopK) -> torch.Tensor:
 
 def temperatures_of(target: Target) -> tuple[float, ...]:
     """The temperatures a token target is exact at: top-k's declared ones, or the one sampled tokens were drawn at."""
-    p = target.params
+    p = params_as(target, TokenLogitsParams)
     return (p.sample_temperature,) if p.encoding == "sampled" else tuple(p.temperatures)
 
 
 def on_device(decoded: TokenTopK | SampledTokens, device: torch.device) -> TokenTopK | SampledTokens:
     """``decoded`` with every tensor on ``device``."""
-    moved = {f.name: getattr(decoded, f.name) for f in dataclasses.fields(decoded)}
-    return dataclasses.replace(decoded, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
+    if isinstance(decoded, TokenTopK):
+        return dataclasses.replace(
+            decoded, values=decoded.values.to(device), indices=decoded.indices.to(device), lse=decoded.lse.to(device)
+        )
+    return dataclasses.replace(decoded, ids=decoded.ids.to(device), counts=decoded.counts.to(device))
 
 
 class StoredTokens:
@@ -79,6 +83,11 @@ class StoredTokens:
         self.tails: list[np.ndarray] = []
 
     def __call__(self, live: torch.Tensor, batch: TokenBatch) -> TokenTopK | SampledTokens:
+        if batch.rows is None:
+            raise TargetMismatchError(
+                f"stored target {self.name!r} is read at the store rows of a batch, and this batch has none: make "
+                "the batches with token_batches (a TokenBatch with rows)"
+            )
         views = np.zeros(len(batch.rows), dtype=np.int64)
         arrays = {
             rel: torch.from_numpy(np.ascontiguousarray(r.read_rows(batch.rows, views)))
@@ -93,10 +102,15 @@ class StoredTokens:
 def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Target]]:
     """Every encoding of :data:`ENCODINGS` at the store's first top-k target's k and temperatures (k = 32 without
     one), the narrowest packed ids for ``vocab``, and sampled tokens (the store's n, else k) at each temperature."""
-    topk = next((s.target.params for s in stored if s.target.params.encoding == "topk"), None)
-    sampled = next((s.target.params for s in stored if s.target.params.encoding == "sampled"), None)
-    k = topk.k if topk else min(32, vocab)
-    temperatures = list(topk.temperatures) if topk else [sampled.sample_temperature]
+    params = [params_as(s.target, TokenLogitsParams) for s in stored]
+    topk = next((p for p in params if p.encoding == "topk"), None)
+    sampled = next((p for p in params if p.encoding == "sampled"), None)
+    if topk is not None:
+        k, temperatures = topk.top_k, list(topk.temperatures)
+    elif sampled is not None:
+        k, temperatures = min(32, vocab), [sampled.sample_temperature]
+    else:
+        raise ConfigError("alternatives need at least one stored token target to take k and temperatures from")
     bits = max(1, (vocab - 1).bit_length())
     encodings = dict(ENCODINGS)
     if bits != 17:
@@ -108,7 +122,7 @@ def alternatives(stored: list[StoredTokens], vocab: int) -> list[tuple[str, Targ
         (label, build_target("token_logits", {"k": k, "temperatures": temperatures, **params}))
         for label, params in encodings.items()
     ]
-    n = sampled.samples if sampled else k
+    n = sampled.draws if sampled else k
     return made + [
         (
             f"{n} sampled tokens",
@@ -177,9 +191,10 @@ def store_fidelity(
     temperatures = sorted({t for s in scored for t in s.temperatures})
     batches = token_batches(cache, as_sample_dataset(dataset), sequences, seed, batch_size)
     labelled = sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches)
+    read = sum(len(b.samples) for b in batches)
     if labelled == 0:
         raise ConfigError(
-            f"kdcache fidelity --store measures over labelled positions, and the {sum(len(b.rows) for b in batches)} "
+            f"kdcache fidelity --store measures over labelled positions, and the {read} "
             f"sequence(s) of {cache.url} read (--sequences {sequences}) have none: ask for more sequences"
         )
     device = torch.device(device)
@@ -192,7 +207,7 @@ def store_fidelity(
         "teacher": teacher_name,
         "student": student_name,
         "fingerprint_matches": matches,
-        "sequences": sum(len(b.rows) for b in batches),
+        "sequences": read,
         "positions": sum(b.labels.numel() for b in batches),
         "labelled": labelled,
         "temperatures": [f"T={t:g}" for t in temperatures],

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from kdcache.errors import TargetMismatchError
-from kdcache.targets import SampledTokens, Target, TokenTopK, TopKLogits
+from kdcache.targets import SampledTokens, Target, TargetParams, TokenTopK, TopKLogits
 from kdcache.targets.base import FLOAT_LIMITS
-from kdcache.targets.floats import from_storage, to_storage
-from kdcache.targets.tokens import TokenLogitsTarget
+from kdcache.targets.floats import FloatDtype, from_storage, to_storage
+from kdcache.targets.logits import LogitsParams
+from kdcache.targets.tokens import TokenLogitsParams, TokenLogitsTarget
+
+P = TypeVar("P", bound=TargetParams)
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,24 @@ class TargetFidelity:
         return self.within_tolerance and (self.min_cosine is None or self.min_cosine >= tolerance.min_cosine)
 
 
+def params_as(target: Target, params: type[P]) -> P:
+    """``target``'s parameters, refused unless they are ``params`` (the kind a comparison or a report reads)."""
+    if not isinstance(target.params, params):
+        raise TargetMismatchError(
+            f"target {target.name!r} (kind {target.kind}) has {type(target.params).__name__} parameters, where "
+            f"{params.__name__} are needed; leave it out with --targets (targets=)"
+        )
+    return target.params
+
+
 def kind_label(target: Target) -> str:
     """A short description of how a target is stored, for the report: ``logits top-5 float16``, ``fsp bfloat16``."""
     p = target.params
-    encoding = getattr(p, "encoding", "dense")
-    if encoding == "sampled":
+    if isinstance(p, TokenLogitsParams) and p.encoding == "sampled":
         return f"{target.kind} sampled n={p.samples}"
-    if encoding == "topk":
+    if isinstance(p, LogitsParams | TokenLogitsParams) and p.encoding == "topk":
         return f"{target.kind} top-{p.k} {p.dtype}"
+    encoding = getattr(p, "encoding", "dense")
     return f"{target.kind} int8" if encoding == "int8" else f"{target.kind} {getattr(p, 'dtype', '')}".rstrip()
 
 
@@ -120,9 +134,10 @@ def compare(
     if isinstance(cached, torch.Tensor):
         _dense(out, cached.float(), stored.float(), live, _dense_step(target, mine, stored), tolerance)
     elif isinstance(cached, TopKLogits):
-        _topk(out, cached, stored, live, target.params.dtype, len(live), tolerance)
+        _topk(out, cached, stored, live, params_as(target, LogitsParams).dtype, len(live), tolerance)
     elif isinstance(cached, TokenTopK):
-        p, dtype = target.params, target.params.dtype
+        p = params_as(target, TokenLogitsParams)
+        dtype = p.dtype
         # packed codes (value_bits) are within half a step of the log-prob, clipped at the last code
         limit = FLOAT_LIMITS[dtype] if p.value_bits is None else ((1 << p.value_bits) - 1) * p.value_step
         full = torch.log_softmax(live, dim=-1).clamp_min(-limit).flatten(0, -2)
@@ -178,7 +193,7 @@ def _topk(
     cached: TopKLogits,
     stored: TopKLogits,
     full: torch.Tensor,
-    dtype: str,
+    dtype: FloatDtype,
     pairs: int,
     tolerance: Tolerance,
     quantum: float = 0.0,

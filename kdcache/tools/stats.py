@@ -154,6 +154,22 @@ def _ratio(part: float, whole: float) -> float | None:
     return float(part) / float(whole) if whole else None
 
 
+def _filled(bins: list[ReliabilityBin]) -> tuple[list[float], list[float], list[float]]:
+    """Lower edge, accuracy and mean confidence of the bins that hold pairs (the ones a diagram draws)."""
+    lower: list[float] = []
+    accuracy: list[float] = []
+    confidence: list[float] = []
+    for b in bins:
+        if not b.count:
+            continue
+        if b.accuracy is None or b.confidence is None:
+            raise ValueError(f"reliability bin ({b.lower:g}, {b.upper:g}] holds {b.count} pairs but no ratios")
+        lower.append(b.lower)
+        accuracy.append(b.accuracy)
+        confidence.append(b.confidence)
+    return lower, accuracy, confidence
+
+
 def plot_reliability(stats: list[TeacherStats], path: Path) -> Path:
     """Reliability diagrams, one panel per teacher: accuracy per confidence bin against the diagonal."""
     import matplotlib
@@ -164,10 +180,7 @@ def plot_reliability(stats: list[TeacherStats], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 4.2), squeeze=False)
     for ax, s in zip(axes[0], stats, strict=True):
         width = 1.0 / len(s.bins)
-        filled = [b for b in s.bins if b.count]
-        lower = [b.lower for b in filled]
-        accuracy = [b.accuracy for b in filled]
-        confidence = [b.confidence for b in filled]
+        lower, accuracy, confidence = _filled(s.bins)
         ax.bar(
             lower,
             accuracy,

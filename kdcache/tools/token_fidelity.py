@@ -13,7 +13,7 @@ no download); :mod:`kdcache.tools.lm_fidelity` measures a user's store.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ from kdcache.targets import SampledTokens, Target, TokenTopK, build_target
 
 IGNORE_INDEX = -100
 
-ENCODINGS = {
+ENCODINGS: dict[str, dict[str, int | float]] = {
     "fp16 values, narrowest ids (today)": {},
     "7-bit values (step 1/8)": {"value_bits": 7},
     "8-bit values (step 1/16)": {"value_bits": 8, "value_step": 0.0625},
@@ -134,22 +134,22 @@ def as_token_batch(batch: TokenBatch | torch.Tensor, number: int) -> TokenBatch:
 def measure(
     teacher: Callable,
     student: Callable,
-    batches: list[TokenBatch | torch.Tensor],
+    batches: Sequence[TokenBatch | torch.Tensor],
     k: int,
     temperature: float = 1.0,
     progress: bool = True,
 ) -> list[dict]:
     """One row per encoding of :data:`ENCODINGS` at ``k``: bytes per token and KL kept (over ``batches``'s labelled
     positions; a batch of ids alone labels every position) against the full logits, and against today's layout."""
-    batches = [as_token_batch(b, i) for i, b in enumerate(batches)]
+    token_batches = [as_token_batch(b, i) for i, b in enumerate(batches)]
     targets = {
         label: build_target("token_logits", {"k": k, "temperatures": [temperature], **params})
         for label, params in ENCODINGS.items()
     }
     scored = [Scored(label, live_decoder(target), (temperature,)) for label, target in targets.items()]
-    sums = kl_sums(teacher, student, batches, scored, [temperature], progress)
+    sums = kl_sums(teacher, student, token_batches, scored, [temperature], progress)
     with torch.no_grad():
-        vocab = int(teacher(batches[0].inputs[:1, :1]).shape[-1])
+        vocab = int(teacher(token_batches[0].inputs[:1, :1]).shape[-1])
     today = sums[next(iter(targets)), temperature]
     return [
         {
@@ -162,8 +162,9 @@ def measure(
     ]
 
 
-def tiny_llama(vocab: int, seed: int, init: float) -> torch.nn.Module:
-    """A 2-layer, 64-wide Llama with the full ``vocab``, seeded random weights at ``initializer_range`` ``init``."""
+def tiny_llama(vocab: int, seed: int, init: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A 2-layer, 64-wide Llama with the full ``vocab``, seeded random weights at ``initializer_range`` ``init``, as
+    ids → logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

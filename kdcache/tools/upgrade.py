@@ -16,6 +16,8 @@ top-k log-sum-exp keeps its format-1 meaning (over the float32 logits, see docs/
 
 from __future__ import annotations
 
+from typing import TypeGuard, get_args
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -24,6 +26,7 @@ from kdcache.datasets.digest import blake2b_sample_digests
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import StoreFormatError, StoreIncompleteError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
+from kdcache.names import Compressor
 from kdcache.precompute.samples import read_facts, sample_arrays
 from kdcache.store import (
     FORMAT_VERSION,
@@ -112,7 +115,13 @@ def _require_sound(location: StoreLocation, manifest: Manifest) -> None:
 
 
 def _require_dataset(url: str, manifest: Manifest, dataset: SampleDataset) -> None:
-    found = dataset_fingerprint(dataset, num_classes=manifest.dataset.get("num_classes"))
+    num_classes = manifest.dataset.get("num_classes")
+    if num_classes is not None and not isinstance(num_classes, int):
+        raise StoreFormatError(
+            f"store {url!r} records num_classes {num_classes!r} in its dataset fingerprint, where kdcache writes a "
+            "whole number or null; the manifest is damaged: rebuild the store with `kdcache precompute`"
+        )
+    found = dataset_fingerprint(dataset, num_classes=num_classes)
     if found.get("digest") != manifest.dataset.get("digest"):
         raise StoreMismatchError(
             f"store {url!r} was built from another dataset ({describe_difference(found, manifest.dataset)}); the "
@@ -250,6 +259,20 @@ def _spec_of(record: ArrayRecord) -> ArraySpec:
         record.path,
         tuple(record.shape[head:]),
         record.dtype,
-        record.compressor,  # type: ignore[arg-type]
+        _compressor(record),
         views=record.shape[1] if views else None,
     )
+
+
+def _compressor(record: ArrayRecord) -> Compressor:
+    """The record's compressor, one kdcache writes (a manifest names it as a plain string)."""
+    if not _is_compressor(record.compressor):
+        raise StoreFormatError(
+            f"array {record.path!r} records compressor {record.compressor!r}, which kdcache never writes (it writes "
+            f"{', '.join(get_args(Compressor))}); the manifest is damaged: rebuild the store with `kdcache precompute`"
+        )
+    return record.compressor
+
+
+def _is_compressor(name: str) -> TypeGuard[Compressor]:
+    return name in get_args(Compressor)

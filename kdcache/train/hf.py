@@ -20,7 +20,7 @@ Labels are already next tokens (kdcache shifts them when it packs text), so the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import default_collate
@@ -31,7 +31,10 @@ from kdcache.models.lm import require_transformers
 from kdcache.train.batch import Batch
 from kdcache.train.data import CachedDataset
 
-transformers = require_transformers()
+if TYPE_CHECKING:
+    import transformers
+else:
+    transformers = require_transformers()  # the install hint when the hf extra is missing
 
 __all__ = ["KDCollator", "KDTrainer", "LossEntry"]
 
@@ -58,7 +61,9 @@ class KDCollator:
 
     def _dataset_of(self, item: dict[str, Any]) -> CachedDataset:
         source = item.get("source")
-        found = (d for d in self.datasets if source is not None and torch.equal(d.source, source))
+        found = (
+            d for d in self.datasets if source is not None and d.source is not None and torch.equal(d.source, source)
+        )
         return next(found, self.datasets[0])
 
 
@@ -93,7 +98,9 @@ class KDTrainer(transformers.Trainer):
         self.args.remove_unused_columns = False  # the targets are no argument of the model's forward: keep them
         self.model_accepts_loss_kwargs = False  # the loss is a mean per batch: let the Trainer scale accumulation
         self.add_callback(_EpochCallback(data))
-        self.objective = _objective(losses or _default_losses(data), _vocabulary(self.model))
+        assert self.model is not None  # Trainer.__init__ sets it (from model or model_init) or raises
+        # not ``objective``: Trainer's hyperparameter search writes its metric to that attribute
+        self.kd_objective = _objective(losses or _default_losses(data), _vocabulary(self.model))
 
     def compute_loss(
         self,
@@ -111,7 +118,7 @@ class KDTrainer(transformers.Trainer):
         batch = inputs["kd_batch"].to(inputs["input_ids"].device)
         outputs = model(input_ids=batch.inputs, attention_mask=inputs["attention_mask"])
         logits = getattr(outputs, "logits", outputs)
-        loss, _ = self.objective(StepOutputs(logits, batch.labels, teacher=batch.targets))
+        loss, _ = self.kd_objective(StepOutputs(logits, batch.labels, teacher=batch.targets))
         return (loss, outputs) if return_outputs else loss
 
 
@@ -129,7 +136,8 @@ def _default_losses(data: CachedDataset) -> list[LossEntry]:
 
 
 def _vocabulary(model: torch.nn.Module) -> int:
-    embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    getter = getattr(model, "get_output_embeddings", None)
+    embeddings = getter() if callable(getter) else None
     if embeddings is None:
         raise ConfigError(
             f"the student {type(model).__name__} has no output embeddings (get_output_embeddings): KDTrainer needs "

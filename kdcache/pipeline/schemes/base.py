@@ -111,7 +111,7 @@ def cache_teacher(
             teacher_name=name,
             teacher_spec=spec,
             shard_samples=shard_samples,
-            device=device_of(cfg),
+            device=str(device_of(cfg)),
             ignore_index=cfg.data.ignore_index,
             progress=progress,
         )

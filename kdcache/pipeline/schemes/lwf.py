@@ -176,7 +176,8 @@ def ensure_old_model(cfg: LwFPipeline, old_train: SampleDataset, *, progress: bo
                 f"old-model checkpoint {str(path)!r} is a {stored}, but lwf.old_model is {spec}. Point "
                 "lwf.old_model.checkpoint at the right file or delete it to retrain"
             )
-        return load_model(old, path).eval()
+        load_model(old, path)  # in place
+        return old.eval()
     if s.old_model.train is None:
         raise CheckpointError(f"old-model checkpoint {str(path)!r} does not exist and lwf.old_model has no train")
     log.info("training the old network on classes %s because %s does not exist", s.old_classes, path)
@@ -203,9 +204,14 @@ def lwf_network(cfg: LwFPipeline, old: MultiHeadNet) -> MultiHeadNet:
 def row_stages(cfg: LwFPipeline, row: Row) -> list[StageConfig]:
     """Warm-up (θn only) then the joint phase; the rows differ only in the joint phase's loss and freezing."""
     s = cfg.lwf
-    ce = [{"name": "ce"}]
-    kd = {"name": "kd", "weight": s.lambda_old, "temperature": s.temperature, "student_layer": f"heads.{OLD}"}
-    joint = {
+    ce: list[dict[str, Any]] = [{"name": "ce"}]
+    kd: dict[str, Any] = {
+        "name": "kd",
+        "weight": s.lambda_old,
+        "temperature": s.temperature,
+        "student_layer": f"heads.{OLD}",
+    }
+    joint: tuple[list[dict[str, Any]], list[str]] = {
         "lwf": ([*ce, kd], []),
         "fine_tuning": (ce, []),
         "feature_extraction": (ce, FROZEN),

@@ -94,15 +94,15 @@ def row_stages(cfg: RocketPipeline, row: Row) -> list[StageConfig]:
     s = cfg.rocket
     booster_ce = {"name": "ce", "student_layer": f"heads.{s.booster}"}
     hint = {"name": "rocket_hint", "weight": s.hint_weight, "booster_layer": f"heads.{s.booster}"}
-    losses = {
+    losses: dict[Row, list[dict[str, Any]]] = {
         "light": [{"name": "ce"}],
         "booster": [{"name": "ce"}],
         "rocket": [{"name": "ce"}, booster_ce, hint],
         "rocket_no_block": [{"name": "ce"}, booster_ce, {**hint, "gradient_block": False}],
         "rocket_no_sharing": [{"name": "ce"}, booster_ce, hint],
         "offline_kd": [{"name": loss.name, "weight": loss.weight, **loss.params} for loss in s.offline_losses],
-    }[row]
-    return [s.train.stage(row, losses)]
+    }
+    return [s.train.stage(row, losses[row])]
 
 
 def run_rocket(cfg: RocketPipeline, *, progress: bool = True) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def run_rocket(cfg: RocketPipeline, *, progress: bool = True) -> dict[str, Any]:
             desc=row,
             progress=progress,
         )
-        results[row] = _measure(cfg, trained, test_set)
+        results[row] = _measure(cfg, net, trained, test_set)
         curves[ROW_TITLES[row]] = trained.result
         save_model(net.cpu(), cfg.out / f"{row}.safetensors", spec=_spec(cfg, row))
         if row == "rocket":
@@ -160,9 +160,9 @@ def _row_network(cfg: RocketPipeline, row: Row) -> MultiHeadNet:
     return net
 
 
-def _measure(cfg: RocketPipeline, trained: Trained, test: SampleDataset) -> dict[str, Any]:
-    """Test accuracy and parameter count of each net the row trained (the light net is backbone + light head)."""
-    net: MultiHeadNet = trained.model
+def _measure(cfg: RocketPipeline, net: MultiHeadNet, trained: Trained, test: SampleDataset) -> dict[str, Any]:
+    """Test accuracy and parameter count of each net the row trained (``net``, the model of ``trained``; the light
+    net is backbone + light head)."""
     out: dict[str, Any] = {"seconds": trained.result.seconds}
     out["curve"] = [h.metrics.get("accuracy") for h in trained.result.history]
     for role, head in (("light", cfg.rocket.light), ("booster", cfg.rocket.booster)):

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kdcache.tools.bench.memory import _peak_rss_bytes
 
 SHARD_DOCUMENTS = 2000
@@ -90,7 +92,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = _peak_rss_bytes()  # the interpreter, torch and the tokenizer: what any build holds
     start = time.perf_counter()
     data = TextDataset([spec["glob"]], tokenizer=spec["tokenizer"], seq_len=SEQ_LEN, cache_dir=spec["cache"])
-    data.get_batch([0, len(data) - 1])
+    data.get_batch(np.array([0, len(data) - 1], dtype=np.int64))
     return {
         "seconds": time.perf_counter() - start,
         "tokens": data.num_tokens,

@@ -132,7 +132,8 @@ def part_seconds(data: CachedDataset, batches: list[np.ndarray]) -> dict[str, fl
         data.check(indices, rows, made.raw, made.labels)
         clock.append(time.perf_counter())
         if data.params_reader is not None:
-            data._check_params(data.make_batch(indices, view_ids, made), data.params_reader.read_rows(rows, view_ids))
+            batch = data.make_batch(indices, view_ids, made)
+            data._check_params(batch, made.params, data.params_reader.read_rows(rows, view_ids))
         clock.append(time.perf_counter())
         data.check_views(indices, view_ids, rows, made.inputs)
         clock.append(time.perf_counter())
@@ -175,7 +176,8 @@ def measure_delivery(settings: BenchSettings, workdir: Path | None = None, *, pr
 
 
 def _measured(store: DeliveryStore, settings: BenchSettings, progress: bool) -> dict[str, Any]:
-    data, batches, startup = store.data, store.batches, []
+    data, batches = store.data, store.batches
+    startup: list[float] = []
     variants = {
         BASELINE: lambda: memmap_gather(list(store.raw.values()), batches),
         "read_rows alone (targets)": lambda: reader_pass(store.reader, batches),

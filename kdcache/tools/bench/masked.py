@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
 from kdcache.datasets import ChatDataset
+from kdcache.datasets.chat import TrainOn
 from kdcache.models import CausalLM
 from kdcache.precompute import precompute
 from kdcache.store import SAMPLES_OWNER, open_store
@@ -27,7 +28,18 @@ from kdcache.targets import build_target
 from kdcache.views import TokenViews
 
 TARGETS = {"topk": {"k": 32, "temperatures": [1.0]}, "sampled": {"encoding": "sampled", "samples": 32}}
-CHAT = {"tokenizer": "data/chat/tokenizer", "seq_len": 192, "pad_token": "<|pad|>", "train_on": "assistant"}
+
+
+class ChatArgs(TypedDict):
+    """The keywords :class:`ChatDataset` is built with here."""
+
+    tokenizer: str
+    seq_len: int
+    pad_token: str
+    train_on: TrainOn
+
+
+CHAT: ChatArgs = {"tokenizer": "data/chat/tokenizer", "seq_len": 192, "pad_token": "<|pad|>", "train_on": "assistant"}
 TEACHER = {
     "model_type": "gpt2",
     "n_layer": 4,

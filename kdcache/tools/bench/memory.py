@@ -16,7 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -88,6 +88,12 @@ def measure_memory(stores: dict[str, Path], settings: BenchSettings) -> dict[str
     return result
 
 
+class _Budget(TypedDict, total=False):
+    """The RAM budget a cached variant is given (left out: the library's default)."""
+
+    ram_budget_bytes: float
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one variant for one epoch in this process and report its peak RSS."""
     import torch
@@ -103,7 +109,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if variant == "student-only":
         data, stages = ViewDataset(w.train, w.views), w.student_only
     else:
-        budget = {"ram_budget_bytes": 0} if variant == "cached KD (streamed)" else {}
+        budget: _Budget = {"ram_budget_bytes": 0} if variant == "cached KD (streamed)" else {}
         data = CachedDataset(
             w.train, open_store(spec["store"]), teacher=TEACHER, targets=w.target_names, views=w.views, **budget
         )

@@ -62,6 +62,6 @@ def resident_fraction(paths: list[Path]) -> float | None:
             vector = (ctypes.c_ubyte * pages)()
             if mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
                 return None
-            resident += int(np.frombuffer(vector, dtype=np.uint8).__and__(1).sum())
+            resident += int(np.ctypeslib.as_array(vector).__and__(1).sum())
             total += pages
     return resident / total if total else 1.0

@@ -143,7 +143,11 @@ def _measure_order(
     store: ReadStore, peers: PeerFiles, batches: list[np.ndarray], settings: BenchSettings, progress: bool
 ) -> dict[str, Any]:
     def warm(fn: Callable[[], float]) -> Callable[[], float]:
-        return lambda: (pagecache.warm(peers.files()), fn())[1]
+        def warmed() -> float:
+            pagecache.warm(peers.files())
+            return fn()
+
+        return warmed
 
     variants = {
         "numpy memmap": warm(lambda: memmap_pass(store.raw, batches)),

@@ -35,7 +35,7 @@ from kdcache.store import ArrayReader, open_store, shard_count, shard_ranges
 from kdcache.targets import build_target
 from kdcache.tools.bench import pagecache
 from kdcache.tools.bench.memory import bytes_per_sample
-from kdcache.tools.bench.rounds import Samples, interleave, spread
+from kdcache.tools.bench.rounds import Samples, Variant, interleave, spread
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.tools.bench.workloads import TEACHER, logits_source
 from kdcache.train import CachedDataset, batch_loader, set_loader_epoch
@@ -165,7 +165,7 @@ def measure_reads(store: ReadStore, settings: BenchSettings, *, cold: bool, prog
         prepare()
         return memmap_pass(store.raw, batches)
 
-    variants = {
+    variants: dict[str, Variant] = {
         "library, pass 1": partial(read, store.epochs[0], verified=False),
         "library, pass 2": second,
         "library, uniform": partial(read, store.uniform, verified=True),

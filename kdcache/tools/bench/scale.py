@@ -238,7 +238,7 @@ def measure(workdir: Path, tokens: int, *, keep: bool = False) -> dict[str, Any]
     here = workdir / f"size-{tokens}"
     shutil.rmtree(here, ignore_errors=True)
     shards = write_corpus(here / "corpus", tokenizer, tokens)
-    spec = {
+    spec: dict[str, str | dict[str, str]] = {  # the JSON each step's process is given
         "glob": str(here / "corpus" / "*.jsonl.gz"),
         "tokenizer": str(tokenizer),
         "cache": str(here / "cache"),

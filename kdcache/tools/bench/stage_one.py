@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def measure_stage_one(
         return run["seconds"]
 
     variants = {"bare inference": lambda: _bare_inference(teacher, w, batch_size, device)}
-    variants |= {kind: (lambda k=kind: cached(k)) for kind in kinds}
+    variants |= {kind: partial(cached, kind) for kind in kinds}
     samples = interleave(variants, rounds=rounds, warmup=settings.warmup, desc=f"fig 2 {w.name}", progress=progress)
     n = len(w.train)
     return {

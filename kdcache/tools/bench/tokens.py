@@ -23,7 +23,8 @@ import torch
 from kdcache.datasets import TensorDataset
 from kdcache.models import build_model
 from kdcache.pipeline.build import build_student, loss_setup, targets_to_write
-from kdcache.pipeline.loading import parse_pipeline
+from kdcache.pipeline.config import DistillConfig
+from kdcache.pipeline.loading import distill_pipeline, parse_pipeline
 from kdcache.pipeline.plan import DISTILLKIT_BYTES_PER_TOKEN
 from kdcache.store import open_store
 from kdcache.store.layout import owner_of_teacher
@@ -34,6 +35,7 @@ from kdcache.tools.bench.settings import BenchSettings
 from kdcache.tools.bench.stage_one import measure_stage_one, write_store
 from kdcache.tools.bench.steps import measure_steps
 from kdcache.tools.bench.workloads import TEACHER, Workload
+from kdcache.train import StageConfig
 from kdcache.train.sampler import block_shuffle
 from kdcache.views import TokenViews
 
@@ -111,10 +113,11 @@ class GeneratedTokens(TensorDataset):
 
 def token_workload(settings: BenchSettings) -> tuple[Workload, int]:
     """The stdlib_lm teacher and targets over generated sequences, and the pipeline's sequence length."""
-    cfg = parse_pipeline(STDLIB_LM, source="the bench's stdlib_lm")
+    source = "the bench's stdlib_lm"
+    cfg = distill_pipeline(parse_pipeline(STDLIB_LM, source=source), source)
     seq_len = int(cfg.data.args["seq_len"])
 
-    def one_epoch(variant: str) -> list:
+    def one_epoch(variant: str) -> list[StageConfig]:
         return [cfg.variant_stages(cfg.variant(variant))[0].model_copy(update={"epochs": 1})]
 
     workload = Workload(
@@ -122,7 +125,7 @@ def token_workload(settings: BenchSettings) -> tuple[Workload, int]:
         label=f"stdlib_lm teacher ({cfg.teacher.model.args['config']['n_layer']}-block GPT-2), {seq_len}-token "
         f"sequences, vocabulary {cfg.data.num_classes}",
         train=GeneratedTokens(settings.token_sequences, seq_len, cfg.data.num_classes, seed=settings.seed),
-        views=TokenViews(),  # type: ignore[arg-type]  # the views interface, for token ids
+        views=TokenViews(),
         setup=loss_setup(cfg),
         batch_size=cfg.student.train.batch_size,
         make_teacher=lambda: _seeded_teacher(cfg, settings.seed),
@@ -245,6 +248,6 @@ def _scaled(spread: dict[str, Any], factor: int) -> dict[str, Any]:
     return {k: [v * factor for v in spread[k]] if k == "rounds" else spread[k] * factor for k in spread}
 
 
-def _seeded_teacher(cfg: Any, seed: int) -> torch.nn.Module:
+def _seeded_teacher(cfg: DistillConfig, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(cfg.teacher.model.arch, cfg.data.num_classes, cfg.teacher.model.args)

@@ -24,11 +24,11 @@ from kdcache.datasets import SampleDataset, TensorDataset
 from kdcache.losses import LossSetup
 from kdcache.models import build_model
 from kdcache.pipeline.build import build_student, load_split, loss_setup, targets_to_write, view_transform
-from kdcache.pipeline.loading import parse_pipeline, with_overrides
+from kdcache.pipeline.loading import distill_pipeline, parse_pipeline, with_overrides
 from kdcache.targets import Target, build_target
 from kdcache.tools.bench.settings import BenchSettings
 from kdcache.train import LossConfig, OptimizerConfig, StageConfig, TargetSource, ViewDataset, batch_targets, fit
-from kdcache.views import ViewTransform
+from kdcache.views import Views, ViewTransform
 
 DIGITS_KD: dict[str, Any] = {  # pipelines/digits_kd.yaml, without its comments
     "name": "digits_kd",
@@ -74,7 +74,7 @@ class Workload:
     name: str
     label: str
     train: SampleDataset
-    views: ViewTransform
+    views: Views
     setup: LossSetup
     batch_size: int
     make_teacher: Callable[[], nn.Module]
@@ -93,7 +93,7 @@ class Workload:
         student: nn.Module,
         data: ViewDataset,
         stages: list[StageConfig],
-        device: str,
+        device: torch.device | str,
         targets: TargetSource = batch_targets,
     ) -> None:
         """Train ``student`` for ``stages`` (one epoch each in the bench) on ``data``, as stage two would."""
@@ -152,7 +152,8 @@ def resnet_workload(settings: BenchSettings) -> Workload:
 
 def digits_workload(settings: BenchSettings) -> Workload:
     overrides = [] if settings.digits_samples is None else [f"data.max_train_samples={settings.digits_samples}"]
-    cfg = with_overrides(parse_pipeline(DIGITS_KD, source="the bench's digits_kd"), overrides)
+    source = "the bench's digits_kd"
+    cfg = with_overrides(distill_pipeline(parse_pipeline(DIGITS_KD, source=source), source), overrides)
 
     def one_epoch(variant: str) -> list[StageConfig]:
         stages = cfg.variant_stages(cfg.variant(variant))

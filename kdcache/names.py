@@ -7,13 +7,21 @@ the arrays), so they live below both.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, TypeGuard, get_args
 
 from kdcache.errors import UnsafeNameError
 from kdcache.registry import moved_names
 
 Compressor = Literal["none", "lz4", "zstd"]
 """Inner-chunk compressor of an array: none (logits barely compress), blosc-lz4, or blosc-zstd (features)."""
+
+COMPRESSORS: tuple[Compressor, ...] = get_args(Compressor)
+
+
+def is_compressor(name: str) -> TypeGuard[Compressor]:
+    """Whether ``name`` is a compressor kdcache writes (a manifest names one as a plain string)."""
+    return name in COMPRESSORS
+
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 

@@ -76,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     from kdcache.pipeline import plan_storage
+    from kdcache.pipeline.distill import check_students
     from kdcache.pipeline.plan import token_budget
     from kdcache.tables import render_table
 
     cfg = load(args)
+    check_students(cfg)  # the plan of a pipeline whose student would not build is an error, as the teacher's is
     rows = plan_storage(cfg)
     tokens = any(r.bytes_per_token is not None for r in rows)  # text: a bytes/token column
     table = [

@@ -110,8 +110,14 @@ def format_of(path: Path, format: DocumentFormat) -> DocumentFormat:
     if path.is_dir():
         return "arrow"
     suffixes = [s for s in path.suffixes if s not in COMPRESSIONS] if path.suffix in COMPRESSIONS else [path.suffix]
-    kinds = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow", ".npy": "tokens"}
-    return kinds.get(suffixes[-1] if suffixes else "", "text")  # type: ignore[return-value]
+    kinds: dict[str, DocumentFormat] = {
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".parquet": "parquet",
+        ".arrow": "arrow",
+        ".npy": "tokens",
+    }
+    return kinds.get(suffixes[-1] if suffixes else "", "text")
 
 
 def token_chunks(

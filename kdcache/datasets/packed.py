@@ -23,6 +23,7 @@ import torch
 from kdcache.datasets.base import SampleDataset, Subset
 from kdcache.datasets.tokenizer import TOKENIZED_KINDS
 from kdcache.errors import ConfigError
+from kdcache.names import Compressor
 
 TOKENS, LABELS, LENGTHS = "samples/tokens", "samples/labels", "samples/lengths"
 TOKEN_ARRAYS = (TOKENS, LABELS, LENGTHS)
@@ -90,7 +91,7 @@ def token_rows(dataset: SampleDataset, lo: int, hi: int) -> dict[str, np.ndarray
     }
 
 
-def token_array_facts(dataset: SampleDataset) -> list[tuple[str, tuple[int, ...], str, str, dict[str, Any]]]:
+def token_array_facts(dataset: SampleDataset) -> list[tuple[str, tuple[int, ...], str, Compressor, dict[str, Any]]]:
     """``(path, sample shape, dtype, compressor, attributes)`` of each token array for ``dataset``."""
     seq_len, vocab, ignore = packing_facts(dataset)
     tokens = f"input token ids of each sequence (vocabulary of {vocab}; padding holds the pad id)"

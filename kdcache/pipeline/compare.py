@@ -9,7 +9,7 @@ from kdcache.datasets.text import tokens_per_sample
 from kdcache.metrics import LOWER_IS_BETTER, METRIC_TITLES, TASK_METRICS, metric_text
 from kdcache.pipeline.build import output_path
 from kdcache.pipeline.config import DistillConfig, VariantConfig, ViewsConfig
-from kdcache.pipeline.distill import StudentRun, run_precompute, train_student, variant_config
+from kdcache.pipeline.distill import StudentRun, check_students, run_precompute, train_student, variant_config
 from kdcache.pipeline.methods import METHODS, Method
 from kdcache.pipeline.report import plot_curves, plot_storage
 from kdcache.pipeline.teacher import ensure_teacher, teacher_test_metrics
@@ -36,6 +36,7 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     column per metric of the task (accuracy; mIoU and pixel accuracy for segmentation); the first one, the primary
     metric, is the one "epochs to reach" and the curves use.
     """
+    check_students(cfg)
     teacher_metrics = teacher_test_metrics(cfg, ensure_teacher(cfg, progress=progress))
     configs = {v.name: variant_config(cfg, v) for v in cfg.compare}
     stores: dict[str, dict] = {}

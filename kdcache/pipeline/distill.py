@@ -186,6 +186,19 @@ def variant_config(cfg: DistillConfig, variant: VariantConfig) -> DistillConfig:
     return with_overrides(cfg, variant.set, source=f"compare variant {variant.name!r}") if variant.set else cfg
 
 
+def check_students(cfg: DistillConfig) -> None:
+    """Build the student of the pipeline and of every ``compare`` variant once, before any teacher runs: a mistyped
+    ``student.model.arch`` (or a module not on ``PYTHONPATH``, or arguments the model refuses) is an error now, not
+    after the teacher was trained and stage one wrote its store."""
+    seen: set[str] = set()
+    for config in [cfg, *(variant_config(cfg, v) for v in cfg.compare)]:
+        model = config.student.model
+        key = repr((model.arch, sorted(model.args.items())))
+        if key not in seen:
+            seen.add(key)
+            build_student(config)
+
+
 def checkpoint_path(cfg: DistillConfig, variant: str) -> Path:
     """Where a student variant's training checkpoint lives (``kdcache train --resume`` reads it)."""
     return cfg.out / "checkpoints" / f"student-{variant}.state.safetensors"

@@ -64,7 +64,7 @@ def sample_arrays(
         )
     if store_tokens:
         specs += [
-            ArraySpec(path, shape, dtype, codec, attributes=attrs)  # type: ignore[arg-type]
+            ArraySpec(path, shape, dtype, codec, attributes=attrs)
             for path, shape, dtype, codec, attrs in token_array_facts(dataset)
         ]
     return specs

@@ -273,7 +273,8 @@ class ArrayReader:
         where the shard cache's file is gone or changed, the chunks are read whole instead (and re-fetched)."""
         cids = rows // self.chunk
         offsets = self._offsets[cids] + (rows - cids * self.chunk) * self._layout().row_nbytes
-        digests = self._row_digests[rows]  # type: ignore[index]  # set when any shard of a direct array is verified
+        assert self._row_digests is not None  # set when any shard of a direct array is verified, before rows are read
+        digests = self._row_digests[rows]
         path = self._local_file(index)
         with io_errors(self.location, f"reading {self.record.path} shard {index}"):
             try:
@@ -282,8 +283,8 @@ class ArrayReader:
                 got = None
             if isinstance(got, int) and self.shard_cache is None:
                 raise self._changed(index, int(cids[got] % (self.shard // self.chunk)))
-            if isinstance(got, int):
-                self._open.forget(path)  # type: ignore[arg-type]  # a path was read
+            if isinstance(got, int) and path is not None:  # a row of the local file changed: reopen it next time
+                self._open.forget(path)
         if isinstance(got, np.ndarray):
             self.chunks_read.update(np.unique(cids).tolist())
             return got

@@ -71,7 +71,7 @@ class StoreLocation:
         return {"url": self.url, "storage_options": safe}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]  # unpickled: rebuilt as made
 
     def zarr_store(self, *, read_only: bool) -> Store:
         """A zarr v3 store over the same root."""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kdcache.errors import StoreFormatError, StoreNotFoundError, say
 from kdcache.fingerprint import canonical_digest
+from kdcache.names import COMPRESSORS, Compressor, is_compressor
 from kdcache.store.bounded import (
     COMMIT_MAX_BYTES,
     MANIFEST_MAX_BYTES,
@@ -50,6 +51,15 @@ class ArrayRecord(_Record):
     chunks: list[int]
     shards: list[int]
     compressor: str
+
+    def codec(self) -> Compressor:
+        """The array's compressor; one kdcache never writes means the manifest is damaged."""
+        if not is_compressor(self.compressor):
+            raise StoreFormatError(
+                f"array {self.path!r} records compressor {self.compressor!r}, which kdcache never writes (it writes "
+                f"{', '.join(COMPRESSORS)}); the manifest is damaged: rebuild the store with `kdcache precompute`"
+            )
+        return self.compressor
 
 
 class FileDigest(_Record):

@@ -80,7 +80,7 @@ class ShardCache:
         return {"directory": str(self.directory), "max_bytes": self.max_bytes, "prefetch": self.prefetch_depth}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"], state["max_bytes"], prefetch=state["prefetch"])  # type: ignore[misc]
+        self.__init__(state["directory"], state["max_bytes"], prefetch=state["prefetch"])  # type: ignore[misc]  # unpickled: rebuilt as made
 
     def file_of(self, digest: FileDigest) -> Path:
         """Where the shard with this digest is kept (named by content, so stores and renames cannot collide)."""

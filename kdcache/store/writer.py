@@ -201,7 +201,12 @@ class StoreBuilder:
         """The array at ``path``, writing every chunk whatever its values: a chunk equal to the fill value (all-zero
         labels, all-NaN) is stored like any other, so every committed shard has a file to digest and read back."""
         if path not in self._arrays:
-            self._arrays[path] = self.group()[path].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
+            found = self.group()[path]
+            if not isinstance(found, zarr.Array):
+                raise StoreFormatError(
+                    f"{path!r} in store {self.location.url!r} is a group, where kdcache wrote an array"
+                )
+            self._arrays[path] = found.with_config({"write_empty_chunks": True})
         return self._arrays[path]
 
     def encoder(self, path: str) -> ShardEncoder:

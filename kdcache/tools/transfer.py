@@ -160,12 +160,12 @@ def _specs(manifest: Manifest) -> list[tuple[ArrayRecord, ArraySpec]]:
 
 def _spec(manifest: Manifest, record: ArrayRecord, *, views: bool) -> ArraySpec:
     """The spec that recreates ``record``, with the attributes its pinned ``zarr.json`` carries."""
-    shape, compressor = record.shape, record.compressor
+    shape, compressor = record.shape, record.codec()
     pinned = manifest.metadata.get(f"{record.path}/zarr.json", {})
     attributes = (pinned.get("attributes") or {}).get("kdcache", {})
     if views:
-        return ArraySpec(record.path, tuple(shape[2:]), record.dtype, compressor, views=shape[1], attributes=attributes)  # type: ignore[arg-type]
-    return ArraySpec(record.path, tuple(shape[1:]), record.dtype, compressor, attributes=attributes)  # type: ignore[arg-type]
+        return ArraySpec(record.path, tuple(shape[2:]), record.dtype, compressor, views=shape[1], attributes=attributes)
+    return ArraySpec(record.path, tuple(shape[1:]), record.dtype, compressor, attributes=attributes)
 
 
 def _declare(location: StoreLocation, manifest: Manifest) -> StoreBuilder:

@@ -16,8 +16,6 @@ top-k log-sum-exp keeps its format-1 meaning (over the float32 logits, see docs/
 
 from __future__ import annotations
 
-from typing import TypeGuard, get_args
-
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -26,7 +24,6 @@ from kdcache.datasets.digest import blake2b_sample_digests
 from kdcache.datasets.fingerprint import dataset_fingerprint
 from kdcache.errors import StoreFormatError, StoreIncompleteError, StoreMismatchError
 from kdcache.fingerprint import describe_difference
-from kdcache.names import Compressor
 from kdcache.precompute.samples import read_facts, sample_arrays
 from kdcache.store import (
     FORMAT_VERSION,
@@ -259,20 +256,6 @@ def _spec_of(record: ArrayRecord) -> ArraySpec:
         record.path,
         tuple(record.shape[head:]),
         record.dtype,
-        _compressor(record),
+        record.codec(),
         views=record.shape[1] if views else None,
     )
-
-
-def _compressor(record: ArrayRecord) -> Compressor:
-    """The record's compressor, one kdcache writes (a manifest names it as a plain string)."""
-    if not _is_compressor(record.compressor):
-        raise StoreFormatError(
-            f"array {record.path!r} records compressor {record.compressor!r}, which kdcache never writes (it writes "
-            f"{', '.join(get_args(Compressor))}); the manifest is damaged: rebuild the store with `kdcache precompute`"
-        )
-    return record.compressor
-
-
-def _is_compressor(name: str) -> TypeGuard[Compressor]:
-    return name in get_args(Compressor)

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from kdcache.errors import ConfigError
 from kdcache.train.data import ViewDataset
 from kdcache.train.sampler import EpochBatchSampler
 from kdcache.train.world import World
@@ -51,8 +52,15 @@ def batch_loader(
 def set_loader_epoch(loader: DataLoader, epoch: int, *, start_step: int = 0) -> None:
     """Select epoch ``epoch``'s order and views (call before iterating the loader); iteration begins at global batch
     ``start_step`` (a resumed epoch)."""
-    loader.sampler.set_epoch(epoch, start_step=start_step)  # type: ignore[attr-defined]  # batch_loader's sampler
-    loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]  # batch_loader's dataset: a ViewDataset
+    sampler, dataset = loader.sampler, loader.dataset
+    if not isinstance(sampler, EpochBatchSampler) or not isinstance(dataset, ViewDataset):
+        raise ConfigError(
+            f"set_loader_epoch takes a loader made by batch_loader (its sampler is a {type(sampler).__name__}, its "
+            f"dataset a {type(dataset).__name__}); for a DataLoader of your own, call dataset.set_epoch(epoch) and "
+            "draw the order with your sampler"
+        )
+    sampler.set_epoch(epoch, start_step=start_step)
+    dataset.set_epoch(epoch)
 
 
 def _identity(batch: Any) -> Any:  # batch_size=None: the loader hands over each Batch as it is

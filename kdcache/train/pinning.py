@@ -197,11 +197,15 @@ def check_record(saved: dict[str, Any] | None, now: dict[str, Any], *, path: str
 
 def field_name(field: str, speaks: Speaker) -> str:
     """A record path (``stages[0].optimizer.lr``, ``teachers[0].fingerprint``) as the caller writes the setting."""
-    head, rest = re.match(r"([a-z_]+)(.*)", field).groups()  # type: ignore[union-attr]
+    parts = re.match(r"([a-z_]+)(.*)", field)
+    if parts is None:  # not a record path kdcache writes: shown as it is
+        return field
+    head, rest = parts.groups()
     if head == "stages":
         return f"{'stages' if speaks == 'python' else 'student.train.stages'}{rest}"
-    if head == "teachers":  # teachers[0].fingerprint, teachers[0].targets.logits.params.k, teachers[1]
-        index, key, target = re.match(r"\[(\d+)\]\.?([a-z_]*)\.?([^.]*)", rest).groups()  # type: ignore[union-attr]
+    teacher = re.match(r"\[(\d+)\]\.?([a-z_]*)\.?([^.]*)", rest) if head == "teachers" else None
+    if teacher is not None:  # teachers[0].fingerprint, teachers[0].targets.logits.params.k, teachers[1]
+        index, key, target = teacher.groups()
         where = f"cached teacher #{int(index) + 1}" + (f", target {target}" if target else "")
         return f"{_TEACHER_NAMES[key or 'name'][speaks == 'pipeline']} ({where})"
     known = _NAMES.get(field) or _NAMES.get(head)

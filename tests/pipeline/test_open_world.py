@@ -203,6 +203,20 @@ def test_user_errors_name_the_thing_and_the_fix(world, tmp_path):
         assert named in done.stderr, done.stderr[-2000:]
     with pytest.raises(ConfigError, match="could not be opened"):
         build_dataset("torchvision.datasets:ImageFolder", "train", {"root": str(tmp_path / "nowhere")})
+
+
+def test_a_student_typo_is_refused_before_any_teacher_runs(world, tmp_path):
+    """``kdcache plan`` builds the student too, and ``kdcache run`` builds every variant's student before the
+    teacher trains or stage one writes: a typo costs nothing, and nothing is written."""
+    for name in ("train", "test"):
+        (tmp_path / name).symlink_to(world / name)
+    path = user_pipeline(tmp_path, world / "teacher.pt")
+    typo = ("--set", "student.model.arch=torchvision.models:mobilenet_v3_smal")
+    for command in ("plan", "run"):
+        done = kdcache(command, str(path), *typo, "--quiet")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "has no attribute 'mobilenet_v3_smal'. Did you mean 'mobilenet_v3_small'" in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=r"item 0 of list is a dict; kdcache needs \(image, label\) items"):
         as_sample_dataset([{"image": torch.zeros(3, 4, 4), "label": 1}]).get_batch(np.array([0]))
     with pytest.raises(ConfigError, match=r"Drop the dataset's own transform="):

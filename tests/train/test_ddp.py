@@ -213,7 +213,9 @@ def test_killed_torchrun_run_resumes_exactly_on_two_or_one_processes(pipeline, t
         for order in epochs.values():
             assert sorted(order.tolist()) == list(range(240))  # 0 missing, 0 repeated in every epoch
         logged = [
-            json.loads(line) for r in (0, 1) for line in (out / "samples/student-cached" / f"rank{r}.jsonl").open()
+            json.loads(line)
+            for r in (0, 1)
+            for line in (out / "samples/student-cached" / f"rank{r}.jsonl").read_text().splitlines()
         ]
         replayed = [r for r in logged if r["event"] == "step" and r["epoch"] == 1 and r["step"] in (3, 4)]
         assert len(replayed) == 2 * 2 + 2 * ranks  # logged by both killed ranks, then again after the resume

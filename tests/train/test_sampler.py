@@ -130,3 +130,12 @@ def test_streamed_parts_follow_the_chunks(world_size, sorted_reads):
     ranks = samplers(1024, 64, world_size, block=32)
     assert chunk_reads(ranks, 32, by_index=False) == world_size * 32
     assert chunk_reads(ranks, 32, by_index=True) == sorted_reads
+
+
+def test_set_loader_epoch_refuses_a_loader_batch_loader_did_not_make():
+    from torch.utils.data import DataLoader
+
+    from kdcache.train import set_loader_epoch
+
+    with pytest.raises(ConfigError, match=r"takes a loader made by batch_loader \(its sampler is a SequentialSampler"):
+        set_loader_epoch(DataLoader(list(range(4))), 0)

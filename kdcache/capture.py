@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from kdcache.errors import LayerNotFoundError, TargetMismatchError
+from kdcache.registry import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = LazyModule("torch")
+    nn = LazyModule("torch.nn")
 
 
 @dataclass

@@ -151,6 +151,28 @@ REMOVED_IN = "0.3"
 """The release that drops the names renamed in 0.2 (CHANGELOG.md lists every one)."""
 
 
+class LazyModule:
+    """A module imported on first attribute use: what lets a module whose *encoding* needs torch be imported, for
+    its parameters and stored-value checks, by a command that never encodes (``kdcache verify`` starts without torch).
+
+    Modules write ``torch = LazyModule("torch")`` (with the real import under ``TYPE_CHECKING``, for the checker); the
+    first ``torch.x`` imports torch, and each attribute is then kept on the proxy, so later uses cost what a module
+    attribute costs."""
+
+    def __init__(self, name: str) -> None:
+        self.__name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__") or attribute.startswith("_LazyModule"):  # copy, pickle, introspection
+            raise AttributeError(attribute)
+        value = getattr(importlib.import_module(self.__name), attribute)
+        setattr(self, attribute, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self.__name!r}>"
+
+
 def warn_renamed(old: str, new: str) -> None:
     """Warn that ``old`` is now ``new``, at the first line outside kdcache (the user's code that used it)."""
     level, frame = 1, sys._getframe(0)

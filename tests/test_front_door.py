@@ -65,6 +65,33 @@ def test_store_commands_run_without_torch(tmp_path, teacher, digits_small, views
         assert found == {"code": 0, "heavy": []}, command
 
 
+def test_verify_checks_every_kind_without_torch(tmp_path, teacher, digits_small, views) -> None:
+    """``kdcache verify`` (no ``--recompute``) scrubs the store and checks every target's stored values against its
+    parameters, importing the targets for their rules but never torch: a good store passes, a damaged one fails."""
+    from kdcache.targets import build_target
+
+    store = tmp_path / "s.zarr"
+    targets = [
+        build_target("logits", {"dtype": "float16"}),
+        build_target("logits", {"encoding": "int8"}),
+        build_target("logits", {"encoding": "topk", "k": 3, "temperatures": [1.0, 4.0]}),
+        build_target("features", {"layer": "layer2"}),
+        build_target("embedding", {"layer": "layer2"}),
+        build_target("fsp", {"layers": ["layer1", "layer2"]}),
+    ]
+    cache_digits(store, teacher, digits_small, views, targets)
+    program = (
+        "from kdcache.cli import main\n"
+        f"found['code'] = main(['verify', {str(store)!r}])\n"
+        "found['targets'] = 'kdcache.targets.logits' in sys.modules\n"
+        f"{HEAVY}"
+    )
+    assert fresh(program) == {"code": 0, "targets": True, "heavy": []}
+    shard = store / "teachers/t8/logits_int8/scale/c/1/0"
+    shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, other bytes: the scrub's SHA-256 tells
+    assert fresh(program) == {"code": 1, "targets": True, "heavy": []}
+
+
 def test_top_level_is_small_and_every_name_resolves() -> None:
     assert len(kdcache.__all__) <= 16
     assert all(getattr(kdcache, name) is not None for name in kdcache.__all__)

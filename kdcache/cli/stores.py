@@ -1,8 +1,9 @@
 """The commands that take a store: ``inspect``, ``verify``, ``export``, ``import`` and ``stats``.
 
-Each command imports what it runs when it runs: ``inspect`` reads a store with zarr and numpy alone and never imports
-torch (tests/test_front_door.py holds it); ``verify`` checks stored values with the targets' own rules, which import
-torch.
+Each command imports what it runs when it runs: ``inspect`` reads a store with zarr and numpy alone, and ``verify``
+(without ``--recompute``) checks the stored values with the targets' own rules, whose modules import torch only when
+they encode or decode (:class:`kdcache.registry.LazyModule`); neither imports torch (tests/test_front_door.py holds
+both). ``verify --recompute`` runs the teacher, so it does.
 """
 
 from __future__ import annotations

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, NonFiniteTargetError, TargetOverflowError
 from kdcache.names import Compressor
-from kdcache.registry import Registry
+from kdcache.registry import LazyModule, Registry
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
 
 FLOAT_LIMITS = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
 

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
+from kdcache.registry import LazyModule
 from kdcache.targets.base import Target
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
 
 EnsembleMode = Literal["logits", "probs"]
 

@@ -7,11 +7,18 @@ construction.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from kdcache.capture import LayerCapture, forward_with_capture
+from kdcache.registry import LazyModule
 from kdcache.targets.base import Target
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = LazyModule("torch")
+    nn = LazyModule("torch.nn")
 
 
 class TargetExtractor:
@@ -31,10 +38,10 @@ class TargetExtractor:
         self.layers = sorted({layer for t in self.targets for layer in t.teacher_layers()})
         self.capture = LayerCapture(self.model, self.layers)
 
-    @torch.no_grad()
     def __call__(self, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        outputs = forward_with_capture(self.model, inputs.to(self.device), self.capture)
-        return outputs.logits, {t.name: t.extract(outputs) for t in self.targets}
+        with torch.no_grad():
+            outputs = forward_with_capture(self.model, inputs.to(self.device), self.capture)
+            return outputs.logits, {t.name: t.extract(outputs) for t in self.targets}
 
     def close(self) -> None:
         self.capture.close()

@@ -7,14 +7,22 @@ such as RKD, whose pairwise terms are computed per batch in stage two.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from kdcache.capture import ModelOutputs
 from kdcache.names import check_safe_name
+from kdcache.registry import LazyModule
 from kdcache.targets.base import TARGETS
 from kdcache.targets.floats import FloatArrayParams, FloatArrayTarget
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
 
 
 class LayerParams(FloatArrayParams):

@@ -4,13 +4,18 @@ the base of every target that is one such array per sample (FSP matrices, featur
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from kdcache.names import Compressor
+from kdcache.registry import LazyModule
 from kdcache.targets.base import StoredArray, Target, TargetParams
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
 
 FloatDtype = Literal["float16", "bfloat16", "float32"]
 LSE_GRID = 2.0**-40  # stored log-sum-exps are multiples of this (1e-12): finer than float32 wherever |lse| > 2^-17

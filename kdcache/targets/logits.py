@@ -12,18 +12,23 @@ Logits are stored raw: temperature is a stage-two choice, so one store serves ev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError
 from kdcache.names import Compressor
+from kdcache.registry import LazyModule
 from kdcache.targets.base import TARGETS, StoredArray, Target, TargetParams, required
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage
 from kdcache.targets.invariants import int8_problem, topk_problem
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
 
 INT8_MEANING = "logits quantised per row: logit = offset + scale * (q + 128)"
 LSE_MEANING = (

@@ -14,11 +14,17 @@ Field j of a position occupies bits j·b … j·b + b − 1 of its bytes, bit 0 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kdcache.errors import ConfigError
+from kdcache.registry import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
 
 
 def packed_width(count: int, bits: int) -> int:
@@ -62,3 +68,11 @@ def quantise(log_p: torch.Tensor, bits: int, step: float) -> np.ndarray:
     """Float64 log-probs ``(..., k)`` as codes round(−log p / step) clipped to [0, 2^bits − 1] (int64)."""
     codes = torch.round(-log_p.double() / step).clamp(0, (1 << bits) - 1)
     return codes.long().cpu().numpy()
+
+
+def index_dtype(vocab_size: int) -> str:
+    """The narrowest unsigned integer that holds every token id of a vocabulary."""
+    for dtype in ("uint8", "uint16", "uint32"):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return dtype
+    raise ConfigError(f"a vocabulary of {vocab_size} tokens does not fit uint32 token ids")

@@ -20,27 +20,27 @@ the teacher's distribution (Sparse Logit Sampling). Classes are the last dimensi
   Bytes per token: ``samples`` · (index bytes + 1) laid out; stored with blosc-zstd, since a position rarely draws
   ``samples`` distinct tokens and the empty slots (id 0, count 0) compress away.
 
-Stage one records the teacher's vocabulary (the logits width) as ``vocab_size``, so stage two can refuse a student
-of another vocabulary. Padded positions are stored like any other (only the last sequence of a packed split has
-any) and masked by label in every loss. ``masked: skip`` (chat data trained on the assistant's tokens, where most
-labels are −100) stores every position without a label as the encoding of one constant row,
-:func:`certain_logits`, instead of the teacher's, and compresses the top-k arrays with blosc-zstd, so those
-positions cost almost nothing on disk; no loss reads them (they carry no label), and ``verify --recompute`` compares
-them with the same constant, not with the teacher.
+Stage one records the teacher's vocabulary as ``vocab_size`` (stage two refuses another). Padded positions are stored
+like any other (only the last sequence of a packed split has any) and masked by label in every loss. ``masked: skip``
+(chat data trained on the assistant's tokens, where most labels are −100) stores every position without a label as the
+encoding of one constant row, :func:`certain_logits`, instead of the teacher's, and compresses the top-k arrays with
+blosc-zstd, so those positions cost almost nothing on disk; no loss reads them (they carry no label), and ``verify
+--recompute`` compares them with the same constant, not with the teacher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
+from kdcache.registry import LazyModule
+from kdcache.targets import packing
 from kdcache.targets.base import FLOAT_LIMITS, TARGETS, StoredArray, Target, TargetParams, required
 from kdcache.targets.floats import FloatDtype, from_storage, log_sum_exp_float32, storage_dtype, to_storage, wide
 from kdcache.targets.invariants import topk_problem
@@ -48,19 +48,15 @@ from kdcache.targets.logits import TopKLogits
 from kdcache.targets.packing import check_step, pack_fields, packed_width, padding_is_zero, quantise, unpack_fields
 from kdcache.views.rng import KeyedRandom
 
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
+
 SAMPLE_STREAM = 1  # the Philox counter word that keeps token draws off the views' numbers
 CERTAIN_GAP = 1024.0  # nats between consecutive logits of the constant row stored at unlabelled positions
-_CHUNK_ELEMENTS = 1 << 18  # positions × vocabulary held in float64 at once (top-k log-probs, sampling): 2 MB, so
-# each block's passes stay in the CPU's cache (2x faster than 32 MB blocks); every result is per position, so the
-# bytes do not depend on the block
-
-
-def index_dtype(vocab_size: int) -> str:
-    """The narrowest unsigned integer that holds every token id of a vocabulary."""
-    for dtype in ("uint8", "uint16", "uint32"):
-        if vocab_size - 1 <= np.iinfo(dtype).max:
-            return dtype
-    raise ConfigError(f"a vocabulary of {vocab_size} tokens does not fit uint32 token ids")
+_CHUNK_ELEMENTS = 1 << 18  # positions × vocabulary in float64 at once: 2 MB stays in cache (2x faster than 32 MB);
+# every result is per position, so the bytes do not depend on the block
 
 
 @dataclass
@@ -202,7 +198,7 @@ class TokenLogitsTarget(Target):
                 f"{self.params.vocab_size}; fix vocab_size or the teacher"
             )
         self.vocab_size = vocab
-        ids = index_dtype(vocab)
+        ids = packing.index_dtype(vocab)
         p = self.params
         if p.encoding == "sampled":
             # a position rarely draws n distinct tokens: the empty slots (id 0, count 0) compress to almost nothing
@@ -234,7 +230,7 @@ class TokenLogitsTarget(Target):
     def _indices_array(self, positions: int, vocab: int) -> StoredArray:
         p = self.params
         if p.index_bits is None:
-            return StoredArray((positions, p.top_k), index_dtype(vocab))
+            return StoredArray((positions, p.top_k), packing.index_dtype(vocab))
         if vocab > 1 << p.index_bits:
             raise ConfigError(
                 f"index_bits {p.index_bits} holds ids below {1 << p.index_bits}, but the vocabulary has {vocab} "
@@ -257,7 +253,7 @@ class TokenLogitsTarget(Target):
             f"{name}/values": to_storage(log_p.clamp_min(-FLOAT_LIMITS[p.dtype]), p.dtype)
             if p.value_bits is None
             else pack_fields(quantise(log_p, p.value_bits, p.value_step), p.value_bits),
-            f"{name}/indices": ids.astype(index_dtype(value.shape[-1]))
+            f"{name}/indices": ids.astype(packing.index_dtype(value.shape[-1]))
             if p.index_bits is None
             else pack_fields(ids, p.index_bits),
             f"{name}/lse": lse,
@@ -282,7 +278,7 @@ class TokenLogitsTarget(Target):
         ids, counts = distinct_counts(drawn)
         shape = (*value.shape[:2], p.draws)
         return {
-            f"{name}/ids": ids.astype(index_dtype(value.shape[-1])).reshape(shape),
+            f"{name}/ids": ids.astype(packing.index_dtype(value.shape[-1])).reshape(shape),
             f"{name}/counts": counts.astype(np.uint8).reshape(shape),
         }
 

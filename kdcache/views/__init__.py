@@ -9,13 +9,33 @@ implement ``Views``, the protocol stage one, stage two and the tools type their 
 
 from __future__ import annotations
 
-from kdcache.registry import moved_names
-from kdcache.views.keyed import Mix, build_transform
-from kdcache.views.ops import VIEW_OPS, ViewOp, ViewOpParams, build_view_op
-from kdcache.views.protocol import Views, check_replayable
-from kdcache.views.rng import RNG_NAME, KeyedRandom
-from kdcache.views.tokens import TokenViews, views_from_spec
-from kdcache.views.transform import EVAL_VIEW, ViewBatch, ViewTransform
+from typing import TYPE_CHECKING
+
+from kdcache.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from kdcache.views.keyed import Mix, build_transform
+    from kdcache.views.ops import VIEW_OPS, ViewOp, ViewOpParams, build_view_op
+    from kdcache.views.protocol import Views, check_replayable
+    from kdcache.views.rng import RNG_NAME, KeyedRandom
+    from kdcache.views.tokens import TokenViews, views_from_spec
+    from kdcache.views.transform import EVAL_VIEW, ViewBatch, ViewTransform
+
+# Names import on first use (PEP 562): the keyed random streams (``kdcache.views.rng``) need numpy alone, and the
+# targets that use them are imported by ``kdcache verify``, which must start without torch
+_MODULES = {
+    "kdcache.views.keyed": ["Mix", "build_transform"],
+    "kdcache.views.ops": ["VIEW_OPS", "ViewOp", "ViewOpParams", "build_view_op"],
+    "kdcache.views.protocol": ["Views", "check_replayable"],
+    "kdcache.views.rng": ["RNG_NAME", "KeyedRandom"],
+    "kdcache.views.tokens": ["TokenViews", "views_from_spec"],
+    "kdcache.views.transform": ["EVAL_VIEW", "ViewBatch", "ViewTransform"],
+}
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {name: module for module, names in _MODULES.items() for name in names},
+    moved={"build_pipeline": "kdcache.views:build_transform"},
+)
 
 __all__ = [
     "EVAL_VIEW",
@@ -34,5 +54,3 @@ __all__ = [
     "check_replayable",
     "views_from_spec",
 ]
-
-__getattr__ = moved_names(__name__, {"build_pipeline": "kdcache.views:build_transform"})

@@ -12,7 +12,8 @@ from kdcache.capture import ModelOutputs
 from kdcache.errors import ConfigError, TargetMismatchError
 from kdcache.targets import SampledTokens, TokenTopK, build_target, tokens
 from kdcache.targets.floats import LSE_GRID
-from kdcache.targets.tokens import distinct_counts, draw_tokens, index_dtype, top_log_probs
+from kdcache.targets.packing import index_dtype
+from kdcache.targets.tokens import distinct_counts, draw_tokens, top_log_probs
 
 
 def logits(batch: int = 2, positions: int = 5, vocab: int = 40, seed: int = 0) -> torch.Tensor:

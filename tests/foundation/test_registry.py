@@ -4,12 +4,13 @@ part failed; a Factory rebuilds an object from its import path and arguments in 
 from __future__ import annotations
 
 import pickle
+import sys
 
 import pytest
 import torch
 
 from kdcache.errors import RegistryError
-from kdcache.registry import Factory, Registry, import_callable, is_import_path
+from kdcache.registry import Factory, LazyModule, Registry, import_callable, is_import_path
 
 
 def test_registry_refuses_duplicates_and_suggests_the_nearest_name() -> None:
@@ -62,3 +63,15 @@ def test_a_factory_rebuilds_the_same_object_after_pickling() -> None:
     b = copy.build()
     assert isinstance(a, torch.nn.Linear) and a.bias is None and torch.equal(a.weight, b.weight)
     assert factory.describe() == {"factory": "torch.nn:Linear", "args": [4, 3], "kwargs": {"bias": False}}
+
+
+def test_a_lazy_module_imports_on_first_attribute_and_keeps_it(tmp_path, monkeypatch):
+    (tmp_path / "kdcache_lazy_probe.py").write_text("VALUE = 41\ncalls = []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = LazyModule("kdcache_lazy_probe")
+    assert "kdcache_lazy_probe" not in sys.modules and repr(probe) == "<lazy module 'kdcache_lazy_probe'>"
+    assert probe.VALUE == 41 and "kdcache_lazy_probe" in sys.modules
+    assert probe.__dict__["VALUE"] == 41  # kept on the proxy: the next use is a plain attribute
+    with pytest.raises(AttributeError):
+        probe.__wrapped__  # noqa: B018  (introspection never imports)
+    monkeypatch.delitem(sys.modules, "kdcache_lazy_probe")

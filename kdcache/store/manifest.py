@@ -52,7 +52,7 @@ class ArrayRecord(_Record):
     shards: list[int]
     compressor: str
 
-    def codec(self) -> Compressor:
+    def checked_compressor(self) -> Compressor:
         """The array's compressor; one kdcache never writes means the manifest is damaged."""
         if not is_compressor(self.compressor):
             raise StoreFormatError(

@@ -160,7 +160,7 @@ def _specs(manifest: Manifest) -> list[tuple[ArrayRecord, ArraySpec]]:
 
 def _spec(manifest: Manifest, record: ArrayRecord, *, views: bool) -> ArraySpec:
     """The spec that recreates ``record``, with the attributes its pinned ``zarr.json`` carries."""
-    shape, compressor = record.shape, record.codec()
+    shape, compressor = record.shape, record.checked_compressor()
     pinned = manifest.metadata.get(f"{record.path}/zarr.json", {})
     attributes = (pinned.get("attributes") or {}).get("kdcache", {})
     if views:

@@ -256,6 +256,6 @@ def _spec_of(record: ArrayRecord) -> ArraySpec:
         record.path,
         tuple(record.shape[head:]),
         record.dtype,
-        record.codec(),
+        record.checked_compressor(),
         views=record.shape[1] if views else None,
     )

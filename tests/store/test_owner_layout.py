@@ -12,7 +12,7 @@ from torch import nn
 
 from kdcache import ViewTransform, build_target, precompute
 from kdcache.datasets import TensorDataset
-from kdcache.errors import ConfigError, UnsafeNameError
+from kdcache.errors import ConfigError, StoreFormatError, UnsafeNameError
 from kdcache.store import (
     SAMPLES_OWNER,
     ArraySpec,
@@ -26,6 +26,7 @@ from kdcache.store import (
     teacher_path,
 )
 from kdcache.store.layout import MANIFEST_KEY
+from kdcache.store.manifest import ArrayRecord
 from kdcache.store.writer import TargetLayout
 from kdcache.targets.logits import LogitsParams
 from kdcache.targets.tokens import TokenLogitsParams
@@ -112,3 +113,22 @@ def test_a_store_read_by_owner_and_by_its_plain_string_holds_the_same_rows(tmp_p
     np.testing.assert_allclose(by_owner[:, 0].astype(np.float32), live, rtol=1e-3, atol=1e-3)  # fp16 storage
     assert sorted(store.owner_arrays()) == ["samples", "teachers/lin"]
     assert [c.owner for c in store.commits_of(Owner.teacher("lin"))] == ["teachers/lin", "teachers/lin"]
+
+
+def test_a_record_names_only_a_compressor_kdcache_writes():
+    record = ArrayRecord(
+        path="teachers/t8/logits",
+        shape=[4, 1, 10],
+        dtype="float16",
+        chunks=[4, 1, 10],
+        shards=[4, 1, 10],
+        compressor="zstd",
+    )
+    assert record.checked_compressor() == "zstd"
+    damaged = record.model_copy(update={"compressor": "brotli"})
+    with pytest.raises(
+        StoreFormatError,
+        match=r"records compressor 'brotli', which kdcache never writes \(it writes "
+        r"none, lz4, zstd\)",
+    ):
+        damaged.checked_compressor()

@@ -66,7 +66,7 @@ def test_a_factory_rebuilds_the_same_object_after_pickling() -> None:
 
 
 def test_a_lazy_module_imports_on_first_attribute_and_keeps_it(tmp_path, monkeypatch):
-    (tmp_path / "kdcache_lazy_probe.py").write_text("VALUE = 41\ncalls = []\n")
+    (tmp_path / "kdcache_lazy_probe.py").write_text("VALUE = 41\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     probe = LazyModule("kdcache_lazy_probe")
     assert "kdcache_lazy_probe" not in sys.modules and repr(probe) == "<lazy module 'kdcache_lazy_probe'>"
